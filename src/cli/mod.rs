@@ -1,0 +1,119 @@
+//! The command line (SPEC §10). Glue only: parsing, loading, printing, exit codes.
+
+mod graph;
+mod run;
+mod schema;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::spec::{Config, Diagnostics, Workflow};
+
+/// Exit code for invalid input (files, arguments).
+pub const EXIT_INVALID: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Event-triggered workflow orchestrator"
+)]
+pub struct Cli {
+    /// Project config file.
+    #[arg(long, global = true, default_value = "switchyard.json")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate workflow files (default: the project's workflow dirs). Exit 2 on any error.
+    Validate { paths: Vec<PathBuf> },
+    /// Run a workflow locally, in this process, to its end.
+    Run(run::RunArgs),
+    /// Print a workflow's graph as mermaid or dot.
+    Graph {
+        /// Workflow name or file.
+        workflow: String,
+        #[arg(long, value_enum, default_value = "mermaid")]
+        format: graph::Format,
+    },
+    /// Write the JSON Schemas of the file formats.
+    Schema {
+        /// Directory to write to.
+        #[arg(long, default_value = "schemas")]
+        out: PathBuf,
+        /// Print to stdout instead of writing files.
+        #[arg(long)]
+        print: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Validate { ref paths } => validate::main(&cli.config, paths),
+        Command::Run(ref args) => run::main(&cli.config, args),
+        Command::Graph {
+            ref workflow,
+            format,
+        } => graph::main(&cli.config, workflow, format),
+        Command::Schema { ref out, print } => schema::main(out, print),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Loads the project config; a missing default `switchyard.json` is fine.
+pub(crate) fn load_config(path: &Path) -> Result<Config, Diagnostics> {
+    let optional = path == Path::new("switchyard.json");
+    Config::load(path, optional)
+}
+
+/// Finds a workflow by file path or by name in the project's workflow dirs.
+pub(crate) fn find_workflow(config: &Config, name_or_file: &str) -> Result<Arc<Workflow>, String> {
+    let path = Path::new(name_or_file);
+    if name_or_file.ends_with(".json") || path.is_file() {
+        return Workflow::load(path)
+            .map(Arc::new)
+            .map_err(|d| d.to_string());
+    }
+    let (workflows, diagnostics) = crate::spec::load_workflows(&config.workflow_dirs());
+    if let Some(workflow) = workflows.into_iter().find(|w| w.name == name_or_file) {
+        return Ok(Arc::new(workflow));
+    }
+    let mut message = format!(
+        "no workflow named `{name_or_file}` in {}",
+        config
+            .workflow_dirs()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if !diagnostics.is_empty() {
+        message.push_str(&format!(
+            " (some files are invalid: run `switchyard validate`):\n{}",
+            Diagnostics(diagnostics)
+        ));
+    }
+    Err(message)
+}
+
+pub(crate) fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(EXIT_INVALID)
+}

@@ -1,0 +1,208 @@
+//! `switchyard run WORKFLOW|FILE`: runs one workflow in this process, with
+//! the same engine and log as the daemon, and waits for it to end.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::{Map, Value};
+
+use crate::engine::runtime::{Runtime, RuntimeConfig};
+use crate::engine::{Limits, RunRecord};
+use crate::log::{RecordBody, RunStatus};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Workflow name (looked up in the project's workflow dirs) or file.
+    pub workflow: String,
+    /// Run parameter `key=value`; the value is JSON if it parses, else a string.
+    #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// Data directory holding the log (default: the config's `data_dir`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Print the run record as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Override `max_parallel_tasks`.
+    #[arg(long)]
+    pub max_parallel_tasks: Option<usize>,
+}
+
+/// Parses `--param key=value` arguments.
+pub fn parse_params(params: &[String]) -> Result<Map<String, Value>, String> {
+    let mut out = Map::new();
+    for param in params {
+        let Some((key, value)) = param.split_once('=') else {
+            return Err(format!("--param `{param}`: expected KEY=VALUE"));
+        };
+        if key.is_empty() {
+            return Err(format!("--param `{param}`: the key is empty"));
+        }
+        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.into()));
+        out.insert(key.to_string(), value);
+    }
+    Ok(out)
+}
+
+pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
+    let config = match super::load_config(config_path) {
+        Ok(c) => c,
+        Err(e) => return super::fail(e),
+    };
+    let workflow = match super::find_workflow(&config, &args.workflow) {
+        Ok(w) => w,
+        Err(e) => return super::fail(e),
+    };
+    let params = match parse_params(&args.params) {
+        Ok(p) => p,
+        Err(e) => return super::fail(e),
+    };
+    if args.max_parallel_tasks == Some(0) {
+        return super::fail("--max-parallel-tasks must be at least 1");
+    }
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| config.data_dir());
+    let limits = Limits {
+        max_parallel_tasks: args
+            .max_parallel_tasks
+            .unwrap_or_else(|| config.max_parallel_tasks()),
+    };
+    let tokio = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(t) => t,
+        Err(e) => return super::fail(format!("cannot start the async runtime: {e}")),
+    };
+    tokio.block_on(async move {
+        let runtime = match Runtime::start(RuntimeConfig { data_dir, limits }) {
+            Ok(r) => r,
+            Err(e) => return super::fail(e),
+        };
+        let handle = runtime.handle();
+        let progress = std::io::stderr()
+            .is_terminal()
+            .then(|| tokio::spawn(print_progress(handle.subscribe())));
+        let run = handle.run_to_end(workflow, params, None, |run_id| {
+            tracing::info!(run_id = %run_id, "Run started.");
+        });
+        let outcome = tokio::select! {
+            record = run => record,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("interrupted: stopping running tasks");
+                runtime.shutdown().await;
+                return ExitCode::from(130);
+            }
+        };
+        runtime.shutdown().await;
+        if let Some(progress) = progress {
+            progress.abort();
+        }
+        match outcome {
+            Ok(record) => {
+                if args.json {
+                    match serde_json::to_string_pretty(&record) {
+                        Ok(text) => println!("{text}"),
+                        Err(e) => eprintln!("error: cannot print run record: {e}"),
+                    }
+                } else {
+                    print_summary(&record);
+                }
+                if record.status == RunStatus::Succeeded {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn print_progress(
+    mut records: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::log::Record>>,
+) {
+    let mut started: HashMap<String, i64> = HashMap::new();
+    loop {
+        let record = match records.recv().await {
+            Ok(r) => r,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        let line = match &record.body {
+            RecordBody::AttemptStarted { task, attempt } => {
+                started.insert(task.clone(), record.at);
+                if *attempt > 1 {
+                    format!("▶ {task} (attempt {attempt})")
+                } else {
+                    format!("▶ {task}")
+                }
+            }
+            RecordBody::AttemptFinished {
+                task,
+                succeeded,
+                error,
+                ..
+            } => {
+                let took = started
+                    .get(task)
+                    .map(|s| format!(" in {:.2}s", (record.at - s) as f64 / 1000.0))
+                    .unwrap_or_default();
+                if *succeeded {
+                    format!("✓ {task} succeeded{took}")
+                } else {
+                    format!("✗ {task} failed{took}: {}", error.as_deref().unwrap_or(""))
+                }
+            }
+            RecordBody::RetryScheduled {
+                task,
+                attempt,
+                due_at,
+            } => format!(
+                "↻ {task}: attempt {attempt} in {:.1}s",
+                (due_at - record.at).max(0) as f64 / 1000.0
+            ),
+            RecordBody::TaskSkipped { task, reason } => format!("○ {task} skipped: {reason}"),
+            RecordBody::TaskFailed { task, error } => format!("✗ {task} failed: {error}"),
+            RecordBody::TaskCancelled { task, reason } => format!("■ {task} cancelled: {reason}"),
+            RecordBody::RunTimedOut {} => "⏱ run timed out".to_string(),
+            _ => continue,
+        };
+        eprintln!("{line}");
+    }
+}
+
+fn print_summary(record: &RunRecord) {
+    let took = match (&record.started_at, &record.ended_at) {
+        (Some(s), Some(e)) => match (
+            chrono::DateTime::parse_from_rfc3339(s),
+            chrono::DateTime::parse_from_rfc3339(e),
+        ) {
+            (Ok(s), Ok(e)) => format!(" in {:.2}s", (e - s).num_milliseconds() as f64 / 1000.0),
+            _ => String::new(),
+        },
+        _ => String::new(),
+    };
+    println!(
+        "run {} of {} {}{took}",
+        record.id, record.workflow, record.status
+    );
+    if let Some(error) = &record.error {
+        println!("  error: {error}");
+    }
+    let width = record.tasks.keys().map(String::len).max().unwrap_or(0);
+    for (id, task) in &record.tasks {
+        let status = task.get("status").and_then(Value::as_str).unwrap_or("?");
+        let attempts = task.get("attempts").and_then(Value::as_u64).unwrap_or(0);
+        let error = task
+            .get("error")
+            .and_then(Value::as_str)
+            .map(|e| format!("  {e}"))
+            .unwrap_or_default();
+        println!("  {id:<width$}  {status:<9}  attempts {attempts}{error}");
+    }
+}

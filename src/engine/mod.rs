@@ -1,0 +1,660 @@
+//! The run engine: a pure state machine over log records.
+//!
+//! [`Engine::apply`] folds one record into the state and returns the
+//! [`Effect`]s that record calls for (start an attempt, arm a wake-up, kill an
+//! attempt, report a finished run). [`Engine::decide`] looks at the runs that
+//! changed and returns the next transitions as record bodies, which the caller
+//! appends to the log and applies in turn. Neither does I/O or reads a clock:
+//! time comes in as record timestamps and as `now` arguments. Replay is
+//! `apply` over a run's records with the effects dropped, so recovery and
+//! tests run the same code as production. [`runtime`] is the I/O shell.
+
+pub mod runtime;
+mod scope;
+mod state;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+pub use state::{Cancelling, RunRecord, RunState, TaskState, TaskStatus};
+
+use crate::executors;
+use crate::log::{Millis, Record, RecordBody, RunId, RunStatus};
+use crate::spec::{DepOn, Dependencies, Workflow};
+use scope::TaskScope;
+
+/// A side effect a record calls for, carried out only after it is durable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Run attempt `attempt` of task `task` (position in the workflow).
+    StartAttempt {
+        run_id: RunId,
+        task: usize,
+        attempt: u32,
+        started_at: Millis,
+    },
+    /// Stop a running attempt (its task was cancelled).
+    KillAttempt {
+        run_id: RunId,
+        task: usize,
+        attempt: u32,
+    },
+    /// Call [`Engine::decide`] again at `at` (retry delays, run timeouts).
+    Wake { at: Millis },
+    /// The run reached a terminal status.
+    RunEnded { run_id: RunId },
+}
+
+/// What an attempt needs to run: the rendered config and its limits.
+#[derive(Debug, Clone)]
+pub struct PreparedAttempt {
+    pub workflow: Arc<str>,
+    pub task: Arc<str>,
+    pub kind: executors::KindName,
+    pub config: Value,
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// Engine limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Attempts of slot-holding kinds running at once, over all runs.
+    pub max_parallel_tasks: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_parallel_tasks: crate::spec::config::DEFAULT_MAX_PARALLEL_TASKS,
+        }
+    }
+}
+
+/// The state of every run in memory, and the scheduling around it.
+#[derive(Debug, Default)]
+pub struct Engine {
+    limits: Limits,
+    definitions: HashMap<String, Arc<Workflow>>,
+    runs: HashMap<RunId, RunState>,
+    /// Slot-holding attempts running now.
+    running_slots: usize,
+    /// Ready tasks waiting for a slot, in the order they became ready.
+    ready: VecDeque<(RunId, usize)>,
+    dirty: Vec<RunId>,
+    /// Wake-ups: retry due times and run deadlines.
+    timers: BTreeSet<(Millis, RunId)>,
+}
+
+impl Engine {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    /// Makes a definition known so that `RunCreated` records naming its
+    /// version can be applied.
+    pub fn register(&mut self, workflow: Arc<Workflow>) {
+        self.definitions
+            .entry(workflow.version.clone())
+            .or_insert(workflow);
+    }
+
+    pub fn definition(&self, version: &str) -> Option<&Arc<Workflow>> {
+        self.definitions.get(version)
+    }
+
+    pub fn run(&self, run_id: RunId) -> Option<&RunState> {
+        self.runs.get(&run_id)
+    }
+
+    pub fn runs(&self) -> impl Iterator<Item = &RunState> {
+        self.runs.values()
+    }
+
+    /// Drops a terminal run from memory.
+    pub fn evict(&mut self, run_id: RunId) {
+        if self
+            .runs
+            .get(&run_id)
+            .is_some_and(|r| r.status.is_terminal())
+        {
+            self.runs.remove(&run_id);
+        }
+    }
+
+    /// Attempts of slot-holding kinds running now.
+    pub fn running_slots(&self) -> usize {
+        self.running_slots
+    }
+
+    fn mark_dirty(&mut self, run_id: RunId) {
+        if let Some(run) = self.runs.get_mut(&run_id)
+            && !run.dirty
+        {
+            run.dirty = true;
+            self.dirty.push(run_id);
+        }
+    }
+
+    /// Folds one record into the state. Returns the effects it calls for;
+    /// replay ignores them.
+    pub fn apply(&mut self, record: &Record) -> Vec<Effect> {
+        let run_id = record.run_id;
+        let at = record.at;
+        let mut effects = Vec::new();
+        if let RecordBody::RunCreated {
+            workflow,
+            version,
+            params,
+            event,
+            ..
+        } = &record.body
+        {
+            let Some(definition) = self.definitions.get(version).cloned() else {
+                tracing::error!(run_id = %run_id, workflow = %workflow, version = %version,
+                    "Run names a definition that is not registered; ignoring it.");
+                return effects;
+            };
+            let mut vars = definition.vars.clone();
+            for (k, v) in params {
+                vars.insert(k.clone(), v.clone());
+            }
+            let tasks = vec![TaskState::default(); definition.tasks.len()];
+            self.runs.insert(
+                run_id,
+                RunState {
+                    id: run_id,
+                    workflow: definition,
+                    status: RunStatus::Queued,
+                    params: params.clone(),
+                    event: event.clone(),
+                    vars,
+                    created_at: at,
+                    started_at: None,
+                    ended_at: None,
+                    deadline: None,
+                    cancelling: None,
+                    error: None,
+                    tasks,
+                    dirty: false,
+                },
+            );
+            self.mark_dirty(run_id);
+            return effects;
+        }
+        let Some(run) = self.runs.get_mut(&run_id) else {
+            tracing::warn!(run_id = %run_id, seq = record.seq, "Record for an unknown run; ignoring it.");
+            return effects;
+        };
+        let workflow = Arc::clone(&run.workflow);
+        let task_of = |id: &str| workflow.task_index(id);
+        match &record.body {
+            RecordBody::RunCreated { .. } => {}
+            RecordBody::RunStarted {} => {
+                run.status = RunStatus::Running;
+                run.started_at = Some(at);
+                if let Some(timeout) = workflow.timeout {
+                    let deadline = at.saturating_add(timeout.as_millis() as Millis);
+                    run.deadline = Some(deadline);
+                    self.timers.insert((deadline, run_id));
+                    effects.push(Effect::Wake { at: deadline });
+                }
+            }
+            RecordBody::AttemptStarted { task, attempt } => {
+                let Some(i) = task_of(task) else {
+                    return effects;
+                };
+                let state = &mut run.tasks[i];
+                state.status = TaskStatus::Running;
+                state.attempts = *attempt;
+                state.queued = false;
+                state.retry_due = None;
+                state.error = None;
+                state.started_at.get_or_insert(at);
+                if executors::holds_slot(workflow.tasks[i].kind) {
+                    self.running_slots += 1;
+                }
+                effects.push(Effect::StartAttempt {
+                    run_id,
+                    task: i,
+                    attempt: *attempt,
+                    started_at: at,
+                });
+            }
+            RecordBody::AttemptFinished {
+                task,
+                attempt,
+                succeeded,
+                output,
+                stdout,
+                error,
+                retryable,
+            } => {
+                let Some(i) = task_of(task) else {
+                    return effects;
+                };
+                if run.tasks[i].status != TaskStatus::Running || run.tasks[i].attempts != *attempt {
+                    return effects; // A late result of an attempt already cancelled.
+                }
+                if executors::holds_slot(workflow.tasks[i].kind) {
+                    self.running_slots = self.running_slots.saturating_sub(1);
+                }
+                let spec = &workflow.tasks[i];
+                {
+                    let state = &mut run.tasks[i];
+                    state.output = output.clone();
+                    state.stdout = stdout.clone();
+                    state.error = error.clone();
+                }
+                if *succeeded {
+                    match evaluate_exports(run, i, at) {
+                        Ok(exports) => {
+                            for (k, v) in exports {
+                                run.vars.insert(k, v);
+                            }
+                            let state = &mut run.tasks[i];
+                            state.status = TaskStatus::Succeeded;
+                            state.ended_at = Some(at);
+                        }
+                        Err(message) => finish_failed(run, i, at, message),
+                    }
+                } else if *retryable
+                    && *attempt < spec.retry.max_attempts
+                    && run.cancelling.is_none()
+                {
+                    run.tasks[i].status = TaskStatus::Retrying;
+                } else {
+                    let message = error.clone().unwrap_or_else(|| "failed".into());
+                    finish_failed(run, i, at, message);
+                }
+            }
+            RecordBody::RetryScheduled { task, due_at, .. } => {
+                let Some(i) = task_of(task) else {
+                    return effects;
+                };
+                run.tasks[i].status = TaskStatus::Retrying;
+                run.tasks[i].retry_due = Some(*due_at);
+                self.timers.insert((*due_at, run_id));
+                effects.push(Effect::Wake { at: *due_at });
+            }
+            RecordBody::TaskSkipped { task, .. } => {
+                let Some(i) = task_of(task) else {
+                    return effects;
+                };
+                let state = &mut run.tasks[i];
+                state.status = TaskStatus::Skipped;
+                state.queued = false;
+                state.ended_at = Some(at);
+            }
+            RecordBody::TaskFailed { task, error } => {
+                let Some(i) = task_of(task) else {
+                    return effects;
+                };
+                run.tasks[i].queued = false;
+                finish_failed(run, i, at, error.clone());
+            }
+            RecordBody::TaskCancelled { task, reason } => {
+                let Some(i) = task_of(task) else {
+                    return effects;
+                };
+                let state = &mut run.tasks[i];
+                if state.status.is_terminal() {
+                    return effects;
+                }
+                if state.status == TaskStatus::Running {
+                    if executors::holds_slot(workflow.tasks[i].kind) {
+                        self.running_slots = self.running_slots.saturating_sub(1);
+                    }
+                    effects.push(Effect::KillAttempt {
+                        run_id,
+                        task: i,
+                        attempt: state.attempts,
+                    });
+                }
+                state.status = TaskStatus::Cancelled;
+                state.queued = false;
+                state.retry_due = None;
+                state.error = Some(format!("cancelled: {reason}"));
+                state.ended_at = Some(at);
+            }
+            RecordBody::RunTimedOut {} => {
+                run.cancelling = Some(Cancelling::TimedOut);
+            }
+            RecordBody::RunEnded { status, error } => {
+                run.status = *status;
+                run.error = error.clone();
+                run.ended_at = Some(at);
+                effects.push(Effect::RunEnded { run_id });
+            }
+        }
+        self.mark_dirty(run_id);
+        effects
+    }
+
+    /// The next transitions of every run that changed (or whose timer is
+    /// due at `now`), as `(run, record body)` to append and apply in order.
+    /// Call again after applying them until it returns nothing.
+    pub fn decide(&mut self, now: Millis) -> Vec<(RunId, RecordBody)> {
+        while let Some(&(due, run_id)) = self.timers.first() {
+            if due > now {
+                break;
+            }
+            self.timers.pop_first();
+            self.mark_dirty(run_id);
+        }
+        let mut out = Vec::new();
+        let dirty = std::mem::take(&mut self.dirty);
+        for run_id in dirty {
+            let Some(run) = self.runs.get_mut(&run_id) else {
+                continue;
+            };
+            run.dirty = false;
+            decide_run(run, now, &mut self.ready, &mut out);
+        }
+        // Fill free slots, oldest ready task first.
+        let mut free = self
+            .limits
+            .max_parallel_tasks
+            .saturating_sub(self.running_slots);
+        while free > 0 {
+            let Some((run_id, i)) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(run) = self.runs.get_mut(&run_id) else {
+                continue;
+            };
+            let state = &mut run.tasks[i];
+            if !state.queued || state.status.is_terminal() || run.cancelling.is_some() {
+                state.queued = false;
+                continue;
+            }
+            state.queued = false;
+            out.push((
+                run_id,
+                RecordBody::AttemptStarted {
+                    task: run.workflow.tasks[i].id.clone(),
+                    attempt: state.attempts + 1,
+                },
+            ));
+            free -= 1;
+        }
+        out
+    }
+
+    /// Renders the config of an attempt about to run. An error here fails the
+    /// attempt (not retried: the same inputs give the same error).
+    pub fn prepare_attempt(
+        &self,
+        run_id: RunId,
+        task: usize,
+        now: Millis,
+    ) -> Result<PreparedAttempt, String> {
+        let run = self
+            .runs
+            .get(&run_id)
+            .ok_or_else(|| format!("run {run_id} is not active"))?;
+        let spec = run
+            .workflow
+            .tasks
+            .get(task)
+            .ok_or_else(|| format!("task #{task} does not exist"))?;
+        let scope = TaskScope::for_task(run, task, now)?;
+        let config = spec
+            .config
+            .render(&scope)
+            .map_err(|e| format!("{}{}", spec.kind, with_path(&e.message)))?;
+        Ok(PreparedAttempt {
+            workflow: run.workflow.name.as_str().into(),
+            task: spec.id.as_str().into(),
+            kind: spec.kind,
+            config,
+            timeout: spec.timeout,
+        })
+    }
+}
+
+fn with_path(message: &str) -> String {
+    if message.starts_with('.') {
+        message.to_string()
+    } else {
+        format!(": {message}")
+    }
+}
+
+fn finish_failed(run: &mut RunState, i: usize, at: Millis, message: String) {
+    let spec = &run.workflow.tasks[i];
+    let state = &mut run.tasks[i];
+    state.status = TaskStatus::Failed;
+    state.error = Some(message);
+    state.ended_at = Some(at);
+    state.retry_due = None;
+    if run.workflow.fail_fast
+        && !spec.allow_failure
+        && !spec.failure_handled
+        && run.cancelling.is_none()
+    {
+        run.cancelling = Some(Cancelling::FailFast {
+            task: spec.id.clone(),
+        });
+    }
+}
+
+fn evaluate_exports(run: &RunState, i: usize, now: Millis) -> Result<Vec<(String, Value)>, String> {
+    let spec = &run.workflow.tasks[i];
+    if spec.export.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut scope = TaskScope::for_task(run, i, now)?;
+    scope.output = Some(run.tasks[i].output.clone());
+    spec.export
+        .iter()
+        .map(|(name, template)| {
+            template
+                .render(&scope)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| format!("export `{name}`: {}", e.message))
+        })
+        .collect()
+}
+
+/// Whether one dependency holds, given its task reached a terminal status.
+fn dependency_holds(status: TaskStatus, on: DepOn) -> bool {
+    match on {
+        DepOn::Success => status == TaskStatus::Succeeded,
+        DepOn::Failure => status == TaskStatus::Failed,
+        DepOn::Completion => matches!(status, TaskStatus::Succeeded | TaskStatus::Failed),
+    }
+}
+
+fn decide_run(
+    run: &mut RunState,
+    now: Millis,
+    ready: &mut VecDeque<(RunId, usize)>,
+    out: &mut Vec<(RunId, RecordBody)>,
+) {
+    let run_id = run.id;
+    let decided_before = out.len();
+    match run.status {
+        RunStatus::Queued => {
+            out.push((run_id, RecordBody::RunStarted {}));
+            return;
+        }
+        RunStatus::Running => {}
+        _ => return,
+    }
+    let workflow = Arc::clone(&run.workflow);
+    if let Some(cancelling) = &run.cancelling {
+        let reason = cancelling.reason();
+        for (i, state) in run.tasks.iter().enumerate() {
+            if !state.status.is_terminal() {
+                out.push((
+                    run_id,
+                    RecordBody::TaskCancelled {
+                        task: workflow.tasks[i].id.clone(),
+                        reason: reason.clone(),
+                    },
+                ));
+            }
+        }
+    } else if run.deadline.is_some_and(|d| d <= now) {
+        out.push((run_id, RecordBody::RunTimedOut {}));
+        return;
+    } else {
+        for i in 0..run.tasks.len() {
+            let spec = &workflow.tasks[i];
+            let status = run.tasks[i].status;
+            match status {
+                TaskStatus::Pending if !run.tasks[i].queued => {
+                    let deps = spec.after.deps();
+                    if deps.iter().any(|d| !run.tasks[d.task].status.is_terminal()) {
+                        continue;
+                    }
+                    let holds =
+                        |d: &crate::spec::Dep| dependency_holds(run.tasks[d.task].status, d.on);
+                    let satisfied = match &spec.after {
+                        Dependencies::None => true,
+                        Dependencies::All(deps) => deps.iter().all(holds),
+                        Dependencies::Any(deps) => deps.iter().any(holds),
+                    };
+                    if !satisfied {
+                        let reason = describe_unmet(run, &spec.after);
+                        out.push((
+                            run_id,
+                            RecordBody::TaskSkipped {
+                                task: spec.id.clone(),
+                                reason,
+                            },
+                        ));
+                        continue;
+                    }
+                    if let Some(when) = &spec.when {
+                        let verdict = TaskScope::for_task(run, i, now)
+                            .and_then(|scope| when.evaluate(&scope).map_err(|e| e.message));
+                        match verdict {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                out.push((
+                                    run_id,
+                                    RecordBody::TaskSkipped {
+                                        task: spec.id.clone(),
+                                        reason: format!("`when` is false: {}", when.source()),
+                                    },
+                                ));
+                                continue;
+                            }
+                            Err(error) => {
+                                out.push((
+                                    run_id,
+                                    RecordBody::TaskFailed {
+                                        task: spec.id.clone(),
+                                        error: format!("when: {error}"),
+                                    },
+                                ));
+                                continue;
+                            }
+                        }
+                    }
+                    make_ready(run, i, ready, out);
+                }
+                TaskStatus::Retrying => match run.tasks[i].retry_due {
+                    None => {
+                        let next = run.tasks[i].attempts + 1;
+                        let delay = spec.retry.delay_before(next);
+                        out.push((
+                            run_id,
+                            RecordBody::RetryScheduled {
+                                task: spec.id.clone(),
+                                attempt: next,
+                                due_at: now.saturating_add(delay.as_millis() as Millis),
+                            },
+                        ));
+                    }
+                    Some(due) if due <= now && !run.tasks[i].queued => {
+                        make_ready(run, i, ready, out)
+                    }
+                    Some(_) => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    if out.len() == decided_before && run.tasks.iter().all(|t| t.status.is_terminal()) {
+        let (status, error) = final_status(run);
+        out.push((run_id, RecordBody::RunEnded { status, error }));
+    }
+}
+
+/// A task whose conditions hold: start it now if it holds no slot, else queue it.
+fn make_ready(
+    run: &mut RunState,
+    i: usize,
+    ready: &mut VecDeque<(RunId, usize)>,
+    out: &mut Vec<(RunId, RecordBody)>,
+) {
+    let spec = &run.workflow.tasks[i];
+    if executors::holds_slot(spec.kind) {
+        run.tasks[i].queued = true;
+        ready.push_back((run.id, i));
+    } else {
+        out.push((
+            run.id,
+            RecordBody::AttemptStarted {
+                task: spec.id.clone(),
+                attempt: run.tasks[i].attempts + 1,
+            },
+        ));
+    }
+}
+
+fn describe_unmet(run: &RunState, after: &Dependencies) -> String {
+    let parts: Vec<String> = after
+        .deps()
+        .iter()
+        .map(|d| {
+            format!(
+                "{}:{} ({})",
+                run.workflow.tasks[d.task].id,
+                d.on.as_str(),
+                run.tasks[d.task].status.as_str()
+            )
+        })
+        .collect();
+    let mode = if matches!(after, Dependencies::Any(_)) {
+        "any"
+    } else {
+        "all"
+    };
+    format!("dependencies not met ({mode} of {})", parts.join(", "))
+}
+
+/// The run status rule of SPEC §7.
+fn final_status(run: &RunState) -> (RunStatus, Option<String>) {
+    if matches!(run.cancelling, Some(Cancelling::TimedOut)) {
+        let limit = run
+            .workflow
+            .timeout
+            .map(|t| humantime::format_duration(t).to_string())
+            .unwrap_or_default();
+        return (
+            RunStatus::Failed,
+            Some(format!("run timed out after {limit}")),
+        );
+    }
+    for (spec, state) in run.workflow.tasks.iter().zip(&run.tasks) {
+        if state.status == TaskStatus::Failed && !spec.allow_failure {
+            let error = state.error.as_deref().unwrap_or("failed");
+            return (
+                RunStatus::Failed,
+                Some(format!("task `{}` failed: {error}", spec.id)),
+            );
+        }
+    }
+    (RunStatus::Succeeded, None)
+}
+
+/// Vars map type used in scopes.
+pub type Vars = Map<String, Value>;

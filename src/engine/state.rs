@@ -1,0 +1,201 @@
+//! In-memory state of runs and tasks: what folding the log produces.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::log::{Millis, RunId, RunStatus};
+use crate::spec::Workflow;
+
+/// Status of a task (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Pending,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One task within a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskState {
+    pub status: TaskStatus,
+    /// Attempts started so far.
+    pub attempts: u32,
+    pub output: Value,
+    pub stdout: String,
+    pub error: Option<String>,
+    pub started_at: Option<Millis>,
+    pub ended_at: Option<Millis>,
+    /// When the scheduled retry is due.
+    pub retry_due: Option<Millis>,
+    /// Derived, not logged: waiting in the engine's queue for a parallelism slot.
+    pub(crate) queued: bool,
+}
+
+impl Default for TaskState {
+    fn default() -> Self {
+        Self {
+            status: TaskStatus::Pending,
+            attempts: 0,
+            output: Value::Null,
+            stdout: String::new(),
+            error: None,
+            started_at: None,
+            ended_at: None,
+            retry_due: None,
+            queued: false,
+        }
+    }
+}
+
+/// Why the rest of a run is being cancelled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancelling {
+    /// `fail_fast`: an unhandled failure.
+    FailFast { task: String },
+    /// The run's `timeout` elapsed.
+    TimedOut,
+}
+
+impl Cancelling {
+    pub fn reason(&self) -> String {
+        match self {
+            Cancelling::FailFast { task } => format!("fail_fast: task `{task}` failed"),
+            Cancelling::TimedOut => "run timed out".into(),
+        }
+    }
+}
+
+/// One run.
+#[derive(Debug, Clone)]
+pub struct RunState {
+    pub id: RunId,
+    pub workflow: Arc<Workflow>,
+    pub status: RunStatus,
+    pub params: Map<String, Value>,
+    pub event: Option<Value>,
+    /// Workflow vars, overridden by params, overridden by exports (latest wins).
+    pub vars: Map<String, Value>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub ended_at: Option<Millis>,
+    pub deadline: Option<Millis>,
+    pub cancelling: Option<Cancelling>,
+    pub error: Option<String>,
+    pub tasks: Vec<TaskState>,
+    /// Derived: needs a look from `decide`.
+    pub(crate) dirty: bool,
+}
+
+impl PartialEq for RunState {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.workflow.version == other.workflow.version
+            && self.status == other.status
+            && self.params == other.params
+            && self.event == other.event
+            && self.vars == other.vars
+            && self.created_at == other.created_at
+            && self.started_at == other.started_at
+            && self.ended_at == other.ended_at
+            && self.deadline == other.deadline
+            && self.cancelling == other.cancelling
+            && self.error == other.error
+            && self.tasks.len() == other.tasks.len()
+            && self.tasks.iter().zip(&other.tasks).all(|(a, b)| {
+                // `queued` is scheduling state derived after replay, not history.
+                TaskState {
+                    queued: false,
+                    ..a.clone()
+                } == TaskState {
+                    queued: false,
+                    ..b.clone()
+                }
+            })
+    }
+}
+
+/// The run record of SPEC §10, as printed by `run --json` and the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub workflow: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_label: Option<u64>,
+    pub status: RunStatus,
+    pub params: Map<String, Value>,
+    pub vars: Map<String, Value>,
+    pub event: Value,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub tasks: Map<String, Value>,
+}
+
+pub(crate) fn rfc3339(millis: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+impl RunState {
+    pub fn record(&self) -> RunRecord {
+        let mut tasks = Map::new();
+        for (task, state) in self.workflow.tasks.iter().zip(&self.tasks) {
+            tasks.insert(
+                task.id.clone(),
+                serde_json::json!({
+                    "status": state.status,
+                    "attempts": state.attempts,
+                    "output": state.output,
+                    "error": state.error,
+                    "started_at": state.started_at.map(rfc3339),
+                    "ended_at": state.ended_at.map(rfc3339),
+                }),
+            );
+        }
+        RunRecord {
+            id: self.id,
+            workflow: self.workflow.name.clone(),
+            version: self.workflow.version.clone(),
+            version_label: self.workflow.version_label,
+            status: self.status,
+            params: self.params.clone(),
+            vars: self.vars.clone(),
+            event: self.event.clone().unwrap_or(Value::Null),
+            started_at: self.started_at.map(rfc3339),
+            ended_at: self.ended_at.map(rfc3339),
+            error: self.error.clone(),
+            tasks,
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Task kinds: one file per kind, registered in the `kinds!` list below.
+//!
+//! A kind is a serde config struct implementing [`Kind`]: its name, load-time
+//! checks, and `execute`. Adding a kind is adding its file and one line to the
+//! list. Config strings are templates; the engine renders them and this module
+//! deserializes the rendered JSON into the kind's config just before running.
+
+mod noop;
+mod shell;
+mod sleep;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::log::{Millis, RunId, TaskLogs};
+
+/// The name of a task kind, as used for its key in workflow files.
+pub type KindName = &'static str;
+
+/// Everything an attempt knows about where it runs.
+#[derive(Debug, Clone)]
+pub struct AttemptContext {
+    pub run_id: RunId,
+    pub workflow: Arc<str>,
+    pub task: Arc<str>,
+    pub attempt: u32,
+    /// When the attempt was recorded as started (durable timers count from here).
+    pub started_at: Millis,
+    /// Cancelled on run cancel, fail_fast, timeout or shutdown.
+    pub cancel: CancellationToken,
+    /// Scratch directory for per-attempt files (`$SWITCHYARD_OUTPUT`).
+    pub scratch_dir: PathBuf,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptOutcome {
+    pub succeeded: bool,
+    pub output: Value,
+    /// The last 64 KiB of stdout.
+    pub stdout: String,
+    pub error: Option<String>,
+    /// False when another attempt cannot help (bad config, missing program).
+    pub retryable: bool,
+    /// Captured output to keep as task logs.
+    pub logs: Option<TaskLogs>,
+}
+
+impl AttemptOutcome {
+    pub fn success(output: Value) -> Self {
+        Self {
+            succeeded: true,
+            output,
+            stdout: String::new(),
+            error: None,
+            retryable: true,
+            logs: None,
+        }
+    }
+
+    pub fn failure(error: impl Into<String>) -> Self {
+        Self {
+            succeeded: false,
+            output: Value::Null,
+            stdout: String::new(),
+            error: Some(error.into()),
+            retryable: true,
+            logs: None,
+        }
+    }
+
+    pub fn permanent_failure(error: impl Into<String>) -> Self {
+        Self {
+            retryable: false,
+            ..Self::failure(error)
+        }
+    }
+}
+
+/// One task kind.
+pub trait Kind: DeserializeOwned + JsonSchema + Send + 'static {
+    /// The key naming this kind in a task.
+    const NAME: KindName;
+    /// Whether an attempt takes one of the `max_parallel_tasks` slots. Kinds
+    /// that only wait (`sleep`) or do nothing (`noop`) do not.
+    const HOLDS_SLOT: bool = true;
+
+    /// Load-time checks beyond the serde shape, on the config as written.
+    /// Errors are `(path relative to the config, e.g. ".script", message)`.
+    fn check(&self, _raw: &Value, _errors: &mut Vec<(String, String)>) {}
+
+    /// Runs one attempt. Must return promptly once `ctx.cancel` fires,
+    /// having stopped everything it started.
+    fn execute(self, ctx: AttemptContext) -> impl Future<Output = AttemptOutcome> + Send;
+}
+
+macro_rules! kinds {
+    ($($module:ident :: $kind:ident),* $(,)?) => {
+        /// Every task kind, by name.
+        pub const KIND_NAMES: &[KindName] = &[$(<$module::$kind as Kind>::NAME),*];
+
+        /// Whether an attempt of this kind takes a parallelism slot.
+        pub fn holds_slot(kind: KindName) -> bool {
+            $(if kind == <$module::$kind as Kind>::NAME {
+                return <$module::$kind as Kind>::HOLDS_SLOT;
+            })*
+            true
+        }
+
+        /// Load-time validation of one task's kind config.
+        pub fn validate_config(kind: KindName, raw: &Value, errors: &mut Vec<(String, String)>) {
+            $(if kind == <$module::$kind as Kind>::NAME {
+                return check::<$module::$kind>(raw, errors);
+            })*
+        }
+
+        /// JSON Schemas of every kind's config, for the workflow schema.
+        pub fn kind_schemas(generator: &mut SchemaGenerator) -> Vec<(KindName, Schema)> {
+            vec![$((<$module::$kind as Kind>::NAME, generator.subschema_for::<$module::$kind>())),*]
+        }
+
+        async fn dispatch(kind: KindName, config: Value, ctx: AttemptContext) -> AttemptOutcome {
+            $(if kind == <$module::$kind as Kind>::NAME {
+                return run::<$module::$kind>(config, ctx).await;
+            })*
+            AttemptOutcome::permanent_failure(format!("unknown task kind `{kind}`"))
+        }
+    };
+}
+
+kinds! {
+    shell::Shell,
+    noop::Noop,
+    sleep::Sleep,
+}
+
+/// Looks a kind key up.
+pub fn kind_name(key: &str) -> Option<KindName> {
+    KIND_NAMES.iter().copied().find(|k| *k == key)
+}
+
+fn check<K: Kind>(raw: &Value, errors: &mut Vec<(String, String)>) {
+    match serde_path_to_error::deserialize::<_, K>(raw.clone()) {
+        Ok(config) => config.check(raw, errors),
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." {
+                String::new()
+            } else if path.starts_with('[') {
+                path
+            } else {
+                format!(".{path}")
+            };
+            errors.push((path, e.into_inner().to_string()));
+        }
+    }
+}
+
+async fn run<K: Kind>(config: Value, ctx: AttemptContext) -> AttemptOutcome {
+    match serde_path_to_error::deserialize::<_, K>(config) {
+        Ok(config) => config.execute(ctx).await,
+        Err(e) => AttemptOutcome::permanent_failure(format!(
+            "invalid {} config after rendering templates at `{}`: {}",
+            K::NAME,
+            e.path(),
+            e.inner()
+        )),
+    }
+}
+
+/// Runs one attempt of `kind` with its rendered config, enforcing `timeout`
+/// (which cancels the attempt, killing what it started).
+pub async fn execute(
+    kind: KindName,
+    config: Value,
+    ctx: AttemptContext,
+    timeout: Option<Duration>,
+) -> AttemptOutcome {
+    let cancel = ctx.cancel.clone();
+    let attempt = dispatch(kind, config, ctx);
+    tokio::pin!(attempt);
+    let Some(timeout) = timeout else {
+        return attempt.await;
+    };
+    tokio::select! {
+        outcome = &mut attempt => outcome,
+        _ = tokio::time::sleep(timeout) => {
+            cancel.cancel();
+            let mut outcome = attempt.await;
+            outcome.succeeded = false;
+            outcome.retryable = true;
+            outcome.error = Some(format!(
+                "timed out after {}",
+                humantime::format_duration(timeout)
+            ));
+            outcome
+        }
+    }
+}
+
+/// Text of a scalar, so a whole-value template like `"${vars.port}"` can fill
+/// a string field (argv element, env value) with a number or a bool.
+pub(crate) fn scalar_text(value: Value) -> Result<String, String> {
+    match value {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        other => Err(format!("expected a string, got {}", json_type(&other))),
+    }
+}
+
+pub(crate) fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a bool",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

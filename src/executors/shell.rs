@@ -1,0 +1,347 @@
+//! `shell`: runs a program (argv, no shell) or a script (`sh -c`), in its own
+//! process group so a timeout or cancel kills everything it started.
+//!
+//! Event data never reaches the shell as code: `${…}` is refused in `script`
+//! at load time, and values arrive as `env` entries or argv elements.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+use super::{AttemptContext, AttemptOutcome, Kind, scalar_text};
+use crate::log::TaskLogs;
+
+/// Bytes of stdout in scope as `tasks.<id>.stdout`.
+pub const STDOUT_VAR_CAP: usize = 64 * 1024;
+/// Bytes of each stream kept as task logs (the tail is kept).
+pub const LOG_CAP: usize = 1024 * 1024;
+/// How long a cancelled process group gets between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+/// How long to wait for stdout/stderr to close after the process exited.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// `"shell": {"command": ["prog", "arg"]}` or `"shell": {"script": "…"}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Shell {
+    /// Program and arguments, run without a shell. Elements may be templates.
+    #[serde(default, deserialize_with = "argv")]
+    pub command: Option<Vec<String>>,
+    /// Script run by `sh -c` (or `shell`). No `${…}` here: pass values in `env`.
+    #[serde(default)]
+    pub script: Option<String>,
+    /// Interpreter for `script` (default "sh"), e.g. "bash".
+    #[serde(default)]
+    pub shell: Option<String>,
+    /// Extra environment variables; values may be templates.
+    #[serde(default, deserialize_with = "env_map")]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default: the daemon's).
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+fn argv<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<String>>, D::Error> {
+    let items: Option<Vec<Value>> = Option::deserialize(deserializer)?;
+    items
+        .map(|items| {
+            items
+                .into_iter()
+                .map(|v| scalar_text(v).map_err(serde::de::Error::custom))
+                .collect()
+        })
+        .transpose()
+}
+
+fn env_map<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let map: Map<String, Value> = Map::deserialize(deserializer)?;
+    map.into_iter()
+        .map(|(k, v)| {
+            scalar_text(v)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| serde::de::Error::custom(format!("env `{k}`: {e}")))
+        })
+        .collect()
+}
+
+impl Kind for Shell {
+    const NAME: &'static str = "shell";
+
+    fn check(&self, _raw: &Value, errors: &mut Vec<(String, String)>) {
+        match (&self.command, &self.script) {
+            (Some(_), Some(_)) => errors.push((
+                String::new(),
+                "set either `command` (argv) or `script`, not both".into(),
+            )),
+            (None, None) => errors.push((
+                String::new(),
+                "set `command` (argv array) or `script`".into(),
+            )),
+            (Some(argv), None) if argv.is_empty() => errors.push((
+                ".command".into(),
+                "`command` needs at least the program".into(),
+            )),
+            _ => {}
+        }
+        if let Some(script) = &self.script
+            && script.replace("$${", "").contains("${")
+        {
+            errors.push((
+                ".script".into(),
+                "`${…}` is not allowed inside shell.script: event data must not become \
+                 shell code. Pass values as env entries, e.g. \"env\": {\"NAME\": \"${vars.name}\"}, \
+                 and use \"$NAME\" in the script (write $${ for a literal ${)"
+                    .into(),
+            ));
+        }
+        if self.shell.is_some() && self.script.is_none() {
+            errors.push((".shell".into(), "`shell` applies only to `script`".into()));
+        }
+    }
+
+    async fn execute(self, ctx: AttemptContext) -> AttemptOutcome {
+        let mut command = match (&self.command, &self.script) {
+            (Some(argv), None) if !argv.is_empty() => {
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+            (None, Some(script)) => {
+                let mut c = Command::new(self.shell.as_deref().unwrap_or("sh"));
+                c.arg("-c").arg(script);
+                c
+            }
+            _ => return AttemptOutcome::permanent_failure("set `command` or `script`"),
+        };
+        let output_path = ctx
+            .scratch_dir
+            .join(format!("{}-{}-{}.json", ctx.run_id, ctx.task, ctx.attempt));
+        if let Err(e) = std::fs::create_dir_all(&ctx.scratch_dir) {
+            return AttemptOutcome::failure(format!(
+                "cannot create scratch dir {}: {e}",
+                ctx.scratch_dir.display()
+            ));
+        }
+        command
+            .envs(&self.env)
+            .env("SWITCHYARD_OUTPUT", &output_path)
+            .env("SWITCHYARD_RUN_ID", ctx.run_id.to_string())
+            .env("SWITCHYARD_WORKFLOW", &*ctx.workflow)
+            .env("SWITCHYARD_TASK", &*ctx.task)
+            .env("SWITCHYARD_ATTEMPT", ctx.attempt.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(cwd) = &self.cwd {
+            command.current_dir(cwd);
+        }
+        let program = self
+            .command
+            .as_ref()
+            .and_then(|a| a.first().cloned())
+            .or_else(|| self.shell.clone())
+            .unwrap_or_else(|| "sh".into());
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let retryable = !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                );
+                let outcome = AttemptOutcome::failure(format!("cannot start `{program}`: {e}"));
+                return AttemptOutcome {
+                    retryable,
+                    ..outcome
+                };
+            }
+        };
+        let pgid = child.id().map(|id| id as i32);
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(read_tail(s, LOG_CAP)));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(read_tail(s, LOG_CAP)));
+
+        let mut cancelled = false;
+        let status: std::io::Result<ExitStatus> = tokio::select! {
+            status = child.wait() => status,
+            _ = ctx.cancel.cancelled() => {
+                cancelled = true;
+                signal_group(pgid, libc::SIGTERM);
+                match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        signal_group(pgid, libc::SIGKILL);
+                        child.wait().await
+                    }
+                }
+            }
+        };
+        let mut leftover = false;
+        let (stdout, stdout_truncated) = join_reader(stdout, pgid, &mut leftover).await;
+        let (mut stderr, stderr_truncated) = join_reader(stderr, pgid, &mut leftover).await;
+        if leftover {
+            stderr.push_str(
+                "\n[switchyard] killed processes left holding stdout/stderr after the task exited\n",
+            );
+        }
+        let stdout_var = tail_str(&stdout, STDOUT_VAR_CAP).to_string();
+        let logs = TaskLogs {
+            attempt: ctx.attempt,
+            stdout,
+            stderr,
+            truncated: stdout_truncated || stderr_truncated,
+        };
+        let output = read_output(&output_path);
+        let _ = std::fs::remove_file(&output_path);
+
+        let mut outcome = match (status, cancelled) {
+            (_, true) => AttemptOutcome::failure("cancelled"),
+            (Err(e), _) => AttemptOutcome::failure(format!("waiting for `{program}`: {e}")),
+            (Ok(status), _) if status.success() => match output {
+                Ok(output) => AttemptOutcome::success(output),
+                Err(e) => AttemptOutcome::permanent_failure(e),
+            },
+            (Ok(status), _) => {
+                let mut error = describe_exit(status);
+                if let Some(line) = logs.stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+                    error.push_str(": ");
+                    error.push_str(line.trim());
+                }
+                let mut outcome = AttemptOutcome::failure(error);
+                outcome.output = output.unwrap_or(Value::Null);
+                outcome
+            }
+        };
+        outcome.stdout = stdout_var;
+        outcome.logs = Some(logs);
+        outcome
+    }
+}
+
+fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => "exited abnormally".into(),
+    }
+}
+
+/// Reads the JSON object the task wrote to `$SWITCHYARD_OUTPUT`, `{}` if none.
+fn read_output(path: &PathBuf) -> Result<Value, String> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Value::Object(Map::new())),
+        Err(e) => return Err(format!("cannot read $SWITCHYARD_OUTPUT: {e}")),
+    };
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Map::new()));
+    }
+    match serde_json::from_slice::<Value>(&text) {
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(other) => Err(format!(
+            "$SWITCHYARD_OUTPUT must hold a JSON object, got {}",
+            super::json_type(&other)
+        )),
+        Err(e) => Err(format!("$SWITCHYARD_OUTPUT is not valid JSON: {e}")),
+    }
+}
+
+async fn join_reader(
+    reader: Option<tokio::task::JoinHandle<(Vec<u8>, bool)>>,
+    pgid: Option<i32>,
+    leftover: &mut bool,
+) -> (String, bool) {
+    let Some(mut reader) = reader else {
+        return (String::new(), false);
+    };
+    let (bytes, truncated) = match tokio::time::timeout(DRAIN_GRACE, &mut reader).await {
+        Ok(result) => result.unwrap_or_default(),
+        Err(_) => {
+            // A background child still holds the pipe: end the whole group.
+            *leftover = true;
+            signal_group(pgid, libc::SIGKILL);
+            reader.await.unwrap_or_default()
+        }
+    };
+    (String::from_utf8_lossy(&bytes).into_owned(), truncated)
+}
+
+/// Reads a stream to its end, keeping at most its last `cap` bytes.
+async fn read_tail(mut stream: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
+    let mut kept: Vec<u8> = Vec::new();
+    let mut truncated = false;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 2 * cap {
+                    let drop = kept.len() - cap;
+                    kept.drain(..drop);
+                    truncated = true;
+                }
+            }
+        }
+    }
+    if kept.len() > cap {
+        let drop = kept.len() - cap;
+        kept.drain(..drop);
+        truncated = true;
+    }
+    (kept, truncated)
+}
+
+/// The last at most `cap` bytes of `text`, cut at a character boundary.
+fn tail_str(text: &str, cap: usize) -> &str {
+    if text.len() <= cap {
+        return text;
+    }
+    let mut start = text.len() - cap;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// Sends `signal` to a whole process group.
+#[allow(unsafe_code)]
+fn signal_group(pgid: Option<i32>, signal: i32) {
+    if let Some(pgid) = pgid
+        && pgid > 0
+    {
+        // SAFETY: killpg has no memory-safety preconditions; a stale or
+        // foreign group id only makes it fail with ESRCH/EPERM.
+        unsafe {
+            libc::killpg(pgid, signal);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_str_cuts_on_char_boundary() {
+        assert_eq!(tail_str("héllo", 4), "llo");
+        assert_eq!(tail_str("abc", 10), "abc");
+    }
+}

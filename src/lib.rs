@@ -1,0 +1,18 @@
+//! switchyard: an event-triggered workflow orchestrator in one binary.
+//!
+//! # Layout
+//!
+//! - [`spec`]: file formats (workflow, config): raw serde types, then
+//!   validated, compiled types; every error with file and JSON path.
+//! - [`expr`]: CEL conditions and `${…}` templates, parsed at load time.
+//! - [`log`]: the sled log; the only code that touches sled.
+//! - [`engine`]: the run state machine (pure) and its runtime (I/O shell).
+//! - [`executors`]: one file per task kind.
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod engine;
+pub mod executors;
+pub mod expr;
+pub mod log;
+pub mod spec;

@@ -1,0 +1,261 @@
+//! The durable log: the only code that touches sled.
+//!
+//! Every run transition is a [`Record`] appended here before anyone acts on it.
+//! Appends are cheap in-memory inserts; [`Log::flush`] makes everything appended
+//! so far durable with one fsync (group commit). The engine driver calls
+//! `flush` once per batch and only then performs effects or answers callers.
+//!
+//! Trees:
+//! - `records`: `run_id (16 B) ++ seq (8 B, big-endian)` → record JSON. A run's
+//!   history is one prefix scan.
+//! - `unfinished`: `run_id` → empty, for every run created and not yet ended,
+//!   so start-up cost follows unfinished work, not history size.
+//! - `runs`: `run_id` → the final run record JSON, written when a run ends.
+//! - `definitions`: content hash → the workflow file's JSON, as it was when a
+//!   run started with it.
+//! - `task_logs`: `run_id ++ task ++ 0 ++ attempt` → captured stdout/stderr.
+//! - `meta`: the last sequence number.
+
+pub mod record;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use record::{Millis, Record, RecordBody, RunId, RunStatus};
+use serde::{Deserialize, Serialize};
+
+/// Errors of the log. Any of them means the data dir cannot be trusted for
+/// writing any more; callers stop rather than act on an undurable transition.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "data dir {dir} is locked by another switchyard process (a running `serve`?); \
+         stop it, or talk to it with `--server`, or use another `--data-dir`"
+    )]
+    Locked { dir: PathBuf },
+    #[error("cannot open the log in {dir}: {source}")]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("log storage error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("corrupt log record {key}: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Captured output of one attempt, stored beside the log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskLogs {
+    pub attempt: u32,
+    pub stdout: String,
+    pub stderr: String,
+    /// True when output beyond the cap was dropped (the head is dropped, the tail kept).
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// Handle on the log. Cloning is cheap; all clones share one database.
+/// Only the engine driver appends; anyone may read.
+#[derive(Clone)]
+pub struct Log {
+    db: sled::Db,
+    records: sled::Tree,
+    unfinished: sled::Tree,
+    runs: sled::Tree,
+    definitions: sled::Tree,
+    task_logs: sled::Tree,
+    meta: sled::Tree,
+    next_seq: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("next_seq", &self.next_seq.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+const LAST_SEQ_KEY: &[u8] = b"last_seq";
+
+impl Log {
+    /// Opens (or creates) the log under `data_dir/log`. Fails with
+    /// [`Error::Locked`] when another process holds it.
+    pub fn open(data_dir: &Path) -> Result<Self, Error> {
+        let dir = data_dir.join("log");
+        let db = sled::Config::new()
+            .path(&dir)
+            .mode(sled::Mode::HighThroughput)
+            // Durability is ours to decide: flush only at group commits.
+            .flush_every_ms(None)
+            .cache_capacity(32 * 1024 * 1024)
+            .open()
+            .map_err(|source| match &source {
+                sled::Error::Io(io) if io.to_string().contains("lock") => Error::Locked {
+                    dir: data_dir.to_path_buf(),
+                },
+                _ => Error::Open {
+                    dir: data_dir.to_path_buf(),
+                    source,
+                },
+            })?;
+        let records = db.open_tree("records")?;
+        let unfinished = db.open_tree("unfinished")?;
+        let runs = db.open_tree("runs")?;
+        let definitions = db.open_tree("definitions")?;
+        let task_logs = db.open_tree("task_logs")?;
+        let meta = db.open_tree("meta")?;
+        let last_seq = meta
+            .get(LAST_SEQ_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        Ok(Self {
+            db,
+            records,
+            unfinished,
+            runs,
+            definitions,
+            task_logs,
+            meta,
+            next_seq: Arc::new(AtomicU64::new(last_seq + 1)),
+        })
+    }
+
+    /// Appends one transition. Not durable until the next [`Log::flush`].
+    pub fn append(&self, run_id: RunId, at: Millis, body: RecordBody) -> Result<Record, Error> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let record = Record {
+            seq,
+            at,
+            run_id,
+            body,
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|source| Error::Corrupt {
+            key: format!("{run_id}/{seq}"),
+            source,
+        })?;
+        self.records.insert(record_key(run_id, seq), bytes)?;
+        match &record.body {
+            RecordBody::RunCreated { .. } => {
+                self.unfinished.insert(run_id.as_bytes(), &[])?;
+            }
+            RecordBody::RunEnded { .. } => {
+                self.unfinished.remove(run_id.as_bytes())?;
+            }
+            _ => {}
+        }
+        Ok(record)
+    }
+
+    /// Makes everything appended so far durable (one fsync for all of it).
+    pub fn flush(&self) -> Result<(), Error> {
+        let last = self.next_seq.load(Ordering::Relaxed).saturating_sub(1);
+        self.meta.insert(LAST_SEQ_KEY, &last.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every record of one run, in sequence order.
+    pub fn run_history(&self, run_id: RunId) -> Result<Vec<Record>, Error> {
+        self.records
+            .scan_prefix(run_id.as_bytes())
+            .map(|entry| {
+                let (key, value) = entry?;
+                serde_json::from_slice(&value).map_err(|source| Error::Corrupt {
+                    key: format!("{:?}", key.as_ref()),
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs created and not yet ended: what start-up must resume.
+    pub fn unfinished_runs(&self) -> Result<Vec<RunId>, Error> {
+        self.unfinished
+            .iter()
+            .keys()
+            .filter_map(|key| match key {
+                Ok(key) => run_id_from_key(&key).map(Ok),
+                Err(e) => Some(Err(e.into())),
+            })
+            .collect()
+    }
+
+    /// Stores a workflow definition under its content hash (idempotent).
+    pub fn put_definition(&self, version: &str, source: &[u8]) -> Result<(), Error> {
+        if !self.definitions.contains_key(version)? {
+            self.definitions.insert(version, source)?;
+        }
+        Ok(())
+    }
+
+    pub fn definition(&self, version: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.definitions.get(version)?.map(|v| v.to_vec()))
+    }
+
+    /// Stores the final record of an ended run (written in the same group
+    /// commit as its `RunEnded` record).
+    pub fn put_run_summary(&self, run_id: RunId, summary: &[u8]) -> Result<(), Error> {
+        self.runs.insert(run_id.as_bytes(), summary)?;
+        Ok(())
+    }
+
+    pub fn run_summary(&self, run_id: RunId) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.runs.get(run_id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    pub fn put_task_logs(&self, run_id: RunId, task: &str, logs: &TaskLogs) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(logs).map_err(|source| Error::Corrupt {
+            key: format!("{run_id}/{task}"),
+            source,
+        })?;
+        self.task_logs
+            .insert(task_log_key(run_id, task, logs.attempt), bytes)?;
+        Ok(())
+    }
+
+    /// Captured output of every attempt of one task, oldest attempt first.
+    pub fn task_logs(&self, run_id: RunId, task: &str) -> Result<Vec<TaskLogs>, Error> {
+        let mut prefix = run_id.as_bytes().to_vec();
+        prefix.extend_from_slice(task.as_bytes());
+        prefix.push(0);
+        self.task_logs
+            .scan_prefix(prefix)
+            .map(|entry| {
+                let (key, value) = entry?;
+                serde_json::from_slice(&value).map_err(|source| Error::Corrupt {
+                    key: format!("{:?}", key.as_ref()),
+                    source,
+                })
+            })
+            .collect()
+    }
+}
+
+fn record_key(run_id: RunId, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(run_id.as_bytes());
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn task_log_key(run_id: RunId, task: &str, attempt: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + task.len() + 5);
+    key.extend_from_slice(run_id.as_bytes());
+    key.extend_from_slice(task.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&attempt.to_be_bytes());
+    key
+}
+
+fn run_id_from_key(bytes: &[u8]) -> Option<RunId> {
+    <[u8; 16]>::try_from(bytes).ok().map(RunId::from_bytes)
+}

@@ -1,0 +1,126 @@
+//! The log's record format: a versioned, append-only enum of every transition.
+//!
+//! Records are what the sled log stores and what replay folds. They are
+//! separate from the engine's in-memory types on purpose: once a variant has
+//! shipped it is only ever added to (new optional fields with `#[serde(default)]`,
+//! new variants), never changed, so logs written by older binaries replay.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type Millis = i64;
+
+/// The identity of a run: a UUIDv7, so ids sort by creation time.
+pub type RunId = Uuid;
+
+/// One transition, as stored in the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Monotonically increasing over the whole log, assigned at append.
+    pub seq: u64,
+    /// Wall-clock time the transition was appended.
+    pub at: Millis,
+    pub run_id: RunId,
+    pub body: RecordBody,
+}
+
+/// Format version 1 of a record body. Tagged by `type` in the stored JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RecordBody {
+    /// A run was accepted. It starts `queued`.
+    RunCreated {
+        workflow: String,
+        /// Content hash of the definition, the key into the definitions store.
+        version: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version_label: Option<u64>,
+        #[serde(default)]
+        params: serde_json::Map<String, Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event: Option<Value>,
+    },
+    /// The run left `queued` and began executing.
+    RunStarted {},
+    /// A task's attempt was started; its side effect runs after this is durable.
+    AttemptStarted { task: String, attempt: u32 },
+    /// A task's attempt ended (succeeded or failed).
+    AttemptFinished {
+        task: String,
+        attempt: u32,
+        succeeded: bool,
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        output: Value,
+        /// The last 64 KiB of stdout, in scope as `tasks.<id>.stdout`.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        stdout: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// False for failures that another attempt cannot fix (bad config).
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        retryable: bool,
+    },
+    /// A failed task will be attempted again at `due_at`.
+    RetryScheduled {
+        task: String,
+        attempt: u32,
+        due_at: Millis,
+    },
+    /// A task will not run: its dependencies did not hold, or `when` was false.
+    TaskSkipped { task: String, reason: String },
+    /// A task failed without an attempt (its `when` could not be evaluated).
+    TaskFailed { task: String, error: String },
+    /// A task was cancelled (fail_fast, run timeout, user cancel).
+    TaskCancelled { task: String, reason: String },
+    /// The run's `timeout` elapsed; its remaining tasks are cancelled.
+    RunTimedOut {},
+    /// The run is terminal.
+    RunEnded {
+        status: RunStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+/// Status of a run (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,174 @@
+//! File formats (SPEC §2–3): raw serde types, then compiled, validated types.
+//!
+//! Validation runs in two stages. Stage one deserializes with
+//! `deny_unknown_fields` (each task on its own, so one bad task does not hide
+//! the errors of the others). Stage two compiles: ids, dependencies, cycles,
+//! durations, CEL and templates. Every error is collected as a [`Diagnostic`]
+//! naming the file, the JSON path and what is wrong.
+
+pub mod config;
+pub mod schema;
+pub mod workflow;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use config::Config;
+pub use workflow::{Dep, DepOn, Dependencies, RetryPolicy, Task, Workflow};
+
+/// One validation error: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    /// JSON path inside the file, e.g. `tasks[2].retry.delay`; empty for the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.path,
+                self.message
+            )
+        }
+    }
+}
+
+/// All errors found in a set of files.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects diagnostics for one file.
+#[derive(Debug)]
+pub(crate) struct Collector<'a> {
+    pub file: &'a Path,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl<'a> Collector<'a> {
+    pub fn new(file: &'a Path) -> Self {
+        Self {
+            file,
+            diagnostics: Vec::new(),
+        }
+    }
+
+    pub fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Reads the JSON files to validate under `paths`: files as given,
+/// directories for their `*.json` entries (sorted, not recursive).
+pub fn json_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|e| Diagnostic {
+                file: path.clone(),
+                path: String::new(),
+                message: format!("cannot read directory: {e}"),
+            })?;
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json") && p.is_file())
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else if path.exists() {
+            files.push(path.clone());
+        } else {
+            return Err(Diagnostic {
+                file: path.clone(),
+                path: String::new(),
+                message: "no such file or directory".into(),
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// Loads every workflow under `paths`, checking that names are unique.
+/// Returns the workflows that compiled and every diagnostic found.
+pub fn load_workflows(paths: &[PathBuf]) -> (Vec<Workflow>, Vec<Diagnostic>) {
+    let files = match json_files(paths) {
+        Ok(files) => files,
+        Err(d) => return (Vec::new(), vec![d]),
+    };
+    let mut workflows: Vec<Workflow> = Vec::new();
+    let mut diagnostics = Vec::new();
+    for file in files {
+        match Workflow::load(&file) {
+            Ok(workflow) => {
+                if let Some(other) = workflows.iter().find(|w| w.name == workflow.name) {
+                    diagnostics.push(Diagnostic {
+                        file: file.clone(),
+                        path: "name".into(),
+                        message: format!(
+                            "workflow name `{}` is already used by {}",
+                            workflow.name,
+                            other
+                                .file
+                                .as_deref()
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_default()
+                        ),
+                    });
+                } else {
+                    workflows.push(workflow);
+                }
+            }
+            Err(Diagnostics(mut found)) => diagnostics.append(&mut found),
+        }
+    }
+    (workflows, diagnostics)
+}
+
+/// Formats a serde_path_to_error path the way diagnostics show paths.
+pub(crate) fn join_path(prefix: &str, inner: &str) -> String {
+    match (prefix.is_empty(), inner.is_empty() || inner == ".") {
+        (true, _) => inner.trim_start_matches('.').to_string(),
+        (false, true) => prefix.to_string(),
+        (false, false) if inner.starts_with('[') => format!("{prefix}{inner}"),
+        (false, false) => format!("{prefix}.{}", inner.trim_start_matches('.')),
+    }
+}
+
+/// Parses a humantime duration, rejecting zero where it makes no sense.
+pub(crate) fn parse_duration(text: &str, allow_zero: bool) -> Result<std::time::Duration, String> {
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("invalid duration `{text}`: {e} (examples: \"500ms\", \"30s\", \"1h 30m\")")
+    })?;
+    if !allow_zero && duration.is_zero() {
+        return Err(format!("duration `{text}` must be greater than zero"));
+    }
+    Ok(duration)
+}
+
+/// Parses a duration that may be zero (for `sleep`).
+pub fn parse_duration_text(text: &str) -> Result<std::time::Duration, String> {
+    parse_duration(text, true)
+}

@@ -1,0 +1,22 @@
+//! JSON Schemas of the file formats, generated from the Rust types.
+//! `switchyard schema` writes them to `schemas/`; a test fails when the
+//! committed copies drift from what the types say.
+
+use super::config::Config;
+use super::workflow::WorkflowFile;
+
+/// `(file name, pretty JSON)` for every schema.
+pub fn schemas() -> Vec<(&'static str, String)> {
+    let render = |schema: schemars::Schema| {
+        let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+        text.push('\n');
+        text
+    };
+    vec![
+        (
+            "workflow.schema.json",
+            render(schemars::schema_for!(WorkflowFile)),
+        ),
+        ("config.schema.json", render(schemars::schema_for!(Config))),
+    ]
+}
