@@ -67,7 +67,21 @@ impl Scope for MapScope {
     }
 }
 
-static ENV: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
+/// CEL's standard library plus the strings, lists and math extensions
+/// (`trim()`, `split()`, `lowerAscii()`, `math.greatest()`, …).
+static ENV: LazyLock<Arc<cel::Env>> = LazyLock::new(|| {
+    let mut env = cel::Env::stdlib();
+    for extension in [
+        cel::extensions::strings as fn(&mut cel::Env) -> Result<(), cel::DeclarationError>,
+        cel::extensions::lists,
+        cel::extensions::math,
+    ] {
+        if let Err(e) = env.add_extension(extension) {
+            tracing::error!(error = %e, "A CEL extension failed to load.");
+        }
+    }
+    Arc::new(env)
+});
 
 /// One compiled CEL expression.
 #[derive(Debug, Clone)]

@@ -73,6 +73,10 @@ pub struct Log {
     task_logs: sled::Tree,
     meta: sled::Tree,
     next_seq: Arc<AtomicU64>,
+    /// Highest sequence number known to be on disk.
+    durable_seq: Arc<AtomicU64>,
+    /// Group commits so far (observability, and tests proving batching).
+    flushes: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Log {
@@ -126,6 +130,8 @@ impl Log {
             task_logs,
             meta,
             next_seq: Arc::new(AtomicU64::new(last_seq + 1)),
+            durable_seq: Arc::new(AtomicU64::new(last_seq)),
+            flushes: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -160,7 +166,19 @@ impl Log {
         let last = self.next_seq.load(Ordering::Relaxed).saturating_sub(1);
         self.meta.insert(LAST_SEQ_KEY, &last.to_be_bytes())?;
         self.db.flush()?;
+        self.durable_seq.fetch_max(last, Ordering::Release);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The highest sequence number made durable by a flush.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq.load(Ordering::Acquire)
+    }
+
+    /// How many group commits this handle's database has done.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
     }
 
     /// Every record of one run, in sequence order.

@@ -1,0 +1,390 @@
+//! The real binary on workflow files: `run`, `graph`, `schema`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::util::{run_json, stderr, switchyard, write_workflow};
+
+#[test]
+fn independent_tasks_run_in_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "par",
+        &json!({"name": "par", "tasks": [
+            {"id": "a", "shell": {"command": ["sleep", "1"]}},
+            {"id": "b", "shell": {"command": ["sleep", "1"]}},
+            {"id": "join", "after": ["a", "b"], "noop": {}},
+        ]}),
+    );
+    let started = Instant::now();
+    let (code, record) = run_json(dir.path(), &file, &[]);
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{record}");
+    assert!(
+        took < Duration::from_millis(1900),
+        "two 1 s tasks took {took:?}"
+    );
+}
+
+#[test]
+fn exported_number_stays_a_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "num",
+        &json!({"name": "num", "tasks": [
+            {"id": "count", "shell": {"script": "echo '{\"n\": 42, \"ratio\": 0.5, \"name\": \"x\"}' > \"$SWITCHYARD_OUTPUT\""},
+             "export": {"n": "${output.n}", "ratio": "${output.ratio}", "label": "n=${output.n}"}},
+            {"id": "use", "after": "count", "shell": {"command": ["test", "${vars.n + 1}", "=", "43"]}},
+        ]}),
+    );
+    let (code, record) = run_json(dir.path(), &file, &[]);
+    assert_eq!(code, 0, "{record}");
+    assert_eq!(record["vars"]["n"], json!(42));
+    assert_eq!(record["vars"]["ratio"], json!(0.5));
+    assert_eq!(record["vars"]["label"], json!("n=42"));
+    assert_eq!(record["tasks"]["count"]["output"]["n"], json!(42));
+}
+
+#[test]
+fn run_record_has_the_documented_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "shape",
+        &json!({"name": "shape", "version": 7, "vars": {"v": 1}, "tasks": [
+            {"id": "a", "noop": {}},
+        ]}),
+    );
+    let (code, record) = run_json(dir.path(), &file, &["--param", "p=2", "--param", "s=text"]);
+    assert_eq!(code, 0);
+    for key in [
+        "id",
+        "workflow",
+        "version",
+        "status",
+        "params",
+        "vars",
+        "event",
+        "started_at",
+        "ended_at",
+        "tasks",
+    ] {
+        assert!(record.get(key).is_some(), "missing {key}: {record}");
+    }
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["params"], json!({"p": 2, "s": "text"}));
+    assert_eq!(record["vars"], json!({"v": 1, "p": 2, "s": "text"}));
+    assert_eq!(record["event"], json!(null));
+    for key in [
+        "status",
+        "attempts",
+        "output",
+        "error",
+        "started_at",
+        "ended_at",
+    ] {
+        assert!(record["tasks"]["a"].get(key).is_some(), "task misses {key}");
+    }
+}
+
+#[test]
+fn failure_exits_1_and_recovery_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "fail",
+        &json!({"name": "fail", "tasks": [
+            {"id": "publish", "shell": {"script": "echo nope >&2; exit 3"}},
+            {"id": "mark", "after": "publish", "shell": {"command": ["true"]}},
+            {"id": "recover", "after": "publish:failure", "shell": {"command": ["true"]}},
+        ]}),
+    );
+    let (code, record) = run_json(dir.path(), &file, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["tasks"]["publish"]["error"], "exit status 3: nope");
+    assert_eq!(record["tasks"]["mark"]["status"], "skipped");
+    assert_eq!(record["tasks"]["recover"]["status"], "succeeded");
+}
+
+#[test]
+fn retries_until_success_counting_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = dir.path().join("count");
+    let file = write_workflow(
+        dir.path(),
+        "retry",
+        &json!({"name": "retry", "tasks": [
+            {"id": "flaky", "retry": {"max_attempts": 5, "delay": "50ms"},
+             "shell": {"script": "n=$(cat \"$COUNTER\" 2>/dev/null || echo 0); n=$((n+1)); echo $n > \"$COUNTER\"; [ $n -ge 3 ]",
+                       "env": {"COUNTER": counter.to_str().unwrap()}}},
+        ]}),
+    );
+    let (code, record) = run_json(dir.path(), &file, &[]);
+    assert_eq!(code, 0, "{record}");
+    assert_eq!(record["tasks"]["flaky"]["attempts"], json!(3));
+}
+
+#[test]
+fn timeout_kills_the_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
+    let file = write_workflow(
+        dir.path(),
+        "slow",
+        &json!({"name": "slow", "tasks": [
+            {"id": "hang", "timeout": "500ms",
+             "shell": {"script": "sleep 60 & echo $! > \"$PID_FILE\"; wait",
+                       "env": {"PID_FILE": pid_file.to_str().unwrap()}}},
+        ]}),
+    );
+    let started = Instant::now();
+    let (code, record) = run_json(dir.path(), &file, &[]);
+    assert_eq!(code, 1);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        record["tasks"]["hang"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 500ms"),
+        "{record}"
+    );
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The background grandchild was killed with its group.
+    let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ");
+    assert!(!alive, "grandchild {pid} survived the timeout");
+}
+
+#[test]
+fn stdout_is_in_scope_and_output_must_be_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "out",
+        &json!({"name": "out", "tasks": [
+            {"id": "say", "shell": {"command": ["echo", "hello world"]}},
+            {"id": "check", "after": "say", "shell": {"command": ["test", "${tasks.say.stdout.trim()}", "=", "hello world"]}},
+            {"id": "bad", "shell": {"script": "echo 'not json' > \"$SWITCHYARD_OUTPUT\""}},
+        ]}),
+    );
+    let (code, record) = run_json(dir.path(), &file, &[]);
+    assert_eq!(code, 1, "{record}");
+    assert_eq!(record["tasks"]["check"]["status"], "succeeded", "{record}");
+    assert_eq!(record["tasks"]["bad"]["status"], "failed");
+    assert!(
+        record["tasks"]["bad"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON")
+    );
+}
+
+#[test]
+fn event_data_reaches_the_process_only_as_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pwned");
+    let evil = format!(
+        "$(touch {}); `touch {}`",
+        marker.display(),
+        marker.display()
+    );
+    let file = write_workflow(
+        dir.path(),
+        "safe",
+        &json!({"name": "safe", "tasks": [
+            {"id": "env", "shell": {"script": "printf '%s' \"$NAME\" > /dev/null", "env": {"NAME": "${params.name}"}}},
+            {"id": "argv", "shell": {"command": ["printf", "%s", "${params.name}"]}},
+        ]}),
+    );
+    let (code, record) = run_json(dir.path(), &file, &["--param", &format!("name={evil}")]);
+    assert_eq!(code, 0, "{record}");
+    assert!(!marker.exists(), "a param was executed as shell code");
+}
+
+#[test]
+fn missing_program_fails_without_retrying() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "missing",
+        &json!({"name": "missing", "tasks": [
+            {"id": "a", "retry": {"max_attempts": 3, "delay": "10ms"}, "shell": {"command": ["/no/such/program"]}},
+        ]}),
+    );
+    let (code, record) = run_json(dir.path(), &file, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(record["tasks"]["a"]["attempts"], json!(1));
+    assert!(
+        record["tasks"]["a"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot start")
+    );
+}
+
+#[test]
+fn sleep_task_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "nap",
+        &json!({"name": "nap", "tasks": [
+            {"id": "nap", "sleep": {"duration": "300ms"}},
+        ]}),
+    );
+    let started = Instant::now();
+    let (code, _) = run_json(dir.path(), &file, &[]);
+    assert_eq!(code, 0);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[test]
+fn run_by_name_from_the_project() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("flows")).unwrap();
+    write_workflow(
+        &dir.path().join("flows"),
+        "hello",
+        &json!({"name": "hello", "tasks": [{"id": "a", "noop": {}}]}),
+    );
+    std::fs::write(
+        dir.path().join("switchyard.json"),
+        r#"{"workflows": ["flows"], "data_dir": "state"}"#,
+    )
+    .unwrap();
+    let out = switchyard(dir.path(), &["run", "hello"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello succeeded"));
+    assert!(
+        dir.path().join("state").is_dir(),
+        "the config's data_dir holds the log"
+    );
+    let out = switchyard(dir.path(), &["run", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no workflow named `nope`"));
+}
+
+#[test]
+fn bad_params_and_invalid_files_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "p",
+        &json!({"name": "p", "tasks": [{"id": "a", "noop": {}}]}),
+    );
+    let out = switchyard(
+        dir.path(),
+        &["run", file.to_str().unwrap(), "--param", "novalue"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("KEY=VALUE"));
+    let bad = write_workflow(
+        dir.path(),
+        "bad",
+        &json!({"name": "bad", "tasks": [{"id": "a"}]}),
+    );
+    let out = switchyard(dir.path(), &["run", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("tasks[0]"));
+}
+
+#[test]
+fn second_process_on_the_same_data_dir_gets_a_lock_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = write_workflow(
+        dir.path(),
+        "slow",
+        &json!({"name": "slow", "tasks": [{"id": "a", "sleep": {"duration": "3s"}}]}),
+    );
+    let data = dir.path().join("data");
+    let mut first = std::process::Command::new(crate::util::bin())
+        .args([
+            "run",
+            slow.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the first process holds the log.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !data.join("log").join("db").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let out = switchyard(
+        dir.path(),
+        &[
+            "run",
+            slow.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("locked by another switchyard process"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(first.wait().unwrap().success());
+}
+
+#[test]
+fn graph_prints_mermaid_and_dot() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = switchyard(root, &["graph", "publish_promotion"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("flowchart TD"));
+    assert!(text.contains("probe -->|success| publish"), "{text}");
+    assert!(text.contains("publish -.->|failure| recover"), "{text}");
+    let out = switchyard(root, &["graph", "publish_promotion", "--format", "dot"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("digraph \"publish_promotion\""));
+    assert!(
+        text.contains("\"publish\" -> \"recover\" [label=\"failure\", style=dashed];"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_example_workflows_run() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let data = tempfile::tempdir().unwrap();
+    let (code, record) = run_json(
+        data.path(),
+        &root.join("examples/workflows/publish_promotion.json"),
+        &[],
+    );
+    assert_eq!(code, 0, "{record}");
+    assert_eq!(record["tasks"]["recover"]["status"], "skipped");
+    assert!(record["vars"]["promo_id"].is_number(), "{record}");
+    let (code, record) = run_json(
+        data.path(),
+        &root.join("examples/workflows/publish_promotion.json"),
+        &["--param", "fail=true"],
+    );
+    assert_eq!(code, 1);
+    assert_eq!(record["tasks"]["publish"]["attempts"], json!(3));
+    assert_eq!(record["tasks"]["recover"]["status"], "succeeded");
+    assert_eq!(record["tasks"]["mark_published"]["status"], "skipped");
+    let (code, record) = run_json(
+        data.path(),
+        &root.join("examples/workflows/campaign.json"),
+        &[],
+    );
+    assert_eq!(code, 0, "{record}");
+    assert_eq!(record["tasks"]["recovery"]["status"], "skipped");
+}

@@ -1,0 +1,341 @@
+//! Every class of validation error: `switchyard validate` exits 2 and names
+//! the file, the JSON path and the problem.
+
+use serde_json::{Value, json};
+
+use crate::util::{stderr, switchyard, write_workflow};
+
+/// Validates one workflow file; returns stderr, asserting exit code 2.
+fn invalid(definition: Value) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(dir.path(), "wf", &definition);
+    let out = switchyard(dir.path(), &["validate", file.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected exit 2, stderr: {}",
+        stderr(&out)
+    );
+    let text = stderr(&out);
+    assert!(text.contains("wf.json"), "error names the file: {text}");
+    text
+}
+
+fn shell(id: &str) -> Value {
+    json!({"id": id, "shell": {"command": ["true"]}})
+}
+
+#[test]
+fn valid_files_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "wf",
+        &json!({"name": "ok", "tasks": [shell("a")]}),
+    );
+    let out = switchyard(dir.path(), &["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn the_examples_are_valid() {
+    let out = switchyard(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["validate"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn json_syntax_error_names_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wf.json");
+    std::fs::write(&file, "{\n  \"name\": \"x\",\n  \"tasks\": [\n}").unwrap();
+    let out = switchyard(dir.path(), &["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = stderr(&out);
+    assert!(
+        text.contains("wf.json") && text.contains("invalid JSON") && text.contains("line 4"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_workflow_key() {
+    let text = invalid(json!({"name": "x", "taks": [], "tasks": [shell("a")]}));
+    assert!(
+        text.contains("taks") && text.contains("unknown field"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_task_key_names_the_task_path() {
+    let text = invalid(
+        json!({"name": "x", "tasks": [shell("a"), {"id": "b", "retries": 3, "shell": {"command": ["true"]}}]}),
+    );
+    assert!(
+        text.contains("tasks[1].retries") && text.contains("unknown key"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_kind_config_key() {
+    let text = invalid(json!({"name": "x", "tasks": [{"id": "a", "shell": {"comand": ["true"]}}]}));
+    assert!(
+        text.contains("tasks[0].shell") && text.contains("comand"),
+        "{text}"
+    );
+}
+
+#[test]
+fn missing_and_double_kind() {
+    let text = invalid(
+        json!({"name": "x", "tasks": [{"id": "a"}, {"id": "b", "noop": {}, "sleep": {"duration": "1s"}}]}),
+    );
+    assert!(text.contains("tasks[0]: task `a` has no kind"), "{text}");
+    assert!(
+        text.contains("tasks[1]: task `b` has more than one kind"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_dependency_is_named() {
+    let text = invalid(
+        json!({"name": "x", "tasks": [shell("a"), {"id": "b", "after": ["a", "nope"], "shell": {"command": ["true"]}}]}),
+    );
+    assert!(
+        text.contains("tasks[1].after[1]") && text.contains("unknown task id `nope`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_dependency_condition() {
+    let text = invalid(
+        json!({"name": "x", "tasks": [shell("a"), {"id": "b", "after": {"any": ["a:sucess"]}, "shell": {"command": ["true"]}}]}),
+    );
+    assert!(
+        text.contains("tasks[1].after.any[0]") && text.contains("sucess"),
+        "{text}"
+    );
+}
+
+#[test]
+fn self_reference() {
+    let text = invalid(
+        json!({"name": "x", "tasks": [{"id": "a", "after": "a", "shell": {"command": ["true"]}}]}),
+    );
+    assert!(
+        text.contains("tasks[0].after") && text.contains("itself"),
+        "{text}"
+    );
+}
+
+#[test]
+fn cycle_is_reported_with_its_path() {
+    let text = invalid(json!({"name": "x", "tasks": [
+        {"id": "a", "after": "c", "shell": {"command": ["true"]}},
+        {"id": "b", "after": "a", "shell": {"command": ["true"]}},
+        {"id": "c", "after": "b", "shell": {"command": ["true"]}},
+        shell("d"),
+    ]}));
+    assert!(
+        text.contains("cycle: a -> b -> c -> a")
+            || text.contains("cycle: b -> c -> a -> b")
+            || text.contains("cycle: c -> a -> b -> c"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_durations() {
+    let text = invalid(json!({"name": "x", "timeout": "soon", "tasks": [
+        {"id": "a", "timeout": "0s", "retry": {"delay": "5 parsecs"}, "shell": {"command": ["true"]}},
+        {"id": "b", "sleep": {"duration": "forever"}},
+    ]}));
+    assert!(
+        text.contains("wf.json: timeout: invalid duration `soon`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tasks[0].timeout") && text.contains("greater than zero"),
+        "{text}"
+    );
+    assert!(text.contains("tasks[0].retry.delay"), "{text}");
+    assert!(text.contains("tasks[1].sleep.duration"), "{text}");
+}
+
+#[test]
+fn bad_cel_in_when_and_templates() {
+    let text = invalid(json!({"name": "x", "tasks": [
+        {"id": "a", "when": "vars.n >", "shell": {"command": ["true"]}},
+        {"id": "b", "shell": {"command": ["echo", "${vars.(}"]}},
+        {"id": "c", "shell": {"command": ["echo"], "env": {"X": "${vars.x"}}},
+        {"id": "d", "export": {"out": "${output.}"}, "shell": {"command": ["true"]}},
+    ]}));
+    assert!(
+        text.contains("tasks[0].when") && text.contains("invalid CEL"),
+        "{text}"
+    );
+    assert!(text.contains("tasks[1].shell.command[1]"), "{text}");
+    assert!(
+        text.contains("tasks[2].shell.env.X") && text.contains("unterminated"),
+        "{text}"
+    );
+    assert!(text.contains("tasks[3].export.out"), "{text}");
+}
+
+#[test]
+fn template_in_shell_script_is_refused_with_a_hint() {
+    let text = invalid(json!({"name": "x", "tasks": [
+        {"id": "inject", "shell": {"script": "echo ${event.data.name}"}},
+    ]}));
+    assert!(text.contains("tasks[0].shell.script"), "{text}");
+    assert!(
+        text.contains("task `inject`") && text.contains("env"),
+        "{text}"
+    );
+    // Reported once, not also as a CEL error.
+    assert_eq!(text.matches("tasks[0].shell.script").count(), 1, "{text}");
+}
+
+#[test]
+fn escaped_dollar_brace_is_fine_in_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "wf",
+        &json!({"name": "x", "tasks": [
+            {"id": "a", "shell": {"script": "echo $${HOME}"}},
+        ]}),
+    );
+    let out = switchyard(dir.path(), &["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_names_and_duplicate_ids() {
+    let text =
+        invalid(json!({"name": "Bad Name", "tasks": [shell("a"), shell("a"), shell("B-1")]}));
+    assert!(text.contains("name: invalid workflow name"), "{text}");
+    assert!(
+        text.contains("tasks[1].id: duplicate task id `a`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tasks[2].id: invalid task id `B-1`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_shell_config() {
+    let text = invalid(json!({"name": "x", "tasks": [
+        {"id": "a", "shell": {}},
+        {"id": "b", "shell": {"command": [], "script": "true"}},
+        {"id": "c", "shell": {"command": []}},
+        {"id": "d", "shell": {"command": ["echo", {"x": 1}]}},
+    ]}));
+    assert!(
+        text.contains("tasks[0].shell: task `a`: set `command`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tasks[1].shell: task `b`: set either"),
+        "{text}"
+    );
+    assert!(text.contains("tasks[2].shell.command"), "{text}");
+    assert!(text.contains("tasks[3].shell.command"), "{text}");
+}
+
+#[test]
+fn bad_retry_and_limits() {
+    let text = invalid(
+        json!({"name": "x", "max_active_runs": 0, "on_overflow": "drop", "tasks": [shell("a")]}),
+    );
+    assert!(text.contains("on_overflow"), "{text}");
+    let text = invalid(json!({"name": "x", "max_active_runs": 0, "tasks": [
+        {"id": "a", "retry": {"max_attempts": 0, "backoff": 0.5}, "shell": {"command": ["true"]}},
+    ]}));
+    assert!(
+        text.contains("max_active_runs: must be at least 1"),
+        "{text}"
+    );
+    assert!(text.contains("tasks[0].retry.max_attempts"), "{text}");
+    assert!(text.contains("tasks[0].retry.backoff"), "{text}");
+}
+
+#[test]
+fn every_error_is_collected_not_just_the_first() {
+    let text = invalid(json!({"name": "x", "tasks": [
+        {"id": "a", "bogus": 1, "shell": {"command": ["true"]}},
+        {"id": "b", "after": "zzz", "shell": {"command": ["true"]}},
+        {"id": "c", "when": "(", "shell": {"command": ["true"]}},
+    ]}));
+    assert!(text.contains("tasks[0].bogus"), "{text}");
+    assert!(text.contains("tasks[1].after"), "{text}");
+    assert!(text.contains("tasks[2].when"), "{text}");
+    assert!(text.contains("3 error(s)"), "{text}");
+}
+
+#[test]
+fn wrong_types_name_the_path() {
+    let text = invalid(json!({"name": "x", "tasks": [
+        {"id": "a", "allow_failure": "yes", "shell": {"command": ["true"]}},
+    ]}));
+    assert!(text.contains("tasks[0].allow_failure"), "{text}");
+}
+
+#[test]
+fn duplicate_workflow_names_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    write_workflow(
+        dir.path(),
+        "one",
+        &json!({"name": "same", "tasks": [shell("a")]}),
+    );
+    write_workflow(
+        dir.path(),
+        "two",
+        &json!({"name": "same", "tasks": [shell("a")]}),
+    );
+    let out = switchyard(dir.path(), &["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("two.json: name: workflow name `same` is already used"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("switchyard.json"),
+        r#"{"max_paralel_tasks": 3}"#,
+    )
+    .unwrap();
+    let out = switchyard(dir.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("switchyard.json") && stderr(&out).contains("max_paralel_tasks"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn committed_schemas_match_the_types() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    for (name, text) in switchyard::spec::schema::schemas() {
+        let committed = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        assert!(
+            committed == text,
+            "schemas/{name} drifted from the types: run `cargo run -- schema` and commit"
+        );
+    }
+}
