@@ -1,5 +1,7 @@
 //! The one integration-test binary (one link on a 2-core machine).
 
+#![allow(clippy::unwrap_used)]
+
 mod util;
 
 mod cli;
