@@ -44,7 +44,10 @@ fn chain(name: &str, n: usize, task: Value) -> Arc<Workflow> {
 fn data_dir(name: &str) -> tempfile::TempDir {
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
     std::fs::create_dir_all(&base).expect("bench dir");
-    tempfile::Builder::new().prefix(name).tempdir_in(base).expect("temp dir")
+    tempfile::Builder::new()
+        .prefix(name)
+        .tempdir_in(base)
+        .expect("temp dir")
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -142,7 +145,10 @@ async fn noop_chain(n: usize, samples: usize) -> Duration {
         let took = started.elapsed();
         assert_eq!(record.status, RunStatus::Succeeded);
         let flushed = handle.log().flushes() - flushes;
-        assert!(flushed as usize >= n, "each task must be flushed before the next acts");
+        assert!(
+            flushed as usize >= n,
+            "each task must be flushed before the next acts"
+        );
         per_task.push(took / n as u32);
     }
     runtime.shutdown().await;

@@ -388,3 +388,136 @@ fn the_example_workflows_run() {
     assert_eq!(code, 0, "{record}");
     assert_eq!(record["tasks"]["recovery"]["status"], "skipped");
 }
+
+#[test]
+fn dependency_forms_when_vars_and_allow_failure_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "forms",
+        &json!({"name": "forms",
+        "vars": {"level": "workflow", "shadow": "workflow"},
+        "tasks": [
+            {"id": "ok", "shell": {"command": ["true"]}},
+            {"id": "flaky", "allow_failure": true, "shell": {"command": ["false"]}},
+            {"id": "both", "after": {"all": ["ok:success", "flaky:completion"]},
+             "vars": {"shadow": "task"},
+             "shell": {"script": "printf '{\"level\": \"%s\", \"shadow\": \"%s\"}' \"$LEVEL\" \"$SHADOW\" > \"$SWITCHYARD_OUTPUT\"",
+                       "env": {"LEVEL": "${vars.level}", "SHADOW": "${vars.shadow}"}}},
+            {"id": "on_any_failure", "after": {"any": ["ok:failure", "flaky:failure"]}, "shell": {"command": ["true"]}},
+            {"id": "needs_flaky", "after": "flaky", "shell": {"command": ["true"]}},
+            {"id": "cascade", "after": "needs_flaky:completion", "shell": {"command": ["true"]}},
+            {"id": "gated", "after": "both", "when": "tasks.both.output.shadow == 'workflow'", "shell": {"command": ["true"]}},
+            {"id": "sees_run_vars", "after": "both",
+             "shell": {"command": ["test", "${vars.shadow}", "=", "workflow"]}},
+        ]}),
+    );
+    let (code, record) = run_json(dir.path(), &file, &["--param", "level=param"]);
+    assert_eq!(code, 0, "allowed failure must not fail the run: {record}");
+    let status = |id: &str| record["tasks"][id]["status"].as_str().unwrap().to_string();
+    assert_eq!(status("flaky"), "failed");
+    assert_eq!(status("both"), "succeeded");
+    assert_eq!(
+        record["tasks"]["both"]["output"],
+        json!({"level": "param", "shadow": "task"})
+    );
+    assert_eq!(status("on_any_failure"), "succeeded");
+    assert_eq!(status("needs_flaky"), "skipped");
+    assert_eq!(status("cascade"), "skipped");
+    assert_eq!(status("gated"), "skipped");
+    assert_eq!(status("sees_run_vars"), "succeeded");
+}
+
+#[test]
+fn fail_fast_kills_running_tasks_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "ff",
+        &json!({"name": "ff", "fail_fast": true, "tasks": [
+            {"id": "boom", "shell": {"script": "sleep 0.2; exit 1"}},
+            {"id": "long", "shell": {"command": ["sleep", "30"]}},
+            {"id": "later", "after": "long", "shell": {"command": ["true"]}},
+        ]}),
+    );
+    let started = Instant::now();
+    let (code, record) = run_json(dir.path(), &file, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the running task was not killed"
+    );
+    assert_eq!(record["tasks"]["long"]["status"], "cancelled");
+    assert_eq!(record["tasks"]["later"]["status"], "cancelled");
+    assert!(
+        record["tasks"]["long"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("fail_fast")
+    );
+}
+
+#[test]
+fn workflow_timeout_fails_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "wt",
+        &json!({"name": "wt", "timeout": "500ms", "tasks": [
+            {"id": "long", "shell": {"command": ["sleep", "30"]}},
+        ]}),
+    );
+    let started = Instant::now();
+    let (code, record) = run_json(dir.path(), &file, &[]);
+    assert_eq!(code, 1);
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(record["status"], "failed");
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("run timed out after 500ms"),
+        "{record}"
+    );
+    assert_eq!(record["tasks"]["long"]["status"], "cancelled");
+}
+
+#[test]
+fn live_progress_is_shown_on_a_terminal() {
+    // `script` gives the child a pseudo-terminal, as a user's shell would.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "SKIPPED live_progress_is_shown_on_a_terminal: `script` (util-linux) is not installed"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "tty",
+        &json!({"name": "tty", "tasks": [
+            {"id": "first", "shell": {"command": ["true"]}},
+            {"id": "second", "after": "first", "shell": {"command": ["false"]}},
+            {"id": "third", "after": "second", "shell": {"command": ["true"]}},
+        ]}),
+    );
+    let command = format!(
+        "{} run {} --data-dir {}",
+        crate::util::bin().display(),
+        file.display(),
+        dir.path().join("data").display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("▶ first"), "{screen}");
+    assert!(screen.contains("✓ first succeeded"), "{screen}");
+    assert!(screen.contains("✗ second failed"), "{screen}");
+    assert!(screen.contains("○ third skipped"), "{screen}");
+}

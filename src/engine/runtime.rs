@@ -23,6 +23,8 @@ use crate::spec::Workflow;
 
 /// Most inputs folded into one group commit.
 const MAX_BATCH: usize = 8192;
+/// A guard against a decision loop that never settles (a bug, not input).
+const MAX_DECIDE_ROUNDS: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -342,13 +344,23 @@ impl EngineLoop {
                 Input::Shutdown => stop = true,
             }
         }
-        loop {
+        // Each round settles one layer of consequences (a skip cascades one
+        // task per round), so the number of rounds is bounded by DAG depth.
+        for round in 0.. {
             let decisions = self.engine.decide(now);
             if decisions.is_empty() {
                 break;
             }
             for (run_id, body) in decisions {
                 self.append(&mut batch, run_id, now, body)?;
+            }
+            if round == MAX_DECIDE_ROUNDS {
+                tracing::error!(
+                    rounds = round,
+                    "Engine decisions did not settle; deferring the rest."
+                );
+                let _ = self.tx.send(Input::Wake);
+                break;
             }
         }
         let mut ended = Vec::new();
