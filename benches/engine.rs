@@ -125,6 +125,7 @@ async fn noop_chain(n: usize, samples: usize) -> Duration {
     let runtime = Runtime::start(RuntimeConfig {
         data_dir: dir.path().to_path_buf(),
         limits: Limits::default(),
+        recover: true,
     })
     .expect("runtime");
     let handle = runtime.handle();
@@ -160,6 +161,7 @@ async fn throughput(runs: usize) -> f64 {
     let runtime = Runtime::start(RuntimeConfig {
         data_dir: dir.path().to_path_buf(),
         limits: Limits::default(),
+        recover: true,
     })
     .expect("runtime");
     let handle = runtime.handle();
@@ -192,6 +194,7 @@ async fn shell_chain(n: usize, samples: usize) -> (Duration, Duration) {
     let runtime = Runtime::start(RuntimeConfig {
         data_dir: dir.path().to_path_buf(),
         limits: Limits::default(),
+        recover: true,
     })
     .expect("runtime");
     let handle = runtime.handle();

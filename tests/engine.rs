@@ -460,6 +460,8 @@ fn slots_are_shared_by_all_runs() {
         version_label: None,
         params: Default::default(),
         event: None,
+        rerun_of: None,
+        reused: Vec::new(),
     });
     assert!(h.started(&effects).is_empty());
     let second = h.run_id;
@@ -535,4 +537,196 @@ fn replaying_an_unfinished_run_decides_what_was_pending() {
             attempt: 1
         }]
     );
+}
+
+fn lost(task: &str, attempt: u32, shutdown: bool) -> RecordBody {
+    RecordBody::AttemptLost {
+        task: task.into(),
+        attempt,
+        reason: "test".into(),
+        shutdown,
+    }
+}
+
+#[test]
+fn cancel_kills_running_attempts_and_cancels_the_rest() {
+    let (mut h, _) = Harness::start(
+        json!({"name": "c", "tasks": [
+            sh("a", "sleep 10"), sh("b", "true"),
+            {"id": "c", "after": "a", "shell": {"script": "true"}},
+        ]}),
+        json!({}),
+    );
+    h.succeed("b", json!({}));
+    let effects = h.feed(RecordBody::RunCancelRequested {
+        reason: "cancelled by alice".into(),
+    });
+    assert_eq!(h.killed(&effects), ["a"]);
+    assert_eq!(h.status("a"), TaskStatus::Cancelled);
+    assert_eq!(h.status("b"), TaskStatus::Succeeded);
+    assert_eq!(h.status("c"), TaskStatus::Cancelled);
+    assert_eq!(h.run_status(), RunStatus::Cancelled);
+    let run = h.engine.run(h.run_id).unwrap();
+    assert_eq!(run.error.as_deref(), Some("cancelled by alice"));
+}
+
+#[test]
+fn a_lost_attempt_is_retried_while_attempts_remain() {
+    let (mut h, _) = Harness::start(
+        json!({"name": "l", "tasks": [
+            {"id": "a", "retry": {"max_attempts": 2, "delay": "1h"}, "shell": {"script": "true"}},
+        ]}),
+        json!({}),
+    );
+    // Retried at once, not after the retry delay.
+    let effects = h.feed(lost("a", 1, false));
+    assert_eq!(h.started(&effects), ["a"]);
+    assert_eq!(h.attempt("a"), 2);
+    h.feed(lost("a", 2, false));
+    assert_eq!(h.status("a"), TaskStatus::Failed);
+    assert!(h.task("a").error.unwrap().contains("attempt 2 lost"));
+    assert_eq!(h.run_status(), RunStatus::Failed);
+}
+
+#[test]
+fn an_attempt_interrupted_by_shutdown_always_runs_again() {
+    let (mut h, _) = Harness::start(json!({"name": "l", "tasks": [sh("a", "true")]}), json!({}));
+    let effects = h.feed(lost("a", 1, true));
+    assert_eq!(h.started(&effects), ["a"]);
+    assert_eq!(h.attempt("a"), 2);
+}
+
+#[test]
+fn resume_loses_running_attempts_but_resumes_timers() {
+    let (h, _) = Harness::start(
+        json!({"name": "r", "tasks": [sh("a", "sleep 5"), {"id": "nap", "sleep": {"duration": "1h"}}]}),
+        json!({}),
+    );
+    let mut replayed = Engine::new(Limits::default());
+    replayed.register(h.engine.run(h.run_id).unwrap().workflow.clone());
+    for record in &h.records {
+        replayed.apply(record);
+    }
+    let (records, effects) = replayed.resume();
+    assert_eq!(records.len(), 1);
+    assert!(matches!(&records[0].1, RecordBody::AttemptLost { task, attempt: 1, shutdown: false, .. } if task == "a"));
+    // The sleep restarts from its recorded start, so it ends on time.
+    assert!(effects.iter().any(|e| matches!(e,
+        Effect::StartAttempt { task: 1, attempt: 1, started_at, .. } if *started_at == h.now)));
+}
+
+#[test]
+fn max_active_runs_queues_runs_in_order() {
+    let (mut h, effects) = Harness::start(
+        json!({"name": "one_at_a_time", "max_active_runs": 1, "tasks": [sh("a", "true")]}),
+        json!({}),
+    );
+    assert_eq!(h.started(&effects), ["a"]);
+    let first = h.run_id;
+    let version = h.engine.run(first).unwrap().workflow.version.clone();
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        h.run_id = uuid::Uuid::now_v7();
+        let effects = h.feed(RecordBody::RunCreated {
+            workflow: "one_at_a_time".into(),
+            version: version.clone(),
+            version_label: None,
+            params: Default::default(),
+            event: None,
+            rerun_of: None,
+            reused: Vec::new(),
+        });
+        assert!(effects.is_empty());
+        assert_eq!(h.run_status(), RunStatus::Queued);
+        queued.push(h.run_id);
+    }
+    h.run_id = first;
+    let effects = h.succeed("a", json!({}));
+    // The oldest queued run starts, the newer one keeps waiting.
+    assert!(effects.iter().any(|e| matches!(e, Effect::StartAttempt { run_id, .. } if *run_id == queued[0])));
+    assert_eq!(h.engine.run(queued[1]).unwrap().status, RunStatus::Queued);
+    // Cancelling a queued run ends it without starting it.
+    h.run_id = queued[1];
+    h.feed(RecordBody::RunCancelRequested { reason: "no longer needed".into() });
+    assert_eq!(h.run_status(), RunStatus::Cancelled);
+}
+
+#[test]
+fn max_active_runs_with_skip_ends_the_extra_run() {
+    let (mut h, _) = Harness::start(
+        json!({"name": "single", "max_active_runs": 1, "on_overflow": "skip", "tasks": [sh("a", "true")]}),
+        json!({}),
+    );
+    let version = h.engine.run(h.run_id).unwrap().workflow.version.clone();
+    h.run_id = uuid::Uuid::now_v7();
+    h.feed(RecordBody::RunCreated {
+        workflow: "single".into(),
+        version,
+        version_label: None,
+        params: Default::default(),
+        event: None,
+        rerun_of: None,
+        reused: Vec::new(),
+    });
+    assert_eq!(h.run_status(), RunStatus::Cancelled);
+    let run = h.engine.run(h.run_id).unwrap();
+    assert!(run.error.as_deref().unwrap().contains("skipped: max_active_runs (1)"));
+}
+
+#[test]
+fn paused_engine_starts_nothing_new() {
+    let (mut h, _) = Harness::start(
+        json!({"name": "p", "tasks": [sh("a", "true"), {"id": "b", "after": "a", "noop": {}}]}),
+        json!({}),
+    );
+    h.engine.pause();
+    let effects = h.succeed("a", json!({}));
+    assert!(h.started(&effects).is_empty());
+    assert_eq!(h.status("b"), TaskStatus::Pending);
+}
+
+#[test]
+fn rerun_from_failed_reuses_successes_and_reruns_downstream() {
+    use switchyard::engine::rerun::{RerunFrom, plan};
+    let definition = json!({"name": "rr", "tasks": [
+        {"id": "probe", "shell": {"script": "true"}, "export": {"id": "${output.id}"}},
+        {"id": "publish", "after": "probe", "shell": {"script": "false"}},
+        {"id": "mark", "after": "publish", "shell": {"script": "true"}},
+        {"id": "recover", "after": "publish:failure", "shell": {"script": "true"}},
+        {"id": "side", "shell": {"script": "true"}},
+    ]});
+    let (mut h, _) = Harness::start(definition.clone(), json!({"p": 1}));
+    h.succeed("probe", json!({"id": 42}));
+    h.succeed("side", json!({}));
+    h.fail("publish", "boom");
+    h.succeed("recover", json!({}));
+    assert_eq!(h.run_status(), RunStatus::Failed);
+    let source = h.engine.run(h.run_id).unwrap().clone();
+
+    let reused = plan(&source, &RerunFrom::Failed).unwrap();
+    let kept: Vec<&str> = reused.iter().map(|r| r.task.as_str()).collect();
+    assert_eq!(kept, ["probe", "side"], "recover depends on publish, so it runs again");
+    // The rerun starts at publish, with probe's export in scope.
+    let rerun_id = uuid::Uuid::now_v7();
+    h.run_id = rerun_id;
+    let effects = h.feed(RecordBody::RunCreated {
+        workflow: "rr".into(),
+        version: source.workflow.version.clone(),
+        version_label: None,
+        params: source.params.clone(),
+        event: None,
+        rerun_of: Some(source.id),
+        reused,
+    });
+    assert_eq!(h.started(&effects), ["publish"]);
+    assert_eq!(h.vars()["id"], json!(42));
+    assert_eq!(h.task("probe").reused_from, Some(source.id));
+    h.succeed("publish", json!({}));
+    h.succeed("mark", json!({}));
+    assert_eq!(h.status("recover"), TaskStatus::Skipped);
+    assert_eq!(h.run_status(), RunStatus::Succeeded);
+
+    let named = plan(&source, &RerunFrom::Task("probe".into())).unwrap();
+    assert_eq!(named.iter().map(|r| r.task.as_str()).collect::<Vec<_>>(), ["side"]);
+    assert!(plan(&source, &RerunFrom::Task("nope".into())).is_err());
 }

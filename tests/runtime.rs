@@ -15,6 +15,7 @@ fn config(dir: &std::path::Path) -> RuntimeConfig {
     RuntimeConfig {
         data_dir: dir.to_path_buf(),
         limits: Limits::default(),
+        recover: true,
     }
 }
 

@@ -76,7 +76,12 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
         Err(e) => return super::fail(format!("cannot start the async runtime: {e}")),
     };
     tokio.block_on(async move {
-        let runtime = match Runtime::start(RuntimeConfig { data_dir, limits }) {
+        let config = RuntimeConfig {
+            data_dir,
+            limits,
+            recover: false,
+        };
+        let runtime = match Runtime::start(config) {
             Ok(r) => r,
             Err(e) => return super::fail(e),
         };
@@ -84,15 +89,29 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
         let progress = std::io::stderr()
             .is_terminal()
             .then(|| tokio::spawn(print_progress(handle.subscribe())));
-        let run = handle.run_to_end(workflow, params, None, |run_id| {
-            tracing::info!(run_id = %run_id, "Run started.");
+        let (created_tx, created_rx) = tokio::sync::oneshot::channel();
+        let run = handle.run_to_end(workflow, params, None, move |run_id| {
+            let _ = created_tx.send(run_id);
         });
-        let outcome = tokio::select! {
-            record = run => record,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("interrupted: stopping running tasks");
-                runtime.shutdown().await;
-                return ExitCode::from(130);
+        tokio::pin!(run);
+        let mut created = Some(created_rx);
+        let outcome = loop {
+            tokio::select! {
+                record = &mut run => break record,
+                _ = tokio::signal::ctrl_c() => {
+                    // Ctrl-C cancels the run: its processes are killed and the
+                    // run is recorded as cancelled.
+                    eprintln!("interrupted: cancelling the run");
+                    let run_id = match created.take() {
+                        Some(rx) => rx.await.ok(),
+                        None => None,
+                    };
+                    if let Some(run_id) = run_id
+                        && let Err(e) = handle.cancel(run_id, "interrupted (Ctrl-C)").await
+                    {
+                        eprintln!("error: {e}");
+                    }
+                }
             }
         };
         runtime.shutdown().await;
@@ -109,10 +128,10 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
                 } else {
                     print_summary(&record);
                 }
-                if record.status == RunStatus::Succeeded {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
+                match record.status {
+                    RunStatus::Succeeded => ExitCode::SUCCESS,
+                    RunStatus::Cancelled => ExitCode::from(130),
+                    _ => ExitCode::FAILURE,
                 }
             }
             Err(e) => {

@@ -9,6 +9,8 @@
 //! `apply` over a run's records with the effects dropped, so recovery and
 //! tests run the same code as production. [`runtime`] is the I/O shell.
 
+pub mod replay;
+pub mod rerun;
 pub mod runtime;
 mod scope;
 mod state;
@@ -85,6 +87,12 @@ pub struct Engine {
     dirty: Vec<RunId>,
     /// Wake-ups: retry due times and run deadlines.
     timers: BTreeSet<(Millis, RunId)>,
+    /// Queued runs per workflow name, oldest first, waiting for admission.
+    waiting: HashMap<String, VecDeque<RunId>>,
+    /// Running runs per workflow name, for `max_active_runs`.
+    active: HashMap<String, usize>,
+    /// Shutting down: start no more runs or attempts.
+    paused: bool,
 }
 
 impl Engine {
@@ -126,6 +134,12 @@ impl Engine {
         }
     }
 
+    /// Stops starting runs and attempts (graceful shutdown); everything
+    /// else (finishing, skipping, ending runs) goes on.
+    pub fn pause(&mut self) {
+        self.paused = true;
+    }
+
     /// Attempts of slot-holding kinds running now.
     pub fn running_slots(&self) -> usize {
         self.running_slots
@@ -151,6 +165,8 @@ impl Engine {
             version,
             params,
             event,
+            rerun_of,
+            reused,
             ..
         } = &record.body
         {
@@ -164,9 +180,8 @@ impl Engine {
                 vars.insert(k.clone(), v.clone());
             }
             let tasks = vec![TaskState::default(); definition.tasks.len()];
-            self.runs.insert(
-                run_id,
-                RunState {
+            let name = definition.name.clone();
+            let mut run = RunState {
                     id: run_id,
                     workflow: definition,
                     status: RunStatus::Queued,
@@ -181,8 +196,10 @@ impl Engine {
                     error: None,
                     tasks,
                     dirty: false,
-                },
-            );
+                };
+            reuse_tasks(&mut run, reused, *rerun_of, at);
+            self.runs.insert(run_id, run);
+            self.waiting.entry(name).or_default().push_back(run_id);
             self.mark_dirty(run_id);
             return effects;
         }
@@ -195,8 +212,13 @@ impl Engine {
         match &record.body {
             RecordBody::RunCreated { .. } => {}
             RecordBody::RunStarted {} => {
+                if run.status != RunStatus::Queued {
+                    return effects;
+                }
                 run.status = RunStatus::Running;
                 run.started_at = Some(at);
+                *self.active.entry(workflow.name.clone()).or_default() += 1;
+                unqueue(&mut self.waiting, &workflow.name, run_id);
                 if let Some(timeout) = workflow.timeout {
                     let deadline = at.saturating_add(timeout.as_millis() as Millis);
                     run.deadline = Some(deadline);
@@ -215,6 +237,7 @@ impl Engine {
                 state.retry_due = None;
                 state.error = None;
                 state.started_at.get_or_insert(at);
+                state.attempt_started_at = Some(at);
                 if executors::holds_slot(workflow.tasks[i].kind) {
                     self.running_slots += 1;
                 }
@@ -322,9 +345,54 @@ impl Engine {
                 state.ended_at = Some(at);
             }
             RecordBody::RunTimedOut {} => {
-                run.cancelling = Some(Cancelling::TimedOut);
+                if run.cancelling.is_none() {
+                    run.cancelling = Some(Cancelling::TimedOut);
+                }
+            }
+            RecordBody::RunCancelRequested { reason } => {
+                if !matches!(run.cancelling, Some(Cancelling::User { .. })) {
+                    run.cancelling = Some(Cancelling::User {
+                        reason: reason.clone(),
+                    });
+                }
+            }
+            RecordBody::AttemptLost {
+                task,
+                attempt,
+                reason,
+                shutdown,
+            } => {
+                let Some(i) = task_of(task) else { return effects };
+                if run.tasks[i].status != TaskStatus::Running || run.tasks[i].attempts != *attempt {
+                    return effects;
+                }
+                if executors::holds_slot(workflow.tasks[i].kind) {
+                    self.running_slots = self.running_slots.saturating_sub(1);
+                }
+                let spec = &workflow.tasks[i];
+                if run.cancelling.is_none() && (*shutdown || *attempt < spec.retry.max_attempts) {
+                    // Run it again as soon as the engine is back.
+                    let state = &mut run.tasks[i];
+                    state.status = TaskStatus::Retrying;
+                    state.retry_due = Some(at);
+                    state.error = Some(format!("attempt {attempt} lost: {reason}"));
+                } else {
+                    finish_failed(run, i, at, format!("attempt {attempt} lost: {reason}"));
+                }
             }
             RecordBody::RunEnded { status, error } => {
+                if run.status.is_terminal() {
+                    return effects;
+                }
+                match run.status {
+                    RunStatus::Running => {
+                        if let Some(n) = self.active.get_mut(&workflow.name) {
+                            *n = n.saturating_sub(1);
+                        }
+                    }
+                    RunStatus::Queued => unqueue(&mut self.waiting, &workflow.name, run_id),
+                    _ => {}
+                }
                 run.status = *status;
                 run.error = error.clone();
                 run.ended_at = Some(at);
@@ -347,26 +415,35 @@ impl Engine {
             self.mark_dirty(run_id);
         }
         let mut out = Vec::new();
+        if !self.paused {
+            self.admit(&mut out);
+        }
         let dirty = std::mem::take(&mut self.dirty);
         for run_id in dirty {
             let Some(run) = self.runs.get_mut(&run_id) else {
                 continue;
             };
             run.dirty = false;
-            decide_run(run, now, &mut self.ready, &mut out);
+            decide_run(run, now, self.paused, &mut self.ready, &mut out);
         }
         // Fill free slots, oldest ready task first.
+        if self.paused {
+            return out;
+        }
         let mut free = self
             .limits
             .max_parallel_tasks
             .saturating_sub(self.running_slots);
-        while free > 0 {
-            let Some((run_id, i)) = self.ready.pop_front() else {
-                break;
-            };
+        while let Some(&(run_id, i)) = self.ready.front() {
             let Some(run) = self.runs.get_mut(&run_id) else {
+                self.ready.pop_front();
                 continue;
             };
+            let holds_slot = executors::holds_slot(run.workflow.tasks[i].kind);
+            if holds_slot && free == 0 {
+                break;
+            }
+            self.ready.pop_front();
             let state = &mut run.tasks[i];
             if !state.queued || state.status.is_terminal() || run.cancelling.is_some() {
                 state.queued = false;
@@ -380,7 +457,104 @@ impl Engine {
                     attempt: state.attempts + 1,
                 },
             ));
-            free -= 1;
+            if holds_slot {
+                free -= 1;
+            }
+        }
+        out
+    }
+
+    /// Starts queued runs as `max_active_runs` allows, oldest first per
+    /// workflow; with `on_overflow: skip`, a run that cannot start at once ends.
+    fn admit(&mut self, out: &mut Vec<(RunId, RecordBody)>) {
+        self.waiting.retain(|_, queue| !queue.is_empty());
+        for (name, queue) in &self.waiting {
+            let mut active = self.active.get(name).copied().unwrap_or(0);
+            for run_id in queue {
+                let Some(run) = self.runs.get(run_id) else { continue };
+                if run.status != RunStatus::Queued || run.cancelling.is_some() {
+                    continue; // A cancelled queued run is ended by `decide_run`.
+                }
+                match run.workflow.max_active_runs {
+                    Some(max) if active as u64 >= u64::from(max) => match run.workflow.on_overflow {
+                        crate::spec::workflow::Overflow::Queue => break,
+                        crate::spec::workflow::Overflow::Skip => out.push((
+                            *run_id,
+                            RecordBody::RunEnded {
+                                status: RunStatus::Cancelled,
+                                error: Some(format!(
+                                    "skipped: max_active_runs ({max}) of `{name}` reached"
+                                )),
+                            },
+                        )),
+                    },
+                    _ => {
+                        active += 1;
+                        out.push((*run_id, RecordBody::RunStarted {}));
+                    }
+                }
+            }
+        }
+    }
+
+    /// After replay: what recovery must do for the attempts that were running
+    /// when the process stopped. Attempts of resumable kinds (`sleep`) are
+    /// started again from their recorded start; the others are recorded lost.
+    pub fn resume(&mut self) -> (Vec<(RunId, RecordBody)>, Vec<Effect>) {
+        let mut records = Vec::new();
+        let mut effects = Vec::new();
+        let mut ids: Vec<RunId> = self.runs.keys().copied().collect();
+        ids.sort();
+        for run_id in ids {
+            let run = &self.runs[&run_id];
+            if run.status != RunStatus::Running {
+                continue;
+            }
+            for (i, state) in run.tasks.iter().enumerate() {
+                if state.status != TaskStatus::Running {
+                    continue;
+                }
+                let spec = &run.workflow.tasks[i];
+                if executors::resumable(spec.kind) {
+                    effects.push(Effect::StartAttempt {
+                        run_id,
+                        task: i,
+                        attempt: state.attempts,
+                        started_at: state.attempt_started_at.unwrap_or(run.created_at),
+                    });
+                } else {
+                    records.push((
+                        run_id,
+                        RecordBody::AttemptLost {
+                            task: spec.id.clone(),
+                            attempt: state.attempts,
+                            reason: "switchyard stopped while it ran".into(),
+                            shutdown: false,
+                        },
+                    ));
+                }
+            }
+        }
+        if let Some(at) = self.next_timer() {
+            effects.push(Effect::Wake { at });
+        }
+        (records, effects)
+    }
+
+    /// The earliest pending wake-up (retry due, run deadline).
+    pub fn next_timer(&self) -> Option<Millis> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Attempts running now, as `(run, task position, attempt)`.
+    pub fn running_attempts(&self) -> Vec<(RunId, usize, u32)> {
+        let mut out = Vec::new();
+        for run in self.runs.values() {
+            for (i, state) in run.tasks.iter().enumerate() {
+                if state.status == TaskStatus::Running {
+                    out.push((run.id, i, state.attempts));
+                }
+            }
         }
         out
     }
@@ -414,6 +588,42 @@ impl Engine {
             config,
             timeout: spec.timeout,
         })
+    }
+}
+
+fn unqueue(waiting: &mut HashMap<String, VecDeque<RunId>>, name: &str, run_id: RunId) {
+    if let Some(queue) = waiting.get_mut(name) {
+        if queue.front() == Some(&run_id) {
+            queue.pop_front();
+        } else {
+            queue.retain(|id| *id != run_id);
+        }
+    }
+}
+
+/// Marks the tasks a rerun keeps as succeeded, with their recorded outputs,
+/// and applies their exports in workflow order.
+fn reuse_tasks(run: &mut RunState, reused: &[crate::log::ReusedTask], from: Option<RunId>, at: Millis) {
+    for reuse in reused {
+        let Some(i) = run.workflow.task_index(&reuse.task) else {
+            continue;
+        };
+        let state = &mut run.tasks[i];
+        state.status = TaskStatus::Succeeded;
+        state.output = reuse.output.clone();
+        state.stdout = reuse.stdout.clone();
+        state.reused_from = from;
+        state.ended_at = Some(at);
+    }
+    for i in 0..run.tasks.len() {
+        if run.tasks[i].reused_from.is_none() {
+            continue;
+        }
+        if let Ok(exports) = evaluate_exports(run, i, at) {
+            for (k, v) in exports {
+                run.vars.insert(k, v);
+            }
+        }
     }
 }
 
@@ -473,6 +683,7 @@ fn dependency_holds(status: TaskStatus, on: DepOn) -> bool {
 fn decide_run(
     run: &mut RunState,
     now: Millis,
+    paused: bool,
     ready: &mut VecDeque<(RunId, usize)>,
     out: &mut Vec<(RunId, RecordBody)>,
 ) {
@@ -480,7 +691,16 @@ fn decide_run(
     let decided_before = out.len();
     match run.status {
         RunStatus::Queued => {
-            out.push((run_id, RecordBody::RunStarted {}));
+            // Admission starts queued runs; a cancelled one ends here.
+            if let Some(Cancelling::User { reason }) = &run.cancelling {
+                out.push((
+                    run_id,
+                    RecordBody::RunEnded {
+                        status: RunStatus::Cancelled,
+                        error: Some(reason.clone()),
+                    },
+                ));
+            }
             return;
         }
         RunStatus::Running => {}
@@ -558,7 +778,7 @@ fn decide_run(
                             }
                         }
                     }
-                    make_ready(run, i, ready, out);
+                    make_ready(run, i, paused, ready, out);
                 }
                 TaskStatus::Retrying => match run.tasks[i].retry_due {
                     None => {
@@ -574,7 +794,7 @@ fn decide_run(
                         ));
                     }
                     Some(due) if due <= now && !run.tasks[i].queued => {
-                        make_ready(run, i, ready, out)
+                        make_ready(run, i, paused, ready, out)
                     }
                     Some(_) => {}
                 },
@@ -592,11 +812,12 @@ fn decide_run(
 fn make_ready(
     run: &mut RunState,
     i: usize,
+    paused: bool,
     ready: &mut VecDeque<(RunId, usize)>,
     out: &mut Vec<(RunId, RecordBody)>,
 ) {
     let spec = &run.workflow.tasks[i];
-    if executors::holds_slot(spec.kind) {
+    if paused || executors::holds_slot(spec.kind) {
         run.tasks[i].queued = true;
         ready.push_back((run.id, i));
     } else {
@@ -633,6 +854,9 @@ fn describe_unmet(run: &RunState, after: &Dependencies) -> String {
 
 /// The run status rule of SPEC §7.
 fn final_status(run: &RunState) -> (RunStatus, Option<String>) {
+    if let Some(Cancelling::User { reason }) = &run.cancelling {
+        return (RunStatus::Cancelled, Some(reason.clone()));
+    }
     if matches!(run.cancelling, Some(Cancelling::TimedOut)) {
         let limit = run
             .workflow

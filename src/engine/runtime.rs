@@ -1,24 +1,29 @@
 //! The engine's I/O shell: one thread that owns the [`Engine`] and appends to
 //! the [`Log`], and tokio tasks that run attempts and timers.
 //!
-//! The loop takes every input waiting (new runs, attempt results, wake-ups),
-//! appends the records they cause, lets the engine decide what follows and
-//! appends those too, then flushes once — group commit — and only then
-//! answers callers, publishes records and performs effects. Nothing is
-//! reported or started before the flush that makes it durable.
+//! The loop takes every input waiting (new runs, attempt results, wake-ups,
+//! cancels), appends the records they cause, lets the engine decide what
+//! follows and appends those too, then flushes once — group commit — and
+//! only then answers callers, publishes records and performs effects.
+//! Nothing is reported or started before the flush that makes it durable.
+//!
+//! On start it recovers: every unfinished run is folded from the log, attempts
+//! that were running are recorded lost (or, for durable timers, resumed), and
+//! the runs go on.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Effect, Engine, Limits, RunRecord};
+use super::rerun::{self, RerunFrom};
+use super::{Effect, Engine, Limits, RunRecord, TaskStatus, replay};
 use crate::executors::{self, AttemptContext, AttemptOutcome};
-use crate::log::{self, Log, Millis, Record, RecordBody, RunId};
+use crate::log::{self, Log, Millis, Record, RecordBody, ReusedTask, RunId, RunStatus};
 use crate::spec::Workflow;
 
 /// Most inputs folded into one group commit.
@@ -30,8 +35,16 @@ const MAX_DECIDE_ROUNDS: usize = 100_000;
 pub enum Error {
     #[error(transparent)]
     Log(#[from] log::Error),
+    #[error(transparent)]
+    Replay(#[from] replay::Error),
     #[error("the engine has stopped: {0}")]
     Stopped(String),
+    #[error("run {0} not found")]
+    NotFound(RunId),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// How to start a runtime.
@@ -39,14 +52,49 @@ pub enum Error {
 pub struct RuntimeConfig {
     pub data_dir: PathBuf,
     pub limits: Limits,
+    /// Resume unfinished runs found in the log (the daemon does; a one-off
+    /// `switchyard run` leaves them for the daemon).
+    pub recover: bool,
+}
+
+/// What start-up recovery found and did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recovery {
+    pub runs_resumed: usize,
+    pub records_replayed: usize,
+    pub attempts_lost: usize,
+    pub attempts_resumed: usize,
+    /// Runs whose log could not be folded; they are ended as failed.
+    pub runs_broken: usize,
+    pub took: Duration,
+}
+
+/// A request to start a run.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub workflow: Arc<Workflow>,
+    pub params: Map<String, Value>,
+    pub event: Option<Value>,
+    pub rerun_of: Option<RunId>,
+    pub reused: Vec<ReusedTask>,
+}
+
+impl NewRun {
+    pub fn new(workflow: Arc<Workflow>, params: Map<String, Value>) -> Self {
+        Self {
+            workflow,
+            params,
+            event: None,
+            rerun_of: None,
+            reused: Vec::new(),
+        }
+    }
 }
 
 enum Input {
     StartRun {
-        workflow: Arc<Workflow>,
-        params: Map<String, Value>,
-        event: Option<Value>,
-        reply: oneshot::Sender<RunId>,
+        run: NewRun,
+        reply: oneshot::Sender<Result<RunId, String>>,
         on_end: Option<oneshot::Sender<RunRecord>>,
     },
     AttemptDone {
@@ -55,14 +103,29 @@ enum Input {
         attempt: u32,
         outcome: AttemptOutcome,
     },
+    Cancel {
+        run_id: RunId,
+        reason: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Snapshot {
+        run_id: RunId,
+        reply: oneshot::Sender<Option<RunRecord>>,
+    },
+    Active {
+        reply: oneshot::Sender<Vec<RunRecord>>,
+    },
     Wake,
-    Shutdown,
+    Shutdown {
+        grace: Duration,
+    },
 }
 
 /// A running engine. Dropping it without [`Runtime::shutdown`] stops it too.
 pub struct Runtime {
     handle: RuntimeHandle,
     thread: Option<std::thread::JoinHandle<()>>,
+    recovery: Recovery,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -87,9 +150,10 @@ impl std::fmt::Debug for RuntimeHandle {
 }
 
 impl Runtime {
-    /// Opens the log and starts the engine thread. Must be called inside a
-    /// tokio runtime, which runs the attempts.
+    /// Opens the log, recovers unfinished runs and starts the engine thread.
+    /// Must be called inside a tokio runtime, which runs the attempts.
     pub fn start(config: RuntimeConfig) -> Result<Self, Error> {
+        let started = Instant::now();
         let log = Log::open(&config.data_dir)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (records, _) = broadcast::channel(4096);
@@ -111,7 +175,25 @@ impl Runtime {
             attempts: HashMap::new(),
             waiters: HashMap::new(),
             shutdown: CancellationToken::new(),
+            draining: None,
         };
+        let mut recovery = if config.recover {
+            engine_loop.recover()?
+        } else {
+            Recovery::default()
+        };
+        recovery.took = started.elapsed();
+        if recovery.runs_resumed > 0 || recovery.runs_broken > 0 {
+            tracing::info!(
+                runs = recovery.runs_resumed,
+                records = recovery.records_replayed,
+                attempts_lost = recovery.attempts_lost,
+                attempts_resumed = recovery.attempts_resumed,
+                broken = recovery.runs_broken,
+                took_ms = recovery.took.as_millis() as u64,
+                "Recovered unfinished runs."
+            );
+        }
         let thread = std::thread::Builder::new()
             .name("switchyard-engine".into())
             .spawn(move || {
@@ -127,6 +209,7 @@ impl Runtime {
         Ok(Self {
             handle,
             thread: Some(thread),
+            recovery,
         })
     }
 
@@ -134,10 +217,21 @@ impl Runtime {
         self.handle.clone()
     }
 
-    /// Stops the engine: running attempts are cancelled, everything appended
-    /// is flushed, and the log is closed.
-    pub async fn shutdown(mut self) {
-        let _ = self.handle.tx.send(Input::Shutdown);
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Stops the engine at once: running attempts are cancelled and recorded
+    /// as interrupted (they run again on the next start).
+    pub async fn shutdown(self) {
+        self.shutdown_within(Duration::ZERO).await;
+    }
+
+    /// Stops starting runs and attempts, gives running attempts `grace` to
+    /// finish, then cancels the rest, records them as interrupted, flushes
+    /// and closes the log.
+    pub async fn shutdown_within(mut self, grace: Duration) {
+        let _ = self.handle.tx.send(Input::Shutdown { grace });
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -146,7 +240,9 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        let _ = self.handle.tx.send(Input::Shutdown);
+        let _ = self.handle.tx.send(Input::Shutdown {
+            grace: Duration::ZERO,
+        });
     }
 }
 
@@ -161,6 +257,10 @@ impl RuntimeHandle {
         Error::Stopped(reason)
     }
 
+    fn send(&self, input: Input) -> Result<(), Error> {
+        self.tx.send(input).map_err(|_| self.stopped())
+    }
+
     /// Starts a run; returns its id once `RunCreated` is durable.
     pub async fn start_run(
         &self,
@@ -168,21 +268,29 @@ impl RuntimeHandle {
         params: Map<String, Value>,
         event: Option<Value>,
     ) -> Result<RunId, Error> {
-        let (reply, created) = oneshot::channel();
-        self.tx
-            .send(Input::StartRun {
-                workflow,
-                params,
-                event,
-                reply,
-                on_end: None,
-            })
-            .map_err(|_| self.stopped())?;
-        created.await.map_err(|_| self.stopped())
+        let run = NewRun {
+            event,
+            ..NewRun::new(workflow, params)
+        };
+        self.submit(run).await
     }
 
-    /// Starts a run and waits for it to end; returns the run id as soon as it
-    /// is durable through `on_created`, then the final record.
+    /// Starts a run described in full (reruns carry reused tasks).
+    pub async fn submit(&self, run: NewRun) -> Result<RunId, Error> {
+        let (reply, created) = oneshot::channel();
+        self.send(Input::StartRun {
+            run,
+            reply,
+            on_end: None,
+        })?;
+        created
+            .await
+            .map_err(|_| self.stopped())?
+            .map_err(Error::Stopped)
+    }
+
+    /// Starts a run and waits for it to end; `on_created` gets the run id as
+    /// soon as it is durable.
     pub async fn run_to_end(
         &self,
         workflow: Arc<Workflow>,
@@ -190,19 +298,93 @@ impl RuntimeHandle {
         event: Option<Value>,
         on_created: impl FnOnce(RunId),
     ) -> Result<RunRecord, Error> {
+        let run = NewRun {
+            event,
+            ..NewRun::new(workflow, params)
+        };
         let (reply, created) = oneshot::channel();
         let (on_end, ended) = oneshot::channel();
-        self.tx
-            .send(Input::StartRun {
-                workflow,
-                params,
-                event,
-                reply,
-                on_end: Some(on_end),
-            })
-            .map_err(|_| self.stopped())?;
-        on_created(created.await.map_err(|_| self.stopped())?);
+        self.send(Input::StartRun {
+            run,
+            reply,
+            on_end: Some(on_end),
+        })?;
+        let run_id = created
+            .await
+            .map_err(|_| self.stopped())?
+            .map_err(Error::Stopped)?;
+        on_created(run_id);
         ended.await.map_err(|_| self.stopped())
+    }
+
+    /// Cancels an active run: kills its running attempts, cancels the rest.
+    pub async fn cancel(&self, run_id: RunId, reason: impl Into<String>) -> Result<(), Error> {
+        let (reply, done) = oneshot::channel();
+        self.send(Input::Cancel {
+            run_id,
+            reason: reason.into(),
+            reply,
+        })?;
+        done.await.map_err(|_| self.stopped())?
+    }
+
+    /// Starts a rerun of an ended run (SPEC §7).
+    pub async fn rerun(&self, run_id: RunId, from: &RerunFrom) -> Result<RunId, Error> {
+        let log = self.log.clone();
+        let source = tokio::task::spawn_blocking(move || replay::fold(&log, run_id))
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))?
+            .map_err(|e| match e {
+                replay::Error::NotFound(id) => Error::NotFound(id),
+                other => Error::Replay(other),
+            })?;
+        if !source.status.is_terminal()
+            && let Some(live) = self.snapshot(run_id).await?
+            && !live.status.is_terminal()
+        {
+            return Err(Error::Conflict(format!(
+                "run {run_id} is still {}: cancel it or wait for it to end before rerunning",
+                live.status
+            )));
+        }
+        let reused = rerun::plan(&source, from).map_err(|e| {
+            if source.status.is_terminal() {
+                Error::Invalid(e)
+            } else {
+                Error::Conflict(e)
+            }
+        })?;
+        self.submit(NewRun {
+            workflow: Arc::clone(&source.workflow),
+            params: source.params.clone(),
+            event: source.event.clone(),
+            rerun_of: Some(run_id),
+            reused,
+        })
+        .await
+    }
+
+    /// The current record of a run the engine holds in memory (active runs).
+    pub async fn snapshot(&self, run_id: RunId) -> Result<Option<RunRecord>, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Input::Snapshot { run_id, reply })?;
+        answer.await.map_err(|_| self.stopped())
+    }
+
+    /// The current records of every active run.
+    pub async fn active_runs(&self) -> Result<Vec<RunRecord>, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Input::Active { reply })?;
+        answer.await.map_err(|_| self.stopped())
+    }
+
+    /// A run's record: live if active, else as stored when it ended.
+    pub async fn run_record(&self, run_id: RunId) -> Result<Option<RunRecord>, Error> {
+        if let Some(record) = self.snapshot(run_id).await? {
+            return Ok(Some(record));
+        }
+        let stored = self.log.run_summary(run_id)?;
+        Ok(stored.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
     /// Every record, after it is durable.
@@ -231,6 +413,8 @@ struct EngineLoop {
     attempts: HashMap<(RunId, usize, u32), CancellationToken>,
     waiters: HashMap<RunId, Vec<oneshot::Sender<RunRecord>>>,
     shutdown: CancellationToken,
+    /// Set once shutdown began: the moment the grace period ends.
+    draining: Option<Instant>,
 }
 
 /// What one group commit produced.
@@ -238,10 +422,53 @@ struct EngineLoop {
 struct Batch {
     records: Vec<Record>,
     effects: Vec<Effect>,
-    replies: Vec<(oneshot::Sender<RunId>, RunId)>,
+    created: Vec<(oneshot::Sender<Result<RunId, String>>, RunId)>,
+    cancelled: Vec<oneshot::Sender<Result<(), Error>>>,
+    snapshots: Vec<(RunId, oneshot::Sender<Option<RunRecord>>)>,
+    actives: Vec<oneshot::Sender<Vec<RunRecord>>>,
 }
 
 impl EngineLoop {
+    /// Folds every unfinished run into the engine and commits what recovery
+    /// decides, before any new input is taken.
+    fn recover(&mut self) -> Result<Recovery, Error> {
+        let mut recovery = Recovery::default();
+        let now = now_millis();
+        let mut batch = Batch::default();
+        for run_id in self.log.unfinished_runs()? {
+            match replay::replay_into(&mut self.engine, &self.log, run_id) {
+                Ok(n) => {
+                    recovery.runs_resumed += 1;
+                    recovery.records_replayed += n;
+                }
+                Err(e) => {
+                    // A run that cannot be folded cannot go on; end it visibly.
+                    tracing::error!(run_id = %run_id, error = %e, "Cannot recover run; ending it as failed.");
+                    recovery.runs_broken += 1;
+                    let body = RecordBody::RunEnded {
+                        status: RunStatus::Failed,
+                        error: Some(format!("cannot recover: {e}")),
+                    };
+                    let record = self.log.append(run_id, now, body)?;
+                    batch.records.push(record);
+                }
+            }
+        }
+        let (records, effects) = self.engine.resume();
+        for (run_id, body) in records {
+            recovery.attempts_lost += 1;
+            self.append(&mut batch, run_id, now, body)?;
+        }
+        recovery.attempts_resumed = effects
+            .iter()
+            .filter(|e| matches!(e, Effect::StartAttempt { .. }))
+            .count();
+        batch.effects.extend(effects);
+        self.settle(&mut batch, now)?;
+        self.finish(batch, now)?;
+        Ok(recovery)
+    }
+
     fn run(&mut self) -> Result<(), Error> {
         let mut inputs = Vec::new();
         while let Some(first) = self.rx.blocking_recv() {
@@ -252,8 +479,10 @@ impl EngineLoop {
                     Err(_) => break,
                 }
             }
-            let stop = self.commit(&mut inputs)?;
-            if stop {
+            self.commit(&mut inputs)?;
+            if let Some(deadline) = self.draining
+                && self.drained(deadline)?
+            {
                 break;
             }
         }
@@ -265,46 +494,102 @@ impl EngineLoop {
         Ok(())
     }
 
-    fn append(
-        &mut self,
-        batch: &mut Batch,
-        run_id: RunId,
-        now: Millis,
-        body: RecordBody,
-    ) -> Result<(), Error> {
+    /// During shutdown: true once nothing non-resumable runs, or the grace
+    /// period is over (then the rest are recorded interrupted).
+    fn drained(&mut self, deadline: Instant) -> Result<bool, Error> {
+        let running: Vec<(RunId, usize, u32)> = self
+            .engine
+            .running_attempts()
+            .into_iter()
+            .filter(|(run_id, task, _)| {
+                self.engine
+                    .run(*run_id)
+                    .is_some_and(|run| !executors::resumable(run.workflow.tasks[*task].kind))
+            })
+            .collect();
+        if running.is_empty() {
+            return Ok(true);
+        }
+        if Instant::now() < deadline {
+            return Ok(false);
+        }
+        let now = now_millis();
+        let mut batch = Batch::default();
+        for (run_id, task, attempt) in running {
+            let Some(run) = self.engine.run(run_id) else { continue };
+            let body = RecordBody::AttemptLost {
+                task: run.workflow.tasks[task].id.clone(),
+                attempt,
+                reason: "interrupted by shutdown".into(),
+                shutdown: true,
+            };
+            self.append(&mut batch, run_id, now, body)?;
+        }
+        self.settle(&mut batch, now)?;
+        self.finish(batch, now)?;
+        Ok(true)
+    }
+
+    fn append(&mut self, batch: &mut Batch, run_id: RunId, now: Millis, body: RecordBody) -> Result<(), Error> {
         let record = self.log.append(run_id, now, body)?;
         batch.effects.extend(self.engine.apply(&record));
         batch.records.push(record);
         Ok(())
     }
 
-    /// One group commit. Returns true when asked to shut down.
-    fn commit(&mut self, inputs: &mut Vec<Input>) -> Result<bool, Error> {
+    /// Appends the engine's decisions until none remain.
+    fn settle(&mut self, batch: &mut Batch, now: Millis) -> Result<(), Error> {
+        // Each round settles one layer of consequences (a skip cascades one
+        // task per round), so the number of rounds is bounded by DAG depth.
+        for round in 0.. {
+            let decisions = self.engine.decide(now);
+            if decisions.is_empty() {
+                break;
+            }
+            for (run_id, body) in decisions {
+                self.append(batch, run_id, now, body)?;
+            }
+            if round == MAX_DECIDE_ROUNDS {
+                tracing::error!(rounds = round, "Engine decisions did not settle; deferring the rest.");
+                let _ = self.tx.send(Input::Wake);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One group commit.
+    fn commit(&mut self, inputs: &mut Vec<Input>) -> Result<(), Error> {
         let now = now_millis();
         let mut batch = Batch::default();
-        let mut stop = false;
         for input in inputs.drain(..) {
             match input {
-                Input::StartRun {
-                    workflow,
-                    params,
-                    event,
-                    reply,
-                    on_end,
-                } => {
-                    self.log
-                        .put_definition(&workflow.version, &workflow.source)?;
+                Input::StartRun { run, reply, on_end } => {
+                    if self.draining.is_some() {
+                        let _ = reply.send(Err("switchyard is shutting down".into()));
+                        continue;
+                    }
+                    let workflow = run.workflow;
+                    self.log.put_definition(
+                        &workflow.name,
+                        &workflow.version,
+                        workflow.version_label,
+                        &workflow.source,
+                        now,
+                    )?;
                     let body = RecordBody::RunCreated {
                         workflow: workflow.name.clone(),
                         version: workflow.version.clone(),
                         version_label: workflow.version_label,
-                        params,
-                        event,
+                        params: run.params,
+                        event: run.event,
+                        rerun_of: run.rerun_of,
+                        reused: run.reused,
                     };
                     self.engine.register(workflow);
                     let run_id = uuid::Uuid::now_v7();
                     self.append(&mut batch, run_id, now, body)?;
-                    batch.replies.push((reply, run_id));
+                    batch.created.push((reply, run_id));
                     if let Some(on_end) = on_end {
                         self.waiters.entry(run_id).or_default().push(on_end);
                     }
@@ -316,12 +601,11 @@ impl EngineLoop {
                     outcome,
                 } => {
                     self.attempts.remove(&(run_id, task, attempt));
-                    let Some(run) = self.engine.run(run_id) else {
-                        continue;
-                    };
-                    let live = run.tasks.get(task).is_some_and(|t| {
-                        t.status == super::TaskStatus::Running && t.attempts == attempt
-                    });
+                    let Some(run) = self.engine.run(run_id) else { continue };
+                    let live = run
+                        .tasks
+                        .get(task)
+                        .is_some_and(|t| t.status == TaskStatus::Running && t.attempts == attempt);
                     if !live {
                         continue; // Cancelled meanwhile; its end is already recorded.
                     }
@@ -340,29 +624,49 @@ impl EngineLoop {
                     };
                     self.append(&mut batch, run_id, now, body)?;
                 }
+                Input::Cancel {
+                    run_id,
+                    reason,
+                    reply,
+                } => match self.engine.run(run_id) {
+                    Some(run) if !run.status.is_terminal() => {
+                        self.append(&mut batch, run_id, now, RecordBody::RunCancelRequested { reason })?;
+                        batch.cancelled.push(reply);
+                    }
+                    Some(run) => {
+                        let _ = reply.send(Err(Error::Conflict(format!(
+                            "run {run_id} already ended: {}",
+                            run.status
+                        ))));
+                    }
+                    None => {
+                        let answer = match self.log.run_summary(run_id)? {
+                            Some(_) => Err(Error::Conflict(format!("run {run_id} already ended"))),
+                            None => Err(Error::NotFound(run_id)),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                },
+                Input::Snapshot { run_id, reply } => batch.snapshots.push((run_id, reply)),
+                Input::Active { reply } => batch.actives.push(reply),
                 Input::Wake => {}
-                Input::Shutdown => stop = true,
+                Input::Shutdown { grace } => {
+                    if self.draining.is_none() {
+                        self.draining = Some(Instant::now() + grace);
+                        self.engine.pause();
+                        if !grace.is_zero() {
+                            self.wake_at(now + grace.as_millis() as Millis);
+                        }
+                    }
+                }
             }
         }
-        // Each round settles one layer of consequences (a skip cascades one
-        // task per round), so the number of rounds is bounded by DAG depth.
-        for round in 0.. {
-            let decisions = self.engine.decide(now);
-            if decisions.is_empty() {
-                break;
-            }
-            for (run_id, body) in decisions {
-                self.append(&mut batch, run_id, now, body)?;
-            }
-            if round == MAX_DECIDE_ROUNDS {
-                tracing::error!(
-                    rounds = round,
-                    "Engine decisions did not settle; deferring the rest."
-                );
-                let _ = self.tx.send(Input::Wake);
-                break;
-            }
-        }
+        self.settle(&mut batch, now)?;
+        self.finish(batch, now)
+    }
+
+    /// Flushes what the batch appended, then answers, publishes and acts.
+    fn finish(&mut self, mut batch: Batch, now: Millis) -> Result<(), Error> {
         let mut ended = Vec::new();
         for effect in &batch.effects {
             if let Effect::RunEnded { run_id } = effect
@@ -374,14 +678,15 @@ impl EngineLoop {
                 ended.push(record);
             }
         }
-        if batch.records.is_empty() {
-            return Ok(stop);
+        if !batch.records.is_empty() {
+            self.log.flush()?;
         }
 
-        self.log.flush()?;
-
-        for (reply, run_id) in batch.replies.drain(..) {
-            let _ = reply.send(run_id);
+        for (reply, run_id) in batch.created.drain(..) {
+            let _ = reply.send(Ok(run_id));
+        }
+        for reply in batch.cancelled.drain(..) {
+            let _ = reply.send(Ok(()));
         }
         if self.records.receiver_count() > 0 {
             for record in batch.records.drain(..) {
@@ -389,8 +694,7 @@ impl EngineLoop {
             }
         }
         for record in ended {
-            let run_id = record.id;
-            if let Some(waiters) = self.waiters.remove(&run_id) {
+            if let Some(waiters) = self.waiters.remove(&record.id) {
                 for waiter in waiters {
                     let _ = waiter.send(record.clone());
                 }
@@ -399,7 +703,27 @@ impl EngineLoop {
         for effect in std::mem::take(&mut batch.effects) {
             self.perform(effect, now);
         }
-        Ok(stop)
+        // Queries see the state after this batch (ended runs are evicted by
+        // now, so they are answered from the stored summaries).
+        for (run_id, reply) in batch.snapshots.drain(..) {
+            let _ = reply.send(self.engine.run(run_id).map(|run| run.record()));
+        }
+        for reply in batch.actives.drain(..) {
+            let _ = reply.send(self.engine.runs().map(|run| run.record()).collect());
+        }
+        Ok(())
+    }
+
+    fn wake_at(&self, at: Millis) {
+        let tx = self.tx.clone();
+        let delay = Duration::from_millis(at.saturating_sub(now_millis()).max(0) as u64);
+        let shutdown = self.shutdown.clone();
+        self.tokio.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => { let _ = tx.send(Input::Wake); }
+                _ = shutdown.cancelled() => {}
+            }
+        });
     }
 
     fn perform(&mut self, effect: Effect, now: Millis) {
@@ -437,8 +761,7 @@ impl EngineLoop {
                 };
                 self.tokio.spawn(async move {
                     let outcome =
-                        executors::execute(prepared.kind, prepared.config, ctx, prepared.timeout)
-                            .await;
+                        executors::execute(prepared.kind, prepared.config, ctx, prepared.timeout).await;
                     let _ = tx.send(Input::AttemptDone {
                         run_id,
                         task,
@@ -456,17 +779,7 @@ impl EngineLoop {
                     token.cancel();
                 }
             }
-            Effect::Wake { at } => {
-                let tx = self.tx.clone();
-                let delay = Duration::from_millis(at.saturating_sub(now_millis()).max(0) as u64);
-                let shutdown = self.shutdown.clone();
-                self.tokio.spawn(async move {
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => { let _ = tx.send(Input::Wake); }
-                        _ = shutdown.cancelled() => {}
-                    }
-                });
-            }
+            Effect::Wake { at } => self.wake_at(at),
             Effect::RunEnded { run_id } => self.engine.evict(run_id),
         }
     }

@@ -55,6 +55,10 @@ pub struct TaskState {
     pub ended_at: Option<Millis>,
     /// When the scheduled retry is due.
     pub retry_due: Option<Millis>,
+    /// When the current (latest) attempt started.
+    pub attempt_started_at: Option<Millis>,
+    /// Set when a rerun kept this task's success from an earlier run.
+    pub reused_from: Option<RunId>,
     /// Derived, not logged: waiting in the engine's queue for a parallelism slot.
     pub(crate) queued: bool,
 }
@@ -70,6 +74,8 @@ impl Default for TaskState {
             started_at: None,
             ended_at: None,
             retry_due: None,
+            attempt_started_at: None,
+            reused_from: None,
             queued: false,
         }
     }
@@ -82,6 +88,8 @@ pub enum Cancelling {
     FailFast { task: String },
     /// The run's `timeout` elapsed.
     TimedOut,
+    /// Someone cancelled the run.
+    User { reason: String },
 }
 
 impl Cancelling {
@@ -89,6 +97,7 @@ impl Cancelling {
         match self {
             Cancelling::FailFast { task } => format!("fail_fast: task `{task}` failed"),
             Cancelling::TimedOut => "run timed out".into(),
+            Cancelling::User { reason } => reason.clone(),
         }
     }
 }
@@ -173,14 +182,20 @@ impl RunState {
         for (task, state) in self.workflow.tasks.iter().zip(&self.tasks) {
             tasks.insert(
                 task.id.clone(),
-                serde_json::json!({
-                    "status": state.status,
-                    "attempts": state.attempts,
-                    "output": state.output,
-                    "error": state.error,
-                    "started_at": state.started_at.map(rfc3339),
-                    "ended_at": state.ended_at.map(rfc3339),
-                }),
+                {
+                    let mut task = serde_json::json!({
+                        "status": state.status,
+                        "attempts": state.attempts,
+                        "output": state.output,
+                        "error": state.error,
+                        "started_at": state.started_at.map(rfc3339),
+                        "ended_at": state.ended_at.map(rfc3339),
+                    });
+                    if let Some(from) = state.reused_from {
+                        task["reused_from"] = Value::String(from.to_string());
+                    }
+                    task
+                },
             );
         }
         RunRecord {

@@ -91,6 +91,9 @@ pub trait Kind: DeserializeOwned + JsonSchema + Send + 'static {
     /// Whether an attempt takes one of the `max_parallel_tasks` slots. Kinds
     /// that only wait (`sleep`) or do nothing (`noop`) do not.
     const HOLDS_SLOT: bool = true;
+    /// Whether an attempt interrupted by a restart can simply be started
+    /// again from its recorded start (durable timers), rather than lost.
+    const RESUMABLE: bool = false;
 
     /// Load-time checks beyond the serde shape, on the config as written.
     /// Errors are `(path relative to the config, e.g. ".script", message)`.
@@ -112,6 +115,14 @@ macro_rules! kinds {
                 return <$module::$kind as Kind>::HOLDS_SLOT;
             })*
             true
+        }
+
+        /// Whether an interrupted attempt of this kind resumes rather than is lost.
+        pub fn resumable(kind: KindName) -> bool {
+            $(if kind == <$module::$kind as Kind>::NAME {
+                return <$module::$kind as Kind>::RESUMABLE;
+            })*
+            false
         }
 
         /// Load-time validation of one task's kind config.

@@ -20,6 +20,7 @@ pub struct Sleep {
 impl Kind for Sleep {
     const NAME: &'static str = "sleep";
     const HOLDS_SLOT: bool = false;
+    const RESUMABLE: bool = true;
 
     fn check(&self, _raw: &Value, errors: &mut Vec<(String, String)>) {
         if !self.duration.contains("${")

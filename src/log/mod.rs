@@ -13,8 +13,13 @@
 //! - `runs`: `run_id` → the final run record JSON, written when a run ends.
 //! - `definitions`: content hash → the workflow file's JSON, as it was when a
 //!   run started with it.
+//! - `versions`: `workflow name ++ 0 ++ content hash` → when a run first used
+//!   that version, for `GET /workflows/{name}`.
 //! - `task_logs`: `run_id ++ task ++ 0 ++ attempt` → captured stdout/stderr.
-//! - `meta`: the last sequence number.
+//! - `meta`: the log format version.
+//!
+//! Sequence numbers come from sled's `generate_id`, which never hands out a
+//! number twice, not even after a crash that lost unflushed appends.
 
 pub mod record;
 
@@ -22,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use record::{Millis, Record, RecordBody, RunId, RunStatus};
+pub use record::{Millis, Record, RecordBody, ReusedTask, RunId, RunStatus};
 use serde::{Deserialize, Serialize};
 
 /// Errors of the log. Any of them means the data dir cannot be trusted for
@@ -40,6 +45,8 @@ pub enum Error {
         #[source]
         source: sled::Error,
     },
+    #[error("data dir {dir} holds a log of another format ({found}); use a matching switchyard version")]
+    Format { dir: PathBuf, found: String },
     #[error("log storage error: {0}")]
     Storage(#[from] sled::Error),
     #[error("corrupt log record {key}: {source}")]
@@ -70,9 +77,10 @@ pub struct Log {
     unfinished: sled::Tree,
     runs: sled::Tree,
     definitions: sled::Tree,
+    versions: sled::Tree,
     task_logs: sled::Tree,
-    meta: sled::Tree,
-    next_seq: Arc<AtomicU64>,
+    /// Highest sequence number appended by this handle.
+    last_seq: Arc<AtomicU64>,
     /// Highest sequence number known to be on disk.
     durable_seq: Arc<AtomicU64>,
     /// Group commits so far (observability, and tests proving batching).
@@ -82,12 +90,14 @@ pub struct Log {
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Log")
-            .field("next_seq", &self.next_seq.load(Ordering::Relaxed))
+            .field("last_seq", &self.last_seq.load(Ordering::Relaxed))
             .finish()
     }
 }
 
-const LAST_SEQ_KEY: &[u8] = b"last_seq";
+const FORMAT_KEY: &[u8] = b"format";
+/// Version of the on-disk layout (trees and keys); records carry their own.
+const FORMAT_VERSION: u32 = 1;
 
 impl Log {
     /// Opens (or creates) the log under `data_dir/log`. Fails with
@@ -114,30 +124,39 @@ impl Log {
         let unfinished = db.open_tree("unfinished")?;
         let runs = db.open_tree("runs")?;
         let definitions = db.open_tree("definitions")?;
+        let versions = db.open_tree("versions")?;
         let task_logs = db.open_tree("task_logs")?;
         let meta = db.open_tree("meta")?;
-        let last_seq = meta
-            .get(LAST_SEQ_KEY)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
+        match meta.get(FORMAT_KEY)? {
+            None => {
+                meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
+            }
+            Some(v) if v.as_ref() == FORMAT_VERSION.to_be_bytes() => {}
+            Some(v) => {
+                return Err(Error::Format {
+                    dir: data_dir.to_path_buf(),
+                    found: format!("{:?}", v.as_ref()),
+                });
+            }
+        }
         Ok(Self {
             db,
             records,
             unfinished,
             runs,
             definitions,
+            versions,
             task_logs,
-            meta,
-            next_seq: Arc::new(AtomicU64::new(last_seq + 1)),
-            durable_seq: Arc::new(AtomicU64::new(last_seq)),
+            last_seq: Arc::new(AtomicU64::new(0)),
+            durable_seq: Arc::new(AtomicU64::new(0)),
             flushes: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// Appends one transition. Not durable until the next [`Log::flush`].
     pub fn append(&self, run_id: RunId, at: Millis, body: RecordBody) -> Result<Record, Error> {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let seq = self.db.generate_id()? + 1;
+        self.last_seq.fetch_max(seq, Ordering::Relaxed);
         let record = Record {
             seq,
             at,
@@ -163,8 +182,7 @@ impl Log {
 
     /// Makes everything appended so far durable (one fsync for all of it).
     pub fn flush(&self) -> Result<(), Error> {
-        let last = self.next_seq.load(Ordering::Relaxed).saturating_sub(1);
-        self.meta.insert(LAST_SEQ_KEY, &last.to_be_bytes())?;
+        let last = self.last_seq.load(Ordering::Relaxed);
         self.db.flush()?;
         self.durable_seq.fetch_max(last, Ordering::Release);
         self.flushes.fetch_add(1, Ordering::Relaxed);
@@ -207,12 +225,75 @@ impl Log {
             .collect()
     }
 
-    /// Stores a workflow definition under its content hash (idempotent).
-    pub fn put_definition(&self, version: &str, source: &[u8]) -> Result<(), Error> {
+    /// Stores a workflow definition under its content hash (idempotent) and
+    /// notes the version under the workflow's name.
+    pub fn put_definition(
+        &self,
+        workflow: &str,
+        version: &str,
+        label: Option<u64>,
+        source: &[u8],
+        at: Millis,
+    ) -> Result<(), Error> {
         if !self.definitions.contains_key(version)? {
             self.definitions.insert(version, source)?;
+            let info = VersionInfo {
+                version: version.to_string(),
+                label,
+                first_run_at: at,
+            };
+            let bytes = serde_json::to_vec(&info).map_err(|source| Error::Corrupt {
+                key: version.to_string(),
+                source,
+            })?;
+            self.versions.insert(version_key(workflow, version), bytes)?;
         }
         Ok(())
+    }
+
+    /// Versions of a workflow that runs have used, oldest first.
+    pub fn versions(&self, workflow: &str) -> Result<Vec<VersionInfo>, Error> {
+        let mut prefix = workflow.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out: Vec<VersionInfo> = self
+            .versions
+            .scan_prefix(prefix)
+            .values()
+            .map(|v| {
+                let v = v?;
+                serde_json::from_slice(&v).map_err(|source| Error::Corrupt {
+                    key: workflow.to_string(),
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        out.sort_by_key(|v| v.first_run_at);
+        Ok(out)
+    }
+
+    /// Stored records of ended runs, newest first, starting below `before`.
+    /// `keep` filters; at most `limit` are returned.
+    pub fn ended_runs(
+        &self,
+        before: Option<RunId>,
+        limit: usize,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let range = match before {
+            Some(before) => self.runs.range(..before.as_bytes().to_vec()),
+            None => self.runs.range::<Vec<u8>, _>(..),
+        };
+        let mut out = Vec::new();
+        for entry in range.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, value) = entry?;
+            if keep(&value) {
+                out.push(value.to_vec());
+            }
+        }
+        Ok(out)
     }
 
     pub fn definition(&self, version: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -256,6 +337,22 @@ impl Log {
             })
             .collect()
     }
+}
+
+/// A version of a workflow that a run has used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<u64>,
+    pub first_run_at: Millis,
+}
+
+fn version_key(workflow: &str, version: &str) -> Vec<u8> {
+    let mut key = workflow.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(version.as_bytes());
+    key
 }
 
 fn record_key(run_id: RunId, seq: u64) -> [u8; 24] {

@@ -41,6 +41,12 @@ pub enum RecordBody {
         params: serde_json::Map<String, Value>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event: Option<Value>,
+        /// Set on a rerun: the run it repeats.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rerun_of: Option<RunId>,
+        /// Tasks that succeeded in `rerun_of` and are not run again.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reused: Vec<ReusedTask>,
     },
     /// The run left `queued` and began executing.
     RunStarted {},
@@ -76,12 +82,34 @@ pub enum RecordBody {
     TaskCancelled { task: String, reason: String },
     /// The run's `timeout` elapsed; its remaining tasks are cancelled.
     RunTimedOut {},
+    /// Someone cancelled the run; its remaining tasks are cancelled.
+    RunCancelRequested { reason: String },
+    /// A running attempt's outcome is unknown: the daemon crashed (found at
+    /// start-up) or shut down while it ran. Retried if attempts remain; an
+    /// attempt interrupted by a graceful shutdown is always retried.
+    AttemptLost {
+        task: String,
+        attempt: u32,
+        reason: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        shutdown: bool,
+    },
     /// The run is terminal.
     RunEnded {
         status: RunStatus,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+}
+
+/// A task whose recorded success a rerun keeps instead of running it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReusedTask {
+    pub task: String,
+    #[serde(default)]
+    pub output: Value,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stdout: String,
 }
 
 fn yes() -> bool {

@@ -44,6 +44,8 @@ impl Harness {
             version_label: None,
             params: params.as_object().cloned().unwrap_or_default(),
             event: None,
+            rerun_of: None,
+            reused: Vec::new(),
         };
         engine.register(workflow);
         let mut harness = Self {
