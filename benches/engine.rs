@@ -126,6 +126,7 @@ async fn noop_chain(n: usize, samples: usize) -> Duration {
         data_dir: dir.path().to_path_buf(),
         limits: Limits::default(),
         recover: true,
+        secrets: Default::default(),
     })
     .expect("runtime");
     let handle = runtime.handle();
@@ -162,6 +163,7 @@ async fn throughput(runs: usize) -> f64 {
         data_dir: dir.path().to_path_buf(),
         limits: Limits::default(),
         recover: true,
+        secrets: Default::default(),
     })
     .expect("runtime");
     let handle = runtime.handle();
@@ -195,6 +197,7 @@ async fn shell_chain(n: usize, samples: usize) -> (Duration, Duration) {
         data_dir: dir.path().to_path_buf(),
         limits: Limits::default(),
         recover: true,
+        secrets: Default::default(),
     })
     .expect("runtime");
     let handle = runtime.handle();

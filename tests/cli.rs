@@ -521,3 +521,136 @@ fn live_progress_is_shown_on_a_terminal() {
     assert!(screen.contains("✗ second failed"), "{screen}");
     assert!(screen.contains("○ third skipped"), "{screen}");
 }
+
+#[test]
+fn processes_that_ignore_sigterm_are_killed_with_their_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("stubborn.pid");
+    let file = write_workflow(
+        dir.path(),
+        "stubborn",
+        &json!({"name": "stubborn", "tasks": [
+            {"id": "hang", "timeout": "500ms",
+             "shell": {"script": "trap '' TERM; sleep 300 & echo $! > \"$PID_FILE\"; wait",
+                       "env": {"PID_FILE": pid_file.to_str().unwrap()}}},
+        ]}),
+    );
+    let (code, _) = run_json(dir.path(), &file, &[]);
+    assert_eq!(code, 1);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!process_alive(pid), "process {pid} outlived its attempt");
+}
+
+#[test]
+fn a_process_that_leaves_the_group_does_not_hang_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("escaped.pid");
+    let file = write_workflow(
+        dir.path(),
+        "escape",
+        &json!({"name": "escape", "tasks": [
+            {"id": "detach", "timeout": "30s",
+             "shell": {"script": "setsid sleep 600 & echo $! > \"$PID_FILE\"; echo started",
+                       "env": {"PID_FILE": pid_file.to_str().unwrap()}}},
+        ]}),
+    );
+    let started = Instant::now();
+    let (code, record) = run_json(dir.path(), &file, &[]);
+    let took = started.elapsed();
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status();
+    }
+    assert!(took < Duration::from_secs(20), "the run hung for {took:?}");
+    assert_eq!(code, 0, "{record}");
+}
+
+#[test]
+fn secret_values_are_redacted_from_what_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("switchyard.json"),
+        r#"{"secrets": {"token": {"env": "SY_TEST_TOKEN"}, "key": {"file": "key.txt"}}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("key.txt"), "file-secret-value\n").unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "leak",
+        &json!({"name": "leak", "tasks": [
+            {"id": "use", "shell": {
+                "script": "printf '{\"leak\": \"%s\", \"key\": \"%s\"}' \"$TOKEN\" \"$KEY\" > \"$SWITCHYARD_OUTPUT\"; echo \"token=$TOKEN\"; echo \"oops $TOKEN\" >&2; exit 1",
+                "env": {"TOKEN": "${secrets.token}", "KEY": "${secrets.key}"}}},
+        ]}),
+    );
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(crate::util::bin())
+        .current_dir(dir.path())
+        .env("SY_TEST_TOKEN", "s3cr3t-t0ken")
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--json",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("s3cr3t-t0ken") && !text.contains("file-secret-value"),
+        "{text}"
+    );
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(record["tasks"]["use"]["output"]["leak"], "[redacted]");
+    assert_eq!(record["tasks"]["use"]["output"]["key"], "[redacted]");
+    assert!(
+        record["tasks"]["use"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("oops [redacted]")
+    );
+    // Nothing in the data dir holds the secret either.
+    let grep = std::process::Command::new("grep")
+        .args(["-r", "-c", "s3cr3t-t0ken", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&grep.stdout)
+            .lines()
+            .any(|l| !l.ends_with(":0")),
+        "secret found on disk"
+    );
+    // A missing secret fails start-up, naming it.
+    let out = switchyard(
+        dir.path(),
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("secrets.token") && stderr(&out).contains("SY_TEST_TOKEN"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.contains(") Z "),
+        Err(_) => false,
+    }
+}

@@ -609,7 +609,9 @@ fn resume_loses_running_attempts_but_resumes_timers() {
     }
     let (records, effects) = replayed.resume();
     assert_eq!(records.len(), 1);
-    assert!(matches!(&records[0].1, RecordBody::AttemptLost { task, attempt: 1, shutdown: false, .. } if task == "a"));
+    assert!(
+        matches!(&records[0].1, RecordBody::AttemptLost { task, attempt: 1, shutdown: false, .. } if task == "a")
+    );
     // The sleep restarts from its recorded start, so it ends on time.
     assert!(effects.iter().any(|e| matches!(e,
         Effect::StartAttempt { task: 1, attempt: 1, started_at, .. } if *started_at == h.now)));
@@ -643,11 +645,17 @@ fn max_active_runs_queues_runs_in_order() {
     h.run_id = first;
     let effects = h.succeed("a", json!({}));
     // The oldest queued run starts, the newer one keeps waiting.
-    assert!(effects.iter().any(|e| matches!(e, Effect::StartAttempt { run_id, .. } if *run_id == queued[0])));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::StartAttempt { run_id, .. } if *run_id == queued[0]))
+    );
     assert_eq!(h.engine.run(queued[1]).unwrap().status, RunStatus::Queued);
     // Cancelling a queued run ends it without starting it.
     h.run_id = queued[1];
-    h.feed(RecordBody::RunCancelRequested { reason: "no longer needed".into() });
+    h.feed(RecordBody::RunCancelRequested {
+        reason: "no longer needed".into(),
+    });
     assert_eq!(h.run_status(), RunStatus::Cancelled);
 }
 
@@ -670,7 +678,12 @@ fn max_active_runs_with_skip_ends_the_extra_run() {
     });
     assert_eq!(h.run_status(), RunStatus::Cancelled);
     let run = h.engine.run(h.run_id).unwrap();
-    assert!(run.error.as_deref().unwrap().contains("skipped: max_active_runs (1)"));
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap()
+            .contains("skipped: max_active_runs (1)")
+    );
 }
 
 #[test]
@@ -705,7 +718,11 @@ fn rerun_from_failed_reuses_successes_and_reruns_downstream() {
 
     let reused = plan(&source, &RerunFrom::Failed).unwrap();
     let kept: Vec<&str> = reused.iter().map(|r| r.task.as_str()).collect();
-    assert_eq!(kept, ["probe", "side"], "recover depends on publish, so it runs again");
+    assert_eq!(
+        kept,
+        ["probe", "side"],
+        "recover depends on publish, so it runs again"
+    );
     // The rerun starts at publish, with probe's export in scope.
     let rerun_id = uuid::Uuid::now_v7();
     h.run_id = rerun_id;
@@ -727,6 +744,48 @@ fn rerun_from_failed_reuses_successes_and_reruns_downstream() {
     assert_eq!(h.run_status(), RunStatus::Succeeded);
 
     let named = plan(&source, &RerunFrom::Task("probe".into())).unwrap();
-    assert_eq!(named.iter().map(|r| r.task.as_str()).collect::<Vec<_>>(), ["side"]);
+    assert_eq!(
+        named.iter().map(|r| r.task.as_str()).collect::<Vec<_>>(),
+        ["side"]
+    );
     assert!(plan(&source, &RerunFrom::Task("nope".into())).is_err());
+}
+
+#[test]
+fn nothing_starts_for_a_run_whose_deadline_passed_in_the_same_round() {
+    let (mut h, effects) = Harness::start_with(
+        json!({"name": "late", "timeout": "10s", "tasks": [sh("a", "true"), sh("b", "true")]}),
+        json!({}),
+        Limits {
+            max_parallel_tasks: 1,
+        },
+    );
+    assert_eq!(h.started(&effects), ["a"]);
+    // a finishes exactly at the deadline, freeing the slot b waits for.
+    h.now += 10_000;
+    let effects = h.succeed("a", json!({}));
+    assert!(
+        h.started(&effects).is_empty(),
+        "b started after the run timed out"
+    );
+    assert_eq!(h.status("b"), TaskStatus::Cancelled);
+    assert_eq!(h.run_status(), RunStatus::Failed);
+}
+
+#[test]
+fn a_timer_not_yet_due_stays_armed() {
+    let (mut h, _) = Harness::start(
+        json!({"name": "t", "tasks": [{"id": "a", "retry": {"max_attempts": 2, "delay": "5s"}, "shell": {"script": "false"}}]}),
+        json!({}),
+    );
+    h.fail("a", "boom");
+    let due = h.now + 5_000;
+    assert_eq!(h.engine.next_timer(), Some(due));
+    // A wake-up that comes early (clock skew) must not forget the timer.
+    h.now += 1_000;
+    h.settle();
+    assert_eq!(h.engine.next_timer(), Some(due));
+    h.now = due;
+    let effects = h.settle();
+    assert_eq!(h.started(&effects), ["a"]);
 }

@@ -16,6 +16,7 @@ fn config(dir: &std::path::Path) -> RuntimeConfig {
         data_dir: dir.to_path_buf(),
         limits: Limits::default(),
         recover: true,
+        secrets: Default::default(),
     }
 }
 

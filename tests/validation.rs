@@ -339,3 +339,73 @@ fn committed_schemas_match_the_types() {
         );
     }
 }
+
+#[test]
+fn top_level_errors_are_all_reported() {
+    let text = invalid(
+        json!({"name": "Bad Name", "timeot": "1h", "fail_fast": "yes", "tasks": [
+            {"id": "a", "bogus": 1, "shell": {"command": ["true"]}},
+        ]}),
+    );
+    assert!(text.contains("timeot"), "{text}");
+    assert!(text.contains("fail_fast"), "{text}");
+}
+
+#[test]
+fn every_bad_key_of_a_task_is_reported() {
+    let text = invalid(json!({"name": "x", "tasks": [
+        {"id": "a", "allow_failure": "yes", "timeout": 5, "shell": {"command": ["true"], "cwd": 3, "envv": {}}},
+    ]}));
+    assert!(text.contains("tasks[0].allow_failure"), "{text}");
+    assert!(text.contains("tasks[0].timeout"), "{text}");
+    assert!(text.contains("tasks[0].shell.cwd"), "{text}");
+    assert!(text.contains("envv"), "{text}");
+}
+
+#[test]
+fn after_shapes_are_checked_key_by_key() {
+    let text = invalid(json!({"name": "x", "tasks": [
+        shell("a"), shell("b"),
+        {"id": "c", "after": {"all": ["a"], "any": ["b:failure"], "typo": 1}, "shell": {"command": ["true"]}},
+        {"id": "d", "after": {"all": []}, "shell": {"command": ["true"]}},
+        {"id": "e", "after": 7, "shell": {"command": ["true"]}},
+        {"id": "f", "after": ["a", 3], "shell": {"command": ["true"]}},
+    ]}));
+    assert!(
+        text.contains("tasks[2].after.any: use either `all` or `any`"),
+        "{text}"
+    );
+    assert!(text.contains("tasks[2].after.typo: unknown key"), "{text}");
+    assert!(
+        text.contains("tasks[3].after.all: `all` needs at least one dependency"),
+        "{text}"
+    );
+    assert!(text.contains("tasks[4].after: `after` takes"), "{text}");
+    assert!(
+        text.contains("tasks[5].after[1]: a dependency is a task id"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_cycle_is_reported_beside_other_errors() {
+    let text = invalid(json!({"name": "x", "tasks": [
+        {"id": "a", "after": "b", "shell": {"command": ["true"]}},
+        {"id": "b", "after": "a", "shell": {"command": ["true"]}},
+        {"id": "c", "bogus": true, "shell": {"command": ["true"]}},
+    ]}));
+    assert!(text.contains("cycle:"), "{text}");
+    assert!(text.contains("tasks[2].bogus"), "{text}");
+}
+
+#[test]
+fn a_task_kind_must_be_an_object() {
+    let text = invalid(
+        json!({"name": "x", "tasks": [{"id": "a", "noop": null}, {"id": "b", "shell": "echo hi"}]}),
+    );
+    assert!(text.contains("tasks[0].noop"), "{text}");
+    assert!(
+        text.contains("tasks[1].shell") && text.contains("takes an object"),
+        "{text}"
+    );
+}

@@ -59,6 +59,10 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return super::fail(e),
     };
+    let secrets = match crate::spec::Secrets::resolve(&config, config_path) {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => return super::fail(e),
+    };
     if args.max_parallel_tasks == Some(0) {
         return super::fail("--max-parallel-tasks must be at least 1");
     }
@@ -80,6 +84,7 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
             data_dir,
             limits,
             recover: false,
+            secrets,
         };
         let runtime = match Runtime::start(config) {
             Ok(r) => r,

@@ -93,6 +93,8 @@ pub struct Engine {
     active: HashMap<String, usize>,
     /// Shutting down: start no more runs or attempts.
     paused: bool,
+    /// In scope as `secrets`.
+    secrets: Arc<crate::spec::Secrets>,
 }
 
 impl Engine {
@@ -101,6 +103,11 @@ impl Engine {
             limits,
             ..Self::default()
         }
+    }
+
+    /// Sets the secrets expressions see as `secrets.<name>`.
+    pub fn set_secrets(&mut self, secrets: Arc<crate::spec::Secrets>) {
+        self.secrets = secrets;
     }
 
     /// Makes a definition known so that `RunCreated` records naming its
@@ -182,21 +189,21 @@ impl Engine {
             let tasks = vec![TaskState::default(); definition.tasks.len()];
             let name = definition.name.clone();
             let mut run = RunState {
-                    id: run_id,
-                    workflow: definition,
-                    status: RunStatus::Queued,
-                    params: params.clone(),
-                    event: event.clone(),
-                    vars,
-                    created_at: at,
-                    started_at: None,
-                    ended_at: None,
-                    deadline: None,
-                    cancelling: None,
-                    error: None,
-                    tasks,
-                    dirty: false,
-                };
+                id: run_id,
+                workflow: definition,
+                status: RunStatus::Queued,
+                params: params.clone(),
+                event: event.clone(),
+                vars,
+                created_at: at,
+                started_at: None,
+                ended_at: None,
+                deadline: None,
+                cancelling: None,
+                error: None,
+                tasks,
+                dirty: false,
+            };
             reuse_tasks(&mut run, reused, *rerun_of, at);
             self.runs.insert(run_id, run);
             self.waiting.entry(name).or_default().push_back(run_id);
@@ -220,7 +227,7 @@ impl Engine {
                 *self.active.entry(workflow.name.clone()).or_default() += 1;
                 unqueue(&mut self.waiting, &workflow.name, run_id);
                 if let Some(timeout) = workflow.timeout {
-                    let deadline = at.saturating_add(timeout.as_millis() as Millis);
+                    let deadline = at.saturating_add(duration_millis(timeout));
                     run.deadline = Some(deadline);
                     self.timers.insert((deadline, run_id));
                     effects.push(Effect::Wake { at: deadline });
@@ -362,7 +369,9 @@ impl Engine {
                 reason,
                 shutdown,
             } => {
-                let Some(i) = task_of(task) else { return effects };
+                let Some(i) = task_of(task) else {
+                    return effects;
+                };
                 if run.tasks[i].status != TaskStatus::Running || run.tasks[i].attempts != *attempt {
                     return effects;
                 }
@@ -444,8 +453,10 @@ impl Engine {
                 break;
             }
             self.ready.pop_front();
+            // A run past its deadline gets `RunTimedOut` this round; start nothing for it.
+            let expired = run.deadline.is_some_and(|d| d <= now);
             let state = &mut run.tasks[i];
-            if !state.queued || state.status.is_terminal() || run.cancelling.is_some() {
+            if !state.queued || state.status.is_terminal() || run.cancelling.is_some() || expired {
                 state.queued = false;
                 continue;
             }
@@ -471,23 +482,27 @@ impl Engine {
         for (name, queue) in &self.waiting {
             let mut active = self.active.get(name).copied().unwrap_or(0);
             for run_id in queue {
-                let Some(run) = self.runs.get(run_id) else { continue };
+                let Some(run) = self.runs.get(run_id) else {
+                    continue;
+                };
                 if run.status != RunStatus::Queued || run.cancelling.is_some() {
                     continue; // A cancelled queued run is ended by `decide_run`.
                 }
                 match run.workflow.max_active_runs {
-                    Some(max) if active as u64 >= u64::from(max) => match run.workflow.on_overflow {
-                        crate::spec::workflow::Overflow::Queue => break,
-                        crate::spec::workflow::Overflow::Skip => out.push((
-                            *run_id,
-                            RecordBody::RunEnded {
-                                status: RunStatus::Cancelled,
-                                error: Some(format!(
-                                    "skipped: max_active_runs ({max}) of `{name}` reached"
-                                )),
-                            },
-                        )),
-                    },
+                    Some(max) if active as u64 >= u64::from(max) => {
+                        match run.workflow.on_overflow {
+                            crate::spec::workflow::Overflow::Queue => break,
+                            crate::spec::workflow::Overflow::Skip => out.push((
+                                *run_id,
+                                RecordBody::RunEnded {
+                                    status: RunStatus::Cancelled,
+                                    error: Some(format!(
+                                        "skipped: max_active_runs ({max}) of `{name}` reached"
+                                    )),
+                                },
+                            )),
+                        }
+                    }
                     _ => {
                         active += 1;
                         out.push((*run_id, RecordBody::RunStarted {}));
@@ -576,7 +591,7 @@ impl Engine {
             .tasks
             .get(task)
             .ok_or_else(|| format!("task #{task} does not exist"))?;
-        let scope = TaskScope::for_task(run, task, now)?;
+        let scope = TaskScope::for_attempt(run, task, now, &self.secrets)?;
         let config = spec
             .config
             .render(&scope)
@@ -591,6 +606,11 @@ impl Engine {
     }
 }
 
+/// A duration in milliseconds, saturating (a "300000000years" timeout means never).
+pub(crate) fn duration_millis(duration: std::time::Duration) -> Millis {
+    Millis::try_from(duration.as_millis()).unwrap_or(Millis::MAX)
+}
+
 fn unqueue(waiting: &mut HashMap<String, VecDeque<RunId>>, name: &str, run_id: RunId) {
     if let Some(queue) = waiting.get_mut(name) {
         if queue.front() == Some(&run_id) {
@@ -603,7 +623,12 @@ fn unqueue(waiting: &mut HashMap<String, VecDeque<RunId>>, name: &str, run_id: R
 
 /// Marks the tasks a rerun keeps as succeeded, with their recorded outputs,
 /// and applies their exports in workflow order.
-fn reuse_tasks(run: &mut RunState, reused: &[crate::log::ReusedTask], from: Option<RunId>, at: Millis) {
+fn reuse_tasks(
+    run: &mut RunState,
+    reused: &[crate::log::ReusedTask],
+    from: Option<RunId>,
+    at: Millis,
+) {
     for reuse in reused {
         let Some(i) = run.workflow.task_index(&reuse.task) else {
             continue;
@@ -789,7 +814,7 @@ fn decide_run(
                             RecordBody::RetryScheduled {
                                 task: spec.id.clone(),
                                 attempt: next,
-                                due_at: now.saturating_add(delay.as_millis() as Millis),
+                                due_at: now.saturating_add(duration_millis(delay)),
                             },
                         ));
                     }

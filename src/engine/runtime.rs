@@ -30,6 +30,9 @@ use crate::spec::Workflow;
 const MAX_BATCH: usize = 8192;
 /// A guard against a decision loop that never settles (a bug, not input).
 const MAX_DECIDE_ROUNDS: usize = 100_000;
+/// How long shutdown waits for cancelled attempts to stop their processes
+/// (the shell executor's SIGTERM grace plus its pipe drain).
+const ATTEMPT_STOP_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -55,6 +58,8 @@ pub struct RuntimeConfig {
     /// Resume unfinished runs found in the log (the daemon does; a one-off
     /// `switchyard run` leaves them for the daemon).
     pub recover: bool,
+    /// Secrets for `${secrets.*}`; their values are redacted from everything recorded.
+    pub secrets: Arc<crate::spec::Secrets>,
 }
 
 /// What start-up recovery found and did.
@@ -164,8 +169,11 @@ impl Runtime {
             log: log.clone(),
             fatal: Arc::clone(&fatal),
         };
+        let mut engine = Engine::new(config.limits);
+        engine.set_secrets(Arc::clone(&config.secrets));
         let mut engine_loop = EngineLoop {
-            engine: Engine::new(config.limits),
+            secrets: config.secrets,
+            engine,
             log,
             rx,
             tx,
@@ -176,6 +184,8 @@ impl Runtime {
             waiters: HashMap::new(),
             shutdown: CancellationToken::new(),
             draining: None,
+            armed: None,
+            running: Vec::new(),
         };
         let mut recovery = if config.recover {
             engine_loop.recover()?
@@ -403,6 +413,7 @@ fn now_millis() -> Millis {
 
 struct EngineLoop {
     engine: Engine,
+    secrets: Arc<crate::spec::Secrets>,
     log: Log,
     rx: mpsc::UnboundedReceiver<Input>,
     tx: mpsc::UnboundedSender<Input>,
@@ -415,6 +426,10 @@ struct EngineLoop {
     shutdown: CancellationToken,
     /// Set once shutdown began: the moment the grace period ends.
     draining: Option<Instant>,
+    /// The engine timer a wake-up is armed for.
+    armed: Option<Millis>,
+    /// Attempt tasks, awaited (bounded) at shutdown so no process outlives us.
+    running: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// What one group commit produced.
@@ -491,6 +506,16 @@ impl EngineLoop {
             token.cancel();
         }
         self.log.flush()?;
+        // Let cancelled attempts kill their process groups before we go.
+        let running = std::mem::take(&mut self.running);
+        self.tokio.block_on(async move {
+            let _ = tokio::time::timeout(ATTEMPT_STOP_GRACE, async {
+                for attempt in running {
+                    let _ = attempt.await;
+                }
+            })
+            .await;
+        });
         Ok(())
     }
 
@@ -516,7 +541,9 @@ impl EngineLoop {
         let now = now_millis();
         let mut batch = Batch::default();
         for (run_id, task, attempt) in running {
-            let Some(run) = self.engine.run(run_id) else { continue };
+            let Some(run) = self.engine.run(run_id) else {
+                continue;
+            };
             let body = RecordBody::AttemptLost {
                 task: run.workflow.tasks[task].id.clone(),
                 attempt,
@@ -530,7 +557,13 @@ impl EngineLoop {
         Ok(true)
     }
 
-    fn append(&mut self, batch: &mut Batch, run_id: RunId, now: Millis, body: RecordBody) -> Result<(), Error> {
+    fn append(
+        &mut self,
+        batch: &mut Batch,
+        run_id: RunId,
+        now: Millis,
+        body: RecordBody,
+    ) -> Result<(), Error> {
         let record = self.log.append(run_id, now, body)?;
         batch.effects.extend(self.engine.apply(&record));
         batch.records.push(record);
@@ -550,7 +583,10 @@ impl EngineLoop {
                 self.append(batch, run_id, now, body)?;
             }
             if round == MAX_DECIDE_ROUNDS {
-                tracing::error!(rounds = round, "Engine decisions did not settle; deferring the rest.");
+                tracing::error!(
+                    rounds = round,
+                    "Engine decisions did not settle; deferring the rest."
+                );
                 let _ = self.tx.send(Input::Wake);
                 break;
             }
@@ -598,10 +634,13 @@ impl EngineLoop {
                     run_id,
                     task,
                     attempt,
-                    outcome,
+                    mut outcome,
                 } => {
+                    self.redact(&mut outcome);
                     self.attempts.remove(&(run_id, task, attempt));
-                    let Some(run) = self.engine.run(run_id) else { continue };
+                    let Some(run) = self.engine.run(run_id) else {
+                        continue;
+                    };
                     let live = run
                         .tasks
                         .get(task)
@@ -630,7 +669,12 @@ impl EngineLoop {
                     reply,
                 } => match self.engine.run(run_id) {
                     Some(run) if !run.status.is_terminal() => {
-                        self.append(&mut batch, run_id, now, RecordBody::RunCancelRequested { reason })?;
+                        self.append(
+                            &mut batch,
+                            run_id,
+                            now,
+                            RecordBody::RunCancelRequested { reason },
+                        )?;
                         batch.cancelled.push(reply);
                     }
                     Some(run) => {
@@ -649,7 +693,7 @@ impl EngineLoop {
                 },
                 Input::Snapshot { run_id, reply } => batch.snapshots.push((run_id, reply)),
                 Input::Active { reply } => batch.actives.push(reply),
-                Input::Wake => {}
+                Input::Wake => self.armed = None,
                 Input::Shutdown { grace } => {
                     if self.draining.is_none() {
                         self.draining = Some(Instant::now() + grace);
@@ -703,6 +747,15 @@ impl EngineLoop {
         for effect in std::mem::take(&mut batch.effects) {
             self.perform(effect, now);
         }
+        // One wake-up for the engine's earliest timer, re-armed whenever it
+        // changes or fired, so no retry or deadline is forgotten.
+        if let Some(at) = self.engine.next_timer()
+            && self.armed.is_none_or(|armed| at < armed)
+        {
+            self.armed = Some(at);
+            self.wake_at(at);
+        }
+        self.running.retain(|task| !task.is_finished());
         // Queries see the state after this batch (ended runs are evicted by
         // now, so they are answered from the stored summaries).
         for (run_id, reply) in batch.snapshots.drain(..) {
@@ -712,6 +765,23 @@ impl EngineLoop {
             let _ = reply.send(self.engine.runs().map(|run| run.record()).collect());
         }
         Ok(())
+    }
+
+    /// Secret values never reach the log, the API or subscribers.
+    fn redact(&self, outcome: &mut AttemptOutcome) {
+        if self.secrets.is_empty() {
+            return;
+        }
+        let secrets = &self.secrets;
+        secrets.redact_json(&mut outcome.output);
+        outcome.stdout = secrets.redact(&outcome.stdout);
+        if let Some(error) = &mut outcome.error {
+            *error = secrets.redact(error);
+        }
+        if let Some(logs) = &mut outcome.logs {
+            logs.stdout = secrets.redact(&logs.stdout);
+            logs.stderr = secrets.redact(&logs.stderr);
+        }
     }
 
     fn wake_at(&self, at: Millis) {
@@ -734,6 +804,15 @@ impl EngineLoop {
                 attempt,
                 started_at,
             } => {
+                // A later record of the same batch may have cancelled it.
+                let live = self.engine.run(run_id).is_some_and(|run| {
+                    run.tasks
+                        .get(task)
+                        .is_some_and(|t| t.status == TaskStatus::Running && t.attempts == attempt)
+                });
+                if !live {
+                    return;
+                }
                 let tx = self.tx.clone();
                 let prepared = match self.engine.prepare_attempt(run_id, task, now) {
                     Ok(prepared) => prepared,
@@ -759,9 +838,22 @@ impl EngineLoop {
                     cancel: token.child_token(),
                     scratch_dir: self.scratch_dir.clone(),
                 };
-                self.tokio.spawn(async move {
-                    let outcome =
-                        executors::execute(prepared.kind, prepared.config, ctx, prepared.timeout).await;
+                let tokio = self.tokio.clone();
+                let attempt_task = self.tokio.spawn(async move {
+                    let execution = tokio.spawn(executors::execute(
+                        prepared.kind,
+                        prepared.config,
+                        ctx,
+                        prepared.timeout,
+                    ));
+                    // An executor that panics fails its attempt instead of
+                    // leaving the run waiting forever.
+                    let outcome = match execution.await {
+                        Ok(outcome) => outcome,
+                        Err(e) => {
+                            AttemptOutcome::permanent_failure(format!("executor failed: {e}"))
+                        }
+                    };
                     let _ = tx.send(Input::AttemptDone {
                         run_id,
                         task,
@@ -769,6 +861,7 @@ impl EngineLoop {
                         outcome,
                     });
                 });
+                self.running.push(attempt_task);
             }
             Effect::KillAttempt {
                 run_id,
@@ -779,7 +872,8 @@ impl EngineLoop {
                     token.cancel();
                 }
             }
-            Effect::Wake { at } => self.wake_at(at),
+            // Timers are armed from `Engine::next_timer` after each commit.
+            Effect::Wake { .. } => {}
             Effect::RunEnded { run_id } => self.engine.evict(run_id),
         }
     }

@@ -9,6 +9,7 @@ use crate::log::Millis;
 /// The scope of one task: `vars` include the task's own `vars`.
 pub(crate) struct TaskScope<'a> {
     run: &'a RunState,
+    secrets: Option<&'a crate::spec::Secrets>,
     vars: Map<String, Value>,
     pub output: Option<Value>,
     now: Millis,
@@ -17,8 +18,29 @@ pub(crate) struct TaskScope<'a> {
 impl<'a> TaskScope<'a> {
     /// Builds the scope of task `i`, rendering its `vars` over the run's.
     pub fn for_task(run: &'a RunState, i: usize, now: Millis) -> Result<Self, String> {
+        Self::build(run, i, now, None)
+    }
+
+    /// The scope an attempt's config renders in: like [`Self::for_task`],
+    /// plus `secrets` (never in `when` or `export`, whose results are logged).
+    pub fn for_attempt(
+        run: &'a RunState,
+        i: usize,
+        now: Millis,
+        secrets: &'a crate::spec::Secrets,
+    ) -> Result<Self, String> {
+        Self::build(run, i, now, Some(secrets))
+    }
+
+    fn build(
+        run: &'a RunState,
+        i: usize,
+        now: Millis,
+        secrets: Option<&'a crate::spec::Secrets>,
+    ) -> Result<Self, String> {
         let mut scope = Self {
             run,
+            secrets,
             vars: Map::new(),
             output: None,
             now,
@@ -79,7 +101,10 @@ impl Scope for TaskScope<'_> {
                 "workflow": run.workflow.name,
                 "started_at": run.started_at.map(rfc3339),
             }),
-            "secrets" => Value::Object(Map::new()),
+            "secrets" => self
+                .secrets
+                .map(|s| s.to_json())
+                .unwrap_or_else(|| Value::Object(Map::new())),
             "output" => self.output.clone()?,
             _ => return None,
         })

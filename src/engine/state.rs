@@ -180,23 +180,20 @@ impl RunState {
     pub fn record(&self) -> RunRecord {
         let mut tasks = Map::new();
         for (task, state) in self.workflow.tasks.iter().zip(&self.tasks) {
-            tasks.insert(
-                task.id.clone(),
-                {
-                    let mut task = serde_json::json!({
-                        "status": state.status,
-                        "attempts": state.attempts,
-                        "output": state.output,
-                        "error": state.error,
-                        "started_at": state.started_at.map(rfc3339),
-                        "ended_at": state.ended_at.map(rfc3339),
-                    });
-                    if let Some(from) = state.reused_from {
-                        task["reused_from"] = Value::String(from.to_string());
-                    }
-                    task
-                },
-            );
+            tasks.insert(task.id.clone(), {
+                let mut task = serde_json::json!({
+                    "status": state.status,
+                    "attempts": state.attempts,
+                    "output": state.output,
+                    "error": state.error,
+                    "started_at": state.started_at.map(rfc3339),
+                    "ended_at": state.ended_at.map(rfc3339),
+                });
+                if let Some(from) = state.reused_from {
+                    task["reused_from"] = Value::String(from.to_string());
+                }
+                task
+            });
         }
         RunRecord {
             id: self.id,

@@ -158,19 +158,23 @@ pub fn kind_name(key: &str) -> Option<KindName> {
 }
 
 fn check<K: Kind>(raw: &Value, errors: &mut Vec<(String, String)>) {
-    match serde_path_to_error::deserialize::<_, K>(raw.clone()) {
+    if !raw.is_object() {
+        errors.push((
+            String::new(),
+            format!("`{}` takes an object, got {}", K::NAME, json_type(raw)),
+        ));
+        return;
+    }
+    match crate::spec::deserialize_all::<K>(raw) {
         Ok(config) => config.check(raw, errors),
-        Err(e) => {
-            let path = e.path().to_string();
-            let path = if path == "." {
-                String::new()
-            } else if path.starts_with('[') {
+        Err(found) => errors.extend(found.into_iter().map(|(path, message)| {
+            let path = if path.is_empty() || path.starts_with('[') {
                 path
             } else {
                 format!(".{path}")
             };
-            errors.push((path, e.into_inner().to_string()));
-        }
+            (path, message)
+        })),
     }
 }
 
@@ -227,7 +231,7 @@ pub(crate) fn scalar_text(value: Value) -> Result<String, String> {
     }
 }
 
-pub(crate) fn json_type(value: &Value) -> &'static str {
+pub fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a bool",

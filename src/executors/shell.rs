@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -168,14 +169,19 @@ impl Kind for Shell {
             }
         };
         let pgid = child.id().map(|id| id as i32);
+        // However this attempt ends — even if its future is dropped — nothing
+        // it started outlives it.
+        let _group = GroupGuard(pgid);
+        let stdout_buf = Arc::new(Mutex::new(Tail::new(LOG_CAP)));
+        let stderr_buf = Arc::new(Mutex::new(Tail::new(LOG_CAP)));
         let stdout = child
             .stdout
             .take()
-            .map(|s| tokio::spawn(read_tail(s, LOG_CAP)));
+            .map(|s| tokio::spawn(read_tail(s, Arc::clone(&stdout_buf))));
         let stderr = child
             .stderr
             .take()
-            .map(|s| tokio::spawn(read_tail(s, LOG_CAP)));
+            .map(|s| tokio::spawn(read_tail(s, Arc::clone(&stderr_buf))));
 
         let mut cancelled = false;
         let status: std::io::Result<ExitStatus> = tokio::select! {
@@ -193,8 +199,10 @@ impl Kind for Shell {
             }
         };
         let mut leftover = false;
-        let (stdout, stdout_truncated) = join_reader(stdout, pgid, &mut leftover).await;
-        let (mut stderr, stderr_truncated) = join_reader(stderr, pgid, &mut leftover).await;
+        join_reader(stdout, pgid, &ctx.cancel, &mut leftover).await;
+        join_reader(stderr, pgid, &ctx.cancel, &mut leftover).await;
+        let (stdout, stdout_truncated) = take_tail(&stdout_buf);
+        let (mut stderr, stderr_truncated) = take_tail(&stderr_buf);
         if leftover {
             stderr.push_str(
                 "\n[switchyard] killed processes left holding stdout/stderr after the task exited\n",
@@ -263,50 +271,99 @@ fn read_output(path: &PathBuf) -> Result<Value, String> {
     }
 }
 
+/// Waits for a pipe reader to reach end of file. If something still holds
+/// the pipe after the process exited, the whole group is killed; if even that
+/// does not close it (a process that left the group), the reader is abandoned
+/// with what it read so far.
 async fn join_reader(
-    reader: Option<tokio::task::JoinHandle<(Vec<u8>, bool)>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
     pgid: Option<i32>,
+    cancel: &tokio_util::sync::CancellationToken,
     leftover: &mut bool,
-) -> (String, bool) {
+) {
     let Some(mut reader) = reader else {
-        return (String::new(), false);
+        return;
     };
-    let (bytes, truncated) = match tokio::time::timeout(DRAIN_GRACE, &mut reader).await {
-        Ok(result) => result.unwrap_or_default(),
-        Err(_) => {
-            // A background child still holds the pipe: end the whole group.
-            *leftover = true;
-            signal_group(pgid, libc::SIGKILL);
-            reader.await.unwrap_or_default()
-        }
-    };
-    (String::from_utf8_lossy(&bytes).into_owned(), truncated)
+    tokio::select! {
+        _ = &mut reader => return,
+        _ = tokio::time::sleep(DRAIN_GRACE) => {}
+        _ = cancel.cancelled() => {}
+    }
+    *leftover = true;
+    signal_group(pgid, libc::SIGKILL);
+    tokio::select! {
+        _ = &mut reader => {}
+        _ = tokio::time::sleep(DRAIN_GRACE) => reader.abort(),
+        _ = cancel.cancelled() => reader.abort(),
+    }
 }
 
-/// Reads a stream to its end, keeping at most its last `cap` bytes.
-async fn read_tail(mut stream: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
-    let mut kept: Vec<u8> = Vec::new();
-    let mut truncated = false;
+/// The tail of a stream: at most `cap` bytes, the oldest dropped first.
+struct Tail {
+    bytes: Vec<u8>,
+    cap: usize,
+    truncated: bool,
+}
+
+impl Tail {
+    fn new(cap: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            cap,
+            truncated: false,
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend_from_slice(chunk);
+        if self.bytes.len() > 2 * self.cap {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        if self.bytes.len() > self.cap {
+            let drop = self.bytes.len() - self.cap;
+            self.bytes.drain(..drop);
+            self.truncated = true;
+        }
+    }
+}
+
+fn take_tail(tail: &Mutex<Tail>) -> (String, bool) {
+    match tail.lock() {
+        Ok(mut tail) => {
+            tail.trim();
+            let bytes = std::mem::take(&mut tail.bytes);
+            (String::from_utf8_lossy(&bytes).into_owned(), tail.truncated)
+        }
+        Err(_) => (String::new(), false),
+    }
+}
+
+/// Reads a stream to its end into a shared tail buffer, so what was read
+/// survives even if the reader is abandoned.
+async fn read_tail(mut stream: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                kept.extend_from_slice(&buf[..n]);
-                if kept.len() > 2 * cap {
-                    let drop = kept.len() - cap;
-                    kept.drain(..drop);
-                    truncated = true;
+                if let Ok(mut tail) = tail.lock() {
+                    tail.push(&buf[..n]);
                 }
             }
         }
     }
-    if kept.len() > cap {
-        let drop = kept.len() - cap;
-        kept.drain(..drop);
-        truncated = true;
+}
+
+/// Kills a process group when dropped.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        signal_group(self.0, libc::SIGKILL);
     }
-    (kept, truncated)
 }
 
 /// The last at most `cap` bytes of `text`, cut at a character boundary.

@@ -35,7 +35,9 @@ impl Kind for Sleep {
             Ok(d) => d,
             Err(e) => return AttemptOutcome::permanent_failure(e),
         };
-        let due = ctx.started_at.saturating_add(duration.as_millis() as i64);
+        let due = ctx
+            .started_at
+            .saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX));
         let remaining = due - chrono::Utc::now().timestamp_millis();
         if remaining > 0 {
             tokio::select! {

@@ -45,7 +45,9 @@ pub enum Error {
         #[source]
         source: sled::Error,
     },
-    #[error("data dir {dir} holds a log of another format ({found}); use a matching switchyard version")]
+    #[error(
+        "data dir {dir} holds a log of another format ({found}); use a matching switchyard version"
+    )]
     Format { dir: PathBuf, found: String },
     #[error("log storage error: {0}")]
     Storage(#[from] sled::Error),
@@ -246,7 +248,8 @@ impl Log {
                 key: version.to_string(),
                 source,
             })?;
-            self.versions.insert(version_key(workflow, version), bytes)?;
+            self.versions
+                .insert(version_key(workflow, version), bytes)?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Collector, Diagnostics, join_path};
+use super::{Collector, Diagnostics, deserialize_all, join_path};
 
 /// The config file as written.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -85,12 +85,23 @@ impl Config {
                 return Err(Diagnostics(c.diagnostics));
             }
         };
-        let mut deserializer = serde_json::Deserializer::from_slice(&text);
-        let config: Config = match serde_path_to_error::deserialize(&mut deserializer) {
-            Ok(config) => config,
+        let value: serde_json::Value = match serde_json::from_slice(&text) {
+            Ok(value @ serde_json::Value::Object(_)) => value,
+            Ok(_) => {
+                c.error("", "the config file holds one JSON object");
+                return Err(Diagnostics(c.diagnostics));
+            }
             Err(e) => {
-                let path = join_path("", &e.path().to_string());
-                c.error(path, e.into_inner().to_string());
+                c.error("", format!("invalid JSON: {e}"));
+                return Err(Diagnostics(c.diagnostics));
+            }
+        };
+        let config: Config = match deserialize_all(&value) {
+            Ok(config) => config,
+            Err(errors) => {
+                for (path, message) in errors {
+                    c.error(join_path("", &path), message);
+                }
                 return Err(Diagnostics(c.diagnostics));
             }
         };
@@ -156,5 +167,95 @@ impl Config {
     pub fn max_parallel_tasks(&self) -> usize {
         self.max_parallel_tasks
             .unwrap_or(DEFAULT_MAX_PARALLEL_TASKS)
+    }
+}
+
+/// Secret values resolved from the config, in scope as `secrets.<name>`.
+/// Their values never reach the log: task output, logs and errors are
+/// redacted with [`Secrets::redact`] before they are recorded.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    values: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.values.keys()).finish()
+    }
+}
+
+/// What replaces a secret's value wherever it would surface.
+pub const REDACTED: &str = "[redacted]";
+
+impl Secrets {
+    /// Reads every secret the config names; a missing variable or file is an error.
+    pub fn resolve(config: &Config, file: &Path) -> Result<Self, Diagnostics> {
+        let mut c = Collector::new(file);
+        let mut values = BTreeMap::new();
+        for (name, source) in &config.secrets {
+            let value = match source {
+                SecretSource::Env(var) => std::env::var(var).map_err(|_| {
+                    format!("secret `{name}`: environment variable `{var}` is not set")
+                }),
+                SecretSource::File(path) => std::fs::read_to_string(path)
+                    .map(|text| text.trim_end_matches(['\n', '\r']).to_string())
+                    .map_err(|e| format!("secret `{name}`: cannot read {}: {e}", path.display())),
+            };
+            match value {
+                Ok(value) => {
+                    values.insert(name.clone(), value);
+                }
+                Err(message) => c.error(format!("secrets.{name}"), message),
+            }
+        }
+        if c.diagnostics.is_empty() {
+            Ok(Self { values })
+        } else {
+            Err(Diagnostics(c.diagnostics))
+        }
+    }
+
+    pub fn from_values(values: BTreeMap<String, String>) -> Self {
+        Self { values }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The `secrets` object expressions see.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.values
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        )
+    }
+
+    /// `text` with every secret value replaced by [`REDACTED`].
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for value in self.values.values() {
+            // Very short values would redact half of every text; they are
+            // not secrets worth the name.
+            if value.len() >= 4 && out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+
+    /// Redacts every string inside a JSON value.
+    pub fn redact_json(&self, value: &mut serde_json::Value) {
+        if self.values.is_empty() {
+            return;
+        }
+        match value {
+            serde_json::Value::String(s) => *s = self.redact(s),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.redact_json(v)),
+            serde_json::Value::Object(map) => map.values_mut().for_each(|v| self.redact_json(v)),
+            _ => {}
+        }
     }
 }

@@ -13,7 +13,7 @@ pub mod workflow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use config::Config;
+pub use config::{Config, Secrets};
 pub use workflow::{Dep, DepOn, Dependencies, RetryPolicy, Task, Workflow};
 
 /// One validation error: where it is and what is wrong.
@@ -171,4 +171,42 @@ pub(crate) fn parse_duration(text: &str, allow_zero: bool) -> Result<std::time::
 /// Parses a duration that may be zero (for `sleep`).
 pub fn parse_duration_text(text: &str) -> Result<std::time::Duration, String> {
     parse_duration(text, true)
+}
+
+/// Deserializes `T` from a JSON object, reporting every bad key rather than
+/// only the first: a key that fails is reported, set aside, and the rest is
+/// tried again. Errors are `(path inside the value, message)`.
+pub(crate) fn deserialize_all<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+) -> Result<T, Vec<(String, String)>> {
+    let mut value = value.clone();
+    let mut errors: Vec<(String, String)> = Vec::new();
+    for _ in 0..256 {
+        let error = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(parsed) if errors.is_empty() => return Ok(parsed),
+            Ok(_) => return Err(errors),
+            Err(e) => e,
+        };
+        let path = error.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let message = error.into_inner().to_string();
+        // The key to set aside: the first path segment, or for an unknown
+        // field (reported at its parent) the field named in the message.
+        let key = match path.split(['.', '[']).next().filter(|k| !k.is_empty()) {
+            Some(key) => Some(key.to_string()),
+            None if message.starts_with("unknown field `") => {
+                message.split('`').nth(1).map(str::to_string)
+            }
+            None => None,
+        };
+        errors.push((path, message));
+        let removed = match (&mut value, key) {
+            (serde_json::Value::Object(map), Some(key)) => map.remove(&key).is_some(),
+            _ => false,
+        };
+        if !removed {
+            break;
+        }
+    }
+    Err(errors)
 }

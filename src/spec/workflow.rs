@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::{Collector, Diagnostics, join_path, parse_duration};
+use super::{Collector, Diagnostics, deserialize_all, join_path, parse_duration};
 use crate::executors::{self, KindName};
 use crate::expr::{Condition, TemplateValue};
 
@@ -92,13 +92,30 @@ pub struct RetryFile {
 
 /// Dependencies as written: `"a"`, `["a", "b"]`, `{"all": [...]}`, `{"any": [...]}`.
 /// Each entry is a task id, optionally with `:success`, `:failure` or `:completion`.
+/// (Schema only: `after` is parsed by hand so that each mistake gets its own message.)
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum AfterFile {
     One(String),
     List(Vec<String>),
-    All { all: Vec<String> },
-    Any { any: Vec<String> },
+    All(AllOf),
+    Any(AnyOf),
+}
+
+/// Every dependency must hold.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllOf {
+    #[schemars(length(min = 1))]
+    pub all: Vec<String>,
+}
+
+/// At least one dependency must hold, judged once every named task is terminal.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnyOf {
+    #[schemars(length(min = 1))]
+    pub any: Vec<String>,
 }
 
 /// The keys every task may have besides its kind.
@@ -108,7 +125,8 @@ pub struct TaskCommon {
     /// Unique in the workflow: lowercase letters, digits and `_`.
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<AfterFile>,
+    #[schemars(with = "Option<AfterFile>")]
+    pub after: Option<Value>,
     /// CEL condition evaluated once `after` holds; false skips the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
@@ -325,15 +343,17 @@ impl Workflow {
                 return Err(Diagnostics(c.diagnostics));
             }
         };
-        let raw: WorkflowFile = {
-            let deserializer = value.clone();
-            match serde_path_to_error::deserialize(deserializer) {
-                Ok(raw) => raw,
-                Err(e) => {
-                    let path = e.path().to_string();
-                    c.error(join_path("", &path), e.into_inner().to_string());
-                    return Err(Diagnostics(c.diagnostics));
+        if !value.is_object() {
+            c.error("", "a workflow file holds one JSON object");
+            return Err(Diagnostics(c.diagnostics));
+        }
+        let raw: WorkflowFile = match deserialize_all(&value) {
+            Ok(raw) => raw,
+            Err(errors) => {
+                for (path, message) in errors {
+                    c.error(join_path("", &path), message);
                 }
+                return Err(Diagnostics(c.diagnostics));
             }
         };
         let source: Arc<[u8]> = serde_json::to_vec(&value).unwrap_or_default().into();
@@ -492,6 +512,27 @@ fn compile(c: &mut Collector<'_>, raw: WorkflowFile, source: Arc<[u8]>) -> Optio
             failure_handled: false,
         });
     }
+    // Cycles are looked for even when other tasks have errors: every task
+    // that compiled contributes its edges (by position in the file).
+    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); raw.tasks.len()];
+    let mut ids: Vec<String> = vec![String::new(); raw.tasks.len()];
+    for (id, &position) in &index {
+        if let Some(slot) = ids.get_mut(position) {
+            slot.clone_from(id);
+        }
+    }
+    for task in &tasks {
+        if let Some(&position) = index.get(&task.id) {
+            edges[position] = task.after.deps().iter().map(|d| d.task).collect();
+        }
+    }
+    if let Some(cycle) = find_cycle(&edges) {
+        let path: Vec<&str> = cycle.iter().map(|&i| ids[i].as_str()).collect();
+        c.error(
+            format!("tasks[{}].after", cycle[0]),
+            format!("cycle: {}", path.join(" -> ")),
+        );
+    }
     if !c.diagnostics.is_empty() {
         return None;
     }
@@ -506,14 +547,6 @@ fn compile(c: &mut Collector<'_>, raw: WorkflowFile, source: Arc<[u8]>) -> Optio
                 tasks[dep.task].failure_handled = true;
             }
         }
-    }
-    if let Some(cycle) = find_cycle(&tasks) {
-        let path: Vec<&str> = cycle.iter().map(|&i| tasks[i].id.as_str()).collect();
-        c.error(
-            format!("tasks[{}].after", cycle[0]),
-            format!("cycle: {}", path.join(" -> ")),
-        );
-        return None;
     }
     let version = content_hash(&source);
     Some(Workflow {
@@ -563,11 +596,12 @@ fn parse_task(
         .and_then(Value::as_str)
         .map(|id| format!(" `{id}`"))
         .unwrap_or_default();
-    let common: Option<TaskCommon> = match serde_path_to_error::deserialize(Value::Object(common)) {
+    let common: Option<TaskCommon> = match deserialize_all(&Value::Object(common)) {
         Ok(common) => Some(common),
-        Err(e) => {
-            let path = join_path(at, &e.path().to_string());
-            c.error(path, format!("task{id_hint}: {}", e.into_inner()));
+        Err(errors) => {
+            for (path, message) in errors {
+                c.error(join_path(at, &path), format!("task{id_hint}: {message}"));
+            }
             None
         }
     };
@@ -636,22 +670,82 @@ fn compile_after(
     index: &HashMap<String, usize>,
     own: usize,
 ) -> Dependencies {
-    let (entries, any, path): (Vec<&String>, bool, String) = match &common.after {
-        None => return Dependencies::None,
-        Some(AfterFile::One(s)) => (vec![s], false, format!("{at}.after")),
-        Some(AfterFile::List(l)) => (l.iter().collect(), false, format!("{at}.after")),
-        Some(AfterFile::All { all }) => (all.iter().collect(), false, format!("{at}.after.all")),
-        Some(AfterFile::Any { any }) => (any.iter().collect(), true, format!("{at}.after.any")),
+    let path = format!("{at}.after");
+    let Some(after) = &common.after else {
+        return Dependencies::None;
     };
-    if entries.is_empty() && (matches!(common.after, Some(AfterFile::Any { .. }))) {
-        c.error(path.clone(), "`any` needs at least one dependency");
-    }
+    // (entries with their paths, any?)
+    let (entries, any): (Vec<(String, &Value)>, bool) = match after {
+        Value::String(_) => (vec![(path.clone(), after)], false),
+        Value::Array(items) => (
+            items
+                .iter()
+                .enumerate()
+                .map(|(n, v)| (format!("{path}[{n}]"), v))
+                .collect(),
+            false,
+        ),
+        Value::Object(map) => {
+            let mut form = None;
+            for (key, value) in map {
+                match key.as_str() {
+                    "all" | "any" if form.is_some() => {
+                        c.error(format!("{path}.{key}"), "use either `all` or `any`, not both");
+                    }
+                    "all" | "any" => form = Some((key.as_str(), value)),
+                    other => c.error(
+                        format!("{path}.{other}"),
+                        format!("unknown key `{other}`: `after` takes {{\"all\": [...]}} or {{\"any\": [...]}}"),
+                    ),
+                }
+            }
+            let Some((key, list)) = form else {
+                if map.is_empty() {
+                    c.error(path, "an object `after` needs `all` or `any`");
+                }
+                return Dependencies::None;
+            };
+            let Value::Array(items) = list else {
+                c.error(
+                    format!("{path}.{key}"),
+                    format!("`{key}` takes a list of task ids"),
+                );
+                return Dependencies::None;
+            };
+            if items.is_empty() {
+                c.error(
+                    format!("{path}.{key}"),
+                    format!("`{key}` needs at least one dependency"),
+                );
+            }
+            (
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(n, v)| (format!("{path}.{key}[{n}]"), v))
+                    .collect(),
+                key == "any",
+            )
+        }
+        other => {
+            c.error(
+                path,
+                format!(
+                    "`after` takes a task id, a list of them, or {{\"all\"|\"any\": [...]}}, got {}",
+                    executors::json_type(other)
+                ),
+            );
+            return Dependencies::None;
+        }
+    };
     let mut deps = Vec::new();
-    for (n, entry) in entries.iter().enumerate() {
-        let entry_path = if matches!(common.after, Some(AfterFile::One(_))) {
-            path.clone()
-        } else {
-            format!("{path}[{n}]")
+    for (entry_path, entry) in entries {
+        let Value::String(entry) = entry else {
+            c.error(
+                entry_path,
+                "a dependency is a task id string, e.g. \"probe\" or \"probe:failure\"",
+            );
+            continue;
         };
         let (id, on) = match entry.split_once(':') {
             None => (entry.as_str(), DepOn::Success),
@@ -761,33 +855,33 @@ fn is_identifier(name: &str) -> bool {
         && chars.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
 }
 
-/// Finds one cycle, returned as task positions with the first repeated at the end.
-fn find_cycle(tasks: &[Task]) -> Option<Vec<usize>> {
+/// Finds one cycle in "depends on" edges, returned as task positions with
+/// the first repeated at the end.
+fn find_cycle(edges: &[Vec<usize>]) -> Option<Vec<usize>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
         OnStack,
         Done,
     }
-    let mut marks = vec![Mark::New; tasks.len()];
-    for start in 0..tasks.len() {
+    let mut marks = vec![Mark::New; edges.len()];
+    for start in 0..edges.len() {
         if marks[start] != Mark::New {
             continue;
         }
-        // Iterative DFS along "depends on" edges.
         let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
         marks[start] = Mark::OnStack;
         while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-            let deps = tasks[node].after.deps();
+            let deps = &edges[node];
             if *next < deps.len() {
-                let dep = deps[*next].task;
+                let dep = deps[*next];
                 *next += 1;
-                match marks[dep] {
-                    Mark::New => {
+                match marks.get(dep) {
+                    Some(Mark::New) => {
                         marks[dep] = Mark::OnStack;
                         stack.push((dep, 0));
                     }
-                    Mark::OnStack => {
+                    Some(Mark::OnStack) => {
                         let from = stack.iter().position(|&(n, _)| n == dep).unwrap_or(0);
                         // The stack runs from dependent to dependency; print in
                         // execution order (dependency first).
@@ -796,7 +890,7 @@ fn find_cycle(tasks: &[Task]) -> Option<Vec<usize>> {
                         cycle.push(cycle[0]);
                         return Some(cycle);
                     }
-                    Mark::Done => {}
+                    _ => {}
                 }
             } else {
                 marks[node] = Mark::Done;
