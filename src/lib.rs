@@ -8,9 +8,13 @@
 //! - [`log`]: the sled log; the only code that touches sled.
 //! - [`engine`]: the run state machine (pure) and its runtime (I/O shell).
 //! - [`executors`]: one file per task kind.
+//! - [`daemon`]: `serve`: the workflow registry and its reload, wiring.
+//! - [`api`]: the HTTP API; the only code that knows HTTP.
 //! - [`cli`]: the command line.
 
+pub mod api;
 pub mod cli;
+pub mod daemon;
 pub mod engine;
 pub mod executors;
 pub mod expr;

@@ -1,7 +1,9 @@
 //! The command line (SPEC §10). Glue only: parsing, loading, printing, exit codes.
 
-mod graph;
+mod client;
+pub mod graph;
 mod run;
+mod runs;
 mod schema;
 mod validate;
 
@@ -43,6 +45,35 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "mermaid")]
         format: graph::Format,
     },
+    /// Run the daemon: API, recovery, workflow reload.
+    Serve {
+        /// Data directory (default: the config's `data_dir`).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// Listen address (default: the config's `listen`).
+        #[arg(long)]
+        listen: Option<String>,
+        /// How long running tasks get to finish on SIGINT/SIGTERM.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+    },
+    /// Inspect and act on runs, through the server or offline.
+    Runs {
+        #[command(flatten)]
+        target: runs::Target,
+        #[command(subcommand)]
+        command: runs::RunsCommand,
+    },
+    /// Start a run of WORKFLOW on the running server.
+    Trigger {
+        workflow: String,
+        #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the JSON Schemas of the file formats.
     Schema {
         /// Directory to write to.
@@ -65,12 +96,54 @@ pub fn main() -> ExitCode {
             format,
         } => graph::main(&cli.config, workflow, format),
         Command::Schema { ref out, print } => schema::main(out, print),
+        Command::Serve {
+            ref data_dir,
+            ref listen,
+            grace,
+        } => serve(crate::daemon::ServeOptions {
+            config_path: cli.config.clone(),
+            data_dir: data_dir.clone(),
+            listen: listen.clone(),
+            grace,
+        }),
+        Command::Runs {
+            ref target,
+            ref command,
+        } => runs::main(&cli.config, target, command),
+        Command::Trigger {
+            ref workflow,
+            ref params,
+            ref server,
+            json,
+        } => runs::trigger(&cli.config, server.as_deref(), workflow, params, json),
+    }
+}
+
+fn serve(options: crate::daemon::ServeOptions) -> ExitCode {
+    let tokio = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(t) => t,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    match tokio.block_on(crate::daemon::serve(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_invalid_input() => fail(e),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn init_tracing() {
+    let default = match std::env::args().nth(1).as_deref() {
+        Some("serve") => "info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

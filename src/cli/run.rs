@@ -200,7 +200,7 @@ async fn print_progress(
     }
 }
 
-fn print_summary(record: &RunRecord) {
+pub(crate) fn print_summary(record: &RunRecord) {
     let took = match (&record.started_at, &record.ended_at) {
         (Some(s), Some(e)) => match (
             chrono::DateTime::parse_from_rfc3339(s),
@@ -226,6 +226,11 @@ fn print_summary(record: &RunRecord) {
             .get("error")
             .and_then(Value::as_str)
             .map(|e| format!("  {e}"))
+            .or_else(|| {
+                task.get("reused_from")
+                    .and_then(Value::as_str)
+                    .map(|from| format!("  reused from run {from}"))
+            })
             .unwrap_or_default();
         println!("  {id:<width$}  {status:<9}  attempts {attempts}{error}");
     }

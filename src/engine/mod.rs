@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-pub use state::{Cancelling, RunRecord, RunState, TaskState, TaskStatus};
+pub use state::{Cancelling, RunRecord, RunState, TaskState, TaskStatus, rfc3339};
 
 use crate::executors;
 use crate::log::{Millis, Record, RecordBody, RunId, RunStatus};

@@ -878,3 +878,51 @@ impl EngineLoop {
         }
     }
 }
+
+/// Cancels a run in a data dir no daemon holds: folds the run, lets the
+/// engine decide the cancellation, appends and flushes those records. Its
+/// processes are not running (no daemon), so nothing needs killing.
+pub fn cancel_offline(log: &Log, run_id: RunId, reason: &str) -> Result<RunRecord, Error> {
+    let mut engine = Engine::new(Limits::default());
+    match replay::replay_into(&mut engine, log, run_id) {
+        Ok(_) => {}
+        Err(replay::Error::NotFound(id)) => return Err(Error::NotFound(id)),
+        Err(e) => return Err(e.into()),
+    }
+    let status = engine.run(run_id).map(|r| r.status);
+    match status {
+        None => return Err(Error::NotFound(run_id)),
+        Some(status) if status.is_terminal() => {
+            return Err(Error::Conflict(format!(
+                "run {run_id} already ended: {status}"
+            )));
+        }
+        Some(_) => {}
+    }
+    let now = now_millis();
+    let record = log.append(
+        run_id,
+        now,
+        RecordBody::RunCancelRequested {
+            reason: reason.to_string(),
+        },
+    )?;
+    engine.apply(&record);
+    for _ in 0..MAX_DECIDE_ROUNDS {
+        let decisions = engine.decide(now);
+        if decisions.is_empty() {
+            break;
+        }
+        for (id, body) in decisions {
+            let record = log.append(id, now, body)?;
+            engine.apply(&record);
+        }
+    }
+    let run = engine.run(run_id).ok_or(Error::NotFound(run_id))?;
+    let summary = run.record();
+    if run.status.is_terminal() {
+        log.put_run_summary(run_id, &serde_json::to_vec(&summary).unwrap_or_default())?;
+    }
+    log.flush()?;
+    Ok(summary)
+}

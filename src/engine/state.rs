@@ -170,7 +170,8 @@ pub struct RunRecord {
     pub tasks: Map<String, Value>,
 }
 
-pub(crate) fn rfc3339(millis: Millis) -> String {
+/// A log timestamp as RFC 3339 (UTC, milliseconds).
+pub fn rfc3339(millis: Millis) -> String {
     chrono::DateTime::from_timestamp_millis(millis)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()

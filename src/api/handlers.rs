@@ -1,0 +1,392 @@
+//! Request handlers of the API.
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{AppState, Error};
+use crate::engine::RunRecord;
+use crate::engine::rerun::RerunFrom;
+use crate::log::{RunId, RunStatus};
+
+pub async fn not_found() -> Error {
+    Error::not_found("no such endpoint")
+}
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+fn parse_run_id(text: &str) -> Result<RunId, Error> {
+    RunId::parse_str(text)
+        .map_err(|_| Error::bad_request(format!("`{text}` is not a run id (a UUID)")))
+}
+
+/// Parses an optional JSON object body; empty means `{}`.
+fn json_object(body: &Bytes) -> Result<Map<String, Value>, Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Error::bad_request("the request body must be a JSON object")),
+        Err(e) => Err(Error::bad_request(format!("invalid JSON body: {e}"))),
+    }
+}
+
+fn workflow_summary(workflow: &crate::spec::Workflow) -> Value {
+    json!({
+        "name": workflow.name,
+        "description": workflow.description,
+        "version": workflow.version,
+        "version_label": workflow.version_label,
+        "file": workflow.file.as_ref().map(|f| f.display().to_string()),
+        "tasks": workflow.tasks.len(),
+    })
+}
+
+pub async fn list_workflows(State(state): State<AppState>) -> Result<Json<Value>, Error> {
+    let registry = state
+        .registry
+        .read()
+        .map_err(|_| super::internal("registry lock poisoned"))?;
+    let workflows: Vec<Value> = registry
+        .workflows()
+        .map(|e| workflow_summary(&e.current))
+        .collect();
+    let errors: Vec<Value> = registry
+        .errors
+        .iter()
+        .map(
+            |d| json!({"file": d.file.display().to_string(), "path": d.path, "message": d.message}),
+        )
+        .collect();
+    Ok(Json(json!({"workflows": workflows, "errors": errors})))
+}
+
+pub async fn show_workflow(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Error> {
+    let entry = {
+        let registry = state
+            .registry
+            .read()
+            .map_err(|_| super::internal("registry lock poisoned"))?;
+        registry
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("no workflow named `{name}`")))?
+    };
+    let workflow = &entry.current;
+    let mut versions: Vec<Value> = state
+        .runtime
+        .log()
+        .versions(&name)?
+        .into_iter()
+        .map(|v| {
+            json!({
+                "version": v.version,
+                "version_label": v.label,
+                "first_run_at": crate::engine::rfc3339(v.first_run_at),
+                "current": v.version == workflow.version,
+            })
+        })
+        .collect();
+    if !versions
+        .iter()
+        .any(|v| v["version"] == workflow.version.as_str())
+    {
+        versions.push(json!({
+            "version": workflow.version,
+            "version_label": workflow.version_label,
+            "first_run_at": null,
+            "current": true,
+        }));
+    }
+    let edges: Vec<Value> = workflow
+        .tasks
+        .iter()
+        .flat_map(|task| {
+            task.after.deps().iter().map(|dep| {
+                json!({"from": workflow.tasks[dep.task].id, "to": task.id, "on": dep.on.as_str(),
+                       "mode": if matches!(task.after, crate::spec::Dependencies::Any(_)) { "any" } else { "all" }})
+            })
+        })
+        .collect();
+    let nodes: Vec<Value> = workflow
+        .tasks
+        .iter()
+        .map(|t| json!({"id": t.id, "kind": t.kind}))
+        .collect();
+    let definition: Value = serde_json::from_slice(&workflow.source).unwrap_or(Value::Null);
+    let mut summary = workflow_summary(workflow);
+    summary["versions"] = Value::Array(versions);
+    summary["graph"] =
+        json!({"nodes": nodes, "edges": edges, "mermaid": crate::cli::graph::mermaid(workflow)});
+    summary["definition"] = definition;
+    Ok(Json(summary))
+}
+
+pub async fn start_run(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let body = json_object(&body)?;
+    let params = match body.get("params") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(params)) => params.clone(),
+        Some(_) => return Err(Error::bad_request("`params` must be a JSON object")),
+    };
+    if let Some(key) = body.keys().find(|k| *k != "params") {
+        return Err(Error::bad_request(format!(
+            "unknown key `{key}`; the body is {{\"params\": {{…}}}}"
+        )));
+    }
+    let workflow = {
+        let registry = state
+            .registry
+            .read()
+            .map_err(|_| super::internal("registry lock poisoned"))?;
+        registry
+            .get(&name)
+            .map(|e| e.current.clone())
+            .ok_or_else(|| Error::not_found(format!("no workflow named `{name}`")))?
+    };
+    let run_id = state.runtime.start_run(workflow, params, None).await?;
+    let record = state.runtime.run_record(run_id).await?;
+    let body = match record {
+        Some(record) => serde_json::to_value(record).map_err(super::internal)?,
+        None => json!({"id": run_id}),
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    workflow: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+    /// Cursor: list runs older than this run id.
+    before: Option<String>,
+}
+
+pub async fn list_runs(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, Error> {
+    let limit = query.limit.unwrap_or(50);
+    if limit == 0 || limit > 1000 {
+        return Err(Error::bad_request("`limit` must be between 1 and 1000"));
+    }
+    let status: Option<RunStatus> = match &query.status {
+        None => None,
+        Some(s) => Some(
+            serde_json::from_value(Value::String(s.clone())).map_err(|_| {
+                Error::bad_request(format!(
+                    "unknown status `{s}`: use queued, running, succeeded, failed or cancelled"
+                ))
+            })?,
+        ),
+    };
+    let before = query.before.as_deref().map(parse_run_id).transpose()?;
+    let keep = |record: &RunRecord| {
+        query
+            .workflow
+            .as_ref()
+            .is_none_or(|w| *w == record.workflow)
+            && status.is_none_or(|s| s == record.status)
+            && before.is_none_or(|b| record.id < b)
+    };
+    let mut runs: Vec<RunRecord> = state
+        .runtime
+        .active_runs()
+        .await?
+        .into_iter()
+        .filter(keep)
+        .collect();
+    let stored = state.runtime.log().ended_runs(before, limit, |bytes| {
+        serde_json::from_slice::<RunRecord>(bytes).is_ok_and(|r| keep(&r))
+    })?;
+    runs.extend(
+        stored
+            .iter()
+            .filter_map(|bytes| serde_json::from_slice::<RunRecord>(bytes).ok()),
+    );
+    runs.sort_by(|a, b| b.id.cmp(&a.id));
+    runs.dedup_by_key(|r| r.id);
+    runs.truncate(limit);
+    let next = (runs.len() == limit)
+        .then(|| runs.last().map(|r| r.id.to_string()))
+        .flatten();
+    Ok(Json(json!({"runs": runs, "next": next})))
+}
+
+pub async fn show_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RunRecord>, Error> {
+    let run_id = parse_run_id(&id)?;
+    match state.runtime.run_record(run_id).await? {
+        Some(record) => Ok(Json(record)),
+        None => {
+            // Not active and not ended: a run only in the log (the daemon
+            // could not recover it) or none at all.
+            Err(Error::not_found(format!("run {run_id} not found")))
+        }
+    }
+}
+
+pub async fn run_history(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Error> {
+    let run_id = parse_run_id(&id)?;
+    let log = state.runtime.log().clone();
+    let history = tokio::task::spawn_blocking(move || log.run_history(run_id))
+        .await
+        .map_err(super::internal)??;
+    if history.is_empty() {
+        return Err(Error::not_found(format!("run {run_id} not found")));
+    }
+    let records: Vec<Value> = history
+        .into_iter()
+        .map(|r| {
+            let mut body = serde_json::to_value(&r.body).unwrap_or(Value::Null);
+            if let Value::Object(map) = &mut body {
+                map.insert("seq".into(), json!(r.seq));
+                map.insert("at".into(), json!(crate::engine::rfc3339(r.at)));
+            }
+            body
+        })
+        .collect();
+    Ok(Json(json!({"run_id": run_id, "records": records})))
+}
+
+pub async fn task_logs(
+    State(state): State<AppState>,
+    Path((id, task)): Path<(String, String)>,
+) -> Result<Json<Value>, Error> {
+    let run_id = parse_run_id(&id)?;
+    let record = state
+        .runtime
+        .run_record(run_id)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("run {run_id} not found")))?;
+    if !record.tasks.contains_key(&task) {
+        return Err(Error::not_found(format!(
+            "run {run_id} has no task `{task}`"
+        )));
+    }
+    let logs = state.runtime.log().task_logs(run_id, &task)?;
+    Ok(Json(
+        json!({"run_id": run_id, "task": task, "attempts": logs}),
+    ))
+}
+
+pub async fn cancel_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    let run_id = parse_run_id(&id)?;
+    state
+        .runtime
+        .cancel(run_id, "cancelled through the API")
+        .await?;
+    let record = state.runtime.run_record(run_id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": run_id, "run": record})),
+    )
+        .into_response())
+}
+
+pub async fn rerun(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let run_id = parse_run_id(&id)?;
+    let body = json_object(&body)?;
+    let from = match body.get("from") {
+        None | Some(Value::Null) => RerunFrom::Failed,
+        Some(Value::String(from)) => RerunFrom::parse(from),
+        Some(_) => return Err(Error::bad_request("`from` must be \"failed\" or a task id")),
+    };
+    if let Some(key) = body.keys().find(|k| *k != "from") {
+        return Err(Error::bad_request(format!(
+            "unknown key `{key}`; the body is {{\"from\": \"failed\"|\"<task>\"}}"
+        )));
+    }
+    let new_id = state.runtime.rerun(run_id, &from).await?;
+    let record = state.runtime.run_record(new_id).await?;
+    let body = match record {
+        Some(record) => serde_json::to_value(record).map_err(super::internal)?,
+        None => json!({"id": new_id}),
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let m = &state.metrics;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let workflows = state
+        .registry
+        .read()
+        .map(|r| r.workflows().count())
+        .unwrap_or(0);
+    let text = format!(
+        "# HELP switchyard_runs_created_total Runs created.\n\
+         # TYPE switchyard_runs_created_total counter\n\
+         switchyard_runs_created_total {}\n\
+         # HELP switchyard_runs_ended_total Runs ended, by status.\n\
+         # TYPE switchyard_runs_ended_total counter\n\
+         switchyard_runs_ended_total{{status=\"succeeded\"}} {}\n\
+         switchyard_runs_ended_total{{status=\"failed\"}} {}\n\
+         switchyard_runs_ended_total{{status=\"cancelled\"}} {}\n\
+         # HELP switchyard_attempts_started_total Task attempts started.\n\
+         # TYPE switchyard_attempts_started_total counter\n\
+         switchyard_attempts_started_total {}\n\
+         # HELP switchyard_attempts_failed_total Task attempts that failed.\n\
+         # TYPE switchyard_attempts_failed_total counter\n\
+         switchyard_attempts_failed_total {}\n\
+         # HELP switchyard_log_flushes_total Group commits to the log.\n\
+         # TYPE switchyard_log_flushes_total counter\n\
+         switchyard_log_flushes_total {}\n\
+         # HELP switchyard_requests_rejected_total HTTP requests answered with a 4xx.\n\
+         # TYPE switchyard_requests_rejected_total counter\n\
+         switchyard_requests_rejected_total {}\n\
+         # HELP switchyard_reloads_total Workflow reloads, and those with rejected files.\n\
+         # TYPE switchyard_reloads_total counter\n\
+         switchyard_reloads_total {}\n\
+         switchyard_reloads_rejected_total {}\n\
+         # HELP switchyard_workflows Workflows loaded.\n\
+         # TYPE switchyard_workflows gauge\n\
+         switchyard_workflows {}\n",
+        get(&m.runs_created),
+        get(&m.runs_succeeded),
+        get(&m.runs_failed),
+        get(&m.runs_cancelled),
+        get(&m.attempts_started),
+        get(&m.attempts_failed),
+        state.runtime.log().flushes(),
+        get(&m.requests_rejected),
+        get(&m.reloads),
+        get(&m.reloads_rejected),
+        workflows,
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+}

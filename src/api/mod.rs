@@ -1,0 +1,203 @@
+//! The HTTP API (SPEC §11): the only code that knows HTTP.
+//!
+//! [`app`] builds the router, so tests drive it with `oneshot` and the daemon
+//! serves it. Every error is `{"error": {"code", "message"}}` through one
+//! mapping ([`Error`]); 5xx bodies carry no internals.
+
+mod handlers;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::daemon::registry::SharedRegistry;
+use crate::engine::runtime::{self, RuntimeHandle};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub runtime: RuntimeHandle,
+    pub registry: SharedRegistry,
+    /// Bearer token required on `/api` when set.
+    pub token: Option<Arc<str>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// Counters exposed at `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub runs_created: AtomicU64,
+    pub runs_succeeded: AtomicU64,
+    pub runs_failed: AtomicU64,
+    pub runs_cancelled: AtomicU64,
+    pub attempts_started: AtomicU64,
+    pub attempts_failed: AtomicU64,
+    pub requests_rejected: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reloads_rejected: AtomicU64,
+    /// Records the metrics task missed because it lagged behind.
+    pub records_missed: AtomicU64,
+}
+
+/// The router: `/healthz`, `/metrics` and `/api/v1/…`.
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/workflows", get(handlers::list_workflows))
+        .route("/workflows/{name}", get(handlers::show_workflow))
+        .route("/workflows/{name}/runs", post(handlers::start_run))
+        .route("/runs", get(handlers::list_runs))
+        .route("/runs/{id}", get(handlers::show_run))
+        .route("/runs/{id}/history", get(handlers::run_history))
+        .route("/runs/{id}/tasks/{task}/logs", get(handlers::task_logs))
+        .route("/runs/{id}/cancel", post(handlers::cancel_run))
+        .route("/runs/{id}/rerun", post(handlers::rerun))
+        .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/metrics", get(handlers::metrics))
+        .nest("/api/v1", api)
+        .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_rejections,
+        ))
+        .with_state(state)
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time when a token is set.
+async fn require_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &state.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            let mut response = Error::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token (Authorization: Bearer <api.token>)",
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+async fn count_rejections(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if response.status().is_client_error() {
+        state
+            .metrics
+            .requests_rejected
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    response
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// An API error: status, a stable code, and a message for people.
+#[derive(Debug)]
+pub struct Error {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Error {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<runtime::Error> for Error {
+    fn from(e: runtime::Error) -> Self {
+        match e {
+            runtime::Error::NotFound(id) => Error::not_found(format!("run {id} not found")),
+            runtime::Error::Conflict(message) => {
+                Error::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            runtime::Error::Invalid(message) => {
+                Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+            }
+            runtime::Error::Stopped(reason) => {
+                tracing::warn!(reason = %reason, "API request while the engine is stopped.");
+                Error::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the engine is not running",
+                )
+            }
+            other => internal(other),
+        }
+    }
+}
+
+impl From<crate::log::Error> for Error {
+    fn from(e: crate::log::Error) -> Self {
+        internal(e)
+    }
+}
+
+/// A 500 whose cause goes to the log, not to the client.
+fn internal(e: impl std::fmt::Display) -> Error {
+    tracing::error!(error = %e, "API request failed.");
+    Error::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error; see the server log",
+    )
+}

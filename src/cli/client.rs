@@ -1,0 +1,73 @@
+//! Talking to a running server's API (`runs …`, `trigger`).
+
+use serde_json::Value;
+
+use crate::spec::Config;
+
+/// Where the server is and how to authenticate.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `--server` wins, else the config's `listen`; the token comes from
+    /// `SWITCHYARD_TOKEN` or the config's `api.token`.
+    pub fn new(server: Option<&str>, config: &Config) -> Self {
+        let server = server
+            .map(str::to_string)
+            .or_else(|| config.listen.clone())
+            .unwrap_or_else(|| crate::spec::config::DEFAULT_LISTEN.to_string());
+        let base = if server.starts_with("http://") || server.starts_with("https://") {
+            server.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", server.trim_end_matches('/'))
+        };
+        let token = std::env::var("SWITCHYARD_TOKEN")
+            .ok()
+            .or_else(|| config.api.as_ref().and_then(|a| a.token.clone()));
+        Self {
+            base,
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends a request; returns the JSON body of a 2xx, or the API's error message.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the server at {}: {e} (is `switchyard serve` running? use --server, or --data-dir to work offline)", self.base))?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| {
+            format!(
+                "the server at {} answered {status} with a body that is not JSON: {e}",
+                self.base
+            )
+        })?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            let message = body["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed");
+            Err(format!("{status}: {message}"))
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! `switchyard runs list|show|history|logs|rerun|cancel` and `trigger`:
+//! through a running server (`--server`), or offline on a data dir.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+
+use super::client::Client;
+use crate::engine::RunRecord;
+use crate::engine::rerun::RerunFrom;
+use crate::engine::runtime::{self, Runtime, RuntimeConfig};
+use crate::log::{Log, RunId};
+
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// Server address (default: the config's `listen`).
+    #[arg(long, global = true)]
+    pub server: Option<String>,
+    /// Work offline on this data dir (no server may hold it).
+    #[arg(long, global = true, conflicts_with = "server")]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RunsCommand {
+    /// Runs, newest first.
+    List {
+        #[arg(long)]
+        workflow: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only runs older than this run id (paging).
+        #[arg(long)]
+        before: Option<String>,
+    },
+    /// One run's record.
+    Show { id: String },
+    /// A run's transitions, as recorded.
+    History { id: String },
+    /// The captured stdout/stderr of a task, per attempt.
+    Logs { id: String, task: String },
+    /// Start a rerun: from the failed tasks, or from `--from TASK`.
+    Rerun {
+        id: String,
+        #[arg(long, default_value = "failed")]
+        from: String,
+    },
+    /// Cancel an active run.
+    Cancel { id: String },
+}
+
+pub fn main(config_path: &Path, target: &Target, command: &RunsCommand) -> ExitCode {
+    let config = match super::load_config(config_path) {
+        Ok(c) => c,
+        Err(e) => return super::fail(e),
+    };
+    let tokio = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(t) => t,
+        Err(e) => return super::fail(format!("cannot start the async runtime: {e}")),
+    };
+    let result = tokio.block_on(async {
+        match &target.data_dir {
+            Some(dir) => offline(dir, command).await,
+            None => online(&Client::new(target.server.as_deref(), &config), command).await,
+        }
+    });
+    match result {
+        Ok(value) => {
+            print_result(command, &value, target.json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_id(id: &str) -> Result<RunId, String> {
+    RunId::parse_str(id).map_err(|_| format!("`{id}` is not a run id"))
+}
+
+async fn online(client: &Client, command: &RunsCommand) -> Result<Value, String> {
+    use reqwest::Method;
+    match command {
+        RunsCommand::List {
+            workflow,
+            status,
+            limit,
+            before,
+        } => {
+            let mut query = vec![format!("limit={limit}")];
+            if let Some(w) = workflow {
+                query.push(format!("workflow={w}"));
+            }
+            if let Some(s) = status {
+                query.push(format!("status={s}"));
+            }
+            if let Some(b) = before {
+                query.push(format!("before={b}"));
+            }
+            client
+                .call(Method::GET, &format!("/runs?{}", query.join("&")), None)
+                .await
+        }
+        RunsCommand::Show { id } => {
+            client
+                .call(Method::GET, &format!("/runs/{}", parse_id(id)?), None)
+                .await
+        }
+        RunsCommand::History { id } => {
+            client
+                .call(
+                    Method::GET,
+                    &format!("/runs/{}/history", parse_id(id)?),
+                    None,
+                )
+                .await
+        }
+        RunsCommand::Logs { id, task } => {
+            client
+                .call(
+                    Method::GET,
+                    &format!("/runs/{}/tasks/{task}/logs", parse_id(id)?),
+                    None,
+                )
+                .await
+        }
+        RunsCommand::Rerun { id, from } => {
+            client
+                .call(
+                    Method::POST,
+                    &format!("/runs/{}/rerun", parse_id(id)?),
+                    Some(json!({"from": from})),
+                )
+                .await
+        }
+        RunsCommand::Cancel { id } => {
+            client
+                .call(
+                    Method::POST,
+                    &format!("/runs/{}/cancel", parse_id(id)?),
+                    None,
+                )
+                .await
+        }
+    }
+}
+
+async fn offline(dir: &Path, command: &RunsCommand) -> Result<Value, String> {
+    if let RunsCommand::Rerun { id, from } = command {
+        // A rerun runs here, to its end, like `switchyard run`.
+        let run_id = parse_id(id)?;
+        let runtime = Runtime::start(RuntimeConfig {
+            data_dir: dir.to_path_buf(),
+            limits: Default::default(),
+            recover: false,
+            secrets: Default::default(),
+        })
+        .map_err(|e| e.to_string())?;
+        let handle = runtime.handle();
+        let mut records = handle.subscribe();
+        let new_id = handle
+            .rerun(run_id, &RerunFrom::parse(from))
+            .await
+            .map_err(|e| e.to_string())?;
+        eprintln!("rerun {new_id} of {run_id} started");
+        loop {
+            match records.recv().await {
+                Ok(record)
+                    if record.run_id == new_id
+                        && matches!(record.body, crate::log::RecordBody::RunEnded { .. }) =>
+                {
+                    break;
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+        let record = handle.run_record(new_id).await.map_err(|e| e.to_string())?;
+        runtime.shutdown().await;
+        return serde_json::to_value(record).map_err(|e| e.to_string());
+    }
+    let log = Log::open(dir).map_err(|e| e.to_string())?;
+    match command {
+        RunsCommand::List {
+            workflow,
+            status,
+            limit,
+            before,
+        } => {
+            let before = before.as_deref().map(parse_id).transpose()?;
+            let status = status.clone();
+            let stored = log
+                .ended_runs(before, *limit, |bytes| {
+                    serde_json::from_slice::<RunRecord>(bytes).is_ok_and(|r| {
+                        workflow.as_ref().is_none_or(|w| *w == r.workflow)
+                            && status.as_ref().is_none_or(|s| *s == r.status.as_str())
+                    })
+                })
+                .map_err(|e| e.to_string())?;
+            let runs: Vec<Value> = stored
+                .iter()
+                .filter_map(|b| serde_json::from_slice(b).ok())
+                .collect();
+            Ok(json!({"runs": runs, "next": null}))
+        }
+        RunsCommand::Show { id } => {
+            let run_id = parse_id(id)?;
+            let state = crate::engine::replay::fold(&log, run_id).map_err(|e| e.to_string())?;
+            serde_json::to_value(state.record()).map_err(|e| e.to_string())
+        }
+        RunsCommand::History { id } => {
+            let run_id = parse_id(id)?;
+            let history = log.run_history(run_id).map_err(|e| e.to_string())?;
+            if history.is_empty() {
+                return Err(format!("run {run_id} not found"));
+            }
+            let records: Vec<Value> = history
+                .into_iter()
+                .map(|r| {
+                    let mut body = serde_json::to_value(&r.body).unwrap_or(Value::Null);
+                    body["seq"] = json!(r.seq);
+                    body["at"] = json!(crate::engine::rfc3339(r.at));
+                    body
+                })
+                .collect();
+            Ok(json!({"run_id": run_id, "records": records}))
+        }
+        RunsCommand::Logs { id, task } => {
+            let run_id = parse_id(id)?;
+            let logs = log.task_logs(run_id, task).map_err(|e| e.to_string())?;
+            Ok(json!({"run_id": run_id, "task": task, "attempts": logs}))
+        }
+        RunsCommand::Cancel { id } => {
+            let run_id = parse_id(id)?;
+            let record = runtime::cancel_offline(&log, run_id, "cancelled from the command line")
+                .map_err(|e| e.to_string())?;
+            Ok(json!({"id": run_id, "run": record}))
+        }
+        RunsCommand::Rerun { .. } => Err("unreachable".into()),
+    }
+}
+
+fn print_result(command: &RunsCommand, value: &Value, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+        return;
+    }
+    match command {
+        RunsCommand::List { .. } => {
+            let runs = value["runs"].as_array().cloned().unwrap_or_default();
+            println!("{:<36}  {:<24}  {:<9}  STARTED", "ID", "WORKFLOW", "STATUS");
+            for run in &runs {
+                println!(
+                    "{:<36}  {:<24}  {:<9}  {}",
+                    run["id"].as_str().unwrap_or(""),
+                    run["workflow"].as_str().unwrap_or(""),
+                    run["status"].as_str().unwrap_or(""),
+                    run["started_at"].as_str().unwrap_or("-"),
+                );
+            }
+            if let Some(next) = value["next"].as_str() {
+                println!("(more: --before {next})");
+            }
+        }
+        RunsCommand::History { .. } => {
+            for record in value["records"].as_array().cloned().unwrap_or_default() {
+                let mut rest = record.clone();
+                if let Value::Object(map) = &mut rest {
+                    map.remove("seq");
+                    map.remove("at");
+                    map.remove("type");
+                }
+                println!(
+                    "{:>8}  {}  {:<20}  {}",
+                    record["seq"],
+                    record["at"].as_str().unwrap_or(""),
+                    record["type"].as_str().unwrap_or(""),
+                    rest
+                );
+            }
+        }
+        RunsCommand::Logs { .. } => {
+            for attempt in value["attempts"].as_array().cloned().unwrap_or_default() {
+                println!("--- attempt {} stdout ---", attempt["attempt"]);
+                print!("{}", attempt["stdout"].as_str().unwrap_or(""));
+                println!("--- attempt {} stderr ---", attempt["attempt"]);
+                print!("{}", attempt["stderr"].as_str().unwrap_or(""));
+            }
+        }
+        RunsCommand::Cancel { id } => println!("run {id} cancelled"),
+        RunsCommand::Show { .. } | RunsCommand::Rerun { .. } => {
+            match serde_json::from_value::<RunRecord>(value.clone()) {
+                Ok(record) => super::run::print_summary(&record),
+                Err(_) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(value).unwrap_or_default()
+                ),
+            }
+        }
+    }
+}
+
+/// `switchyard trigger WORKFLOW -p k=v`: starts a run on the server.
+pub fn trigger(
+    config_path: &Path,
+    server: Option<&str>,
+    workflow: &str,
+    params: &[String],
+    as_json: bool,
+) -> ExitCode {
+    let config = match super::load_config(config_path) {
+        Ok(c) => c,
+        Err(e) => return super::fail(e),
+    };
+    let params = match super::run::parse_params(params) {
+        Ok(p) => p,
+        Err(e) => return super::fail(e),
+    };
+    let tokio = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(t) => t,
+        Err(e) => return super::fail(format!("cannot start the async runtime: {e}")),
+    };
+    let client = Client::new(server, &config);
+    let result = tokio.block_on(client.call(
+        reqwest::Method::POST,
+        &format!("/workflows/{workflow}/runs"),
+        Some(json!({"params": params})),
+    ));
+    match result {
+        Ok(record) => {
+            if as_json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&record).unwrap_or_default()
+                );
+            } else {
+                println!("{}", record["id"].as_str().unwrap_or(""));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `switchyard serve`: loads the project, recovers the log, serves the API,
+//! reloads workflow files as they change, and shuts down gracefully.
+
+pub mod registry;
+mod watch;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState, Metrics};
+use crate::engine::Limits;
+use crate::engine::runtime::{self, Runtime, RuntimeConfig};
+use crate::log::{RecordBody, RunStatus};
+use crate::spec::{Config, Diagnostics, Secrets};
+
+/// How `serve` was asked to run; flags override the config file.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub config_path: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    /// How long running tasks get to finish on SIGINT/SIGTERM.
+    pub grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Invalid config or workflow files.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+    #[error(transparent)]
+    Runtime(#[from] runtime::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+impl Error {
+    /// Whether this is the user's input (exit 2) rather than a failure (exit 1).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            Error::Invalid(_)
+                | Error::Listen { .. }
+                | Error::Runtime(runtime::Error::Log(crate::log::Error::Locked { .. }))
+        )
+    }
+}
+
+/// A daemon that is up: its address, and a way to stop it (tests use this).
+#[derive(Debug)]
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    pub stop: CancellationToken,
+    pub done: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+/// Loads the config, registry and runtime; binds the listener; returns once
+/// serving. Stops when `stop` is cancelled.
+pub async fn start(options: ServeOptions) -> Result<Running, Error> {
+    let optional = options.config_path == Path::new("switchyard.json");
+    let config = Config::load(&options.config_path, optional).map_err(Error::Invalid)?;
+    let secrets =
+        Arc::new(Secrets::resolve(&config, &options.config_path).map_err(Error::Invalid)?);
+    let registry =
+        Registry::load(config.workflow_dirs()).map_err(|d| Error::Invalid(Diagnostics(d)))?;
+    let registry = Arc::new(RwLock::new(registry));
+    let data_dir = options
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir());
+    let listen = options
+        .listen
+        .clone()
+        .or_else(|| config.listen.clone())
+        .unwrap_or_else(|| crate::spec::config::DEFAULT_LISTEN.to_string());
+    // Bind before recovering so a second daemon fails fast on the port too.
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(Error::Serve)?;
+    let runtime = Runtime::start(RuntimeConfig {
+        data_dir,
+        limits: Limits {
+            max_parallel_tasks: config.max_parallel_tasks(),
+        },
+        recover: true,
+        secrets,
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    let handle = runtime.handle();
+    tokio::spawn(count_records(handle.subscribe(), Arc::clone(&metrics)));
+    let stop = CancellationToken::new();
+    watch::spawn(Arc::clone(&registry), Arc::clone(&metrics), stop.clone());
+    let state = AppState {
+        runtime: handle,
+        registry,
+        token: config
+            .api
+            .as_ref()
+            .and_then(|a| a.token.clone())
+            .map(|t| Arc::from(t.as_str())),
+        metrics,
+    };
+    let app = api::app(state);
+    let grace = options.grace;
+    let stopping = stop.clone();
+    let done = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stopping.cancelled().await })
+            .await;
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "Shutting down: letting running tasks finish."
+        );
+        runtime.shutdown_within(grace).await;
+        served.map_err(Error::Serve)
+    });
+    tracing::info!(addr = %addr, "Serving.");
+    Ok(Running { addr, stop, done })
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn serve(options: ServeOptions) -> Result<(), Error> {
+    let running = start(options).await?;
+    eprintln!("switchyard listening on http://{}", running.addr);
+    let stop = running.stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
+    running
+        .done
+        .await
+        .map_err(|e| Error::Serve(std::io::Error::other(e.to_string())))?
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Keeps the `/metrics` counters from the durable record stream.
+async fn count_records(
+    mut records: tokio::sync::broadcast::Receiver<Arc<crate::log::Record>>,
+    metrics: Arc<Metrics>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let record = match records.recv().await {
+            Ok(record) => record,
+            Err(RecvError::Lagged(n)) => {
+                metrics.records_missed.fetch_add(n, Ordering::Relaxed);
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let counter = match &record.body {
+            RecordBody::RunCreated { .. } => &metrics.runs_created,
+            RecordBody::AttemptStarted { .. } => &metrics.attempts_started,
+            RecordBody::AttemptFinished {
+                succeeded: false, ..
+            } => &metrics.attempts_failed,
+            RecordBody::RunEnded { status, .. } => match status {
+                RunStatus::Succeeded => &metrics.runs_succeeded,
+                RunStatus::Cancelled => &metrics.runs_cancelled,
+                _ => &metrics.runs_failed,
+            },
+            _ => continue,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

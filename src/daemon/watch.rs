@@ -1,0 +1,74 @@
+//! Watches the workflow dirs (notify) and reloads the registry on change.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio_util::sync::CancellationToken;
+
+use super::registry::SharedRegistry;
+use crate::api::Metrics;
+
+/// Quiet time after the last file event before reloading (editors write in steps).
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+pub fn spawn(registry: SharedRegistry, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let dirs = match registry.read() {
+        Ok(r) => r.dirs().to_vec(),
+        Err(_) => return,
+    };
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot watch workflow files; edits need a restart.");
+            return;
+        }
+    };
+    for dir in &dirs {
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "Cannot watch workflow dir.");
+        }
+    }
+    tokio::spawn(async move {
+        let _watcher = watcher; // Dropping it stops the watch.
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                event = rx.recv() => if event.is_none() { return },
+            }
+            // Debounce: wait until events stop for a moment.
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(DEBOUNCE) => break,
+                    event = rx.recv() => if event.is_none() { return },
+                }
+            }
+            let registry = Arc::clone(&registry);
+            let report =
+                tokio::task::spawn_blocking(move || registry.write().map(|mut r| r.reload()).ok())
+                    .await;
+            let Ok(Some(report)) = report else { continue };
+            metrics.reloads.fetch_add(1, Ordering::Relaxed);
+            if !report.rejected.is_empty() {
+                metrics.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            for d in &report.rejected {
+                tracing::warn!(file = %d.file.display(), path = %d.path, error = %d.message,
+                    "Workflow file rejected; the last good version stays active.");
+            }
+            if !(report.added.is_empty() && report.updated.is_empty() && report.removed.is_empty())
+            {
+                tracing::info!(added = ?report.added, updated = ?report.updated, removed = ?report.removed,
+                    "Workflows reloaded.");
+            }
+        }
+    });
+}
