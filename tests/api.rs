@@ -24,17 +24,29 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let flows = dir.path().join("workflows");
         std::fs::create_dir(&flows).unwrap();
-        write_workflow(&flows, "quick", &json!({"name": "quick", "tasks": [
-            {"id": "a", "shell": {"command": ["echo", "hello ${params.who}"]}},
-            {"id": "b", "after": "a", "noop": {}},
-        ]}));
-        write_workflow(&flows, "slow", &json!({"name": "slow", "tasks": [
-            {"id": "wait", "shell": {"command": ["sleep", "30"]}},
-        ]}));
-        write_workflow(&flows, "flaky", &json!({"name": "flaky", "tasks": [
-            {"id": "probe", "shell": {"script": "echo '{\"id\": 7}' > \"$SWITCHYARD_OUTPUT\""}, "export": {"id": "${output.id}"}},
-            {"id": "publish", "after": "probe", "shell": {"command": ["test", "${has(params.ok) ? 'x' : 'y'}", "=", "x"]}},
-        ]}));
+        write_workflow(
+            &flows,
+            "quick",
+            &json!({"name": "quick", "tasks": [
+                {"id": "a", "shell": {"command": ["echo", "hello ${params.who}"]}},
+                {"id": "b", "after": "a", "noop": {}},
+            ]}),
+        );
+        write_workflow(
+            &flows,
+            "slow",
+            &json!({"name": "slow", "tasks": [
+                {"id": "wait", "shell": {"command": ["sleep", "30"]}},
+            ]}),
+        );
+        write_workflow(
+            &flows,
+            "flaky",
+            &json!({"name": "flaky", "tasks": [
+                {"id": "probe", "shell": {"script": "echo '{\"id\": 7}' > \"$SWITCHYARD_OUTPUT\""}, "export": {"id": "${output.id}"}},
+                {"id": "publish", "after": "probe", "shell": {"command": ["test", "${has(params.ok) ? 'x' : 'y'}", "=", "x"]}},
+            ]}),
+        );
         let registry = Registry::load(vec![flows]).unwrap();
         let runtime = Runtime::start(RuntimeConfig {
             data_dir: dir.path().join("data"),
@@ -56,16 +68,27 @@ impl Fixture {
         }
     }
 
-    async fn call(&self, method: &str, uri: &str, body: Option<&str>, token: Option<&str>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
         let mut request = Request::builder().method(method).uri(uri);
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
-        let request = request.body(Body::from(body.unwrap_or("").to_string())).unwrap();
+        let request = request
+            .body(Body::from(body.unwrap_or("").to_string()))
+            .unwrap();
         let response = app(self.state.clone()).oneshot(request).await.unwrap();
         let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 10 << 20).await.unwrap();
-        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let bytes = axum::body::to_bytes(response.into_body(), 10 << 20)
+            .await
+            .unwrap();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         (status, value)
     }
 
@@ -99,7 +122,9 @@ impl Fixture {
 
 fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, needle: &str) {
     assert_eq!(status, expected, "{body}");
-    let message = body["error"]["message"].as_str().unwrap_or_else(|| panic!("no error body: {body}"));
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error body: {body}"));
     assert!(body["error"]["code"].is_string(), "{body}");
     assert!(message.contains(needle), "`{message}` lacks `{needle}`");
 }
@@ -111,7 +136,11 @@ async fn health_metrics_and_unknown_endpoints() {
     assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
     let (status, body) = f.get("/metrics").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(body.as_str().unwrap().contains("switchyard_runs_created_total"));
+    assert!(
+        body.as_str()
+            .unwrap()
+            .contains("switchyard_runs_created_total")
+    );
     let (status, body) = f.get("/api/v1/nope").await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "no such endpoint");
     let (status, body) = f.get("/elsewhere").await;
@@ -124,24 +153,47 @@ async fn workflows_are_listed_and_shown_with_graph_and_versions() {
     let f = Fixture::new(None).await;
     let (status, body) = f.get("/api/v1/workflows").await;
     assert_eq!(status, StatusCode::OK);
-    let names: Vec<&str> = body["workflows"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = body["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["flaky", "quick", "slow"]);
     assert_eq!(body["errors"], json!([]));
     let (status, body) = f.get("/api/v1/workflows/quick").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["graph"]["edges"], json!([{"from": "a", "to": "b", "on": "success", "mode": "all"}]));
-    assert!(body["graph"]["mermaid"].as_str().unwrap().starts_with("flowchart TD"));
+    assert_eq!(
+        body["graph"]["edges"],
+        json!([{"from": "a", "to": "b", "on": "success", "mode": "all"}])
+    );
+    assert!(
+        body["graph"]["mermaid"]
+            .as_str()
+            .unwrap()
+            .starts_with("flowchart TD")
+    );
     assert_eq!(body["versions"][0]["current"], json!(true));
     assert_eq!(body["definition"]["name"], "quick");
     let (status, body) = f.get("/api/v1/workflows/nope").await;
-    assert_error(status, &body, StatusCode::NOT_FOUND, "no workflow named `nope`");
+    assert_error(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "no workflow named `nope`",
+    );
     f.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starting_runs_and_their_bad_requests() {
     let f = Fixture::new(None).await;
-    let (status, run) = f.post("/api/v1/workflows/quick/runs", r#"{"params": {"who": "world"}}"#).await;
+    let (status, run) = f
+        .post(
+            "/api/v1/workflows/quick/runs",
+            r#"{"params": {"who": "world"}}"#,
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{run}");
     assert_eq!(run["workflow"], "quick");
     assert_eq!(run["params"], json!({"who": "world"}));
@@ -151,16 +203,37 @@ async fn starting_runs_and_their_bad_requests() {
     // An empty body is `{}`.
     let (status, _) = f.post("/api/v1/workflows/quick/runs", "").await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, body) = f.post("/api/v1/workflows/quick/runs", r#"{"params": {"#).await;
+    let (status, body) = f
+        .post("/api/v1/workflows/quick/runs", r#"{"params": {"#)
+        .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid JSON body");
-    let (status, body) = f.post("/api/v1/workflows/quick/runs", r#"{"params": [1]}"#).await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "`params` must be a JSON object");
-    let (status, body) = f.post("/api/v1/workflows/quick/runs", r#"{"parms": {}}"#).await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "unknown key `parms`");
+    let (status, body) = f
+        .post("/api/v1/workflows/quick/runs", r#"{"params": [1]}"#)
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "`params` must be a JSON object",
+    );
+    let (status, body) = f
+        .post("/api/v1/workflows/quick/runs", r#"{"parms": {}}"#)
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "unknown key `parms`",
+    );
     let (status, body) = f.post("/api/v1/workflows/quick/runs", "[]").await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "JSON object");
     let (status, body) = f.post("/api/v1/workflows/nope/runs", "{}").await;
-    assert_error(status, &body, StatusCode::NOT_FOUND, "no workflow named `nope`");
+    assert_error(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "no workflow named `nope`",
+    );
     f.shutdown().await;
 }
 
@@ -178,19 +251,43 @@ async fn runs_are_listed_filtered_and_paged() {
     }
     let (status, body) = f.get("/api/v1/runs?workflow=quick&limit=3").await;
     assert_eq!(status, StatusCode::OK);
-    let page: Vec<&str> = body["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let page: Vec<&str> = body["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
     assert_eq!(page, [ids[4].as_str(), &ids[3], &ids[2]], "newest first");
     let next = body["next"].as_str().unwrap().to_string();
-    let (_, body) = f.get(&format!("/api/v1/runs?workflow=quick&limit=3&before={next}")).await;
-    let page: Vec<&str> = body["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let (_, body) = f
+        .get(&format!(
+            "/api/v1/runs?workflow=quick&limit=3&before={next}"
+        ))
+        .await;
+    let page: Vec<&str> = body["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
     assert_eq!(page, [ids[1].as_str(), &ids[0]]);
     assert_eq!(body["next"], Value::Null);
     // Active runs are listed with their live status.
     let (_, body) = f.get("/api/v1/runs?status=running").await;
-    let running: Vec<&str> = body["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let running: Vec<&str> = body["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
     assert_eq!(running, [slow["id"].as_str().unwrap()]);
     let (status, body) = f.get("/api/v1/runs?status=sleeping").await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "unknown status `sleeping`");
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "unknown status `sleeping`",
+    );
     let (status, body) = f.get("/api/v1/runs?limit=0").await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "limit");
     let (status, body) = f.get("/api/v1/runs?before=xyz").await;
@@ -201,12 +298,22 @@ async fn runs_are_listed_filtered_and_paged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_details_history_and_logs() {
     let f = Fixture::new(None).await;
-    let (_, run) = f.post("/api/v1/workflows/quick/runs", r#"{"params": {"who": "api"}}"#).await;
+    let (_, run) = f
+        .post(
+            "/api/v1/workflows/quick/runs",
+            r#"{"params": {"who": "api"}}"#,
+        )
+        .await;
     let id = run["id"].as_str().unwrap().to_string();
     f.wait_run(&id).await;
     let (status, history) = f.get(&format!("/api/v1/runs/{id}/history")).await;
     assert_eq!(status, StatusCode::OK);
-    let types: Vec<&str> = history["records"].as_array().unwrap().iter().map(|r| r["type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = history["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
     assert_eq!(types.first(), Some(&"run_created"));
     assert_eq!(types.last(), Some(&"run_ended"));
     let (status, logs) = f.get(&format!("/api/v1/runs/{id}/tasks/a/logs")).await;
@@ -215,7 +322,11 @@ async fn run_details_history_and_logs() {
     let (status, body) = f.get(&format!("/api/v1/runs/{id}/tasks/zzz/logs")).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "no task `zzz`");
     let missing = uuid::Uuid::now_v7();
-    for uri in [format!("/api/v1/runs/{missing}"), format!("/api/v1/runs/{missing}/history"), format!("/api/v1/runs/{missing}/tasks/a/logs")] {
+    for uri in [
+        format!("/api/v1/runs/{missing}"),
+        format!("/api/v1/runs/{missing}/history"),
+        format!("/api/v1/runs/{missing}/tasks/a/logs"),
+    ] {
         let (status, body) = f.get(&uri).await;
         assert_error(status, &body, StatusCode::NOT_FOUND, "not found");
     }
@@ -244,7 +355,9 @@ async fn cancel_and_its_conflicts() {
     assert_eq!(done["tasks"]["wait"]["status"], "cancelled");
     let (status, body) = f.post(&format!("/api/v1/runs/{id}/cancel"), "").await;
     assert_error(status, &body, StatusCode::CONFLICT, "already ended");
-    let (status, body) = f.post(&format!("/api/v1/runs/{}/cancel", uuid::Uuid::now_v7()), "").await;
+    let (status, body) = f
+        .post(&format!("/api/v1/runs/{}/cancel", uuid::Uuid::now_v7()), "")
+        .await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not found");
     f.shutdown().await;
 }
@@ -256,7 +369,9 @@ async fn rerun_reuses_successes_and_refuses_what_it_cannot_do() {
     let id = run["id"].as_str().unwrap().to_string();
     let failed = f.wait_run(&id).await;
     assert_eq!(failed["status"], "failed");
-    let (status, rerun) = f.post(&format!("/api/v1/runs/{id}/rerun"), r#"{"from": "failed"}"#).await;
+    let (status, rerun) = f
+        .post(&format!("/api/v1/runs/{id}/rerun"), r#"{"from": "failed"}"#)
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{rerun}");
     let rerun_id = rerun["id"].as_str().unwrap().to_string();
     let done = f.wait_run(&rerun_id).await;
@@ -265,12 +380,26 @@ async fn rerun_reuses_successes_and_refuses_what_it_cannot_do() {
     assert_eq!(done["tasks"]["publish"]["attempts"], json!(1));
     assert_eq!(done["vars"]["id"], json!(7));
     assert_eq!(done["version"], failed["version"]);
-    let (status, body) = f.post(&format!("/api/v1/runs/{id}/rerun"), r#"{"from": "nope"}"#).await;
-    assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "no task `nope`");
-    let (status, body) = f.post(&format!("/api/v1/runs/{id}/rerun"), r#"{"from": 3}"#).await;
+    let (status, body) = f
+        .post(&format!("/api/v1/runs/{id}/rerun"), r#"{"from": "nope"}"#)
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "no task `nope`",
+    );
+    let (status, body) = f
+        .post(&format!("/api/v1/runs/{id}/rerun"), r#"{"from": 3}"#)
+        .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "`from`");
     let (_, slow) = f.post("/api/v1/workflows/slow/runs", "{}").await;
-    let (status, body) = f.post(&format!("/api/v1/runs/{}/rerun", slow["id"].as_str().unwrap()), "{}").await;
+    let (status, body) = f
+        .post(
+            &format!("/api/v1/runs/{}/rerun", slow["id"].as_str().unwrap()),
+            "{}",
+        )
+        .await;
     assert_error(status, &body, StatusCode::CONFLICT, "still");
     f.shutdown().await;
 }
@@ -280,16 +409,33 @@ async fn bearer_token_guards_the_api_but_not_health() {
     let f = Fixture::new(Some("t0ken")).await;
     let (status, body) = f.call("GET", "/api/v1/workflows", None, None).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "bearer token");
-    let (status, body) = f.call("GET", "/api/v1/workflows", None, Some("wrong")).await;
+    let (status, body) = f
+        .call("GET", "/api/v1/workflows", None, Some("wrong"))
+        .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "bearer token");
-    let (status, _) = f.call("GET", "/api/v1/workflows", None, Some("t0ken")).await;
+    let (status, _) = f
+        .call("GET", "/api/v1/workflows", None, Some("t0ken"))
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = f.call("POST", "/api/v1/workflows/quick/runs", Some("{}"), Some("t0ken")).await;
+    let (status, _) = f
+        .call(
+            "POST",
+            "/api/v1/workflows/quick/runs",
+            Some("{}"),
+            Some("t0ken"),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     let (status, _) = f.get("/healthz").await;
     assert_eq!(status, StatusCode::OK);
     let (_, metrics) = f.get("/metrics").await;
-    assert!(metrics.as_str().unwrap().contains("switchyard_requests_rejected_total 2"), "{metrics}");
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("switchyard_requests_rejected_total 2"),
+        "{metrics}"
+    );
     f.shutdown().await;
 }
 

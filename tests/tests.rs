@@ -6,6 +6,7 @@ mod util;
 
 mod api;
 mod cli;
+mod daemon;
 mod engine;
 mod runtime;
 mod validation;

@@ -220,7 +220,7 @@ pub async fn list_runs(
             .iter()
             .filter_map(|bytes| serde_json::from_slice::<RunRecord>(bytes).ok()),
     );
-    runs.sort_by(|a, b| b.id.cmp(&a.id));
+    runs.sort_by_key(|r| std::cmp::Reverse(r.id));
     runs.dedup_by_key(|r| r.id);
     runs.truncate(limit);
     let next = (runs.len() == limit)

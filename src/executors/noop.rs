@@ -14,6 +14,8 @@ pub struct Noop {}
 impl Kind for Noop {
     const NAME: &'static str = "noop";
     const HOLDS_SLOT: bool = false;
+    /// Nothing happens in a noop, so an interrupted one simply runs again.
+    const RESUMABLE: bool = true;
 
     async fn execute(self, _ctx: AttemptContext) -> AttemptOutcome {
         AttemptOutcome::success(json!({}))

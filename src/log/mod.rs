@@ -97,6 +97,8 @@ impl std::fmt::Debug for Log {
     }
 }
 
+/// Attempts, 100 ms apart, to take the data dir's lock.
+const LOCK_TRIES: u32 = 10;
 const FORMAT_KEY: &[u8] = b"format";
 /// Version of the on-disk layout (trees and keys); records carry their own.
 const FORMAT_VERSION: u32 = 1;
@@ -106,22 +108,39 @@ impl Log {
     /// [`Error::Locked`] when another process holds it.
     pub fn open(data_dir: &Path) -> Result<Self, Error> {
         let dir = data_dir.join("log");
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&dir)
             .mode(sled::Mode::HighThroughput)
             // Durability is ours to decide: flush only at group commits.
             .flush_every_ms(None)
-            .cache_capacity(32 * 1024 * 1024)
-            .open()
-            .map_err(|source| match &source {
-                sled::Error::Io(io) if io.to_string().contains("lock") => Error::Locked {
-                    dir: data_dir.to_path_buf(),
-                },
-                _ => Error::Open {
-                    dir: data_dir.to_path_buf(),
-                    source,
-                },
-            })?;
+            .cache_capacity(32 * 1024 * 1024);
+        // A process killed while spawning a task can leave a forked child
+        // holding the lock until that child execs, a moment later; so a
+        // locked dir is retried briefly before it is reported.
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(io))
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
+                {
+                    tries += 1;
+                    if tries >= LOCK_TRIES {
+                        return Err(Error::Locked {
+                            dir: data_dir.to_path_buf(),
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(source) => {
+                    return Err(Error::Open {
+                        dir: data_dir.to_path_buf(),
+                        source,
+                    });
+                }
+            }
+        };
         let records = db.open_tree("records")?;
         let unfinished = db.open_tree("unfinished")?;
         let runs = db.open_tree("runs")?;

@@ -1,0 +1,594 @@
+//! The daemon as a child process: CLI against a live server, the data-dir
+//! lock, hot reload, graceful shutdown, and SIGKILL crash recovery.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard::log::{Log, RecordBody};
+
+use crate::util::{bin, stderr, switchyard, write_workflow};
+
+/// A `switchyard serve` child on an ephemeral port.
+struct Daemon {
+    child: Child,
+    addr: String,
+    output: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn spawn(project: &Path, data: &Path, extra: &[&str]) -> Self {
+        Self::try_spawn(project, data, extra)
+            .unwrap_or_else(|e| panic!("daemon did not start: {e}"))
+    }
+
+    fn try_spawn(project: &Path, data: &Path, extra: &[&str]) -> Result<Self, String> {
+        let mut child = Command::new(bin())
+            .current_dir(project)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().unwrap(),
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let output = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&output);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("switchyard listening on http://") {
+                    let _ = tx.send(addr.to_string());
+                }
+                let mut sink = sink.lock().unwrap();
+                sink.push_str(&line);
+                sink.push('\n');
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => Ok(Self {
+                child,
+                addr,
+                output,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(output.lock().unwrap().clone())
+            }
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit code.
+    fn terminate(mut self) -> (Option<i32>, String) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50));
+                return (status.code(), self.output.lock().unwrap().clone());
+            }
+            assert!(Instant::now() < deadline, "daemon did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn http() -> reqwest::blocking_shim::Client {
+    reqwest::blocking_shim::Client
+}
+
+/// Minimal blocking HTTP for tests, over a throwaway tokio runtime.
+mod reqwest {
+    pub mod blocking_shim {
+        use serde_json::Value;
+
+        pub struct Client;
+
+        impl Client {
+            pub fn send(
+                &self,
+                method: &str,
+                url: &str,
+                body: Option<Value>,
+            ) -> Result<(u16, Value), String> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let client = ::reqwest::Client::new();
+                    let method = ::reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+                    let mut request = client
+                        .request(method, url)
+                        .timeout(std::time::Duration::from_secs(10));
+                    if let Some(body) = body {
+                        request = request.json(&body);
+                    }
+                    let response = request.send().await.map_err(|e| e.to_string())?;
+                    let status = response.status().as_u16();
+                    let body = response.json().await.unwrap_or(Value::Null);
+                    Ok((status, body))
+                })
+            }
+        }
+    }
+}
+
+fn project(dir: &Path) -> PathBuf {
+    let flows = dir.join("workflows");
+    std::fs::create_dir_all(&flows).unwrap();
+    write_workflow(
+        &flows,
+        "quick",
+        &json!({"name": "quick", "tasks": [
+            {"id": "a", "shell": {"command": ["echo", "hi"]}},
+        ]}),
+    );
+    flows
+}
+
+fn wait_terminal(daemon: &Daemon, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, run) = http()
+            .send("GET", &daemon.url(&format!("/api/v1/runs/{id}")), None)
+            .unwrap();
+        assert_eq!(status, 200, "{run}");
+        if ["succeeded", "failed", "cancelled"].contains(&run["status"].as_str().unwrap_or("")) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run {id} did not end: {run}");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+#[test]
+fn cli_against_a_live_server_and_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    project(dir.path());
+    let data = dir.path().join("data");
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    let out = switchyard(
+        dir.path(),
+        &["trigger", "quick", "--server", &daemon.addr, "-p", "n=1"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    wait_terminal(&daemon, &id);
+    let out = switchyard(
+        dir.path(),
+        &["runs", "show", &id, "--server", &daemon.addr, "--json"],
+    );
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["params"], json!({"n": 1}));
+    let out = switchyard(dir.path(), &["runs", "list", "--server", &daemon.addr]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+    let out = switchyard(
+        dir.path(),
+        &["runs", "logs", &id, "a", "--server", &daemon.addr],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hi"));
+    // While the daemon holds the data dir, offline access is refused clearly.
+    let out = switchyard(
+        dir.path(),
+        &["runs", "list", "--data-dir", data.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("locked"), "{}", stderr(&out));
+    // A second daemon on the same data dir fails at once.
+    let second = Daemon::try_spawn(dir.path(), &data, &[]);
+    let message = match second {
+        Ok(d) => {
+            d.kill();
+            panic!("a second daemon started on the same data dir");
+        }
+        Err(output) => output,
+    };
+    assert!(
+        message.contains("locked by another switchyard process"),
+        "{message}"
+    );
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+    // Offline now.
+    let out = switchyard(
+        dir.path(),
+        &[
+            "runs",
+            "list",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["runs"][0]["id"], json!(id));
+    let out = switchyard(
+        dir.path(),
+        &["runs", "history", &id, "--data-dir", data.to_str().unwrap()],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("run_ended"));
+    let out = switchyard(
+        dir.path(),
+        &["runs", "show", "nope", "--data-dir", data.to_str().unwrap()],
+    );
+    assert_ne!(out.status.code(), Some(0));
+}
+
+#[test]
+fn reload_picks_up_valid_edits_for_new_runs_and_rejects_invalid_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = project(dir.path());
+    let file = write_workflow(
+        &flows,
+        "evolving",
+        &json!({"name": "evolving", "version": 1, "tasks": [
+            {"id": "first", "shell": {"command": ["sleep", "1"]}},
+        ]}),
+    );
+    let daemon = Daemon::spawn(dir.path(), &dir.path().join("data"), &[]);
+    let (_, old_run) = http()
+        .send(
+            "POST",
+            &daemon.url("/api/v1/workflows/evolving/runs"),
+            Some(json!({})),
+        )
+        .unwrap();
+    let (_, before) = http()
+        .send("GET", &daemon.url("/api/v1/workflows/evolving"), None)
+        .unwrap();
+    write_workflow(
+        &flows,
+        "evolving",
+        &json!({"name": "evolving", "version": 2, "tasks": [
+            {"id": "first", "shell": {"command": ["true"]}},
+            {"id": "second", "after": "first", "noop": {}},
+        ]}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let (_, wf) = http()
+            .send("GET", &daemon.url("/api/v1/workflows/evolving"), None)
+            .unwrap();
+        if wf["version"] != before["version"] {
+            break wf;
+        }
+        assert!(Instant::now() < deadline, "edit was not picked up");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(after["version_label"], json!(2));
+    // The run in flight keeps the definition it started with.
+    let old = wait_terminal(&daemon, old_run["id"].as_str().unwrap());
+    assert_eq!(old["version"], before["version"]);
+    assert!(old["tasks"].get("second").is_none());
+    let (_, new_run) = http()
+        .send(
+            "POST",
+            &daemon.url("/api/v1/workflows/evolving/runs"),
+            Some(json!({})),
+        )
+        .unwrap();
+    let new = wait_terminal(&daemon, new_run["id"].as_str().unwrap());
+    assert_eq!(new["tasks"]["second"]["status"], "succeeded");
+    // Both versions are listed now that both have run.
+    let (_, wf) = http()
+        .send("GET", &daemon.url("/api/v1/workflows/evolving"), None)
+        .unwrap();
+    assert_eq!(wf["versions"].as_array().unwrap().len(), 2, "{wf}");
+
+    // An invalid edit is rejected with its errors; the last good version stays.
+    std::fs::write(
+        &file,
+        r#"{"name": "evolving", "tasks": [{"id": "x", "after": "nope", "noop": {}}]}"#,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, list) = http()
+            .send("GET", &daemon.url("/api/v1/workflows"), None)
+            .unwrap();
+        let errors = list["errors"].as_array().unwrap();
+        if !errors.is_empty() {
+            assert!(
+                errors[0]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("unknown task id `nope`"),
+                "{list}"
+            );
+            assert!(
+                errors[0]["file"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("evolving.json")
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "invalid edit was not reported");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, run) = http()
+        .send(
+            "POST",
+            &daemon.url("/api/v1/workflows/evolving/runs"),
+            Some(json!({})),
+        )
+        .unwrap();
+    assert_eq!(status, 201);
+    assert_eq!(run["version"], after["version"]);
+    let (code, output) = daemon.terminate();
+    assert_eq!(code, Some(0));
+    assert!(output.contains("rejected"), "{output}");
+}
+
+#[test]
+fn graceful_shutdown_lets_tasks_finish_or_records_them_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = project(dir.path());
+    write_workflow(
+        &flows,
+        "second",
+        &json!({"name": "second", "tasks": [
+            {"id": "work", "shell": {"command": ["sleep", "1"]}},
+        ]}),
+    );
+    write_workflow(
+        &flows,
+        "long",
+        &json!({"name": "long", "tasks": [
+            {"id": "work", "shell": {"command": ["sleep", "30"]}},
+        ]}),
+    );
+    let data = dir.path().join("data");
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    let (_, run) = http()
+        .send(
+            "POST",
+            &daemon.url("/api/v1/workflows/second/runs"),
+            Some(json!({})),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+    let log = Log::open(&data).unwrap();
+    let id = uuid::Uuid::parse_str(run["id"].as_str().unwrap()).unwrap();
+    let history = log.run_history(id).unwrap();
+    assert!(
+        matches!(history.last().unwrap().body, RecordBody::RunEnded { .. }),
+        "the task was given its grace period: {history:?}"
+    );
+    drop(log);
+
+    let daemon = Daemon::spawn(dir.path(), &data, &["--grace", "300ms"]);
+    let (_, run) = http()
+        .send(
+            "POST",
+            &daemon.url("/api/v1/workflows/long/runs"),
+            Some(json!({})),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let log = Log::open(&data).unwrap();
+    let id = uuid::Uuid::parse_str(run["id"].as_str().unwrap()).unwrap();
+    let history = log.run_history(id).unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|r| matches!(&r.body, RecordBody::AttemptLost { shutdown: true, .. })),
+        "{history:?}"
+    );
+    drop(log);
+    // On the next start the interrupted task runs again.
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, record) = http()
+            .send("GET", &daemon.url(&format!("/api/v1/runs/{id}")), None)
+            .unwrap();
+        if record["tasks"]["work"]["attempts"] == json!(2)
+            && record["tasks"]["work"]["status"] == "running"
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "interrupted task did not resume: {record}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.kill();
+}
+
+/// A small deterministic generator, so a failing seed can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below.max(1)
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_nothing_and_repeats_no_success() {
+    let cycles: usize = std::env::var("SWITCHYARD_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("crash test seed {seed}, {cycles} cycles");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let flows = project(dir.path());
+    write_workflow(
+        &flows,
+        "work",
+        &json!({"name": "work", "tasks": [
+            {"id": "a", "retry": {"max_attempts": 5, "delay": "100ms"}, "shell": {"script": "sleep 0.$(( $$ % 4 ))", "cwd": "."}},
+            {"id": "b", "after": "a", "retry": {"max_attempts": 5}, "shell": {"command": ["sleep", "0.2"]}},
+            {"id": "nap", "after": "a", "sleep": {"duration": "300ms"}},
+            {"id": "c", "after": ["b", "nap"], "noop": {}},
+        ]}),
+    );
+    let data = dir.path().join("data");
+    let mut accepted: Vec<String> = Vec::new();
+    for cycle in 0..cycles {
+        let daemon = match Daemon::try_spawn(dir.path(), &data, &[]) {
+            Ok(d) => d,
+            Err(output) => panic!("cycle {cycle}: daemon did not start: {output}"),
+        };
+        // Some cycles die during start-up and replay.
+        if rng.next(4) == 0 {
+            daemon.kill();
+            continue;
+        }
+        let posts = 3 + rng.next(6);
+        for _ in 0..posts {
+            if let Ok((201, run)) = http().send(
+                "POST",
+                &daemon.url("/api/v1/workflows/work/runs"),
+                Some(json!({})),
+            ) {
+                accepted.push(run["id"].as_str().unwrap().to_string());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.next(700)));
+        daemon.kill();
+    }
+    // Final start: everything accepted must finish.
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    let mut outcomes = std::collections::HashMap::new();
+    for id in &accepted {
+        let run = wait_terminal(&daemon, id);
+        // A run may only fail by running out of attempts to crashes (SPEC §8:
+        // a lost attempt counts); nothing else in this workflow can fail.
+        if run["status"] != "succeeded" {
+            let error = run["error"].as_str().unwrap_or("");
+            assert!(
+                error.contains("lost: switchyard stopped while it ran"),
+                "seed {seed}: {run}"
+            );
+        }
+        outcomes.insert(id.clone(), run["status"] == "succeeded");
+    }
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+
+    let log = Log::open(&data).unwrap();
+    assert!(log.unfinished_runs().unwrap().is_empty(), "seed {seed}");
+    assert!(!accepted.is_empty());
+    for id in &accepted {
+        let run_id = uuid::Uuid::parse_str(id).unwrap();
+        let history = log.run_history(run_id).unwrap();
+        assert!(
+            matches!(history[0].body, RecordBody::RunCreated { .. }),
+            "seed {seed}: run {id} lost its start"
+        );
+        assert_eq!(
+            history
+                .iter()
+                .filter(|r| matches!(r.body, RecordBody::RunCreated { .. }))
+                .count(),
+            1,
+            "seed {seed}: run {id} created twice"
+        );
+        let ends: Vec<usize> = history
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r.body, RecordBody::RunEnded { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(
+            ends,
+            [history.len() - 1],
+            "seed {seed}: run {id} must end once, last"
+        );
+        assert!(
+            history.windows(2).all(|w| w[0].seq < w[1].seq),
+            "seed {seed}: seqs not increasing"
+        );
+        let mut succeeded = std::collections::HashSet::new();
+        let mut started: std::collections::HashMap<String, u32> = Default::default();
+        for record in &history {
+            match &record.body {
+                RecordBody::AttemptStarted { task, attempt } => {
+                    assert!(
+                        !succeeded.contains(task),
+                        "seed {seed}: run {id} ran {task} again after it succeeded"
+                    );
+                    let previous = started.insert(task.clone(), *attempt).unwrap_or(0);
+                    assert_eq!(
+                        *attempt,
+                        previous + 1,
+                        "seed {seed}: run {id} {task} attempt numbers skip"
+                    );
+                }
+                RecordBody::AttemptFinished {
+                    task,
+                    attempt,
+                    succeeded: ok,
+                    ..
+                } => {
+                    assert_eq!(
+                        started.get(task),
+                        Some(attempt),
+                        "seed {seed}: finish without start"
+                    );
+                    if *ok {
+                        succeeded.insert(task.clone());
+                    }
+                }
+                RecordBody::AttemptLost { task, attempt, .. } => {
+                    assert_eq!(
+                        started.get(task),
+                        Some(attempt),
+                        "seed {seed}: lost without start"
+                    );
+                }
+                _ => {}
+            }
+        }
+        if outcomes[id] {
+            for task in ["a", "b", "nap", "c"] {
+                assert!(
+                    succeeded.contains(task),
+                    "seed {seed}: run {id}: {task} never succeeded"
+                );
+            }
+        }
+    }
+}
