@@ -169,6 +169,8 @@ fn cli_against_a_live_server_and_offline() {
     project(dir.path());
     let data = dir.path().join("data");
     let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    let out = switchyard(dir.path(), &["health", "--server", &daemon.addr]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let out = switchyard(
         dir.path(),
         &["trigger", "quick", "--server", &daemon.addr, "-p", "n=1"],
@@ -210,8 +212,11 @@ fn cli_against_a_live_server_and_offline() {
         message.contains("locked by another switchyard process"),
         "{message}"
     );
+    let addr = daemon.addr.clone();
     let (code, _) = daemon.terminate();
     assert_eq!(code, Some(0));
+    let out = switchyard(dir.path(), &["health", "--server", &addr]);
+    assert_eq!(out.status.code(), Some(1));
     // Offline now.
     let out = switchyard(
         dir.path(),

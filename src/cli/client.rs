@@ -35,6 +35,16 @@ impl Client {
         }
     }
 
+    /// True when `GET /healthz` answers 200 within two seconds.
+    pub async fn healthy(&self) -> bool {
+        let url = format!("{}/healthz", self.base);
+        let request = self
+            .http
+            .get(url)
+            .timeout(std::time::Duration::from_secs(2));
+        matches!(request.send().await, Ok(r) if r.status().is_success())
+    }
+
     /// Sends a request; returns the JSON body of a 2xx, or the API's error message.
     pub async fn call(
         &self,

@@ -74,6 +74,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Exit 0 when the server answers `/healthz` (for container health checks).
+    Health {
+        #[arg(long)]
+        server: Option<String>,
+    },
     /// Write the JSON Schemas of the file formats.
     Schema {
         /// Directory to write to.
@@ -106,6 +111,7 @@ pub fn main() -> ExitCode {
             listen: listen.clone(),
             grace,
         }),
+        Command::Health { ref server } => runs::health(&cli.config, server.as_deref()),
         Command::Runs {
             ref target,
             ref command,

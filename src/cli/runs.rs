@@ -361,3 +361,24 @@ pub fn trigger(
         }
     }
 }
+
+/// `switchyard health`: 0 when the server is healthy, 1 otherwise.
+pub fn health(config_path: &Path, server: Option<&str>) -> ExitCode {
+    let config = match super::load_config(config_path) {
+        Ok(c) => c,
+        Err(e) => return super::fail(e),
+    };
+    let tokio = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(t) => t,
+        Err(e) => return super::fail(format!("cannot start the async runtime: {e}")),
+    };
+    if tokio.block_on(Client::new(server, &config).healthy()) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("unhealthy: no answer from /healthz");
+        ExitCode::FAILURE
+    }
+}
