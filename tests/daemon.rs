@@ -472,11 +472,30 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_no_success() {
     let data = dir.path().join("data");
     let mut accepted: Vec<String> = Vec::new();
     for cycle in 0..cycles {
+        // Some cycles die during start-up and replay, before serving.
+        if rng.next(5) == 0 {
+            let mut child = Command::new(bin())
+                .current_dir(dir.path())
+                .args([
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(rng.next(60)));
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let daemon = match Daemon::try_spawn(dir.path(), &data, &[]) {
             Ok(d) => d,
             Err(output) => panic!("cycle {cycle}: daemon did not start: {output}"),
         };
-        // Some cycles die during start-up and replay.
+        // Some cycles die right after start-up.
         if rng.next(4) == 0 {
             daemon.kill();
             continue;
@@ -596,4 +615,97 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_no_success() {
             }
         }
     }
+}
+
+#[test]
+fn offline_cancel_and_rerun_work_on_a_stopped_daemons_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = project(dir.path());
+    write_workflow(
+        &flows,
+        "long",
+        &json!({"name": "long", "tasks": [
+            {"id": "work", "shell": {"command": ["sleep", "30"]}},
+        ]}),
+    );
+    write_workflow(
+        &flows,
+        "fails",
+        &json!({"name": "fails", "tasks": [
+            {"id": "ok", "shell": {"command": ["true"]}},
+            {"id": "bad", "after": "ok", "shell": {"command": ["test", "-e", "${params.file}"]}},
+        ]}),
+    );
+    let data = dir.path().join("data");
+    let marker = dir.path().join("marker");
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    let (_, long) = http()
+        .send(
+            "POST",
+            &daemon.url("/api/v1/workflows/long/runs"),
+            Some(json!({})),
+        )
+        .unwrap();
+    let (_, fails) = http()
+        .send(
+            "POST",
+            &daemon.url("/api/v1/workflows/fails/runs"),
+            Some(json!({"params": {"file": marker.to_str().unwrap()}})),
+        )
+        .unwrap();
+    let fails_id = fails["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_terminal(&daemon, &fails_id)["status"], "failed");
+    std::thread::sleep(Duration::from_millis(200));
+    daemon.kill();
+    let data_arg = data.to_str().unwrap();
+    let long_id = long["id"].as_str().unwrap().to_string();
+    // The unfinished run is listed offline, with its folded status.
+    let out = switchyard(
+        dir.path(),
+        &[
+            "runs",
+            "list",
+            "--data-dir",
+            data_arg,
+            "--status",
+            "running",
+            "--json",
+        ],
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["runs"][0]["id"], json!(long_id), "{list}");
+    let out = switchyard(
+        dir.path(),
+        &["runs", "cancel", &long_id, "--data-dir", data_arg],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = switchyard(
+        dir.path(),
+        &["runs", "show", &long_id, "--data-dir", data_arg, "--json"],
+    );
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["status"], "cancelled");
+    let out = switchyard(
+        dir.path(),
+        &["runs", "cancel", &long_id, "--data-dir", data_arg],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already ended"));
+    // Rerun offline: runs in-process to its end, reusing `ok`.
+    std::fs::write(&marker, "").unwrap();
+    let out = switchyard(
+        dir.path(),
+        &["runs", "rerun", &fails_id, "--data-dir", data_arg, "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rerun: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rerun["status"], "succeeded", "{rerun}");
+    assert_eq!(rerun["tasks"]["ok"]["reused_from"], json!(fails_id));
+    // And the daemon, started again, sees all of it.
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    let (_, record) = http()
+        .send("GET", &daemon.url(&format!("/api/v1/runs/{long_id}")), None)
+        .unwrap();
+    assert_eq!(record["status"], "cancelled");
+    daemon.kill();
 }

@@ -208,10 +208,26 @@ async fn offline(dir: &Path, command: &RunsCommand) -> Result<Value, String> {
                     })
                 })
                 .map_err(|e| e.to_string())?;
-            let runs: Vec<Value> = stored
+            let mut runs: Vec<RunRecord> = stored
                 .iter()
                 .filter_map(|b| serde_json::from_slice(b).ok())
                 .collect();
+            // Unfinished runs (the daemon is down) are folded from the log.
+            for run_id in log.unfinished_runs().map_err(|e| e.to_string())? {
+                if before.is_some_and(|b| run_id >= b) {
+                    continue;
+                }
+                if let Ok(state) = crate::engine::replay::fold(&log, run_id) {
+                    let record = state.record();
+                    if workflow.as_ref().is_none_or(|w| *w == record.workflow)
+                        && status.as_ref().is_none_or(|s| *s == record.status.as_str())
+                    {
+                        runs.push(record);
+                    }
+                }
+            }
+            runs.sort_by_key(|r| std::cmp::Reverse(r.id));
+            runs.truncate(*limit);
             Ok(json!({"runs": runs, "next": null}))
         }
         RunsCommand::Show { id } => {
