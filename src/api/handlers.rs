@@ -256,17 +256,7 @@ pub async fn run_history(
     if history.is_empty() {
         return Err(Error::not_found(format!("run {run_id} not found")));
     }
-    let records: Vec<Value> = history
-        .into_iter()
-        .map(|r| {
-            let mut body = serde_json::to_value(&r.body).unwrap_or(Value::Null);
-            if let Value::Object(map) = &mut body {
-                map.insert("seq".into(), json!(r.seq));
-                map.insert("at".into(), json!(crate::engine::rfc3339(r.at)));
-            }
-            body
-        })
-        .collect();
+    let records: Vec<Value> = history.iter().map(crate::log::Record::to_json).collect();
     Ok(Json(json!({"run_id": run_id, "records": records})))
 }
 

@@ -241,15 +241,7 @@ async fn offline(dir: &Path, command: &RunsCommand) -> Result<Value, String> {
             if history.is_empty() {
                 return Err(format!("run {run_id} not found"));
             }
-            let records: Vec<Value> = history
-                .into_iter()
-                .map(|r| {
-                    let mut body = serde_json::to_value(&r.body).unwrap_or(Value::Null);
-                    body["seq"] = json!(r.seq);
-                    body["at"] = json!(crate::engine::rfc3339(r.at));
-                    body
-                })
-                .collect();
+            let records: Vec<Value> = history.iter().map(crate::log::Record::to_json).collect();
             Ok(json!({"run_id": run_id, "records": records}))
         }
         RunsCommand::Logs { id, task } => {

@@ -94,26 +94,9 @@ impl Registry {
         };
         let mut next: BTreeMap<String, Entry> = BTreeMap::new();
         let mut next_files: BTreeMap<PathBuf, String> = BTreeMap::new();
-        for file in &files {
-            match Workflow::load(file) {
+        for (file, loaded) in crate::spec::load_workflow_files(&files) {
+            match loaded {
                 Ok(workflow) => {
-                    if let Some(other) = next.get(&workflow.name) {
-                        report.rejected.push(Diagnostic {
-                            file: file.clone(),
-                            path: "name".into(),
-                            message: format!(
-                                "workflow name `{}` is already used by {}",
-                                workflow.name,
-                                other
-                                    .current
-                                    .file
-                                    .as_deref()
-                                    .map(|p| p.display().to_string())
-                                    .unwrap_or_default()
-                            ),
-                        });
-                        continue;
-                    }
                     next_files.insert(file.clone(), workflow.name.clone());
                     let name = workflow.name.clone();
                     let entry = match self.workflows.get(&name) {
@@ -148,7 +131,7 @@ impl Registry {
                 Err(diagnostics) => {
                     report.rejected.extend(diagnostics.0);
                     // Keep what this file defined last time it was valid.
-                    if let Some(name) = self.files.get(file)
+                    if let Some(name) = self.files.get(&file)
                         && let Some(old) = self.workflows.get(name)
                         && !next.contains_key(name)
                     {

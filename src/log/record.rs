@@ -26,6 +26,22 @@ pub struct Record {
     pub body: RecordBody,
 }
 
+impl Record {
+    /// The record as shown by `runs history` and the API: the body's fields
+    /// with `seq` and `at` (RFC 3339) beside them.
+    pub fn to_json(&self) -> Value {
+        let mut body = serde_json::to_value(&self.body).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut body {
+            map.insert("seq".into(), Value::from(self.seq));
+            let at = chrono::DateTime::from_timestamp_millis(self.at)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .unwrap_or_default();
+            map.insert("at".into(), Value::String(at));
+        }
+        body
+    }
+}
+
 /// Format version 1 of a record body. Tagged by `type` in the stored JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -111,6 +111,34 @@ pub fn json_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
     Ok(files)
 }
 
+/// Loads each workflow file, in order; a file whose workflow name an
+/// earlier file already took is an error naming both files.
+pub fn load_workflow_files(files: &[PathBuf]) -> Vec<(PathBuf, Result<Workflow, Diagnostics>)> {
+    let mut taken: std::collections::HashMap<String, PathBuf> = std::collections::HashMap::new();
+    files
+        .iter()
+        .map(|file| {
+            let loaded =
+                Workflow::load(file).and_then(|workflow| match taken.get(&workflow.name) {
+                    Some(other) => Err(Diagnostics(vec![Diagnostic {
+                        file: file.clone(),
+                        path: "name".into(),
+                        message: format!(
+                            "workflow name `{}` is already used by {}",
+                            workflow.name,
+                            other.display()
+                        ),
+                    }])),
+                    None => {
+                        taken.insert(workflow.name.clone(), file.clone());
+                        Ok(workflow)
+                    }
+                });
+            (file.clone(), loaded)
+        })
+        .collect()
+}
+
 /// Loads every workflow under `paths`, checking that names are unique.
 /// Returns the workflows that compiled and every diagnostic found.
 pub fn load_workflows(paths: &[PathBuf]) -> (Vec<Workflow>, Vec<Diagnostic>) {
@@ -118,29 +146,11 @@ pub fn load_workflows(paths: &[PathBuf]) -> (Vec<Workflow>, Vec<Diagnostic>) {
         Ok(files) => files,
         Err(d) => return (Vec::new(), vec![d]),
     };
-    let mut workflows: Vec<Workflow> = Vec::new();
+    let mut workflows = Vec::new();
     let mut diagnostics = Vec::new();
-    for file in files {
-        match Workflow::load(&file) {
-            Ok(workflow) => {
-                if let Some(other) = workflows.iter().find(|w| w.name == workflow.name) {
-                    diagnostics.push(Diagnostic {
-                        file: file.clone(),
-                        path: "name".into(),
-                        message: format!(
-                            "workflow name `{}` is already used by {}",
-                            workflow.name,
-                            other
-                                .file
-                                .as_deref()
-                                .map(|p| p.display().to_string())
-                                .unwrap_or_default()
-                        ),
-                    });
-                } else {
-                    workflows.push(workflow);
-                }
-            }
+    for (_, loaded) in load_workflow_files(&files) {
+        match loaded {
+            Ok(workflow) => workflows.push(workflow),
             Err(Diagnostics(mut found)) => diagnostics.append(&mut found),
         }
     }
