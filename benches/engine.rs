@@ -50,6 +50,16 @@ fn data_dir(name: &str) -> tempfile::TempDir {
         .expect("temp dir")
 }
 
+fn start(dir: &std::path::Path) -> Runtime {
+    Runtime::start(RuntimeConfig {
+        data_dir: dir.to_path_buf(),
+        limits: Limits::default(),
+        recover: true,
+        secrets: Default::default(),
+    })
+    .expect("runtime")
+}
+
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -122,13 +132,7 @@ fn flush_floor(n: usize) -> Duration {
 
 async fn noop_chain(n: usize, samples: usize) -> Duration {
     let dir = data_dir("chain");
-    let runtime = Runtime::start(RuntimeConfig {
-        data_dir: dir.path().to_path_buf(),
-        limits: Limits::default(),
-        recover: true,
-        secrets: Default::default(),
-    })
-    .expect("runtime");
+    let runtime = start(dir.path());
     let handle = runtime.handle();
     let wf = chain("noop_chain", n, json!({"noop": {}}));
     // Warm up.
@@ -159,13 +163,7 @@ async fn noop_chain(n: usize, samples: usize) -> Duration {
 
 async fn throughput(runs: usize) -> f64 {
     let dir = data_dir("throughput");
-    let runtime = Runtime::start(RuntimeConfig {
-        data_dir: dir.path().to_path_buf(),
-        limits: Limits::default(),
-        recover: true,
-        secrets: Default::default(),
-    })
-    .expect("runtime");
+    let runtime = start(dir.path());
     let handle = runtime.handle();
     let wf = chain("noop3", 3, json!({"noop": {}}));
     let started = Instant::now();
@@ -193,13 +191,7 @@ async fn throughput(runs: usize) -> f64 {
 
 async fn shell_chain(n: usize, samples: usize) -> (Duration, Duration) {
     let dir = data_dir("shell");
-    let runtime = Runtime::start(RuntimeConfig {
-        data_dir: dir.path().to_path_buf(),
-        limits: Limits::default(),
-        recover: true,
-        secrets: Default::default(),
-    })
-    .expect("runtime");
+    let runtime = start(dir.path());
     let handle = runtime.handle();
     let wf = chain("shell_chain", n, json!({"shell": {"command": ["true"]}}));
     let mut ours = Vec::new();

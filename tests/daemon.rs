@@ -127,7 +127,8 @@ mod reqwest {
                     }
                     let response = request.send().await.map_err(|e| e.to_string())?;
                     let status = response.status().as_u16();
-                    let body = response.json().await.unwrap_or(Value::Null);
+                    let text = response.text().await.unwrap_or_default();
+                    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
                     Ok((status, body))
                 })
             }
@@ -187,6 +188,20 @@ fn cli_against_a_live_server_and_offline() {
     assert_eq!(record["params"], json!({"n": 1}));
     let out = switchyard(dir.path(), &["runs", "list", "--server", &daemon.addr]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+    let (_, metrics) = http().send("GET", &daemon.url("/metrics"), None).unwrap();
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("switchyard_runs_created_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_runs_ended_total{status=\"succeeded\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_attempts_started_total 1\n"),
+        "{metrics}"
+    );
     let out = switchyard(
         dir.path(),
         &["runs", "logs", &id, "a", "--server", &daemon.addr],
@@ -344,6 +359,27 @@ fn reload_picks_up_valid_edits_for_new_runs_and_rejects_invalid_ones() {
         .unwrap();
     assert_eq!(status, 201);
     assert_eq!(run["version"], after["version"]);
+    // A deleted file removes its workflow for new runs.
+    std::fs::remove_file(&file).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = http()
+            .send("GET", &daemon.url("/api/v1/workflows/evolving"), None)
+            .unwrap();
+        if status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "deleted workflow still served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, _) = http()
+        .send(
+            "POST",
+            &daemon.url("/api/v1/workflows/evolving/runs"),
+            Some(json!({})),
+        )
+        .unwrap();
+    assert_eq!(status, 404);
     let (code, output) = daemon.terminate();
     assert_eq!(code, Some(0));
     assert!(output.contains("rejected"), "{output}");

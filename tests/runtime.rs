@@ -192,3 +192,34 @@ async fn unfinished_runs_are_indexed_until_they_end() {
     assert!(handle.log().run_summary(run_id).unwrap().is_some());
     runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_definition_is_missing_is_ended_visibly_at_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_id = uuid::Uuid::now_v7();
+    {
+        let log = Log::open(dir.path()).unwrap();
+        log.append(
+            run_id,
+            1_700_000_000_000,
+            RecordBody::RunCreated {
+                workflow: "ghost".into(),
+                version: "0000000000000000".into(),
+                version_label: None,
+                params: Map::new(),
+                event: None,
+                rerun_of: None,
+                reused: Vec::new(),
+            },
+        )
+        .unwrap();
+        log.flush().unwrap();
+    }
+    let runtime = Runtime::start(config(dir.path())).unwrap();
+    assert_eq!(runtime.recovery().runs_broken, 1);
+    let record = runtime.handle().run_record(run_id).await.unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Failed);
+    assert!(record.error.unwrap().contains("missing from the log"));
+    assert!(runtime.handle().log().unfinished_runs().unwrap().is_empty());
+    runtime.shutdown().await;
+}

@@ -161,12 +161,7 @@ pub async fn start_run(
             .ok_or_else(|| Error::not_found(format!("no workflow named `{name}`")))?
     };
     let run_id = state.runtime.start_run(workflow, params, None).await?;
-    let record = state.runtime.run_record(run_id).await?;
-    let body = match record {
-        Some(record) => serde_json::to_value(record).map_err(super::internal)?,
-        None => json!({"id": run_id}),
-    };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    created(&state, run_id).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,10 +311,14 @@ pub async fn rerun(
         )));
     }
     let new_id = state.runtime.rerun(run_id, &from).await?;
-    let record = state.runtime.run_record(new_id).await?;
-    let body = match record {
+    created(&state, new_id).await
+}
+
+/// 201 with the record of a run just made durable.
+async fn created(state: &AppState, run_id: RunId) -> Result<Response, Error> {
+    let body = match state.runtime.run_record(run_id).await? {
         Some(record) => serde_json::to_value(record).map_err(super::internal)?,
-        None => json!({"id": new_id}),
+        None => json!({"id": run_id}),
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }

@@ -465,6 +465,9 @@ impl EngineLoop {
                         error: Some(format!("cannot recover: {e}")),
                     };
                     let record = self.log.append(run_id, now, body)?;
+                    if let Some(summary) = broken_summary(&self.log, run_id, &record)? {
+                        self.log.put_run_summary(run_id, &summary)?;
+                    }
                     batch.records.push(record);
                 }
             }
@@ -877,6 +880,41 @@ impl EngineLoop {
             Effect::RunEnded { run_id } => self.engine.evict(run_id),
         }
     }
+}
+
+/// The stored record of a run recovery had to end without its definition:
+/// what its `run_created` says, so `runs show` and the API still find it.
+fn broken_summary(log: &Log, run_id: RunId, ended: &Record) -> Result<Option<Vec<u8>>, Error> {
+    let history = log.run_history(run_id)?;
+    let Some(RecordBody::RunCreated {
+        workflow,
+        version,
+        version_label,
+        params,
+        event,
+        ..
+    }) = history.first().map(|r| &r.body)
+    else {
+        return Ok(None);
+    };
+    let RecordBody::RunEnded { status, error } = &ended.body else {
+        return Ok(None);
+    };
+    let record = RunRecord {
+        id: run_id,
+        workflow: workflow.clone(),
+        version: version.clone(),
+        version_label: *version_label,
+        status: *status,
+        params: params.clone(),
+        vars: params.clone(),
+        event: event.clone().unwrap_or(Value::Null),
+        started_at: None,
+        ended_at: Some(super::rfc3339(ended.at)),
+        error: error.clone(),
+        tasks: Map::new(),
+    };
+    Ok(serde_json::to_vec(&record).ok())
 }
 
 /// Cancels a run in a data dir no daemon holds: folds the run, lets the
