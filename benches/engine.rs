@@ -56,6 +56,7 @@ fn start(dir: &std::path::Path) -> Runtime {
         limits: Limits::default(),
         recover: true,
         secrets: Default::default(),
+        chain: None,
     })
     .expect("runtime")
 }

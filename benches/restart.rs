@@ -40,6 +40,7 @@ async fn fill(dir: &Path, finished: usize, unfinished: usize) -> usize {
         limits: Limits::default(),
         recover: false,
         secrets: Default::default(),
+        chain: None,
     })
     .expect("runtime");
     let handle = runtime.handle();

@@ -8,6 +8,8 @@
 //! - [`log`]: the sled log; the only code that touches sled.
 //! - [`engine`]: the run state machine (pure) and its runtime (I/O shell).
 //! - [`executors`]: one file per task kind.
+//! - [`reactor`]: events against bindings: filter, params, dedup, submit.
+//! - [`triggers`]: the adapters (file, webhook, cron) and cron schedules.
 //! - [`daemon`]: `serve`: the workflow registry and its reload, wiring.
 //! - [`api`]: the HTTP API; the only code that knows HTTP.
 //! - [`cli`]: the command line.
@@ -19,4 +21,6 @@ pub mod engine;
 pub mod executors;
 pub mod expr;
 pub mod log;
+pub mod reactor;
 pub mod spec;
+pub mod triggers;

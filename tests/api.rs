@@ -9,11 +9,13 @@ use serde_json::{Value, json};
 use switchyard::api::{AppState, Metrics, app};
 use switchyard::daemon::registry::Registry;
 use switchyard::engine::runtime::{Runtime, RuntimeConfig};
+use switchyard::reactor::Reactor;
+use switchyard::spec::Secrets;
 use tower::ServiceExt;
 
 use crate::util::write_workflow;
 
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
     runtime: Option<Runtime>,
     state: AppState,
@@ -21,7 +23,21 @@ struct Fixture {
 
 impl Fixture {
     async fn new(token: Option<&str>) -> Self {
+        Self::with(token, &[], &[]).await
+    }
+
+    /// With binding files (one per value) and secrets.
+    pub(crate) async fn with(
+        token: Option<&str>,
+        bindings: &[Value],
+        secrets: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let binding_dir = dir.path().join("bindings");
+        std::fs::create_dir(&binding_dir).unwrap();
+        for (i, b) in bindings.iter().enumerate() {
+            std::fs::write(binding_dir.join(format!("b{i}.json")), b.to_string()).unwrap();
+        }
         let flows = dir.path().join("workflows");
         std::fs::create_dir(&flows).unwrap();
         write_workflow(
@@ -47,19 +63,30 @@ impl Fixture {
                 {"id": "publish", "after": "probe", "shell": {"command": ["test", "${has(params.ok) ? 'x' : 'y'}", "=", "x"]}},
             ]}),
         );
-        let registry = Registry::load(vec![flows]).unwrap();
+        let registry = Registry::load(vec![flows], vec![binding_dir], dir.path().to_path_buf())
+            .unwrap_or_else(|d| panic!("{d:?}"));
+        let registry = Arc::new(RwLock::new(registry));
+        let secrets = Arc::new(Secrets::from_values(
+            secrets
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ));
         let runtime = Runtime::start(RuntimeConfig {
             data_dir: dir.path().join("data"),
             limits: Default::default(),
             recover: true,
-            secrets: Default::default(),
+            secrets: Arc::clone(&secrets),
+            chain: Some(switchyard::reactor::chain_hook(Arc::clone(&registry))),
         })
         .unwrap();
         let state = AppState {
             runtime: runtime.handle(),
-            registry: Arc::new(RwLock::new(registry)),
+            reactor: Reactor::new(runtime.handle(), Arc::clone(&registry)),
+            registry,
             token: token.map(Arc::from),
             metrics: Arc::new(Metrics::default()),
+            secrets,
         };
         Self {
             _dir: dir,

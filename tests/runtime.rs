@@ -17,6 +17,7 @@ fn config(dir: &std::path::Path) -> RuntimeConfig {
         limits: Limits::default(),
         recover: true,
         secrets: Default::default(),
+        chain: None,
     }
 }
 

@@ -326,11 +326,12 @@ async fn created(state: &AppState, run_id: RunId) -> Result<Response, Error> {
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let m = &state.metrics;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let workflows = state
+    let (workflows, bindings) = state
         .registry
         .read()
-        .map(|r| r.workflows().count())
-        .unwrap_or(0);
+        .map(|r| (r.workflows().count(), r.bindings().count()))
+        .unwrap_or((0, 0));
+    let e = state.reactor.metrics();
     let text = format!(
         "# HELP switchyard_runs_created_total Runs created.\n\
          # TYPE switchyard_runs_created_total counter\n\
@@ -358,7 +359,25 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
          switchyard_reloads_rejected_total {}\n\
          # HELP switchyard_workflows Workflows loaded.\n\
          # TYPE switchyard_workflows gauge\n\
-         switchyard_workflows {}\n",
+         switchyard_workflows {}\n\
+         # HELP switchyard_bindings Bindings loaded.\n\
+         # TYPE switchyard_bindings gauge\n\
+         switchyard_bindings {}\n\
+         # HELP switchyard_events_total Events accepted (recorded in the log).\n\
+         # TYPE switchyard_events_total counter\n\
+         switchyard_events_total {}\n\
+         # HELP switchyard_event_outcomes_total What accepted events did, per binding.\n\
+         # TYPE switchyard_event_outcomes_total counter\n\
+         switchyard_event_outcomes_total{{outcome=\"started\"}} {}\n\
+         switchyard_event_outcomes_total{{outcome=\"duplicate\"}} {}\n\
+         switchyard_event_outcomes_total{{outcome=\"filtered\"}} {}\n\
+         switchyard_event_outcomes_total{{outcome=\"failed\"}} {}\n\
+         # HELP switchyard_events_rejected_total Events refused at the edge (signature, size, parse).\n\
+         # TYPE switchyard_events_rejected_total counter\n\
+         switchyard_events_rejected_total {}\n\
+         # HELP switchyard_records_missed_total Records the metrics counters missed (they lagged).\n\
+         # TYPE switchyard_records_missed_total counter\n\
+         switchyard_records_missed_total {}\n",
         get(&m.runs_created),
         get(&m.runs_succeeded),
         get(&m.runs_failed),
@@ -370,6 +389,14 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         get(&m.reloads),
         get(&m.reloads_rejected),
         workflows,
+        bindings,
+        get(&e.accepted),
+        get(&e.started),
+        get(&e.duplicates),
+        get(&e.filtered),
+        get(&e.failed),
+        get(&e.rejected),
+        get(&m.records_missed),
     );
     (
         [(

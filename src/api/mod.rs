@@ -4,7 +4,11 @@
 //! serves it. Every error is `{"error": {"code", "message"}}` through one
 //! mapping ([`Error`]); 5xx bodies carry no internals.
 
+mod events;
 mod handlers;
+mod hooks;
+
+pub use events::{api_event, binding_json};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +18,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use serde_json::json;
 
 use crate::daemon::registry::SharedRegistry;
@@ -28,6 +32,10 @@ pub struct AppState {
     /// Bearer token required on `/api` when set.
     pub token: Option<Arc<str>>,
     pub metrics: Arc<Metrics>,
+    /// Turns webhook and API events into runs.
+    pub reactor: crate::reactor::Reactor,
+    /// For webhook secrets (`${secrets.name}`) and header redaction.
+    pub secrets: Arc<crate::spec::Secrets>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -52,7 +60,7 @@ pub struct Metrics {
     pub records_missed: AtomicU64,
 }
 
-/// The router: `/healthz`, `/metrics` and `/api/v1/…`.
+/// The router: `/healthz`, `/metrics`, `/hooks/…` and `/api/v1/…`.
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/workflows", get(handlers::list_workflows))
@@ -64,6 +72,9 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}/tasks/{task}/logs", get(handlers::task_logs))
         .route("/runs/{id}/cancel", post(handlers::cancel_run))
         .route("/runs/{id}/rerun", post(handlers::rerun))
+        .route("/events", post(events::post_event).get(events::list_events))
+        .route("/events/{id}", get(events::show_event))
+        .route("/bindings", get(events::list_bindings))
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -73,6 +84,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/metrics", get(handlers::metrics))
         .nest("/api/v1", api)
+        // Webhooks carry their own auth (signatures), not the API token.
+        .route("/hooks/{*path}", any(hooks::hook))
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -2,6 +2,7 @@
 
 mod client;
 pub mod graph;
+mod matching;
 mod run;
 mod runs;
 mod schema;
@@ -34,7 +35,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate workflow files (default: the project's workflow dirs). Exit 2 on any error.
+    /// Validate workflow and binding files (default: the project's dirs). Exit 2 on any error.
     Validate { paths: Vec<PathBuf> },
     /// Run a workflow locally, in this process, to its end.
     Run(run::RunArgs),
@@ -56,6 +57,13 @@ pub enum Command {
         /// How long running tasks get to finish on SIGINT/SIGTERM.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
+    },
+    /// Show which bindings an event (a CloudEvent JSON file) matches and the
+    /// params each would start its workflow with. Exit 0 if any matches, 1 if none.
+    Match {
+        event: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Inspect and act on runs, through the server or offline.
     Runs {
@@ -110,7 +118,9 @@ pub fn main() -> ExitCode {
             data_dir: data_dir.clone(),
             listen: listen.clone(),
             grace,
+            clock: None,
         }),
+        Command::Match { ref event, json } => matching::main(&cli.config, event, json),
         Command::Health { ref server } => runs::health(&cli.config, server.as_deref()),
         Command::Runs {
             ref target,

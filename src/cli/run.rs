@@ -85,6 +85,7 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
             limits,
             recover: false,
             secrets,
+            chain: None,
         };
         let runtime = match Runtime::start(config) {
             Ok(r) => r,

@@ -165,6 +165,7 @@ async fn offline(dir: &Path, command: &RunsCommand) -> Result<Value, String> {
             limits: Default::default(),
             recover: false,
             secrets: Default::default(),
+            chain: None,
         })
         .map_err(|e| e.to_string())?;
         let handle = runtime.handle();

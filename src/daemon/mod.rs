@@ -1,5 +1,6 @@
-//! `switchyard serve`: loads the project, recovers the log, serves the API,
-//! reloads workflow files as they change, and shuts down gracefully.
+//! `switchyard serve`: loads the project, recovers the log, starts the
+//! trigger adapters, serves the API and webhooks, reloads workflow and
+//! binding files as they change, and shuts down gracefully.
 
 pub mod registry;
 mod watch;
@@ -16,7 +17,9 @@ use crate::api::{self, AppState, Metrics};
 use crate::engine::Limits;
 use crate::engine::runtime::{self, Runtime, RuntimeConfig};
 use crate::log::{RecordBody, RunStatus};
+use crate::reactor::Reactor;
 use crate::spec::{Config, Diagnostics, Secrets};
+use crate::triggers::Triggers;
 
 /// How `serve` was asked to run; flags override the config file.
 #[derive(Debug, Clone)]
@@ -26,6 +29,8 @@ pub struct ServeOptions {
     pub listen: Option<String>,
     /// How long running tasks get to finish on SIGINT/SIGTERM.
     pub grace: Duration,
+    /// Where cron time comes from (tests drive it by hand); None: the system clock.
+    pub clock: Option<Arc<dyn crate::triggers::cron::Clock>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +77,12 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     let config = Config::load(&options.config_path, optional).map_err(Error::Invalid)?;
     let secrets =
         Arc::new(Secrets::resolve(&config, &options.config_path).map_err(Error::Invalid)?);
-    let registry =
-        Registry::load(config.workflow_dirs()).map_err(|d| Error::Invalid(Diagnostics(d)))?;
+    let registry = Registry::load(
+        config.workflow_dirs(),
+        config.binding_dirs(),
+        config.base.clone(),
+    )
+    .map_err(|d| Error::Invalid(Diagnostics(d)))?;
     let registry = Arc::new(RwLock::new(registry));
     let data_dir = options
         .data_dir
@@ -98,15 +107,46 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
             max_parallel_tasks: config.max_parallel_tasks(),
         },
         recover: true,
-        secrets,
+        secrets: Arc::clone(&secrets),
+        chain: Some(crate::reactor::chain_hook(Arc::clone(&registry))),
     })?;
     let metrics = Arc::new(Metrics::default());
     let handle = runtime.handle();
     tokio::spawn(count_records(handle.subscribe(), Arc::clone(&metrics)));
     let stop = CancellationToken::new();
-    watch::spawn(Arc::clone(&registry), Arc::clone(&metrics), stop.clone());
+    let reactor = Reactor::new(handle.clone(), Arc::clone(&registry));
+    let clock = options
+        .clock
+        .clone()
+        .unwrap_or_else(|| Arc::new(crate::triggers::cron::SystemClock));
+    let triggers_stop = CancellationToken::new();
+    let mut triggers = Triggers::new(reactor.clone(), clock, triggers_stop.clone());
+    triggers.reconcile();
+    let bindings_changed = Arc::new(tokio::sync::Notify::new());
+    {
+        let changed = Arc::clone(&bindings_changed);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = changed.notified() => triggers.reconcile(),
+                }
+            }
+            triggers.stop();
+        });
+    }
+    tokio::spawn(sweep_dedup(handle.clone(), stop.clone()));
+    watch::spawn(
+        Arc::clone(&registry),
+        Arc::clone(&metrics),
+        bindings_changed,
+        stop.clone(),
+    );
     let state = AppState {
         runtime: handle,
+        reactor,
+        secrets,
         registry,
         token: config
             .api
@@ -167,6 +207,25 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// Removes expired dedup entries now and then (they are ignored once
+/// expired; this only bounds the store's size).
+async fn sweep_dedup(runtime: runtime::RuntimeHandle, stop: CancellationToken) {
+    const EVERY: Duration = Duration::from_secs(3600);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+        let log = runtime.log().clone();
+        let now = chrono::Utc::now().timestamp_millis();
+        match tokio::task::spawn_blocking(move || log.sweep_dedup(now)).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "Expired dedup keys removed."),
+            Ok(Err(e)) => tracing::warn!(error = %e, "Cannot sweep dedup keys."),
+            _ => {}
+        }
     }
 }
 

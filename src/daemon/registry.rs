@@ -1,16 +1,18 @@
-//! The workflows a daemon serves, reloaded when their files change.
+//! The workflows and bindings a daemon serves, reloaded when their files change.
 //!
-//! A reload re-reads every workflow dir. A file that no longer validates is
-//! rejected with its errors (kept for the API and logged) and the workflow it
-//! defined last stays active; a valid edit replaces the workflow for new runs
-//! only (runs hold their own definition).
+//! A reload re-reads every workflow dir, then every binding dir (bindings are
+//! checked against the workflows just loaded). A file that no longer
+//! validates is rejected with its errors (kept for the API and logged) and
+//! what it defined last stays active; a valid edit replaces the workflow for
+//! new runs only (runs hold their own definition).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use crate::log::Millis;
-use crate::spec::{Diagnostic, Workflow};
+use crate::spec::binding::{self, Binding};
+use crate::spec::{Diagnostic, Diagnostics, Workflow};
 
 /// One workflow's current definition and the versions loaded since start.
 #[derive(Debug, Clone)]
@@ -27,6 +29,8 @@ pub struct ReloadReport {
     pub updated: Vec<String>,
     pub removed: Vec<String>,
     pub rejected: Vec<Diagnostic>,
+    /// True when the set of bindings changed (adapters must be reconciled).
+    pub bindings_changed: bool,
 }
 
 impl ReloadReport {
@@ -35,12 +39,19 @@ impl ReloadReport {
             && self.updated.is_empty()
             && self.removed.is_empty()
             && self.rejected.is_empty()
+            && !self.bindings_changed
     }
 }
 
 #[derive(Debug, Default)]
 pub struct Registry {
     dirs: Vec<PathBuf>,
+    binding_dirs: Vec<PathBuf>,
+    /// Relative paths inside bindings resolve against this (the project dir).
+    base: PathBuf,
+    bindings: BTreeMap<String, Arc<Binding>>,
+    /// Which file defined which bindings, from the last good load of each file.
+    binding_files: BTreeMap<PathBuf, Vec<String>>,
     workflows: BTreeMap<String, Entry>,
     /// Which file defined which workflow, from the last good load of each file.
     files: BTreeMap<PathBuf, String>,
@@ -56,9 +67,16 @@ fn now_millis() -> Millis {
 
 impl Registry {
     /// Loads the dirs; any invalid file is an error here (start-up refuses it).
-    pub fn load(dirs: Vec<PathBuf>) -> Result<Self, Vec<Diagnostic>> {
+    /// A binding dir that does not exist holds no bindings.
+    pub fn load(
+        dirs: Vec<PathBuf>,
+        binding_dirs: Vec<PathBuf>,
+        base: PathBuf,
+    ) -> Result<Self, Vec<Diagnostic>> {
         let mut registry = Self {
             dirs,
+            binding_dirs,
+            base,
             ..Self::default()
         };
         let report = registry.reload();
@@ -79,6 +97,18 @@ impl Registry {
 
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
+    }
+
+    pub fn binding_dirs(&self) -> &[PathBuf] {
+        &self.binding_dirs
+    }
+
+    pub fn bindings(&self) -> impl Iterator<Item = &Arc<Binding>> {
+        self.bindings.values()
+    }
+
+    pub fn binding(&self, name: &str) -> Option<&Arc<Binding>> {
+        self.bindings.get(name)
     }
 
     /// Re-reads every workflow dir and applies what validates.
@@ -148,7 +178,95 @@ impl Registry {
         }
         self.workflows = next;
         self.files = next_files;
+        self.reload_bindings(&mut report);
         self.errors = report.rejected.clone();
         report
+    }
+
+    fn reload_bindings(&mut self, report: &mut ReloadReport) {
+        let dirs: Vec<PathBuf> = self
+            .binding_dirs
+            .iter()
+            .filter(|d| d.exists())
+            .cloned()
+            .collect();
+        let files = match crate::spec::json_files(&dirs) {
+            Ok(files) => files,
+            Err(d) => {
+                report.rejected.push(d);
+                return;
+            }
+        };
+        let workflows = &self.workflows;
+        let exists = |name: &str| workflows.contains_key(name);
+        let mut next: BTreeMap<String, Arc<Binding>> = BTreeMap::new();
+        let mut next_files: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+        let mut loaded: Vec<(PathBuf, Result<Vec<Binding>, Diagnostics>)> = files
+            .iter()
+            .map(|file| (file.clone(), Binding::load_file(file, &self.base, &exists)))
+            .collect();
+        // Names must be unique across files; sources shared by several
+        // bindings must agree. A file breaking either is rejected whole.
+        {
+            let good: Vec<&Binding> = loaded
+                .iter()
+                .filter_map(|(_, r)| r.as_ref().ok())
+                .flatten()
+                .collect();
+            let conflicts = binding::check_shared_sources(&good);
+            for conflict in conflicts {
+                if let Some((_, result)) = loaded.iter_mut().find(|(f, _)| *f == conflict.file) {
+                    match result {
+                        Ok(_) => *result = Err(Diagnostics(vec![conflict])),
+                        Err(d) => d.0.push(conflict),
+                    }
+                }
+            }
+        }
+        for (file, result) in loaded {
+            match result {
+                Ok(bindings) => {
+                    let names = bindings.iter().map(|b| b.name.clone()).collect();
+                    for b in bindings {
+                        let b = Arc::new(b);
+                        let keep = self
+                            .bindings
+                            .get(&b.name)
+                            .filter(|old| old.source == b.source && old.file == b.file);
+                        next.insert(b.name.clone(), keep.cloned().unwrap_or(b));
+                    }
+                    next_files.insert(file, names);
+                }
+                Err(diagnostics) => {
+                    report.rejected.extend(diagnostics.0);
+                    if let Some(names) = self.binding_files.get(&file) {
+                        // Keep what this file defined when it was last valid,
+                        // as long as its workflows are still there.
+                        let mut kept = Vec::new();
+                        for name in names {
+                            if next.contains_key(name) {
+                                continue;
+                            }
+                            if let Some(b) = self.bindings.get(name)
+                                && exists(&b.workflow)
+                            {
+                                next.insert(b.name.clone(), Arc::clone(b));
+                                kept.push(b.name.clone());
+                            }
+                        }
+                        next_files.insert(file, kept);
+                    }
+                }
+            }
+        }
+        let changed = next.len() != self.bindings.len()
+            || next.iter().any(|(name, b)| {
+                self.bindings
+                    .get(name)
+                    .is_none_or(|old| !Arc::ptr_eq(old, b))
+            });
+        report.bindings_changed = changed;
+        self.bindings = next;
+        self.binding_files = next_files;
     }
 }

@@ -1,4 +1,5 @@
-//! Watches the workflow dirs (notify) and reloads the registry on change.
+//! Watches the workflow and binding dirs (notify) and reloads the registry
+//! on change; a change of bindings wakes the trigger adapters to reconcile.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,10 +14,20 @@ use crate::api::Metrics;
 /// Quiet time after the last file event before reloading (editors write in steps).
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
-pub fn spawn(registry: SharedRegistry, metrics: Arc<Metrics>, stop: CancellationToken) {
+pub fn spawn(
+    registry: SharedRegistry,
+    metrics: Arc<Metrics>,
+    bindings_changed: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let dirs = match registry.read() {
-        Ok(r) => r.dirs().to_vec(),
+        Ok(r) => r
+            .dirs()
+            .iter()
+            .chain(r.binding_dirs().iter().filter(|d| d.exists()))
+            .cloned()
+            .collect::<Vec<_>>(),
         Err(_) => return,
     };
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -62,7 +73,11 @@ pub fn spawn(registry: SharedRegistry, metrics: Arc<Metrics>, stop: Cancellation
             }
             for d in &report.rejected {
                 tracing::warn!(file = %d.file.display(), path = %d.path, error = %d.message,
-                    "Workflow file rejected; the last good version stays active.");
+                    "File rejected; the last good version stays active.");
+            }
+            if report.bindings_changed {
+                tracing::info!("Bindings reloaded.");
+                bindings_changed.notify_one();
             }
             if !(report.added.is_empty() && report.updated.is_empty() && report.removed.is_empty())
             {

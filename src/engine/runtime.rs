@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::rerun::{self, RerunFrom};
-use super::{Effect, Engine, Limits, RunRecord, TaskStatus, replay};
+use super::{Effect, Engine, Limits, RunRecord, TaskStatus, duration_millis, replay};
 use crate::executors::{self, AttemptContext, AttemptOutcome};
 use crate::log::{self, Log, Millis, Record, RecordBody, ReusedTask, RunId, RunStatus};
 use crate::spec::Workflow;
@@ -51,7 +51,7 @@ pub enum Error {
 }
 
 /// How to start a runtime.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RuntimeConfig {
     pub data_dir: PathBuf,
     pub limits: Limits,
@@ -60,6 +60,19 @@ pub struct RuntimeConfig {
     pub recover: bool,
     /// Secrets for `${secrets.*}`; their values are redacted from everything recorded.
     pub secrets: Arc<crate::spec::Secrets>,
+    /// Run chaining (the reactor's `on.run` bindings); none for one-off runs.
+    pub chain: Option<ChainHook>,
+}
+
+impl std::fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("data_dir", &self.data_dir)
+            .field("limits", &self.limits)
+            .field("recover", &self.recover)
+            .field("chain", &self.chain.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What start-up recovery found and did.
@@ -73,6 +86,48 @@ pub struct Recovery {
     pub runs_broken: usize,
     pub took: Duration,
 }
+
+/// One binding's part of a submitted event, evaluated by the reactor.
+#[derive(Debug)]
+pub enum SubmitCandidate {
+    /// Start a run unless `(binding, dedup_key)` was seen within its TTL.
+    Start {
+        binding: String,
+        workflow: Arc<Workflow>,
+        params: Map<String, Value>,
+        dedup_key: String,
+        ttl: Duration,
+    },
+    /// Decided already (filtered out, or failed to evaluate): only recorded.
+    Done(log::Outcome),
+}
+
+/// An event with what each candidate binding would do, ready to be recorded.
+#[derive(Debug)]
+pub struct Submission {
+    pub event: Value,
+    pub candidates: Vec<SubmitCandidate>,
+    /// Adapter state written in the same transaction (cron fire, file ledger).
+    pub marks: Vec<log::Mark>,
+    /// Also return receivers for the started runs' ends.
+    pub wait: bool,
+}
+
+/// What the engine answered for one submitted event, once durable.
+#[derive(Debug)]
+pub struct Accepted {
+    pub event_id: String,
+    pub seq: u64,
+    pub outcomes: Vec<log::Outcome>,
+    /// Runs started, in binding order.
+    pub runs: Vec<RunId>,
+    /// With `wait`: each started run's record when it ends.
+    pub ended: Vec<oneshot::Receiver<RunRecord>>,
+}
+
+/// Called when a run ends, inside the group commit that records the end; a
+/// submission it returns is written in that same commit (run chaining).
+pub type ChainHook = Arc<dyn Fn(&RunRecord, Millis) -> Option<Submission> + Send + Sync>;
 
 /// A request to start a run.
 #[derive(Debug, Clone)]
@@ -107,6 +162,10 @@ enum Input {
         task: usize,
         attempt: u32,
         outcome: AttemptOutcome,
+    },
+    Accept {
+        submission: Submission,
+        reply: oneshot::Sender<Result<Accepted, String>>,
     },
     Cancel {
         run_id: RunId,
@@ -172,6 +231,7 @@ impl Runtime {
         let mut engine = Engine::new(config.limits);
         engine.set_secrets(Arc::clone(&config.secrets));
         let mut engine_loop = EngineLoop {
+            chain: config.chain,
             secrets: config.secrets,
             engine,
             log,
@@ -327,6 +387,17 @@ impl RuntimeHandle {
         ended.await.map_err(|_| self.stopped())
     }
 
+    /// Records an event and starts the runs it calls for (deduplicated);
+    /// returns once all of it is durable.
+    pub async fn accept(&self, submission: Submission) -> Result<Accepted, Error> {
+        let (reply, accepted) = oneshot::channel();
+        self.send(Input::Accept { submission, reply })?;
+        accepted
+            .await
+            .map_err(|_| self.stopped())?
+            .map_err(Error::Stopped)
+    }
+
     /// Cancels an active run: kills its running attempts, cancels the rest.
     pub async fn cancel(&self, run_id: RunId, reason: impl Into<String>) -> Result<(), Error> {
         let (reply, done) = oneshot::channel();
@@ -413,6 +484,7 @@ fn now_millis() -> Millis {
 
 struct EngineLoop {
     engine: Engine,
+    chain: Option<ChainHook>,
     secrets: Arc<crate::spec::Secrets>,
     log: Log,
     rx: mpsc::UnboundedReceiver<Input>,
@@ -438,6 +510,9 @@ struct Batch {
     records: Vec<Record>,
     effects: Vec<Effect>,
     created: Vec<(oneshot::Sender<Result<RunId, String>>, RunId)>,
+    accepted: Vec<(oneshot::Sender<Result<Accepted, String>>, Accepted)>,
+    /// How many `RunEnded` effects run chaining has looked at.
+    chained: usize,
     cancelled: Vec<oneshot::Sender<Result<(), Error>>>,
     snapshots: Vec<(RunId, oneshot::Sender<Option<RunRecord>>)>,
     actives: Vec<oneshot::Sender<Vec<RunRecord>>>,
@@ -483,6 +558,7 @@ impl EngineLoop {
             .count();
         batch.effects.extend(effects);
         self.settle(&mut batch, now)?;
+        self.chain_ended(&mut batch, now)?;
         self.finish(batch, now)?;
         Ok(recovery)
     }
@@ -556,6 +632,7 @@ impl EngineLoop {
             self.append(&mut batch, run_id, now, body)?;
         }
         self.settle(&mut batch, now)?;
+        self.chain_ended(&mut batch, now)?;
         self.finish(batch, now)?;
         Ok(true)
     }
@@ -633,6 +710,14 @@ impl EngineLoop {
                         self.waiters.entry(run_id).or_default().push(on_end);
                     }
                 }
+                Input::Accept { submission, reply } => {
+                    if self.draining.is_some() {
+                        let _ = reply.send(Err("switchyard is shutting down".into()));
+                        continue;
+                    }
+                    let accepted = self.accept(&mut batch, submission, now)?;
+                    batch.accepted.push((reply, accepted));
+                }
                 Input::AttemptDone {
                     run_id,
                     task,
@@ -709,7 +794,153 @@ impl EngineLoop {
             }
         }
         self.settle(&mut batch, now)?;
+        self.chain_ended(&mut batch, now)?;
         self.finish(batch, now)
+    }
+
+    /// Records one event: checks each candidate's dedup key, creates the runs,
+    /// and writes event, runs, dedup entries and marks in one transaction.
+    fn accept(
+        &mut self,
+        batch: &mut Batch,
+        submission: Submission,
+        now: Millis,
+    ) -> Result<Accepted, Error> {
+        let event_id = submission
+            .event
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut acceptance = log::Acceptance {
+            event: submission.event,
+            marks: submission.marks,
+            ..log::Acceptance::default()
+        };
+        let mut runs = Vec::new();
+        let mut workflows = Vec::new();
+        for candidate in submission.candidates {
+            let (binding, workflow, params, dedup_key, ttl) = match candidate {
+                SubmitCandidate::Done(outcome) => {
+                    acceptance.outcomes.push(outcome);
+                    continue;
+                }
+                SubmitCandidate::Start {
+                    binding,
+                    workflow,
+                    params,
+                    dedup_key,
+                    ttl,
+                } => (binding, workflow, params, dedup_key, ttl),
+            };
+            if let Some(first) = self.log.dedup_lookup(&binding, &dedup_key, now)? {
+                acceptance.outcomes.push(log::Outcome::Duplicate {
+                    binding,
+                    dedup_key,
+                    run_id: first.run_id,
+                    first_event: first.event_id,
+                });
+                continue;
+            }
+            let run_id = uuid::Uuid::now_v7();
+            self.log.put_definition(
+                &workflow.name,
+                &workflow.version,
+                workflow.version_label,
+                &workflow.source,
+                now,
+            )?;
+            acceptance.runs.push((
+                run_id,
+                RecordBody::RunCreated {
+                    workflow: workflow.name.clone(),
+                    version: workflow.version.clone(),
+                    version_label: workflow.version_label,
+                    params,
+                    event: Some(acceptance.event.clone()),
+                    rerun_of: None,
+                    reused: Vec::new(),
+                },
+            ));
+            let expires_at = now.saturating_add(duration_millis(ttl));
+            acceptance.dedup.push((
+                binding.clone(),
+                dedup_key.clone(),
+                log::DedupEntry {
+                    event_id: event_id.clone(),
+                    run_id,
+                    expires_at,
+                },
+            ));
+            acceptance.outcomes.push(log::Outcome::Started {
+                binding,
+                run_id,
+                dedup_key,
+            });
+            runs.push(run_id);
+            workflows.push(workflow);
+        }
+        for workflow in workflows {
+            self.engine.register(workflow);
+        }
+        let (event, records) = self.log.accept(now, acceptance)?;
+        for record in records {
+            batch.effects.extend(self.engine.apply(&record));
+            batch.records.push(record);
+        }
+        let mut ended = Vec::new();
+        if submission.wait {
+            for run_id in &runs {
+                let (tx, rx) = oneshot::channel();
+                self.waiters.entry(*run_id).or_default().push(tx);
+                ended.push(rx);
+            }
+        }
+        Ok(Accepted {
+            event_id,
+            seq: event.seq,
+            outcomes: event.outcomes,
+            runs,
+            ended,
+        })
+    }
+
+    /// Run chaining: for every run that ended in this batch, the `on.run`
+    /// bindings' event is recorded and its runs created in this same commit.
+    fn chain_ended(&mut self, batch: &mut Batch, now: Millis) -> Result<(), Error> {
+        let Some(chain) = self.chain.clone() else {
+            return Ok(());
+        };
+        // Chained runs cannot end in the batch that creates them (their tasks
+        // run after the flush), so one pass settles; the bound is a guard.
+        for _ in 0..MAX_DECIDE_ROUNDS {
+            let ended: Vec<RunId> = batch.effects[batch.chained..]
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::RunEnded { run_id } => Some(*run_id),
+                    _ => None,
+                })
+                .collect();
+            batch.chained = batch.effects.len();
+            if ended.is_empty() {
+                break;
+            }
+            for run_id in ended {
+                let Some(record) = self.engine.run(run_id).map(|r| r.record()) else {
+                    continue;
+                };
+                if let Some(submission) = chain(&record, now) {
+                    let accepted = self.accept(batch, submission, now)?;
+                    tracing::info!(
+                        run_id = %run_id,
+                        started = accepted.runs.len(),
+                        "Run ended; chained bindings evaluated."
+                    );
+                }
+            }
+            self.settle(batch, now)?;
+        }
+        Ok(())
     }
 
     /// Flushes what the batch appended, then answers, publishes and acts.
@@ -731,6 +962,9 @@ impl EngineLoop {
 
         for (reply, run_id) in batch.created.drain(..) {
             let _ = reply.send(Ok(run_id));
+        }
+        for (reply, accepted) in batch.accepted.drain(..) {
+            let _ = reply.send(Ok(accepted));
         }
         for reply in batch.cancelled.drain(..) {
             let _ = reply.send(Ok(()));

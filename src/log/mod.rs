@@ -16,17 +16,23 @@
 //! - `versions`: `workflow name ++ 0 ++ content hash` → when a run first used
 //!   that version, for `GET /workflows/{name}`.
 //! - `task_logs`: `run_id ++ task ++ 0 ++ attempt` → captured stdout/stderr.
+//! - `events`: `seq` → an accepted event and what it did ([`EventRecord`]).
+//! - `dedup`: `binding ++ 0 ++ dedup key` → the event and run that first used
+//!   the key, with its expiry.
+//! - `marks`: adapters' durable state (cron's last fire, the file ledger).
 //! - `meta`: the log format version.
 //!
 //! Sequence numbers come from sled's `generate_id`, which never hands out a
 //! number twice, not even after a crash that lost unflushed appends.
 
+pub mod events;
 pub mod record;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use events::{Acceptance, DedupEntry, EventRecord, Mark, Outcome};
 pub use record::{Millis, Record, RecordBody, ReusedTask, RunId, RunStatus};
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +87,9 @@ pub struct Log {
     definitions: sled::Tree,
     versions: sled::Tree,
     task_logs: sled::Tree,
+    events: sled::Tree,
+    dedup: sled::Tree,
+    marks: sled::Tree,
     /// Highest sequence number appended by this handle.
     last_seq: Arc<AtomicU64>,
     /// Highest sequence number known to be on disk.
@@ -147,6 +156,9 @@ impl Log {
         let definitions = db.open_tree("definitions")?;
         let versions = db.open_tree("versions")?;
         let task_logs = db.open_tree("task_logs")?;
+        let events = db.open_tree("events")?;
+        let dedup = db.open_tree("dedup")?;
+        let marks = db.open_tree("marks")?;
         let meta = db.open_tree("meta")?;
         match meta.get(FORMAT_KEY)? {
             None => {
@@ -168,6 +180,9 @@ impl Log {
             definitions,
             versions,
             task_logs,
+            events,
+            dedup,
+            marks,
             last_seq: Arc::new(AtomicU64::new(0)),
             durable_seq: Arc::new(AtomicU64::new(0)),
             flushes: Arc::new(AtomicU64::new(0)),

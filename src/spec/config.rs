@@ -37,6 +37,10 @@ pub struct Config {
     pub max_parallel_tasks: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiConfig>,
+    /// The project directory (where the config file is); relative paths in
+    /// bindings resolve against it. Not a key of the file.
+    #[serde(skip)]
+    pub base: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -121,6 +125,7 @@ impl Config {
         } else {
             base
         };
+        self.base = base.to_path_buf();
         let resolve = |p: PathBuf| {
             if p.is_absolute() || base == Path::new(".") {
                 p
@@ -156,6 +161,12 @@ impl Config {
         self.workflows
             .clone()
             .unwrap_or_else(|| vec![PathBuf::from("workflows")])
+    }
+
+    pub fn binding_dirs(&self) -> Vec<PathBuf> {
+        self.bindings
+            .clone()
+            .unwrap_or_else(|| vec![PathBuf::from("bindings")])
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -6,6 +6,7 @@
 //! durations, CEL and templates. Every error is collected as a [`Diagnostic`]
 //! naming the file, the JSON path and what is wrong.
 
+pub mod binding;
 pub mod config;
 pub mod schema;
 pub mod workflow;

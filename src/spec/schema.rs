@@ -2,6 +2,7 @@
 //! `switchyard schema` writes them to `schemas/`; a test fails when the
 //! committed copies drift from what the types say.
 
+use super::binding::BindingFile;
 use super::config::Config;
 use super::workflow::WorkflowFile;
 
@@ -17,6 +18,14 @@ pub fn schemas() -> Vec<(&'static str, String)> {
             "workflow.schema.json",
             render(schemars::schema_for!(WorkflowFile)),
         ),
+        (
+            "binding.schema.json",
+            render(schemars::schema_for!(BindingFile)),
+        ),
         ("config.schema.json", render(schemars::schema_for!(Config))),
+        (
+            "event.schema.json",
+            render(schemars::schema_for!(crate::reactor::Event)),
+        ),
     ]
 }

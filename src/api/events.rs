@@ -1,0 +1,189 @@
+//! Events and bindings: `POST /events` (a CloudEvent for `api` bindings),
+//! `GET /events` (what each accepted event did, dedup hits included),
+//! `GET /events/{id}`, `GET /bindings`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppState, Error};
+use crate::reactor::event::rfc3339;
+use crate::spec::binding::{Binding, Trigger};
+
+/// Checks a POSTed CloudEvent and fills the attributes it may leave out
+/// (`id`, `source`, `specversion`, `time`). Extension attributes are kept;
+/// `switchyard` is reserved and dropped.
+pub fn api_event(body: &[u8], now: i64) -> Result<Value, String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+    let Value::Object(mut event) = value else {
+        return Err("the body must be a CloudEvent: a JSON object with at least `type`".into());
+    };
+    match event.get("type") {
+        Some(Value::String(t)) if t.trim().is_empty() => return Err("`type` is empty".into()),
+        Some(Value::String(t)) if t.starts_with("switchyard.") => {
+            return Err(format!(
+                "type `{t}` is reserved for switchyard's own adapters; use your own type"
+            ));
+        }
+        Some(Value::String(_)) => {}
+        Some(_) => return Err("`type` must be a string".into()),
+        None => return Err("missing `type` (CloudEvents attribute)".into()),
+    }
+    match event.get("specversion") {
+        None => {
+            event.insert("specversion".into(), json!("1.0"));
+        }
+        Some(Value::String(v)) if v == "1.0" => {}
+        Some(other) => {
+            return Err(format!(
+                "specversion {other} is not supported (use \"1.0\")"
+            ));
+        }
+    }
+    for key in ["id", "source", "subject", "time", "datacontenttype"] {
+        if let Some(v) = event.get(key)
+            && !v.is_string()
+        {
+            return Err(format!("`{key}` must be a string"));
+        }
+    }
+    if event
+        .get("id")
+        .and_then(Value::as_str)
+        .is_none_or(|id| id.is_empty())
+    {
+        event.insert("id".into(), json!(uuid::Uuid::now_v7().to_string()));
+    }
+    event
+        .entry("source")
+        .or_insert_with(|| json!("/api/v1/events"));
+    event.entry("time").or_insert_with(|| json!(rfc3339(now)));
+    event.entry("data").or_insert(Value::Null);
+    event.remove("switchyard");
+    Ok(Value::Object(event))
+}
+
+pub async fn post_event(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<impl IntoResponse, Error> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let event = api_event(&body, now).map_err(|e| {
+        state
+            .reactor
+            .metrics()
+            .rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Error::bad_request(e)
+    })?;
+    let bindings: Vec<Arc<Binding>> = state
+        .reactor
+        .bindings_where(|b| matches!(b.trigger, Trigger::Api));
+    let accepted = state
+        .reactor
+        .submit(event, &bindings, Vec::new(), false)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "event_id": accepted.event_id,
+            "runs": accepted.runs,
+            "outcomes": accepted.outcomes,
+        })),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventQuery {
+    limit: Option<usize>,
+    before: Option<u64>,
+}
+
+pub async fn list_events(
+    State(state): State<AppState>,
+    Query(query): Query<EventQuery>,
+) -> Result<Json<Value>, Error> {
+    let limit = query.limit.unwrap_or(50);
+    if limit == 0 || limit > 1000 {
+        return Err(Error::bad_request("`limit` must be between 1 and 1000"));
+    }
+    let log = state.runtime.log().clone();
+    let events = tokio::task::spawn_blocking(move || log.events(query.before, limit))
+        .await
+        .map_err(super::internal)??;
+    let next = (events.len() == limit)
+        .then(|| events.last().map(|e| e.seq))
+        .flatten();
+    let events: Vec<Value> = events.iter().map(|e| e.to_json()).collect();
+    Ok(Json(json!({"events": events, "next": next})))
+}
+
+pub async fn show_event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Error> {
+    let log = state.runtime.log().clone();
+    let lookup = id.clone();
+    let found = tokio::task::spawn_blocking(move || log.event_by_id(&lookup))
+        .await
+        .map_err(super::internal)??;
+    found
+        .map(|e| Json(e.to_json()))
+        .ok_or_else(|| Error::not_found(format!("no event with id `{id}`")))
+}
+
+/// A binding as the API shows it.
+pub fn binding_json(binding: &Binding) -> Value {
+    let mut out = json!({
+        "name": binding.name,
+        "description": binding.description,
+        "trigger": binding.trigger.kind(),
+        "on": binding.source.get("on"),
+        "workflow": binding.workflow,
+        "filter": binding.filter.as_ref().map(|f| f.source()),
+        "params": binding.source.get("params").cloned().unwrap_or(json!({})),
+        "dedup": {
+            "key": binding.dedup_key_source(),
+            "ttl": humantime::format_duration(binding.dedup_ttl).to_string(),
+        },
+        "enabled": binding.enabled,
+        "file": binding.file.as_ref().map(|f| f.display().to_string()),
+    });
+    match &binding.trigger {
+        Trigger::Webhook(w) => out["url"] = json!(format!("/hooks/{}", w.path)),
+        Trigger::Cron(c) => {
+            out["schedule"] = json!(c.schedule.describe());
+            out["next_fire"] = json!(
+                c.schedule
+                    .next_after(chrono::Utc::now())
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            );
+        }
+        Trigger::File(f) => out["path"] = json!(f.path.display().to_string()),
+        _ => {}
+    }
+    out
+}
+
+pub async fn list_bindings(State(state): State<AppState>) -> Result<Json<Value>, Error> {
+    let registry = state
+        .registry
+        .read()
+        .map_err(|_| super::internal("registry lock poisoned"))?;
+    let bindings: Vec<Value> = registry.bindings().map(|b| binding_json(b)).collect();
+    let errors: Vec<Value> = registry
+        .errors
+        .iter()
+        .map(
+            |d| json!({"file": d.file.display().to_string(), "path": d.path, "message": d.message}),
+        )
+        .collect();
+    Ok(Json(json!({"bindings": bindings, "errors": errors})))
+}

@@ -1,0 +1,292 @@
+//! Events in the log: what each accepted event did, the dedup store, and the
+//! adapters' durable marks (cron's last fire, the file ledger).
+//!
+//! An event, the runs it starts, its dedup entries and its marks are written
+//! in one sled transaction, so after a crash either all of them are there or
+//! none is; the caller flushes before acknowledging the source.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Error, Log, Millis, Record, RecordBody, RunId, record_key};
+
+/// What the reactor decided for one binding on one event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// A run was created.
+    Started {
+        binding: String,
+        run_id: RunId,
+        dedup_key: String,
+    },
+    /// The dedup key was seen within its TTL: no second run.
+    Duplicate {
+        binding: String,
+        dedup_key: String,
+        /// The run the first event started.
+        run_id: RunId,
+        /// The event that first used the key.
+        first_event: String,
+    },
+    /// The binding's filter was false.
+    Filtered { binding: String, reason: String },
+    /// The binding matched but no run could be made (params failed to
+    /// render, the workflow is gone): visible here instead of silently lost.
+    Failed { binding: String, error: String },
+}
+
+impl Outcome {
+    pub fn binding(&self) -> &str {
+        match self {
+            Outcome::Started { binding, .. }
+            | Outcome::Duplicate { binding, .. }
+            | Outcome::Filtered { binding, .. }
+            | Outcome::Failed { binding, .. } => binding,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Started { .. } => "started",
+            Outcome::Duplicate { .. } => "duplicate",
+            Outcome::Filtered { .. } => "filtered",
+            Outcome::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// One accepted event as stored: the envelope and what it did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub at: Millis,
+    pub event: Value,
+    pub outcomes: Vec<Outcome>,
+}
+
+impl EventRecord {
+    pub fn event_id(&self) -> &str {
+        self.event.get("id").and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// The event as shown by the API: `at` as RFC 3339.
+    pub fn to_json(&self) -> Value {
+        let at = chrono::DateTime::from_timestamp_millis(self.at)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default();
+        serde_json::json!({
+            "seq": self.seq,
+            "at": at,
+            "event": self.event,
+            "outcomes": self.outcomes,
+        })
+    }
+}
+
+/// A dedup key's entry: which event first used it and the run it started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DedupEntry {
+    pub event_id: String,
+    pub run_id: RunId,
+    pub expires_at: Millis,
+}
+
+/// A durable key/value an adapter keeps beside its events (cron's last fire
+/// time, a file's ledger entry). `None` deletes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mark {
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Everything one accepted event writes.
+#[derive(Debug, Default)]
+pub struct Acceptance {
+    pub event: Value,
+    pub outcomes: Vec<Outcome>,
+    /// `RunCreated` bodies of the runs it starts, with their ids.
+    pub runs: Vec<(RunId, RecordBody)>,
+    pub dedup: Vec<(String, String, DedupEntry)>,
+    pub marks: Vec<Mark>,
+}
+
+fn dedup_key(binding: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(binding.len() + 1 + key.len());
+    k.extend_from_slice(binding.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn corrupt(key: impl Into<String>) -> impl FnOnce(serde_json::Error) -> Error {
+    let key = key.into();
+    move |source| Error::Corrupt { key, source }
+}
+
+impl Log {
+    /// The live dedup entry of `(binding, key)`, if it has not expired.
+    pub fn dedup_lookup(
+        &self,
+        binding: &str,
+        key: &str,
+        now: Millis,
+    ) -> Result<Option<DedupEntry>, Error> {
+        let Some(bytes) = self.dedup.get(dedup_key(binding, key))? else {
+            return Ok(None);
+        };
+        let entry: DedupEntry =
+            serde_json::from_slice(&bytes).map_err(corrupt(format!("dedup {binding}/{key}")))?;
+        Ok((entry.expires_at > now).then_some(entry))
+    }
+
+    /// Removes expired dedup entries; returns how many.
+    pub fn sweep_dedup(&self, now: Millis) -> Result<usize, Error> {
+        let mut removed = 0;
+        for entry in self.dedup.iter() {
+            let (key, value) = entry?;
+            let expired = serde_json::from_slice::<DedupEntry>(&value)
+                .map(|e| e.expires_at <= now)
+                .unwrap_or(true);
+            if expired {
+                self.dedup.remove(key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Writes an accepted event, its runs, dedup entries and marks in one
+    /// transaction. Not durable until the next [`Log::flush`].
+    pub fn accept(
+        &self,
+        at: Millis,
+        acceptance: Acceptance,
+    ) -> Result<(EventRecord, Vec<Record>), Error> {
+        let event_seq = self.db.generate_id()? + 1;
+        let mut records = Vec::with_capacity(acceptance.runs.len());
+        for (run_id, body) in acceptance.runs {
+            let seq = self.db.generate_id()? + 1;
+            records.push(Record {
+                seq,
+                at,
+                run_id,
+                body,
+            });
+        }
+        let last = records.last().map_or(event_seq, |r| r.seq);
+        self.last_seq
+            .fetch_max(last, std::sync::atomic::Ordering::Relaxed);
+        let event = EventRecord {
+            seq: event_seq,
+            at,
+            event: acceptance.event,
+            outcomes: acceptance.outcomes,
+        };
+        let event_bytes =
+            serde_json::to_vec(&event).map_err(corrupt(format!("event {event_seq}")))?;
+        let mut run_rows = Vec::with_capacity(records.len());
+        for record in &records {
+            let bytes = serde_json::to_vec(record)
+                .map_err(corrupt(format!("{}/{}", record.run_id, record.seq)))?;
+            run_rows.push((record_key(record.run_id, record.seq), record.run_id, bytes));
+        }
+        let mut dedup_rows = Vec::with_capacity(acceptance.dedup.len());
+        for (binding, key, entry) in &acceptance.dedup {
+            let bytes =
+                serde_json::to_vec(entry).map_err(corrupt(format!("dedup {binding}/{key}")))?;
+            dedup_rows.push((dedup_key(binding, key), bytes));
+        }
+        use sled::Transactional;
+        (
+            &self.records,
+            &self.unfinished,
+            &self.events,
+            &self.dedup,
+            &self.marks,
+        )
+            .transaction(|(records, unfinished, events, dedup, marks)| {
+                for (key, run_id, bytes) in &run_rows {
+                    records.insert(&key[..], &bytes[..])?;
+                    unfinished.insert(&run_id.as_bytes()[..], &[][..])?;
+                }
+                events.insert(&event_seq.to_be_bytes()[..], &event_bytes[..])?;
+                for (key, bytes) in &dedup_rows {
+                    dedup.insert(&key[..], &bytes[..])?;
+                }
+                for mark in &acceptance.marks {
+                    match &mark.value {
+                        Some(value) => marks.insert(&mark.key[..], &value[..])?,
+                        None => marks.remove(&mark.key[..])?,
+                    };
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => Error::Storage(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    Error::Storage(sled::Error::Unsupported("transaction aborted".into()))
+                }
+            })?;
+        Ok((event, records))
+    }
+
+    /// An adapter's mark.
+    pub fn mark(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.marks.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Every mark under `prefix` (values always present).
+    pub fn marks_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Mark>, Error> {
+        self.marks
+            .scan_prefix(prefix)
+            .map(|entry| {
+                let (k, v) = entry?;
+                Ok(Mark {
+                    key: k.to_vec(),
+                    value: Some(v.to_vec()),
+                })
+            })
+            .collect()
+    }
+
+    /// Writes marks outside an event (e.g. pruning a file ledger).
+    pub fn put_marks(&self, marks: &[Mark]) -> Result<(), Error> {
+        let mut batch = sled::Batch::default();
+        for mark in marks {
+            match &mark.value {
+                Some(value) => batch.insert(&mark.key[..], &value[..]),
+                None => batch.remove(&mark.key[..]),
+            }
+        }
+        self.marks.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Accepted events, newest first, with seq below `before`.
+    pub fn events(&self, before: Option<u64>, limit: usize) -> Result<Vec<EventRecord>, Error> {
+        let upper = before.unwrap_or(u64::MAX).to_be_bytes();
+        let mut out = Vec::new();
+        for entry in self.events.range(..&upper[..]).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = entry?;
+            out.push(serde_json::from_slice(&value).map_err(corrupt(format!("event {key:?}")))?);
+        }
+        Ok(out)
+    }
+
+    /// The most recent accepted event with this id.
+    pub fn event_by_id(&self, id: &str) -> Result<Option<EventRecord>, Error> {
+        for entry in self.events.iter().rev() {
+            let (key, value) = entry?;
+            let record: EventRecord =
+                serde_json::from_slice(&value).map_err(corrupt(format!("event {key:?}")))?;
+            if record.event_id() == id {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,305 @@
+//! The reactor (SPEC §1, §4): matches an event against bindings, evaluates
+//! each binding's `filter`, renders its `params` and dedup key, and hands the
+//! result to the engine, which checks dedup and writes the event, its runs and
+//! its dedup entries in one transaction before anything is acknowledged.
+//!
+//! Evaluation ([`evaluate`]) is pure, so `switchyard match` shows exactly what
+//! the daemon would do.
+
+pub mod event;
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+pub use event::{Event, EventKind, trigger_accepts};
+
+use crate::daemon::registry::SharedRegistry;
+use crate::engine::RunRecord;
+pub use crate::engine::runtime::Accepted;
+use crate::engine::runtime::{self, ChainHook, RuntimeHandle, Submission, SubmitCandidate};
+use crate::expr::MapScope;
+use crate::log::{Mark, Millis, Outcome};
+use crate::spec::Workflow;
+use crate::spec::binding::{Binding, Trigger};
+
+/// How an event fares with one binding, before dedup.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Evaluation {
+    /// The binding would start a run with these params, unless the dedup key
+    /// was seen within its TTL.
+    Matched {
+        params: Map<String, Value>,
+        dedup_key: String,
+    },
+    /// The filter was false (or the binding is disabled).
+    Filtered { reason: String },
+    /// The filter, params or dedup key failed to evaluate.
+    Failed { error: String },
+}
+
+fn scope(event: &Value, now: Millis) -> MapScope {
+    let mut scope = MapScope {
+        now,
+        ..MapScope::default()
+    };
+    scope.names.insert("event".into(), event.clone());
+    scope
+}
+
+/// Evaluates one binding on one event: filter, then params, then dedup key.
+pub fn evaluate(binding: &Binding, event: &Value, now: Millis) -> Evaluation {
+    if !binding.enabled {
+        return Evaluation::Filtered {
+            reason: "binding is disabled".into(),
+        };
+    }
+    let scope = scope(event, now);
+    if let Some(filter) = &binding.filter {
+        match filter.evaluate(&scope) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Evaluation::Filtered {
+                    reason: format!("filter `{}` is false", filter.source()),
+                };
+            }
+            Err(e) => {
+                return Evaluation::Failed {
+                    error: format!("filter `{}`: {e}", filter.source()),
+                };
+            }
+        }
+    }
+    let params = match binding.params.render(&scope) {
+        Ok(Value::Object(params)) => params,
+        Ok(_) => Map::new(),
+        Err(e) => {
+            return Evaluation::Failed {
+                error: format!("params{}", prefixed(&e.message)),
+            };
+        }
+    };
+    let dedup_key = match &binding.dedup_key {
+        None => event
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        Some(template) => match template.render(&scope) {
+            Ok(Value::String(s)) => s,
+            Ok(Value::Null) => {
+                return Evaluation::Failed {
+                    error: "dedup.key rendered to null".into(),
+                };
+            }
+            Ok(other) => other.to_string(),
+            Err(e) => {
+                return Evaluation::Failed {
+                    error: format!("dedup.key: {}", e.message),
+                };
+            }
+        },
+    };
+    Evaluation::Matched { params, dedup_key }
+}
+
+fn prefixed(message: &str) -> String {
+    if message.starts_with('.') {
+        message.to_string()
+    } else {
+        format!(": {message}")
+    }
+}
+
+/// Builds a submission: evaluates every candidate binding.
+pub fn submission(
+    registry: &SharedRegistry,
+    event: Value,
+    bindings: &[Arc<Binding>],
+    marks: Vec<Mark>,
+    wait: bool,
+    now: Millis,
+) -> Submission {
+    let workflows: Vec<Option<Arc<Workflow>>> = match registry.read() {
+        Ok(registry) => bindings
+            .iter()
+            .map(|b| registry.get(&b.workflow).map(|e| Arc::clone(&e.current)))
+            .collect(),
+        Err(_) => vec![None; bindings.len()],
+    };
+    let candidates = bindings
+        .iter()
+        .zip(workflows)
+        .map(|(binding, workflow)| {
+            let evaluation = evaluate(binding, &event, now);
+            let outcome = match (evaluation, workflow) {
+                (Evaluation::Matched { params, dedup_key }, Some(workflow)) => {
+                    return SubmitCandidate::Start {
+                        binding: binding.name.clone(),
+                        workflow,
+                        params,
+                        dedup_key,
+                        ttl: binding.dedup_ttl,
+                    };
+                }
+                (Evaluation::Matched { .. }, None) => Outcome::Failed {
+                    binding: binding.name.clone(),
+                    error: format!("workflow `{}` is not loaded", binding.workflow),
+                },
+                (Evaluation::Filtered { reason }, _) => Outcome::Filtered {
+                    binding: binding.name.clone(),
+                    reason,
+                },
+                (Evaluation::Failed { error }, _) => Outcome::Failed {
+                    binding: binding.name.clone(),
+                    error,
+                },
+            };
+            SubmitCandidate::Done(outcome)
+        })
+        .collect();
+    Submission {
+        event,
+        candidates,
+        marks,
+        wait,
+    }
+}
+
+/// Turns events into runs through the engine.
+#[derive(Clone)]
+pub struct Reactor {
+    runtime: RuntimeHandle,
+    registry: SharedRegistry,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Reactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reactor").finish_non_exhaustive()
+    }
+}
+
+/// Event counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub accepted: std::sync::atomic::AtomicU64,
+    pub started: std::sync::atomic::AtomicU64,
+    pub duplicates: std::sync::atomic::AtomicU64,
+    pub filtered: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Refused at the edge (bad signature, bad body, too large).
+    pub rejected: std::sync::atomic::AtomicU64,
+}
+
+impl Metrics {
+    pub fn count(&self, outcomes: &[Outcome]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.accepted.fetch_add(1, Relaxed);
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Started { .. } => self.started.fetch_add(1, Relaxed),
+                Outcome::Duplicate { .. } => self.duplicates.fetch_add(1, Relaxed),
+                Outcome::Filtered { .. } => self.filtered.fetch_add(1, Relaxed),
+                Outcome::Failed { .. } => self.failed.fetch_add(1, Relaxed),
+            };
+        }
+    }
+}
+
+impl Reactor {
+    pub fn new(runtime: RuntimeHandle, registry: SharedRegistry) -> Self {
+        Self {
+            runtime,
+            registry,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    pub fn registry(&self) -> &SharedRegistry {
+        &self.registry
+    }
+
+    pub fn runtime(&self) -> &RuntimeHandle {
+        &self.runtime
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Evaluates `bindings` on the event and submits it. Returns once the
+    /// event, its runs and `marks` are durable.
+    pub async fn submit(
+        &self,
+        event: Value,
+        bindings: &[Arc<Binding>],
+        marks: Vec<Mark>,
+        wait: bool,
+    ) -> Result<Accepted, runtime::Error> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let submission = submission(&self.registry, event, bindings, marks, wait, now);
+        let accepted = self.runtime.accept(submission).await?;
+        self.metrics.count(&accepted.outcomes);
+        for outcome in &accepted.outcomes {
+            match outcome {
+                Outcome::Duplicate {
+                    binding,
+                    dedup_key,
+                    run_id,
+                    first_event,
+                } => tracing::info!(
+                    event = %accepted.event_id, binding, dedup_key, run_id = %run_id, first_event,
+                    "Duplicate event: its run was already started."
+                ),
+                Outcome::Failed { binding, error } => tracing::warn!(
+                    event = %accepted.event_id, binding, error,
+                    "Event matched but started no run."
+                ),
+                _ => {}
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// The enabled bindings with a trigger of this kind.
+    pub fn bindings_where(&self, keep: impl Fn(&Binding) -> bool) -> Vec<Arc<Binding>> {
+        match self.registry.read() {
+            Ok(registry) => registry.bindings().filter(|b| keep(b)).cloned().collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// The engine's hook for run chaining (`on.run`): when a run ends, the
+/// bindings watching its workflow and status are evaluated, in the same group
+/// commit that records the end, so a chain is never lost to a crash.
+pub fn chain_hook(registry: SharedRegistry) -> ChainHook {
+    Arc::new(move |record: &RunRecord, now: Millis| {
+        let bindings: Vec<Arc<Binding>> = {
+            let registry = registry.read().ok()?;
+            registry
+                .bindings()
+                .filter(|b| match &b.trigger {
+                    Trigger::Run(r) => {
+                        r.workflow == record.workflow && r.status.contains(&record.status)
+                    }
+                    _ => false,
+                })
+                .cloned()
+                .collect()
+        };
+        if bindings.is_empty() {
+            return None;
+        }
+        let event = Event::run_ended(record, now).into_value();
+        Some(submission(
+            &registry,
+            event,
+            &bindings,
+            Vec::new(),
+            false,
+            now,
+        ))
+    })
+}

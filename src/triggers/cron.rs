@@ -1,0 +1,225 @@
+//! Cron ticks (SPEC §4 `cron`): one task per cron binding.
+//!
+//! The last fire time is a mark in the log, written in the same transaction
+//! as the tick's event and runs. On start the missed fires between that mark
+//! and now follow `catch_up`: `none` skips them, `latest` fires the most
+//! recent one, `all` fires each in order (at most [`MAX_CATCH_UP`]). Every
+//! tick's event id is `cron:<binding>:<scheduled time>` and is the default
+//! dedup key, so a tick never starts twice, not even when a crash interrupts
+//! a catch-up. Time comes from a [`Clock`], so tests drive it by hand.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::log::Mark;
+use crate::reactor::Reactor;
+use crate::reactor::event::{CRON_TICK, Event};
+use crate::spec::binding::{Binding, CatchUp, CronTrigger, Trigger};
+
+/// Most missed fires `catch_up: "all"` replays after one downtime.
+pub const MAX_CATCH_UP: usize = 10_000;
+/// Longest single sleep: the wall clock is re-read at least this often, so a
+/// clock step (NTP, suspend) delays a tick by no more than this.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// Where time comes from.
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+    fn now(&self) -> DateTime<Utc>;
+    /// Waits until `now() >= at` (may return early; callers re-check).
+    fn sleep_until(
+        &self,
+        at: DateTime<Utc>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn sleep_until(
+        &self,
+        at: DateTime<Utc>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        let wait = (at - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .min(MAX_SLEEP);
+        Box::pin(tokio::time::sleep(wait))
+    }
+}
+
+/// A clock moved by hand (tests): `sleep_until` returns once `set` passes `at`.
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    now: Arc<Mutex<DateTime<Utc>>>,
+    changed: Arc<tokio::sync::watch::Sender<DateTime<Utc>>>,
+}
+
+impl ManualClock {
+    pub fn new(start: DateTime<Utc>) -> Self {
+        let (tx, _) = tokio::sync::watch::channel(start);
+        Self {
+            now: Arc::new(Mutex::new(start)),
+            changed: Arc::new(tx),
+        }
+    }
+
+    pub fn set(&self, at: DateTime<Utc>) {
+        if let Ok(mut now) = self.now.lock() {
+            *now = at;
+        }
+        self.changed.send_replace(at);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.now.lock().map(|t| *t).unwrap_or_else(|_| Utc::now())
+    }
+
+    fn sleep_until(
+        &self,
+        at: DateTime<Utc>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        let mut rx = self.changed.subscribe();
+        Box::pin(async move {
+            let _ = rx.wait_for(|now| *now >= at).await;
+        })
+    }
+}
+
+fn mark_key(binding: &str) -> Vec<u8> {
+    let mut key = b"cron\0".to_vec();
+    key.extend_from_slice(binding.as_bytes());
+    key
+}
+
+/// The event id of one tick.
+pub fn tick_id(binding: &str, scheduled: DateTime<Utc>) -> String {
+    format!(
+        "cron:{binding}:{}",
+        scheduled.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    )
+}
+
+/// The last fire time recorded for a binding.
+pub fn last_fire(reactor: &Reactor, binding: &str) -> Option<DateTime<Utc>> {
+    let bytes = reactor.runtime().log().mark(&mark_key(binding)).ok()??;
+    let millis = i64::from_be_bytes(bytes.try_into().ok()?);
+    DateTime::from_timestamp_millis(millis)
+}
+
+/// Runs one cron binding until `stop`.
+pub fn spawn(
+    binding: Arc<Binding>,
+    reactor: Reactor,
+    clock: Arc<dyn Clock>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            () = run(binding, reactor, clock) => {}
+        }
+    });
+}
+
+async fn run(binding: Arc<Binding>, reactor: Reactor, clock: Arc<dyn Clock>) {
+    let Trigger::Cron(CronTrigger { schedule, catch_up }) = &binding.trigger else {
+        return;
+    };
+    let now = clock.now();
+    let mut last = last_fire(&reactor, &binding.name);
+    if let Some(from) = last {
+        let missed = schedule.fires_between(from, now, MAX_CATCH_UP + 1);
+        if missed.len() > MAX_CATCH_UP && *catch_up == CatchUp::All {
+            tracing::warn!(binding = %binding.name, limit = MAX_CATCH_UP,
+                "More missed cron fires than the catch-up limit; firing the first ones.");
+        }
+        let replay: Vec<DateTime<Utc>> = match catch_up {
+            CatchUp::None => Vec::new(),
+            CatchUp::Latest => missed.last().copied().into_iter().collect(),
+            CatchUp::All => missed.into_iter().take(MAX_CATCH_UP).collect(),
+        };
+        if !replay.is_empty() {
+            tracing::info!(binding = %binding.name, fires = replay.len(), policy = ?catch_up,
+                "Catching up on cron fires missed while down.");
+        }
+        for at in replay {
+            if !fire(&binding, &reactor, at).await {
+                return;
+            }
+            last = Some(at);
+        }
+    }
+    tracing::info!(binding = %binding.name, schedule = %schedule.describe(), "Cron schedule armed.");
+    let mut after = match last {
+        Some(last) if last > now => last,
+        _ => now,
+    };
+    loop {
+        let Some(next) = schedule.next_after(after) else {
+            tracing::warn!(binding = %binding.name, "Cron schedule has no further fire times.");
+            return;
+        };
+        while clock.now() < next {
+            clock.sleep_until(next).await;
+        }
+        if !fire(&binding, &reactor, next).await {
+            return;
+        }
+        after = next;
+    }
+}
+
+/// Records one tick (and its runs) with the new last-fire mark; false when
+/// the engine has stopped.
+async fn fire(binding: &Arc<Binding>, reactor: &Reactor, scheduled: DateTime<Utc>) -> bool {
+    let now = Utc::now().timestamp_millis();
+    let mut event = Event::new(
+        tick_id(&binding.name, scheduled),
+        format!("cron:{}", binding.name),
+        CRON_TICK,
+        now,
+    );
+    event.datacontenttype = Some("application/json".into());
+    let scheduled_text = scheduled.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    event.data = json!({ "scheduled_time": scheduled_text });
+    event
+        .switchyard
+        .insert("binding".into(), json!(binding.name));
+    let mark = Mark {
+        key: mark_key(&binding.name),
+        value: Some(scheduled.timestamp_millis().to_be_bytes().to_vec()),
+    };
+    // A failed write is retried; the tick is not skipped.
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match reactor
+            .submit(
+                event.clone().into_value(),
+                std::slice::from_ref(binding),
+                vec![mark.clone()],
+                false,
+            )
+            .await
+        {
+            Ok(_) => return true,
+            Err(crate::engine::runtime::Error::Stopped(_)) => return false,
+            Err(e) => {
+                tracing::error!(binding = %binding.name, error = %e, "Cannot record cron tick; retrying.");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Trigger adapters: turn the outside world into events for the reactor.
+//!
+//! Adapters are derived from the bindings: every file binding on the same
+//! directory shares one watcher, every cron binding has its own timer task,
+//! webhooks and API events are routed by the HTTP server at request time, and
+//! run chaining happens inside the engine (see `reactor::chain_hook`).
+//! [`Triggers::reconcile`] starts and stops adapters when bindings change.
+
+pub mod cron;
+pub mod file;
+pub mod schedule;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::reactor::Reactor;
+use crate::spec::binding::{Binding, Trigger};
+
+/// A running file watcher: its bindings and its stop token.
+type FileGroup = (Vec<Arc<Binding>>, CancellationToken);
+
+/// The running adapters.
+pub struct Triggers {
+    reactor: Reactor,
+    clock: Arc<dyn cron::Clock>,
+    stop: CancellationToken,
+    files: HashMap<(PathBuf, bool), FileGroup>,
+    crons: HashMap<String, (Arc<Binding>, CancellationToken)>,
+}
+
+impl std::fmt::Debug for Triggers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Triggers")
+            .field("files", &self.files.len())
+            .field("crons", &self.crons.len())
+            .finish()
+    }
+}
+
+impl Triggers {
+    pub fn new(reactor: Reactor, clock: Arc<dyn cron::Clock>, stop: CancellationToken) -> Self {
+        Self {
+            reactor,
+            clock,
+            stop,
+            files: HashMap::new(),
+            crons: HashMap::new(),
+        }
+    }
+
+    /// Starts adapters for new or changed bindings and stops those of removed
+    /// ones. A changed file group restarts its watcher (its scan finds what
+    /// arrived meanwhile; the ledger keeps handled files from firing again).
+    pub fn reconcile(&mut self) {
+        let bindings: Vec<Arc<Binding>> = self
+            .reactor
+            .bindings_where(|b| b.enabled && b.trigger.kind() != "api");
+
+        let mut groups = file::groups(&bindings);
+        self.files.retain(|key, (current, token)| {
+            let same = groups.get(key).is_some_and(|next| {
+                next.len() == current.len()
+                    && next
+                        .iter()
+                        .zip(current.iter())
+                        .all(|(a, b)| Arc::ptr_eq(a, b))
+            });
+            if same {
+                groups.remove(key);
+            } else {
+                token.cancel();
+            }
+            same
+        });
+        for ((path, recursive), group) in groups {
+            let token = self.stop.child_token();
+            file::FileWatch::new(path.clone(), recursive, group.clone(), self.reactor.clone())
+                .spawn(token.clone());
+            self.files.insert((path, recursive), (group, token));
+        }
+
+        let mut crons: HashMap<String, Arc<Binding>> = bindings
+            .iter()
+            .filter(|b| matches!(b.trigger, Trigger::Cron(_)))
+            .map(|b| (b.name.clone(), Arc::clone(b)))
+            .collect();
+        self.crons.retain(|name, (current, token)| {
+            let same = crons
+                .get(name)
+                .is_some_and(|next| Arc::ptr_eq(next, current));
+            if same {
+                crons.remove(name);
+            } else {
+                token.cancel();
+            }
+            same
+        });
+        for (name, binding) in crons {
+            let token = self.stop.child_token();
+            cron::spawn(
+                Arc::clone(&binding),
+                self.reactor.clone(),
+                Arc::clone(&self.clock),
+                token.clone(),
+            );
+            self.crons.insert(name, (binding, token));
+        }
+
+        let amqp = bindings
+            .iter()
+            .filter(|b| matches!(b.trigger, Trigger::Amqp(_)))
+            .count();
+        if amqp > 0 {
+            tracing::warn!(
+                bindings = amqp,
+                "AMQP bindings are validated but not consumed by this build yet."
+            );
+        }
+    }
+
+    /// Stops every adapter.
+    pub fn stop(&mut self) {
+        self.stop.cancel();
+        self.files.clear();
+        self.crons.clear();
+    }
+}
