@@ -745,3 +745,108 @@ fn offline_cancel_and_rerun_work_on_a_stopped_daemons_data_dir() {
     assert_eq!(record["status"], "cancelled");
     daemon.kill();
 }
+
+/// A project with a webhook and a file binding on a two-noop workflow.
+fn trigger_project(dir: &Path) {
+    let flows = dir.join("workflows");
+    let bindings = dir.join("bindings");
+    std::fs::create_dir_all(&flows).unwrap();
+    std::fs::create_dir_all(&bindings).unwrap();
+    std::fs::create_dir_all(dir.join("inbox")).unwrap();
+    write_workflow(
+        &flows,
+        "ingest",
+        &json!({"name": "ingest", "tasks": [{"id": "a", "noop": {}}, {"id": "b", "after": "a", "noop": {}}]}),
+    );
+    std::fs::write(
+        bindings.join("hook.json"),
+        json!({"name": "hook", "on": {"webhook": {"path": "/in"}}, "workflow": "ingest",
+               "params": {"n": "${event.data.n}"}})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        bindings.join("files.json"),
+        json!({"name": "files", "on": {"file": {"path": "inbox", "settle": "100ms"}}, "workflow": "ingest",
+               "params": {"n": "${event.data.name}"}})
+        .to_string(),
+    )
+    .unwrap();
+}
+
+fn all_runs(daemon: &Daemon) -> Vec<Value> {
+    let (status, page) = http()
+        .send(
+            "GET",
+            &daemon.url("/api/v1/runs?workflow=ingest&limit=1000"),
+            None,
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{page}");
+    page["runs"].as_array().unwrap().clone()
+}
+
+#[test]
+fn an_accepted_webhook_survives_sigkill_right_after_its_202() {
+    let dir = tempfile::tempdir().unwrap();
+    trigger_project(dir.path());
+    let data = dir.path().join("data");
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    let mut accepted = Vec::new();
+    for n in 0..20 {
+        let (status, reply) = http()
+            .send("POST", &daemon.url("/hooks/in"), Some(json!({"n": n})))
+            .unwrap();
+        assert_eq!(status, 202, "{reply}");
+        accepted.push(reply["runs"][0].as_str().unwrap().to_string());
+    }
+    daemon.kill(); // SIGKILL at once after the last 202
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    for id in &accepted {
+        let run = wait_terminal(&daemon, id);
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+    assert_eq!(all_runs(&daemon).len(), 20);
+    daemon.kill();
+}
+
+#[test]
+fn files_fire_exactly_once_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    trigger_project(dir.path());
+    let data = dir.path().join("data");
+    let inbox = dir.path().join("inbox");
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    for i in 0..150 {
+        std::fs::write(inbox.join(format!("f{i:03}.csv")), "x\n").unwrap();
+    }
+    // Kill while the burst is being recorded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while all_runs(&daemon).len() < 20 {
+        assert!(Instant::now() < deadline, "no runs");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    daemon.kill();
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let runs = all_runs(&daemon);
+        if runs.len() >= 150 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} runs", runs.len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let runs = all_runs(&daemon);
+    let names: std::collections::BTreeSet<String> = runs
+        .iter()
+        .map(|r| r["params"]["n"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        (runs.len(), names.len()),
+        (150, 150),
+        "each file exactly once"
+    );
+    daemon.kill();
+}

@@ -5,8 +5,10 @@
 mod util;
 
 mod api;
+mod bindings;
 mod cli;
 mod daemon;
 mod engine;
 mod runtime;
+mod triggers;
 mod validation;

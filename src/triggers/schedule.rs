@@ -15,8 +15,8 @@
 //!   (`L`, `W`, `#`) are rejected. Every field is expanded to an explicit
 //!   set and handed to the `cron` crate (day-of-week as names, so the
 //!   crate's different numbering cannot go wrong). When **both**
-//!   day-of-month and day-of-week are restricted (neither is exactly `*` or
-//!   `?`; note that `*/2` counts as restricted, unlike Vixie cron), a day
+//!   day-of-month and day-of-week are restricted (neither starts with `*`
+//!   nor is `?`; as in Vixie cron, `*/2` does not count as restricted), a day
 //!   matches if **either** matches, as in standard cron (`0 0 13 * FRI`
 //!   fires on every 13th and on every Friday).
 //! - **6 or 7 fields** (`second minute hour day-of-month month day-of-week
@@ -449,6 +449,10 @@ fn translate_standard(fields: &[&str]) -> Result<Vec<String>, String> {
     let [minute, hour, dom, month, dow] = fields else {
         return Err(format!("expected 5 fields, found {}", fields.len()));
     };
+    // As in Vixie cron: a day field written starting with `*` (`*`, `*/2`)
+    // does not take part in the OR below; both fields must then match.
+    let starred = |text: &str| text.starts_with('*') || text == "?";
+    let either_day = !starred(dom) && !starred(dow);
     let minute = parse_field(minute, &MINUTE)?;
     let hour = parse_field(hour, &HOUR)?;
     let dom = parse_field(dom, &DAY_OF_MONTH)?;
@@ -469,7 +473,7 @@ fn translate_standard(fields: &[&str]) -> Result<Vec<String>, String> {
             .collect::<Vec<_>>()
             .join(",")
     };
-    if !dom.any && !dow.any {
+    if either_day {
         // Standard cron: a day matches if either field matches.
         Ok(vec![
             format!("{prefix} {dom_text} {month} *"),

@@ -1,0 +1,852 @@
+//! Trigger adapters end to end, against an in-process daemon (real HTTP,
+//! real files, real log): file arrival, webhooks, cron (with a hand-driven
+//! clock), API events, run chaining, dedup TTL.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::{Value, json};
+use switchyard::daemon::{Running, ServeOptions, start};
+use switchyard::triggers::cron::{Clock, ManualClock};
+use switchyard::triggers::webhook::{sign_hex, sign_standard};
+
+use crate::util::write_workflow;
+
+/// A project dir: config, workflows, bindings.
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new(bindings: &[Value]) -> Self {
+        Self::with_secrets(bindings, &[])
+    }
+
+    fn with_secrets(bindings: &[Value], secrets: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let flows = root.join("workflows");
+        std::fs::create_dir_all(&flows).unwrap();
+        std::fs::create_dir_all(root.join("bindings")).unwrap();
+        write_workflow(
+            &flows,
+            "ingest",
+            &json!({"name": "ingest", "tasks": [{"id": "a", "noop": {}}, {"id": "b", "after": "a", "noop": {}}]}),
+        );
+        write_workflow(
+            &flows,
+            "first",
+            &json!({"name": "first", "tasks": [{"id": "a", "shell": {"script": "echo '{\"n\": 41}' > \"$SWITCHYARD_OUTPUT\""}, "export": {"n": "${output.n}"}}]}),
+        );
+        write_workflow(
+            &flows,
+            "second",
+            &json!({"name": "second", "tasks": [{"id": "a", "noop": {}}]}),
+        );
+        let mut secret_sources = serde_json::Map::new();
+        for (name, value) in secrets {
+            let file = root.join(format!("{name}.secret"));
+            std::fs::write(&file, value).unwrap();
+            secret_sources.insert(name.to_string(), json!({"file": file}));
+        }
+        std::fs::write(
+            root.join("switchyard.json"),
+            json!({"workflows": ["workflows"], "bindings": ["bindings"], "secrets": secret_sources})
+                .to_string(),
+        )
+        .unwrap();
+        for (i, b) in bindings.iter().enumerate() {
+            std::fs::write(root.join(format!("bindings/b{i}.json")), b.to_string()).unwrap();
+        }
+        Self { dir }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn inbox(&self) -> PathBuf {
+        let inbox = self.root().join("inbox");
+        std::fs::create_dir_all(&inbox).unwrap();
+        inbox
+    }
+
+    async fn start(&self, clock: Option<Arc<dyn Clock>>) -> Daemon {
+        let running = start(ServeOptions {
+            config_path: self.root().join("switchyard.json"),
+            data_dir: None,
+            listen: Some("127.0.0.1:0".into()),
+            grace: Duration::from_secs(5),
+            clock,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("daemon did not start: {e}"));
+        Daemon {
+            client: reqwest::Client::new(),
+            running: Some(running),
+        }
+    }
+}
+
+struct Daemon {
+    client: reqwest::Client,
+    running: Option<Running>,
+}
+
+impl Daemon {
+    fn url(&self, path: &str) -> String {
+        let addr = self.running.as_ref().unwrap().addr;
+        format!("http://{addr}{path}")
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, body: &[u8], headers: &[(&str, String)]) -> (u16, Value) {
+        let mut request = self.client.post(self.url(path)).body(body.to_vec());
+        for (k, v) in headers {
+            request = request.header(*k, v);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Every run of `workflow`, following the list cursor.
+    async fn runs(&self, workflow: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut before = String::new();
+        loop {
+            let page = self
+                .get(&format!(
+                    "/api/v1/runs?workflow={workflow}&limit=1000{before}"
+                ))
+                .await;
+            out.extend(page["runs"].as_array().unwrap().iter().cloned());
+            match page["next"].as_str() {
+                Some(next) => before = format!("&before={next}"),
+                None => return out,
+            }
+        }
+    }
+
+    /// Waits until `workflow` has at least `n` runs; returns them.
+    async fn wait_runs(&self, workflow: &str, n: usize, within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let runs = self.runs(workflow).await;
+            if runs.len() >= n {
+                return runs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{workflow}: {} runs, expected {n}",
+                runs.len()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn events(&self) -> Vec<Value> {
+        self.get("/api/v1/events?limit=1000").await["events"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop.cancel();
+            running.done.await.unwrap().unwrap();
+        }
+    }
+}
+
+fn param_values(runs: &[Value], key: &str) -> Vec<String> {
+    let mut values: Vec<String> = runs
+        .iter()
+        .map(|r| match &r["params"][key] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    values.sort();
+    values
+}
+
+fn file_binding(name: &str, path: &str, extra: Value) -> Value {
+    let mut file = json!({"path": path, "pattern": "*.csv", "settle": "150ms"});
+    if let (Value::Object(f), Value::Object(e)) = (&mut file, extra) {
+        f.extend(e);
+    }
+    json!({
+        "name": name,
+        "on": {"file": file},
+        "workflow": "ingest",
+        "params": {"path": "${event.data.path}", "name": "${event.data.name}", "size": "${event.data.size}",
+                   "path_base64": "${has(event.data.path_base64) ? event.data.path_base64 : ''}"},
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Files
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_fire_once_each_across_bursts_and_restarts() {
+    let project = Project::new(&[file_binding("inbox", "inbox", json!({}))]);
+    let inbox = project.inbox();
+    // Present before start-up.
+    for i in 0..3 {
+        std::fs::write(inbox.join(format!("early-{i}.csv")), "x\n").unwrap();
+    }
+    let daemon = project.start(None).await;
+    daemon.wait_runs("ingest", 3, Duration::from_secs(20)).await;
+    // 200 dropped at once.
+    for i in 0..200 {
+        std::fs::write(
+            inbox.join(format!("burst-{i:03}.csv")),
+            format!("row {i}\n"),
+        )
+        .unwrap();
+    }
+    let runs = daemon
+        .wait_runs("ingest", 203, Duration::from_secs(60))
+        .await;
+    let names = param_values(&runs, "name");
+    let unique: BTreeSet<&String> = names.iter().collect();
+    assert_eq!(
+        (names.len(), unique.len()),
+        (203, 203),
+        "each file exactly once"
+    );
+    // Settled and quiet: nothing more fires.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(daemon.runs("ingest").await.len(), 203);
+    daemon.stop().await;
+
+    // Arrived while down: picked up; handled files do not fire again.
+    std::fs::write(inbox.join("while-down.csv"), "late\n").unwrap();
+    let daemon = project.start(None).await;
+    let runs = daemon
+        .wait_runs("ingest", 204, Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let runs_after = daemon.runs("ingest").await;
+    assert_eq!(runs_after.len(), 204, "restart re-fired handled files");
+    assert!(param_values(&runs, "name").contains(&"while-down.csv".to_string()));
+    // A changed file is a new arrival.
+    std::fs::write(inbox.join("early-0.csv"), "x\ny\n").unwrap();
+    let runs = daemon
+        .wait_runs("ingest", 205, Duration::from_secs(20))
+        .await;
+    let newest = runs
+        .iter()
+        .find(|r| r["params"]["name"] == "early-0.csv" && r["params"]["size"] == 4);
+    assert!(newest.is_some(), "changed file fired with its new size");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_writer_fires_once_when_complete_and_renames_fire_for_the_final_name() {
+    let project = Project::new(&[file_binding("inbox", "inbox", json!({"settle": "200ms"}))]);
+    let inbox = project.inbox();
+    let daemon = project.start(None).await;
+
+    // Written in pieces with pauses longer than `settle`, the file kept open.
+    let path = inbox.join("slow.csv");
+    let mut file = std::fs::File::create(&path).unwrap();
+    for piece in 0..4 {
+        file.write_all(format!("piece {piece}\n").as_bytes())
+            .unwrap();
+        file.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert!(
+            daemon.runs("ingest").await.is_empty(),
+            "fired before the writer closed the file"
+        );
+    }
+    drop(file);
+    let runs = daemon.wait_runs("ingest", 1, Duration::from_secs(10)).await;
+    assert_eq!(runs[0]["params"]["size"], json!(32), "final size");
+
+    // Write under a temporary name, then rename: only the final name fires.
+    let tmp = inbox.join("report.csv.part");
+    std::fs::write(&tmp, "a,b\n1,2\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    std::fs::rename(&tmp, inbox.join("report.csv")).unwrap();
+    // Moved in from elsewhere.
+    let outside = project.root().join("staging.csv");
+    std::fs::write(&outside, "z\n").unwrap();
+    std::fs::rename(&outside, inbox.join("moved.csv")).unwrap();
+    let runs = daemon.wait_runs("ingest", 3, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let names = param_values(&daemon.runs("ingest").await, "name");
+    assert_eq!(names, ["moved.csv", "report.csv", "slow.csv"], "{runs:?}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_outside_the_watched_dir_is_read_and_odd_names_work() {
+    let project = Project::new(&[
+        file_binding("flat", "inbox", json!({})),
+        file_binding("deep", "tree", json!({"recursive": true, "pattern": "*"})),
+    ]);
+    let inbox = project.inbox();
+    let tree = project.root().join("tree");
+    std::fs::create_dir_all(tree.join("a/b")).unwrap();
+    let secret_dir = project.root().join("private");
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    std::fs::write(secret_dir.join("secret.csv"), "top secret\n").unwrap();
+    let daemon = project.start(None).await;
+
+    // A symlink to a file outside, a symlinked directory, and a subdirectory
+    // of a non-recursive watch: none fires.
+    std::os::unix::fs::symlink(secret_dir.join("secret.csv"), inbox.join("link.csv")).unwrap();
+    std::os::unix::fs::symlink(&secret_dir, tree.join("escape")).unwrap();
+    std::fs::create_dir_all(inbox.join("sub")).unwrap();
+    std::fs::write(inbox.join("sub/nested.csv"), "n\n").unwrap();
+    // Odd names.
+    let odd: Vec<PathBuf> = vec![
+        inbox.join("with space.csv"),
+        inbox.join("-leading-dash.csv"),
+        inbox.join(std::ffi::OsStr::from_bytes(b"caf\xe9.csv")),
+    ];
+    for path in &odd {
+        std::fs::write(path, "1\n").unwrap();
+    }
+    // Recursive: a new subdirectory's files fire.
+    std::fs::create_dir_all(tree.join("a/b/c")).unwrap();
+    std::fs::write(tree.join("a/b/c/deep.txt"), "d\n").unwrap();
+
+    let runs = daemon.wait_runs("ingest", 4, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let runs_after = daemon.runs("ingest").await;
+    assert_eq!(runs_after.len(), 4, "{runs:#?}");
+    let paths: Vec<String> = param_values(&runs_after, "path");
+    for p in &paths {
+        assert!(
+            !p.contains("private") && !p.contains("link") && !p.contains("nested"),
+            "{p}"
+        );
+    }
+    assert!(paths.iter().any(|p| p.ends_with("with space.csv")));
+    assert!(paths.iter().any(|p| p.ends_with("-leading-dash.csv")));
+    assert!(paths.iter().any(|p| p.ends_with("tree/a/b/c/deep.txt")));
+    // The non-UTF-8 name carries its exact bytes.
+    let latin = runs_after
+        .iter()
+        .find(|r| {
+            r["params"]["path_base64"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        })
+        .expect("non-UTF-8 name fired");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(latin["params"]["path_base64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(bytes, odd[2].as_os_str().as_bytes());
+    daemon.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Webhooks
+// ---------------------------------------------------------------------------
+
+fn hook(name: &str, path: &str, webhook: Value, params: Value) -> Value {
+    let mut on = json!({"path": path});
+    if let (Value::Object(o), Value::Object(w)) = (&mut on, webhook) {
+        o.extend(w);
+    }
+    json!({"name": name, "on": {"webhook": on}, "workflow": "ingest", "params": params})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_check_size_then_signature_then_timestamp_then_body() {
+    let secret = "s3cret-value";
+    let whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let project = Project::with_secrets(
+        &[
+            hook(
+                "plain",
+                "/plain",
+                json!({}),
+                json!({"order": "${event.data.order}"}),
+            ),
+            hook(
+                "signed",
+                "/signed",
+                json!({"secret": "${secrets.hook}", "signature": "hmac-sha256"}),
+                json!({"order": "${event.data.order}"}),
+            ),
+            hook(
+                "gh",
+                "/gh",
+                json!({"secret": "${secrets.hook}", "signature": "github"}),
+                json!({"order": "${event.data.order}"}),
+            ),
+            hook(
+                "std",
+                "/std",
+                json!({"secret": "${secrets.std}", "signature": "standard-webhooks"}),
+                json!({"order": "${event.data.order}"}),
+            ),
+            hook(
+                "waiter",
+                "/wait",
+                json!({"respond": "wait"}),
+                json!({"order": "${event.data.order}"}),
+            ),
+        ],
+        &[("hook", secret), ("std", whsec)],
+    );
+    let daemon = project.start(None).await;
+    let body = br#"{"order": 17}"#;
+
+    // Valid signatures are accepted; the 202 carries the event and run ids.
+    let (status, reply) = daemon
+        .post(
+            "/hooks/signed",
+            body,
+            &[
+                ("x-signature-256", sign_hex(secret, body)),
+                ("content-type", "application/json".into()),
+            ],
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(reply["runs"].as_array().unwrap().len(), 1);
+    // Once answered, the event is in the log and its run exists.
+    let event_id = reply["event_id"].as_str().unwrap();
+    let shown = daemon.get(&format!("/api/v1/events/{event_id}")).await;
+    assert_eq!(shown["outcomes"][0]["outcome"], "started");
+    let (status, _) = daemon
+        .post(
+            "/hooks/gh",
+            body,
+            &[
+                ("x-hub-signature-256", sign_hex(secret, body)),
+                ("x-github-delivery", "d-1".into()),
+            ],
+        )
+        .await;
+    assert_eq!(status, 202);
+    let now = Utc::now().timestamp();
+    let std_headers = |id: &str, ts: i64, sig: String| {
+        vec![
+            ("webhook-id", id.to_string()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", sig),
+        ]
+    };
+    let (status, reply) = daemon
+        .post(
+            "/hooks/std",
+            body,
+            &std_headers(
+                "msg_1",
+                now,
+                format!(
+                    "v1,bm90IHRoaXMgb25l {}",
+                    sign_standard(whsec, "msg_1", now, body)
+                ),
+            ),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let accepted_before = daemon.events().await.len();
+
+    // Refused: each with 401 and nothing recorded.
+    let wrong = sign_hex("not-the-secret", body);
+    let good = sign_hex(secret, body);
+    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+        (
+            "/hooks/signed",
+            vec![("x-signature-256", wrong)],
+            "does not match",
+        ),
+        ("/hooks/signed", vec![], "missing x-signature-256"),
+        (
+            "/hooks/signed",
+            vec![("x-signature-256", good[..good.len() - 4].to_string())],
+            "does not match",
+        ),
+        (
+            "/hooks/signed",
+            vec![("x-signature-256", good.replace("sha256=", "md5="))],
+            "sha256=",
+        ),
+        (
+            "/hooks/gh",
+            vec![("x-signature-256", sign_hex(secret, body))],
+            "missing x-hub-signature-256",
+        ),
+        (
+            "/hooks/std",
+            std_headers(
+                "msg_2",
+                now - 600,
+                sign_standard(whsec, "msg_2", now - 600, body),
+            ),
+            "stale",
+        ),
+        (
+            "/hooks/std",
+            std_headers(
+                "msg_3",
+                now,
+                sign_standard("whsec_AAAA", "msg_3", now, body),
+            ),
+            "does not match",
+        ),
+    ];
+    for (path, headers, needle) in cases {
+        let (status, reply) = daemon.post(path, body, &headers).await;
+        assert_eq!(status, 401, "{path} {headers:?}: {reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message} lacks {needle}");
+    }
+    // Too large: 413 before anything else (even unsigned).
+    let big = vec![b' '; 2 * 1024 * 1024];
+    let (status, reply) = daemon.post("/hooks/signed", &big, &[]).await;
+    assert_eq!(status, 413, "{reply}");
+    // Signed but malformed: 400 naming the parse error.
+    let bad = b"{\"order\": 17,";
+    let (status, reply) = daemon
+        .post(
+            "/hooks/signed",
+            bad,
+            &[
+                ("x-signature-256", sign_hex(secret, bad)),
+                ("content-type", "application/json".into()),
+            ],
+        )
+        .await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("EOF while parsing"),
+        "{reply}"
+    );
+    // Unknown path and wrong method.
+    let (status, _) = daemon.post("/hooks/nope", body, &[]).await;
+    assert_eq!(status, 404);
+    let response = daemon
+        .client
+        .get(daemon.url("/hooks/plain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(
+        daemon.events().await.len(),
+        accepted_before,
+        "a refused request was recorded"
+    );
+    let metrics = daemon
+        .client
+        .get(daemon.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchyard_events_rejected_total 11"),
+        "{metrics}"
+    );
+
+    // A sender's retry (same delivery id) starts no second run.
+    for _ in 0..3 {
+        let (status, _) = daemon
+            .post(
+                "/hooks/gh",
+                body,
+                &[
+                    ("x-hub-signature-256", sign_hex(secret, body)),
+                    ("x-github-delivery", "d-2".into()),
+                ],
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    let (status, reply) = daemon
+        .post("/hooks/plain", body, &[("webhook-id", "plain-1".into())])
+        .await;
+    assert_eq!(status, 202);
+    let (_, again) = daemon
+        .post("/hooks/plain", body, &[("webhook-id", "plain-1".into())])
+        .await;
+    assert_eq!(again["runs"], json!([]));
+    assert_eq!(again["outcomes"][0]["outcome"], "duplicate");
+    assert_eq!(again["outcomes"][0]["run_id"], reply["runs"][0]);
+    let delivered: Vec<Value> = daemon
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e["event"]["id"] == "d-2")
+        .collect();
+    assert_eq!(delivered.len(), 3, "each delivery is recorded");
+    let started = delivered
+        .iter()
+        .filter(|e| e["outcomes"][0]["outcome"] == "started")
+        .count();
+    assert_eq!(started, 1);
+
+    // respond: wait answers when the run has ended.
+    let (status, reply) = daemon.post("/hooks/wait", body, &[]).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["runs"][0]["status"], "succeeded");
+    assert_eq!(reply["runs"][0]["vars"]["order"], 17);
+
+    // Non-JSON bodies are text.
+    let (status, reply) = daemon
+        .post(
+            "/hooks/plain",
+            b"hello",
+            &[("content-type", "text/plain".into())],
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let event = daemon
+        .get(&format!(
+            "/api/v1/events/{}",
+            reply["event_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(event["event"]["data"], "hello");
+    assert_eq!(event["event"]["datacontenttype"], "text/plain");
+    daemon.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Cron
+// ---------------------------------------------------------------------------
+
+fn cron_binding(name: &str, cron: Value) -> Value {
+    json!({"name": name, "on": {"cron": cron}, "workflow": "ingest",
+           "params": {"at": "${event.data.scheduled_time}"}})
+}
+
+fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+}
+
+/// Moves the clock and waits until the daemon has `n` runs.
+async fn advance(daemon: &Daemon, clock: &ManualClock, to: DateTime<Utc>, n: usize) -> Vec<String> {
+    clock.set(to);
+    let runs = daemon.wait_runs("ingest", n, Duration::from_secs(20)).await;
+    param_values(&runs, "at")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_fires_on_schedule_in_a_timezone_across_dst() {
+    let project = Project::new(&[cron_binding(
+        "nightly",
+        json!({"schedule": "30 2 * * *", "timezone": "Europe/Berlin"}),
+    )]);
+    let clock = ManualClock::new(utc(2026, 3, 27, 12, 0, 0));
+    let daemon = project.start(Some(Arc::new(clock.clone()))).await;
+    // 02:30 CET on the 28th = 01:30Z.
+    let at = advance(&daemon, &clock, utc(2026, 3, 28, 1, 30, 0), 1).await;
+    assert_eq!(at, ["2026-03-28T01:30:00.000Z"]);
+    // 29th: 02:30 does not exist (clocks jump 02:00 → 03:00); it fires once
+    // at the next valid instant, 03:00 CEST = 01:00Z.
+    let at = advance(&daemon, &clock, utc(2026, 3, 29, 2, 0, 0), 2).await;
+    assert_eq!(at[1], "2026-03-29T01:00:00.000Z");
+    // 30th: back to normal, 02:30 CEST = 00:30Z.
+    let at = advance(&daemon, &clock, utc(2026, 3, 30, 0, 30, 0), 3).await;
+    assert_eq!(at[2], "2026-03-30T00:30:00.000Z");
+    daemon.stop().await;
+
+    // Autumn: 02:30 happens twice on 2026-10-25; it fires once (the first).
+    let project = Project::new(&[cron_binding(
+        "nightly",
+        json!({"schedule": "30 2 * * *", "timezone": "Europe/Berlin"}),
+    )]);
+    let clock = ManualClock::new(utc(2026, 10, 24, 12, 0, 0));
+    let daemon = project.start(Some(Arc::new(clock.clone()))).await;
+    let at = advance(&daemon, &clock, utc(2026, 10, 25, 0, 30, 0), 1).await;
+    assert_eq!(at, ["2026-10-25T00:30:00.000Z"]);
+    clock.set(utc(2026, 10, 25, 1, 45, 0)); // past the second 02:30 (01:30Z)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        daemon.runs("ingest").await.len(),
+        1,
+        "the repeated hour fired twice"
+    );
+    let at = advance(&daemon, &clock, utc(2026, 10, 26, 1, 30, 0), 2).await;
+    assert_eq!(at[1], "2026-10-26T01:30:00.000Z");
+    // The tick's event id makes each tick unique.
+    let events = daemon.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"]["id"] == "cron:nightly:2026-10-25T00:30:00.000Z")
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_catch_up_policies_after_downtime() {
+    let t0 = utc(2026, 6, 1, 12, 0, 0);
+    let minutes = |m: i64| t0 + chrono::Duration::minutes(m);
+    let mut fired = BTreeMap::new();
+    for policy in ["none", "latest", "all"] {
+        let project = Project::new(&[cron_binding(
+            "tick",
+            json!({"every": "1m", "catch_up": policy}),
+        )]);
+        let clock = ManualClock::new(t0);
+        let daemon = project.start(Some(Arc::new(clock.clone()))).await;
+        advance(&daemon, &clock, minutes(1), 1).await;
+        daemon.stop().await;
+        // Down from 12:01 to 12:10:30: nine ticks missed (12:02 … 12:10).
+        let clock = ManualClock::new(minutes(10) + chrono::Duration::seconds(30));
+        let daemon = project.start(Some(Arc::new(clock.clone()))).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let after_restart = param_values(&daemon.runs("ingest").await, "at");
+        // The schedule goes on afterwards.
+        let expected = after_restart.len() + 1;
+        let at = advance(&daemon, &clock, minutes(11), expected).await;
+        assert!(
+            at.contains(&"2026-06-01T12:11:00.000Z".to_string()),
+            "{policy}: {at:?}"
+        );
+        fired.insert(policy, after_restart);
+        daemon.stop().await;
+    }
+    assert_eq!(fired["none"], ["2026-06-01T12:01:00.000Z"]);
+    assert_eq!(
+        fired["latest"],
+        ["2026-06-01T12:01:00.000Z", "2026-06-01T12:10:00.000Z"]
+    );
+    let all: Vec<String> = (1..=10)
+        .map(|m| format!("2026-06-01T12:{m:02}:00.000Z"))
+        .collect();
+    assert_eq!(fired["all"], all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_in_the_middle_of_catch_up_fires_no_tick_twice() {
+    let project = Project::new(&[cron_binding(
+        "fast",
+        json!({"every": "1s", "catch_up": "all"}),
+    )]);
+    let t0 = utc(2026, 6, 1, 0, 0, 0);
+    let clock = ManualClock::new(t0);
+    let daemon = project.start(Some(Arc::new(clock.clone()))).await;
+    advance(&daemon, &clock, t0 + chrono::Duration::seconds(1), 1).await;
+    daemon.stop().await;
+    // 600 missed ticks; stop the daemon while it is catching up.
+    let later = t0 + chrono::Duration::seconds(601);
+    let daemon = project.start(Some(Arc::new(ManualClock::new(later)))).await;
+    daemon
+        .wait_runs("ingest", 40, Duration::from_secs(20))
+        .await;
+    daemon.stop().await;
+    let daemon = project.start(Some(Arc::new(ManualClock::new(later)))).await;
+    let runs = daemon
+        .wait_runs("ingest", 601, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at = param_values(&daemon.runs("ingest").await, "at");
+    let unique: BTreeSet<&String> = at.iter().collect();
+    assert_eq!((at.len(), unique.len()), (601, 601), "{} runs", runs.len());
+    daemon.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// API events, run chaining, dedup TTL
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_events_chaining_and_dedup_ttl() {
+    let project = Project::new(&[
+        json!({"name": "orders", "on": {"api": {}}, "filter": "event.type == 'order.created'",
+               "workflow": "first", "params": {"order": "${event.data.id}"},
+               "dedup": {"key": "${string(event.data.id)}", "ttl": "1s"}}),
+        json!({"name": "then-second", "on": {"run": {"workflow": "first", "status": ["succeeded"]}},
+               "workflow": "second", "params": {"upstream": "${event.data.id}", "n": "${event.data.vars.n}"}}),
+    ]);
+    let daemon = project.start(None).await;
+    let order = |id: u32| json!({"type": "order.created", "data": {"id": id}}).to_string();
+    let (status, reply) = daemon
+        .post("/api/v1/events", order(1).as_bytes(), &[])
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let first_run = reply["runs"][0].as_str().unwrap().to_string();
+    // Same key within the TTL: recorded as a duplicate, no run.
+    let (_, reply) = daemon
+        .post("/api/v1/events", order(1).as_bytes(), &[])
+        .await;
+    assert_eq!(reply["outcomes"][0]["outcome"], "duplicate", "{reply}");
+    assert_eq!(reply["outcomes"][0]["run_id"], first_run.as_str());
+    // Another type: filtered, visible.
+    let (status, reply) = daemon
+        .post(
+            "/api/v1/events",
+            br#"{"type": "order.deleted", "data": {"id": 1}}"#,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(reply["outcomes"][0]["outcome"], "filtered");
+    // Bad events are refused.
+    for (body, needle) in [
+        (&br#"{"data": 1}"#[..], "missing `type`"),
+        (br#"{"type": "switchyard.cron.tick"}"#, "reserved"),
+        (br#"[1]"#, "JSON object"),
+        (br#"{"type": "x", "specversion": "0.3"}"#, "specversion"),
+        (br#"{"type": "#, "invalid JSON"),
+    ] {
+        let (status, reply) = daemon.post("/api/v1/events", body, &[]).await;
+        assert_eq!(status, 400, "{reply}");
+        assert!(
+            reply["error"]["message"].as_str().unwrap().contains(needle),
+            "{reply}"
+        );
+    }
+    // The run chain: `first` succeeded → `second` with its vars.
+    let seconds = daemon.wait_runs("second", 1, Duration::from_secs(20)).await;
+    assert_eq!(seconds[0]["params"]["upstream"], first_run.as_str());
+    assert_eq!(seconds[0]["params"]["n"], 41);
+    assert_eq!(seconds[0]["event"]["type"], "switchyard.run.succeeded");
+    // After the TTL the key is free again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, reply) = daemon
+        .post("/api/v1/events", order(1).as_bytes(), &[])
+        .await;
+    assert_eq!(reply["outcomes"][0]["outcome"], "started", "{reply}");
+    daemon.wait_runs("second", 2, Duration::from_secs(20)).await;
+    // Bindings are listed.
+    let bindings = daemon.get("/api/v1/bindings").await;
+    let names: Vec<&str> = bindings["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["orders", "then-second"]);
+    daemon.stop().await;
+}
