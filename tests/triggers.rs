@@ -476,7 +476,8 @@ async fn webhooks_check_size_then_signature_then_timestamp_then_body() {
     // Refused: each with 401 and nothing recorded.
     let wrong = sign_hex("not-the-secret", body);
     let good = sign_hex(secret, body);
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    type Headers<'a> = Vec<(&'a str, String)>;
+    let cases: Vec<(&str, Headers, &str)> = vec![
         (
             "/hooks/signed",
             vec![("x-signature-256", wrong)],
