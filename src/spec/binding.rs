@@ -235,6 +235,8 @@ pub struct Binding {
     pub enabled: bool,
     /// Where it was loaded from.
     pub file: Option<PathBuf>,
+    /// Its JSON path in that file: empty for a one-binding file, `[i]` in an array.
+    pub at: String,
     /// The binding as written, for the API.
     pub source: Value,
 }
@@ -392,7 +394,7 @@ pub fn check_shared_sources(bindings: &[&Binding]) -> Vec<Diagnostic> {
         if let Some(first) = names.get(binding.name.as_str()) {
             out.push(Diagnostic {
                 file: file.clone(),
-                path: "name".into(),
+                path: join_path(&binding.at, "name"),
                 message: format!(
                     "binding name `{}` is already used by {}",
                     binding.name,
@@ -415,7 +417,7 @@ pub fn check_shared_sources(bindings: &[&Binding]) -> Vec<Diagnostic> {
                     if !same {
                         out.push(Diagnostic {
                             file,
-                            path: "on.webhook".into(),
+                            path: join_path(&binding.at, "on.webhook"),
                             message: format!(
                                 "webhook path `/hooks/{}` is also used by binding `{}` with other \
                                  secret, signature, respond or max_body_bytes settings; bindings \
@@ -543,7 +545,7 @@ fn compile(
     }
     let filter = raw.filter.as_deref().and_then(|f| {
         Condition::parse(f)
-            .map_err(|e| c.error(join_path(at, "filter"), format!("invalid CEL: {e}")))
+            .map_err(|e| c.error(join_path(at, "filter"), e.message))
             .ok()
     });
     let params = match TemplateValue::compile(&Value::Object(raw.params.clone())) {
@@ -585,6 +587,7 @@ fn compile(
         dedup_ttl,
         enabled: raw.enabled,
         file: None,
+        at: at.to_string(),
         source: value,
     })
 }

@@ -192,6 +192,7 @@ pub(crate) fn deserialize_all<T: serde::de::DeserializeOwned>(
 ) -> Result<T, Vec<(String, String)>> {
     let mut value = value.clone();
     let mut errors: Vec<(String, String)> = Vec::new();
+    let mut set_aside: Vec<String> = Vec::new();
     for _ in 0..256 {
         let error = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
             Ok(parsed) if errors.is_empty() => return Ok(parsed),
@@ -201,6 +202,16 @@ pub(crate) fn deserialize_all<T: serde::de::DeserializeOwned>(
         let path = error.path().to_string();
         let path = if path == "." { String::new() } else { path };
         let message = error.into_inner().to_string();
+        // A required key set aside for its own error is not also "missing";
+        // serde reports missing keys last, so nothing else is left to find.
+        if path.is_empty()
+            && let Some(field) = message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.split('`').next())
+            && set_aside.iter().any(|k| k == field)
+        {
+            break;
+        }
         // The key to set aside: the first path segment, or for an unknown
         // field (reported at its parent) the field named in the message.
         let key = match path.split(['.', '[']).next().filter(|k| !k.is_empty()) {
@@ -212,7 +223,11 @@ pub(crate) fn deserialize_all<T: serde::de::DeserializeOwned>(
         };
         errors.push((path, message));
         let removed = match (&mut value, key) {
-            (serde_json::Value::Object(map), Some(key)) => map.remove(&key).is_some(),
+            (serde_json::Value::Object(map), Some(key)) => {
+                let removed = map.remove(&key).is_some();
+                set_aside.push(key);
+                removed
+            }
             _ => false,
         };
         if !removed {

@@ -37,6 +37,8 @@ use crate::spec::binding::{Binding, FileTrigger, Trigger};
 
 /// Events submitted at once (each waits for its group commit).
 const MAX_IN_FLIGHT: usize = 512;
+/// How long the loop sleeps with nothing pending.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
 
 /// What the ledger remembers of a handled file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +82,14 @@ struct Pending {
     seen: Seen,
     /// When its size or mtime last changed (or it became a candidate).
     since: Instant,
+    /// The longest `settle` of the bindings whose pattern it matches.
+    settle: Duration,
+}
+
+impl Pending {
+    fn due(&self) -> Instant {
+        self.since + self.settle
+    }
 }
 
 /// The watcher of one directory and the bindings on it.
@@ -145,14 +155,6 @@ impl FileWatch {
         watcher
             .watch(&self.root, mode)
             .map_err(|e| format!("cannot watch {}: {e}", self.root.display()))?;
-        let settle_min = self
-            .bindings
-            .iter()
-            .filter_map(|b| Self::trigger(b))
-            .map(|f| f.settle)
-            .min()
-            .unwrap_or(Duration::from_millis(500));
-        let tick = (settle_min / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
         tracing::info!(dir = %self.root.display(), bindings = self.bindings.len(), "Watching for files.");
 
         let mut pending: HashMap<PathBuf, Pending> = HashMap::new();
@@ -161,9 +163,15 @@ impl FileWatch {
         self.scan(&self.root.clone(), &mut pending);
         let mut in_flight = tokio::task::JoinSet::new();
         let mut firing: HashSet<PathBuf> = HashSet::new();
-        let mut interval = tokio::time::interval(tick);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Wake exactly when the earliest candidate is due (re-checked
+            // after every batch of file events).
+            let next_due = pending
+                .iter()
+                .filter(|(path, _)| !firing.contains(*path))
+                .map(|(_, p)| p.due())
+                .min()
+                .unwrap_or_else(|| Instant::now() + IDLE_WAKE);
             tokio::select! {
                 _ = stop.cancelled() => break,
                 event = rx.recv() => {
@@ -174,7 +182,7 @@ impl FileWatch {
                         self.on_event(event, &mut pending);
                     }
                 }
-                _ = interval.tick() => {
+                _ = tokio::time::sleep_until(next_due.into()) => {
                     self.fire_settled(&mut pending, &mut firing, &mut in_flight).await;
                 }
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
@@ -284,11 +292,24 @@ impl FileWatch {
             size: meta.len(),
             mtime_ns: mtime_ns(&meta),
         };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        let settle = self
+            .bindings
+            .iter()
+            .filter_map(|b| Self::trigger(b))
+            .filter(|f| f.pattern.matches(&name))
+            .map(|f| f.settle)
+            .max()
+            .unwrap_or_default();
         pending.insert(
             path.to_path_buf(),
             Pending {
                 seen,
                 since: Instant::now(),
+                settle,
             },
         );
     }
