@@ -110,10 +110,7 @@ pub async fn list_events(
     State(state): State<AppState>,
     Query(query): Query<EventQuery>,
 ) -> Result<Json<Value>, Error> {
-    let limit = query.limit.unwrap_or(50);
-    if limit == 0 || limit > 1000 {
-        return Err(Error::bad_request("`limit` must be between 1 and 1000"));
-    }
+    let limit = super::page_limit(query.limit)?;
     let log = state.runtime.log().clone();
     let events = tokio::task::spawn_blocking(move || log.events(query.before, limit))
         .await
@@ -178,12 +175,6 @@ pub async fn list_bindings(State(state): State<AppState>) -> Result<Json<Value>,
         .read()
         .map_err(|_| super::internal("registry lock poisoned"))?;
     let bindings: Vec<Value> = registry.bindings().map(|b| binding_json(b)).collect();
-    let errors: Vec<Value> = registry
-        .errors
-        .iter()
-        .map(
-            |d| json!({"file": d.file.display().to_string(), "path": d.path, "message": d.message}),
-        )
-        .collect();
+    let errors = super::diagnostics_json(&registry.errors);
     Ok(Json(json!({"bindings": bindings, "errors": errors})))
 }

@@ -60,13 +60,7 @@ pub async fn list_workflows(State(state): State<AppState>) -> Result<Json<Value>
         .workflows()
         .map(|e| workflow_summary(&e.current))
         .collect();
-    let errors: Vec<Value> = registry
-        .errors
-        .iter()
-        .map(
-            |d| json!({"file": d.file.display().to_string(), "path": d.path, "message": d.message}),
-        )
-        .collect();
+    let errors = super::diagnostics_json(&registry.errors);
     Ok(Json(json!({"workflows": workflows, "errors": errors})))
 }
 
@@ -177,10 +171,7 @@ pub async fn list_runs(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Value>, Error> {
-    let limit = query.limit.unwrap_or(50);
-    if limit == 0 || limit > 1000 {
-        return Err(Error::bad_request("`limit` must be between 1 and 1000"));
-    }
+    let limit = super::page_limit(query.limit)?;
     let status: Option<RunStatus> = match &query.status {
         None => None,
         Some(s) => Some(

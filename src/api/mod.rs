@@ -135,6 +135,25 @@ async fn count_rejections(State(state): State<AppState>, request: Request, next:
     response
 }
 
+/// Validation errors as the API shows them.
+pub(crate) fn diagnostics_json(diagnostics: &[crate::spec::Diagnostic]) -> Vec<serde_json::Value> {
+    diagnostics
+        .iter()
+        .map(
+            |d| json!({"file": d.file.display().to_string(), "path": d.path, "message": d.message}),
+        )
+        .collect()
+}
+
+/// Checks a `limit` query parameter (default 50, at most 1000).
+pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, Error> {
+    let limit = limit.unwrap_or(50);
+    if limit == 0 || limit > 1000 {
+        return Err(Error::bad_request("`limit` must be between 1 and 1000"));
+    }
+    Ok(limit)
+}
+
 /// Compares two byte strings in time that depends only on their lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

@@ -119,25 +119,28 @@ pub fn last_fire(reactor: &Reactor, binding: &str) -> Option<DateTime<Utc>> {
 }
 
 /// Runs one cron binding until `stop`.
+///
+/// The schedule counts from the moment of this call (not from when the task
+/// first runs), so a clock that moves right after start-up is seen moving.
 pub fn spawn(
     binding: Arc<Binding>,
     reactor: Reactor,
     clock: Arc<dyn Clock>,
     stop: CancellationToken,
 ) {
+    let now = clock.now();
     tokio::spawn(async move {
         tokio::select! {
             _ = stop.cancelled() => {}
-            () = run(binding, reactor, clock) => {}
+            () = run(binding, reactor, clock, now) => {}
         }
     });
 }
 
-async fn run(binding: Arc<Binding>, reactor: Reactor, clock: Arc<dyn Clock>) {
+async fn run(binding: Arc<Binding>, reactor: Reactor, clock: Arc<dyn Clock>, now: DateTime<Utc>) {
     let Trigger::Cron(CronTrigger { schedule, catch_up }) = &binding.trigger else {
         return;
     };
-    let now = clock.now();
     let mut last = last_fire(&reactor, &binding.name);
     if let Some(from) = last {
         let missed = schedule.fires_between(from, now, MAX_CATCH_UP + 1);

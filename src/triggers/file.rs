@@ -369,19 +369,7 @@ impl FileWatch {
         let now = Instant::now();
         let mut ready = Vec::new();
         for (path, p) in pending.iter_mut() {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default();
-            let settle = self
-                .bindings
-                .iter()
-                .filter_map(|b| Self::trigger(b))
-                .filter(|f| f.pattern.matches(&name))
-                .map(|f| f.settle)
-                .max()
-                .unwrap_or_default();
-            if now.duration_since(p.since) < settle || firing.contains(path) {
+            if now < p.due() || firing.contains(path) {
                 continue;
             }
             // Unchanged for `settle`? If not, wait again from now.
