@@ -892,3 +892,28 @@ async fn api_events_chaining_and_dedup_ttl() {
     assert_eq!(names, ["orders", "then-second"]);
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_directory_fires_each_file_once() {
+    // `poll`: no kernel watch (network filesystems); rescans find files.
+    let project = Project::new(&[file_binding(
+        "polled",
+        "inbox",
+        json!({"poll": "100ms", "settle": "150ms"}),
+    )]);
+    let inbox = project.inbox();
+    std::fs::write(inbox.join("before.csv"), "b\n").unwrap();
+    let daemon = project.start(None).await;
+    for i in 0..20 {
+        std::fs::write(inbox.join(format!("p{i:02}.csv")), "p\n").unwrap();
+    }
+    daemon
+        .wait_runs("ingest", 21, Duration::from_secs(20))
+        .await;
+    // Many rescans later, still once each.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let names = param_values(&daemon.runs("ingest").await, "name");
+    let unique: BTreeSet<&String> = names.iter().collect();
+    assert_eq!((names.len(), unique.len()), (21, 21), "{names:?}");
+    daemon.stop().await;
+}

@@ -685,23 +685,8 @@ impl EngineLoop {
                         let _ = reply.send(Err("switchyard is shutting down".into()));
                         continue;
                     }
-                    let workflow = run.workflow;
-                    self.log.put_definition(
-                        &workflow.name,
-                        &workflow.version,
-                        workflow.version_label,
-                        &workflow.source,
-                        now,
-                    )?;
-                    let body = RecordBody::RunCreated {
-                        workflow: workflow.name.clone(),
-                        version: workflow.version.clone(),
-                        version_label: workflow.version_label,
-                        params: run.params,
-                        event: run.event,
-                        rerun_of: run.rerun_of,
-                        reused: run.reused,
-                    };
+                    let workflow = Arc::clone(&run.workflow);
+                    let body = self.run_created(run, now)?;
                     self.engine.register(workflow);
                     let run_id = uuid::Uuid::now_v7();
                     self.append(&mut batch, run_id, now, body)?;
@@ -798,6 +783,28 @@ impl EngineLoop {
         self.finish(batch, now)
     }
 
+    /// Stores the run's definition (once per version) and returns its
+    /// `RunCreated` body.
+    fn run_created(&self, run: NewRun, now: Millis) -> Result<RecordBody, Error> {
+        let workflow = &run.workflow;
+        self.log.put_definition(
+            &workflow.name,
+            &workflow.version,
+            workflow.version_label,
+            &workflow.source,
+            now,
+        )?;
+        Ok(RecordBody::RunCreated {
+            workflow: workflow.name.clone(),
+            version: workflow.version.clone(),
+            version_label: workflow.version_label,
+            params: run.params,
+            event: run.event,
+            rerun_of: run.rerun_of,
+            reused: run.reused,
+        })
+    }
+
     /// Records one event: checks each candidate's dedup key, creates the runs,
     /// and writes event, runs, dedup entries and marks in one transaction.
     fn accept(
@@ -843,25 +850,11 @@ impl EngineLoop {
                 continue;
             }
             let run_id = uuid::Uuid::now_v7();
-            self.log.put_definition(
-                &workflow.name,
-                &workflow.version,
-                workflow.version_label,
-                &workflow.source,
-                now,
-            )?;
-            acceptance.runs.push((
-                run_id,
-                RecordBody::RunCreated {
-                    workflow: workflow.name.clone(),
-                    version: workflow.version.clone(),
-                    version_label: workflow.version_label,
-                    params,
-                    event: Some(acceptance.event.clone()),
-                    rerun_of: None,
-                    reused: Vec::new(),
-                },
-            ));
+            let run = NewRun {
+                event: Some(acceptance.event.clone()),
+                ..NewRun::new(Arc::clone(&workflow), params)
+            };
+            acceptance.runs.push((run_id, self.run_created(run, now)?));
             let expires_at = now.saturating_add(duration_millis(ttl));
             acceptance.dedup.push((
                 binding.clone(),

@@ -107,6 +107,10 @@ pub struct FileTriggerFile {
     /// How long a file must stay unchanged before it fires (default "500ms").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settle: Option<String>,
+    /// Rescan the directory at this interval instead of watching it (for
+    /// network filesystems, where kernel file events do not arrive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -280,6 +284,8 @@ pub struct FileTrigger {
     pub pattern: glob::Pattern,
     pub recursive: bool,
     pub settle: Duration,
+    /// Rescan at this interval instead of watching.
+    pub poll: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -651,6 +657,11 @@ fn compile_trigger(
                     .ok(),
                 None => Some(DEFAULT_SETTLE),
             };
+            let poll = f.poll.as_deref().and_then(|p| {
+                parse_duration(p, false)
+                    .map_err(|e| c.error(join_path(&at, "poll"), e))
+                    .ok()
+            });
             let path = if f.path.is_absolute() {
                 f.path.clone()
             } else {
@@ -662,6 +673,7 @@ fn compile_trigger(
                 pattern: pattern?,
                 recursive: f.recursive,
                 settle: settle?,
+                poll,
             })
         }
         TriggerFile::Webhook(w) => {

@@ -37,6 +37,8 @@ use crate::spec::binding::{Binding, FileTrigger, Trigger};
 
 /// Events submitted at once (each waits for its group commit).
 const MAX_IN_FLIGHT: usize = 512;
+/// How often a directory is rescanned when it cannot be watched.
+const FALLBACK_POLL: Duration = Duration::from_secs(1);
 /// How long the loop sleeps with nothing pending.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
@@ -140,22 +142,31 @@ impl FileWatch {
         self.root = std::fs::canonicalize(&self.root)
             .map_err(|e| format!("cannot resolve {}: {e}", self.root.display()))?;
         let (tx, mut rx) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
-        let mut watcher = notify::RecommendedWatcher::new(
-            move |event| {
-                let _ = tx.send(event);
+        // Polling: asked for (`poll`, for network filesystems inotify cannot
+        // see), or because the kernel watch could not be set up (e.g. the
+        // inotify instance limit); then the directory is rescanned instead.
+        let asked = self
+            .bindings
+            .iter()
+            .filter_map(|b| Self::trigger(b))
+            .filter_map(|f| f.poll)
+            .min();
+        let watcher = match asked {
+            Some(_) => None,
+            None => match self.watch(tx) {
+                Ok(watcher) => Some(watcher),
+                Err(e) => {
+                    tracing::warn!(dir = %self.root.display(), error = %e,
+                        "Cannot watch the directory; polling it every {}s instead.", FALLBACK_POLL.as_secs());
+                    None
+                }
             },
-            notify::Config::default().with_follow_symlinks(false),
-        )
-        .map_err(|e| format!("cannot watch {}: {e}", self.root.display()))?;
-        let mode = if self.recursive {
-            RecursiveMode::Recursive
-        } else {
-            RecursiveMode::NonRecursive
         };
-        watcher
-            .watch(&self.root, mode)
-            .map_err(|e| format!("cannot watch {}: {e}", self.root.display()))?;
-        tracing::info!(dir = %self.root.display(), bindings = self.bindings.len(), "Watching for files.");
+        let poll_every = asked.unwrap_or(FALLBACK_POLL);
+        tracing::info!(dir = %self.root.display(), bindings = self.bindings.len(),
+            polling = watcher.is_none(), "Watching for files.");
+        let mut poll = tokio::time::interval(poll_every);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let mut pending: HashMap<PathBuf, Pending> = HashMap::new();
         // The watch is up before the scan, so nothing arriving meanwhile is missed.
@@ -174,6 +185,9 @@ impl FileWatch {
                 .unwrap_or_else(|| Instant::now() + IDLE_WAKE);
             tokio::select! {
                 _ = stop.cancelled() => break,
+                _ = poll.tick(), if watcher.is_none() => {
+                    self.scan(&self.root.clone(), &mut pending);
+                }
                 event = rx.recv() => {
                     let Some(event) = event else { break };
                     self.on_event(event, &mut pending);
@@ -194,6 +208,25 @@ impl FileWatch {
         }
         drop(watcher);
         Ok(())
+    }
+
+    fn watch(
+        &self,
+        tx: mpsc::UnboundedSender<notify::Result<notify::Event>>,
+    ) -> Result<notify::RecommendedWatcher, notify::Error> {
+        let mut watcher = notify::RecommendedWatcher::new(
+            move |event| {
+                let _ = tx.send(event);
+            },
+            notify::Config::default().with_follow_symlinks(false),
+        )?;
+        let mode = if self.recursive {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        watcher.watch(&self.root, mode)?;
+        Ok(watcher)
     }
 
     fn on_event(
