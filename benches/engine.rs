@@ -57,6 +57,7 @@ fn start(dir: &std::path::Path) -> Runtime {
         recover: true,
         secrets: Default::default(),
         chain: None,
+        broker: None,
     })
     .expect("runtime")
 }

@@ -41,6 +41,7 @@ async fn fill(dir: &Path, finished: usize, unfinished: usize) -> usize {
         recover: false,
         secrets: Default::default(),
         chain: None,
+        broker: None,
     })
     .expect("runtime");
     let handle = runtime.handle();

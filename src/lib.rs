@@ -14,6 +14,7 @@
 //! - [`api`]: the HTTP API; the only code that knows HTTP.
 //! - [`cli`]: the command line.
 
+pub mod amqp;
 pub mod api;
 pub mod cli;
 pub mod daemon;

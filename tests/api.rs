@@ -78,6 +78,7 @@ impl Fixture {
             recover: true,
             secrets: Arc::clone(&secrets),
             chain: Some(switchyard::reactor::chain_hook(Arc::clone(&registry))),
+            broker: None,
         })
         .unwrap();
         let state = AppState {

@@ -18,6 +18,7 @@ fn config(dir: &std::path::Path) -> RuntimeConfig {
         recover: true,
         secrets: Default::default(),
         chain: None,
+        broker: None,
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod util;
 
+mod amqp;
 mod api;
 mod bindings;
 mod cli;

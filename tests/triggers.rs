@@ -19,16 +19,21 @@ use switchyard::triggers::webhook::{sign_hex, sign_standard};
 use crate::util::write_workflow;
 
 /// A project dir: config, workflows, bindings.
-struct Project {
+pub(crate) struct Project {
     dir: tempfile::TempDir,
 }
 
 impl Project {
-    fn new(bindings: &[Value]) -> Self {
+    pub(crate) fn new(bindings: &[Value]) -> Self {
         Self::with_secrets(bindings, &[])
     }
 
     fn with_secrets(bindings: &[Value], secrets: &[(&str, &str)]) -> Self {
+        Self::with_config(bindings, secrets, json!({}))
+    }
+
+    /// `extra` keys are merged into `switchyard.json`.
+    pub(crate) fn with_config(bindings: &[Value], secrets: &[(&str, &str)], extra: Value) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let flows = root.join("workflows");
@@ -46,6 +51,11 @@ impl Project {
         );
         write_workflow(
             &flows,
+            "three",
+            &json!({"name": "three", "tasks": [{"id": "a", "noop": {}}, {"id": "b", "after": "a", "noop": {}}, {"id": "c", "after": "b", "noop": {}}]}),
+        );
+        write_workflow(
+            &flows,
             "second",
             &json!({"name": "second", "tasks": [{"id": "a", "noop": {}}]}),
         );
@@ -55,19 +65,18 @@ impl Project {
             std::fs::write(&file, value).unwrap();
             secret_sources.insert(name.to_string(), json!({"file": file}));
         }
-        std::fs::write(
-            root.join("switchyard.json"),
-            json!({"workflows": ["workflows"], "bindings": ["bindings"], "secrets": secret_sources})
-                .to_string(),
-        )
-        .unwrap();
+        let mut config = json!({"workflows": ["workflows"], "bindings": ["bindings"], "secrets": secret_sources});
+        if let (Value::Object(config), Value::Object(extra)) = (&mut config, extra) {
+            config.extend(extra);
+        }
+        std::fs::write(root.join("switchyard.json"), config.to_string()).unwrap();
         for (i, b) in bindings.iter().enumerate() {
             std::fs::write(root.join(format!("bindings/b{i}.json")), b.to_string()).unwrap();
         }
         Self { dir }
     }
 
-    fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         self.dir.path()
     }
 
@@ -77,7 +86,7 @@ impl Project {
         inbox
     }
 
-    async fn start(&self, clock: Option<Arc<dyn Clock>>) -> Daemon {
+    pub(crate) async fn start(&self, clock: Option<Arc<dyn Clock>>) -> Daemon {
         let running = start(ServeOptions {
             config_path: self.root().join("switchyard.json"),
             data_dir: None,
@@ -94,18 +103,18 @@ impl Project {
     }
 }
 
-struct Daemon {
+pub(crate) struct Daemon {
     client: reqwest::Client,
     running: Option<Running>,
 }
 
 impl Daemon {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         let addr = self.running.as_ref().unwrap().addr;
         format!("http://{addr}{path}")
     }
 
-    async fn get(&self, path: &str) -> Value {
+    pub(crate) async fn get(&self, path: &str) -> Value {
         let response = self.client.get(self.url(path)).send().await.unwrap();
         assert!(
             response.status().is_success(),
@@ -115,7 +124,12 @@ impl Daemon {
         response.json().await.unwrap()
     }
 
-    async fn post(&self, path: &str, body: &[u8], headers: &[(&str, String)]) -> (u16, Value) {
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, String)],
+    ) -> (u16, Value) {
         let mut request = self.client.post(self.url(path)).body(body.to_vec());
         for (k, v) in headers {
             request = request.header(*k, v);
@@ -130,7 +144,7 @@ impl Daemon {
     }
 
     /// Every run of `workflow`, following the list cursor.
-    async fn runs(&self, workflow: &str) -> Vec<Value> {
+    pub(crate) async fn runs(&self, workflow: &str) -> Vec<Value> {
         let mut out = Vec::new();
         let mut before = String::new();
         loop {
@@ -148,7 +162,7 @@ impl Daemon {
     }
 
     /// Waits until `workflow` has at least `n` runs; returns them.
-    async fn wait_runs(&self, workflow: &str, n: usize, within: Duration) -> Vec<Value> {
+    pub(crate) async fn wait_runs(&self, workflow: &str, n: usize, within: Duration) -> Vec<Value> {
         let deadline = Instant::now() + within;
         loop {
             let runs = self.runs(workflow).await;
@@ -164,14 +178,14 @@ impl Daemon {
         }
     }
 
-    async fn events(&self) -> Vec<Value> {
+    pub(crate) async fn events(&self) -> Vec<Value> {
         self.get("/api/v1/events?limit=1000").await["events"]
             .as_array()
             .unwrap()
             .clone()
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.stop.cancel();
             running.done.await.unwrap().unwrap();

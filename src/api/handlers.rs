@@ -368,7 +368,34 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
          switchyard_events_rejected_total {}\n\
          # HELP switchyard_records_missed_total Records the metrics counters missed (they lagged).\n\
          # TYPE switchyard_records_missed_total counter\n\
-         switchyard_records_missed_total {}\n",
+         switchyard_records_missed_total {}\n\
+         # HELP switchyard_amqp_deliveries_total Messages delivered to AMQP consumers.\n\
+         # TYPE switchyard_amqp_deliveries_total counter\n\
+         switchyard_amqp_deliveries_total {}\n\
+         # HELP switchyard_amqp_acked_total Messages acked after their event was durable.\n\
+         # TYPE switchyard_amqp_acked_total counter\n\
+         switchyard_amqp_acked_total {}\n\
+         # HELP switchyard_amqp_rejected_total Messages rejected without requeue (undecodable; dead-lettered where the queue has a DLX).\n\
+         # TYPE switchyard_amqp_rejected_total counter\n\
+         switchyard_amqp_rejected_total {}\n\
+         # HELP switchyard_amqp_acks_lost_total Acks that could not be sent (channel closed); those messages are redelivered and deduplicated.\n\
+         # TYPE switchyard_amqp_acks_lost_total counter\n\
+         switchyard_amqp_acks_lost_total {}\n\
+         # HELP switchyard_amqp_reconnects_total AMQP consumer sessions that failed and were restarted.\n\
+         # TYPE switchyard_amqp_reconnects_total counter\n\
+         switchyard_amqp_reconnects_total {}\n\
+         # HELP switchyard_amqp_consumers AMQP consumers connected now.\n\
+         # TYPE switchyard_amqp_consumers gauge\n\
+         switchyard_amqp_consumers {}\n\
+         # HELP switchyard_amqp_unacked Deliveries received and not yet acked.\n\
+         # TYPE switchyard_amqp_unacked gauge\n\
+         switchyard_amqp_unacked {}\n\
+         # HELP switchyard_amqp_unacked_max The most deliveries one consumer session held unacked.\n\
+         # TYPE switchyard_amqp_unacked_max gauge\n\
+         switchyard_amqp_unacked_max {}\n\
+         # HELP switchyard_outbox_pending Lifecycle events waiting for the broker's confirm.\n\
+         # TYPE switchyard_outbox_pending gauge\n\
+         switchyard_outbox_pending {}\n",
         get(&m.runs_created),
         get(&m.runs_succeeded),
         get(&m.runs_failed),
@@ -388,6 +415,15 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         get(&e.failed),
         get(&e.rejected),
         get(&m.records_missed),
+        get(&e.amqp.deliveries),
+        get(&e.amqp.acked),
+        get(&e.amqp.poison),
+        get(&e.amqp.acks_lost),
+        get(&e.amqp.reconnects),
+        get(&e.amqp.consuming),
+        get(&e.amqp.unacked),
+        get(&e.amqp.unacked_max),
+        state.runtime.log().outbox_len(),
     );
     (
         [(

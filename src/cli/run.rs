@@ -86,6 +86,7 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
             recover: false,
             secrets,
             chain: None,
+            broker: Some(crate::amqp::Broker::from_config(&config)),
         };
         let runtime = match Runtime::start(config) {
             Ok(r) => r,

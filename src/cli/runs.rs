@@ -166,6 +166,7 @@ async fn offline(dir: &Path, command: &RunsCommand) -> Result<Value, String> {
             recover: false,
             secrets: Default::default(),
             chain: None,
+            broker: None,
         })
         .map_err(|e| e.to_string())?;
         let handle = runtime.handle();

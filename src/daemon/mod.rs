@@ -101,6 +101,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
             source,
         })?;
     let addr = listener.local_addr().map_err(Error::Serve)?;
+    let broker = crate::amqp::Broker::from_config(&config);
     let runtime = Runtime::start(RuntimeConfig {
         data_dir,
         limits: Limits {
@@ -109,6 +110,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         recover: true,
         secrets: Arc::clone(&secrets),
         chain: Some(crate::reactor::chain_hook(Arc::clone(&registry))),
+        broker: Some(broker.clone()),
     })?;
     let metrics = Arc::new(Metrics::default());
     let handle = runtime.handle();
@@ -120,7 +122,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         .clone()
         .unwrap_or_else(|| Arc::new(crate::triggers::cron::SystemClock));
     let triggers_stop = CancellationToken::new();
-    let mut triggers = Triggers::new(reactor.clone(), clock, triggers_stop.clone());
+    let mut triggers = Triggers::new(reactor.clone(), &broker, clock, triggers_stop.clone());
     triggers.reconcile();
     let bindings_changed = Arc::new(tokio::sync::Notify::new());
     {
@@ -137,6 +139,14 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         });
     }
     tokio::spawn(sweep_dedup(handle.clone(), stop.clone()));
+    if broker.events_exchange().is_some() {
+        tokio::spawn(crate::amqp::outbox::publish(
+            handle.log().clone(),
+            broker.clone(),
+            handle.subscribe(),
+            stop.clone(),
+        ));
+    }
     watch::spawn(
         Arc::clone(&registry),
         Arc::clone(&metrics),

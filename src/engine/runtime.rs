@@ -62,6 +62,9 @@ pub struct RuntimeConfig {
     pub secrets: Arc<crate::spec::Secrets>,
     /// Run chaining (the reactor's `on.run` bindings); none for one-off runs.
     pub chain: Option<ChainHook>,
+    /// The broker for `amqp` tasks; with an events exchange set, lifecycle
+    /// events are written to the outbox with their records.
+    pub broker: Option<crate::amqp::Broker>,
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -71,6 +74,7 @@ impl std::fmt::Debug for RuntimeConfig {
             .field("limits", &self.limits)
             .field("recover", &self.recover)
             .field("chain", &self.chain.is_some())
+            .field("broker", &self.broker)
             .finish_non_exhaustive()
     }
 }
@@ -231,6 +235,11 @@ impl Runtime {
         let mut engine = Engine::new(config.limits);
         engine.set_secrets(Arc::clone(&config.secrets));
         let mut engine_loop = EngineLoop {
+            lifecycle: config
+                .broker
+                .as_ref()
+                .is_some_and(|b| b.events_exchange().is_some()),
+            broker: config.broker,
             chain: config.chain,
             secrets: config.secrets,
             engine,
@@ -484,6 +493,9 @@ fn now_millis() -> Millis {
 
 struct EngineLoop {
     engine: Engine,
+    /// Write lifecycle events to the outbox (`amqp.events_exchange` is set).
+    lifecycle: bool,
+    broker: Option<crate::amqp::Broker>,
     chain: Option<ChainHook>,
     secrets: Arc<crate::spec::Secrets>,
     log: Log,
@@ -644,8 +656,20 @@ impl EngineLoop {
         now: Millis,
         body: RecordBody,
     ) -> Result<(), Error> {
-        let record = self.log.append(run_id, now, body)?;
+        // Applied before it is written (both before the flush, before any
+        // effect) so its lifecycle event can say what it meant and go into
+        // the same transaction.
+        let record = self.log.next_record(run_id, now, body)?;
         batch.effects.extend(self.engine.apply(&record));
+        let message = if self.lifecycle {
+            self.engine
+                .run(run_id)
+                .and_then(|run| crate::amqp::outbox::lifecycle_event(&record, run))
+                .and_then(|m| serde_json::to_vec(&m).ok())
+        } else {
+            None
+        };
+        self.log.write_record(&record, message.as_deref())?;
         batch.records.push(record);
         Ok(())
     }
@@ -1067,6 +1091,7 @@ impl EngineLoop {
                     started_at,
                     cancel: token.child_token(),
                     scratch_dir: self.scratch_dir.clone(),
+                    broker: self.broker.clone(),
                 };
                 let tokio = self.tokio.clone();
                 let attempt_task = self.tokio.spawn(async move {

@@ -5,6 +5,7 @@
 //! list. Config strings are templates; the engine renders them and this module
 //! deserializes the rendered JSON into the kind's config just before running.
 
+mod amqp;
 mod noop;
 mod shell;
 mod sleep;
@@ -37,6 +38,8 @@ pub struct AttemptContext {
     pub cancel: CancellationToken,
     /// Scratch directory for per-attempt files (`$SWITCHYARD_OUTPUT`).
     pub scratch_dir: PathBuf,
+    /// The broker `amqp` tasks publish to.
+    pub broker: Option<crate::amqp::Broker>,
 }
 
 /// How an attempt ended.
@@ -148,6 +151,7 @@ macro_rules! kinds {
 
 kinds! {
     shell::Shell,
+    amqp::Amqp,
     noop::Noop,
     sleep::Sleep,
 }

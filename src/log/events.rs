@@ -119,6 +119,15 @@ fn dedup_key(binding: &str, key: &str) -> Vec<u8> {
     k
 }
 
+pub(super) fn transaction_error(e: sled::transaction::TransactionError<()>) -> Error {
+    match e {
+        sled::transaction::TransactionError::Storage(e) => Error::Storage(e),
+        sled::transaction::TransactionError::Abort(()) => {
+            Error::Storage(sled::Error::Unsupported("transaction aborted".into()))
+        }
+    }
+}
+
 fn corrupt(key: impl Into<String>) -> impl FnOnce(serde_json::Error) -> Error {
     let key = key.into();
     move |source| Error::Corrupt { key, source }
@@ -222,12 +231,7 @@ impl Log {
                 }
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e) => Error::Storage(e),
-                sled::transaction::TransactionError::Abort(()) => {
-                    Error::Storage(sled::Error::Unsupported("transaction aborted".into()))
-                }
-            })?;
+            .map_err(transaction_error)?;
         Ok((event, records))
     }
 

@@ -20,12 +20,16 @@
 //! - `dedup`: `binding ++ 0 ++ dedup key` → the event and run that first used
 //!   the key, with its expiry.
 //! - `marks`: adapters' durable state (cron's last fire, the file ledger).
+//! - `outbox`: `seq` → a lifecycle event waiting to be published to
+//!   `amqp.events_exchange`, written in one transaction with the record it
+//!   describes and removed once the broker confirmed it.
 //! - `meta`: the log format version.
 //!
 //! Sequence numbers come from sled's `generate_id`, which never hands out a
 //! number twice, not even after a crash that lost unflushed appends.
 
 pub mod events;
+pub mod outbox;
 pub mod record;
 
 use std::path::{Path, PathBuf};
@@ -90,6 +94,7 @@ pub struct Log {
     events: sled::Tree,
     dedup: sled::Tree,
     marks: sled::Tree,
+    outbox: sled::Tree,
     /// Highest sequence number appended by this handle.
     last_seq: Arc<AtomicU64>,
     /// Highest sequence number known to be on disk.
@@ -159,6 +164,7 @@ impl Log {
         let events = db.open_tree("events")?;
         let dedup = db.open_tree("dedup")?;
         let marks = db.open_tree("marks")?;
+        let outbox = db.open_tree("outbox")?;
         let meta = db.open_tree("meta")?;
         match meta.get(FORMAT_KEY)? {
             None => {
@@ -172,6 +178,7 @@ impl Log {
                 });
             }
         }
+        let on_disk = db.generate_id()?;
         Ok(Self {
             db,
             records,
@@ -183,37 +190,82 @@ impl Log {
             events,
             dedup,
             marks,
+            outbox,
             last_seq: Arc::new(AtomicU64::new(0)),
-            durable_seq: Arc::new(AtomicU64::new(0)),
+            // Whatever is on disk at open is durable; every later record
+            // gets a higher number.
+            durable_seq: Arc::new(AtomicU64::new(on_disk)),
             flushes: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// Appends one transition. Not durable until the next [`Log::flush`].
     pub fn append(&self, run_id: RunId, at: Millis, body: RecordBody) -> Result<Record, Error> {
+        let record = self.next_record(run_id, at, body)?;
+        self.write_record(&record, None)?;
+        Ok(record)
+    }
+
+    /// Numbers a transition without writing it: the engine applies it first
+    /// (to learn what it means, e.g. whether a task failed for good), then
+    /// writes it with [`Log::write_record`] before anything acts on it.
+    pub fn next_record(
+        &self,
+        run_id: RunId,
+        at: Millis,
+        body: RecordBody,
+    ) -> Result<Record, Error> {
         let seq = self.db.generate_id()? + 1;
         self.last_seq.fetch_max(seq, Ordering::Relaxed);
-        let record = Record {
+        Ok(Record {
             seq,
             at,
             run_id,
             body,
-        };
-        let bytes = serde_json::to_vec(&record).map_err(|source| Error::Corrupt {
-            key: format!("{run_id}/{seq}"),
+        })
+    }
+
+    /// Writes a numbered transition, with its lifecycle event for the outbox
+    /// in the same transaction when there is one. Not durable until the next
+    /// [`Log::flush`].
+    pub fn write_record(&self, record: &Record, outbox: Option<&[u8]>) -> Result<(), Error> {
+        let run_id = record.run_id;
+        let bytes = serde_json::to_vec(record).map_err(|source| Error::Corrupt {
+            key: format!("{run_id}/{}", record.seq),
             source,
         })?;
-        self.records.insert(record_key(run_id, seq), bytes)?;
-        match &record.body {
-            RecordBody::RunCreated { .. } => {
-                self.unfinished.insert(run_id.as_bytes(), &[])?;
+        let key = record_key(run_id, record.seq);
+        let Some(message) = outbox else {
+            self.records.insert(key, bytes)?;
+            match &record.body {
+                RecordBody::RunCreated { .. } => {
+                    self.unfinished.insert(run_id.as_bytes(), &[])?;
+                }
+                RecordBody::RunEnded { .. } => {
+                    self.unfinished.remove(run_id.as_bytes())?;
+                }
+                _ => {}
             }
-            RecordBody::RunEnded { .. } => {
-                self.unfinished.remove(run_id.as_bytes())?;
-            }
-            _ => {}
-        }
-        Ok(record)
+            return Ok(());
+        };
+        use sled::Transactional;
+        (&self.records, &self.unfinished, &self.outbox)
+            .transaction(|(records, unfinished, outbox)| {
+                records.insert(&key[..], &bytes[..])?;
+                match &record.body {
+                    RecordBody::RunCreated { .. } => {
+                        unfinished.insert(&run_id.as_bytes()[..], &[][..])?;
+                    }
+                    RecordBody::RunEnded { .. } => {
+                        unfinished.remove(&run_id.as_bytes()[..])?;
+                    }
+                    _ => {}
+                }
+                outbox.insert(&record.seq.to_be_bytes()[..], message)?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(events::transaction_error)?;
+        Ok(())
     }
 
     /// Makes everything appended so far durable (one fsync for all of it).

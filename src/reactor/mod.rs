@@ -188,8 +188,10 @@ pub struct Metrics {
     pub duplicates: std::sync::atomic::AtomicU64,
     pub filtered: std::sync::atomic::AtomicU64,
     pub failed: std::sync::atomic::AtomicU64,
-    /// Refused at the edge (bad signature, bad body, too large).
+    /// Refused at the edge (bad signature, bad body, too large, undecodable message).
     pub rejected: std::sync::atomic::AtomicU64,
+    /// The AMQP consumers' counters.
+    pub amqp: crate::triggers::amqp::AmqpMetrics,
 }
 
 impl Metrics {

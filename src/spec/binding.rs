@@ -620,6 +620,24 @@ fn compile_trigger(
                 .unwrap_or_else(|| format!("switchyard.{}", raw.name));
             if queue.trim().is_empty() {
                 c.error(join_path(&at, "queue"), "the queue name is empty");
+            } else if queue.starts_with("amq.") {
+                c.error(
+                    join_path(&at, "queue"),
+                    "queue names starting with `amq.` are reserved by the broker",
+                );
+            }
+            let routing_key = a.routing_key.as_deref().unwrap_or("#");
+            for (key, value) in [
+                ("exchange", a.exchange.as_str()),
+                ("queue", queue.as_str()),
+                ("routing_key", routing_key),
+            ] {
+                if value.len() > 255 {
+                    c.error(
+                        join_path(&at, key),
+                        format!("is {} bytes; AMQP allows 255", value.len()),
+                    );
+                }
             }
             Trigger::Amqp(AmqpTrigger {
                 exchange: a.exchange.clone(),

@@ -112,6 +112,20 @@ impl Config {
         if config.max_parallel_tasks == Some(0) {
             c.error("max_parallel_tasks", "must be at least 1");
         }
+        if let Some(amqp) = &config.amqp {
+            if let Some(url) = &amqp.url
+                && let Err(e) = crate::amqp::parse_url(url)
+            {
+                c.error("amqp.url", e);
+            }
+            if let Some(exchange) = &amqp.events_exchange {
+                if exchange.is_empty() {
+                    c.error("amqp.events_exchange", "the exchange name is empty");
+                } else if exchange.len() > 255 {
+                    c.error("amqp.events_exchange", "is over 255 bytes, AMQP's limit");
+                }
+            }
+        }
         if !c.diagnostics.is_empty() {
             return Err(Diagnostics(c.diagnostics));
         }

@@ -1,11 +1,13 @@
 //! Trigger adapters: turn the outside world into events for the reactor.
 //!
 //! Adapters are derived from the bindings: every file binding on the same
-//! directory shares one watcher, every cron binding has its own timer task,
+//! directory shares one watcher, every amqp binding on the same queue shares
+//! one consumer, every cron binding has its own timer task,
 //! webhooks and API events are routed by the HTTP server at request time, and
 //! run chaining happens inside the engine (see `reactor::chain_hook`).
 //! [`Triggers::reconcile`] starts and stops adapters when bindings change.
 
+pub mod amqp;
 pub mod cron;
 pub mod file;
 pub mod schedule;
@@ -23,9 +25,15 @@ use crate::spec::binding::{Binding, Trigger};
 /// A running file watcher: its bindings and its stop token.
 type FileGroup = (Vec<Arc<Binding>>, CancellationToken);
 
+/// A running AMQP consumer: its bindings and its stop token.
+type QueueGroup = (Vec<Arc<Binding>>, CancellationToken);
+
 /// The running adapters.
 pub struct Triggers {
     reactor: Reactor,
+    /// Where amqp bindings consume from (or why the URL is unusable).
+    broker: Result<lapin::uri::AMQPUri, String>,
+    queues: HashMap<String, QueueGroup>,
     clock: Arc<dyn cron::Clock>,
     stop: CancellationToken,
     files: HashMap<(PathBuf, bool), FileGroup>,
@@ -37,14 +45,22 @@ impl std::fmt::Debug for Triggers {
         f.debug_struct("Triggers")
             .field("files", &self.files.len())
             .field("crons", &self.crons.len())
+            .field("queues", &self.queues.len())
             .finish()
     }
 }
 
 impl Triggers {
-    pub fn new(reactor: Reactor, clock: Arc<dyn cron::Clock>, stop: CancellationToken) -> Self {
+    pub fn new(
+        reactor: Reactor,
+        broker: &crate::amqp::Broker,
+        clock: Arc<dyn cron::Clock>,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
             reactor,
+            broker: broker.uri().cloned(),
+            queues: HashMap::new(),
             clock,
             stop,
             files: HashMap::new(),
@@ -110,15 +126,34 @@ impl Triggers {
             self.crons.insert(name, (binding, token));
         }
 
-        let amqp = bindings
-            .iter()
-            .filter(|b| matches!(b.trigger, Trigger::Amqp(_)))
-            .count();
-        if amqp > 0 {
-            tracing::warn!(
-                bindings = amqp,
-                "AMQP bindings are validated but not consumed by this build yet."
-            );
+        let mut queues = amqp::groups(&bindings);
+        self.queues.retain(|queue, (current, token)| {
+            let same = queues.get(queue).is_some_and(|next| {
+                next.len() == current.len()
+                    && next
+                        .iter()
+                        .zip(current.iter())
+                        .all(|(a, b)| Arc::ptr_eq(a, b))
+            });
+            if same {
+                queues.remove(queue);
+            } else {
+                token.cancel();
+            }
+            same
+        });
+        for (queue, group) in queues {
+            let uri = match &self.broker {
+                Ok(uri) => uri.clone(),
+                Err(e) => {
+                    tracing::error!(queue, error = %e, "Cannot consume: the AMQP URL is unusable.");
+                    continue;
+                }
+            };
+            let token = self.stop.child_token();
+            amqp::Consumer::new(queue.clone(), group.clone(), self.reactor.clone(), uri)
+                .spawn(token.clone());
+            self.queues.insert(queue, (group, token));
         }
     }
 
@@ -127,5 +162,6 @@ impl Triggers {
         self.stop.cancel();
         self.files.clear();
         self.crons.clear();
+        self.queues.clear();
     }
 }

@@ -1,0 +1,539 @@
+//! RabbitMQ plumbing shared by the `amqp` trigger (`triggers::amqp`), the
+//! `amqp` task (`executors::amqp`) and lifecycle events ([`outbox`]).
+//!
+//! Connections are made by hand, not by lapin's auto-recovery: every user of
+//! the broker owns a loop that connects, declares what it needs (queues,
+//! bindings, `basic_qos`, confirm mode) and, when anything fails, drops the
+//! connection and starts over with backoff. That way recovery re-applies
+//! exactly the state we declared, `basic_qos` included, and the code path
+//! after a reconnect is the same as at start-up.
+
+pub mod outbox;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use serde_json::{Map, Value};
+
+/// The broker used when neither `amqp.url` nor `AMQP_URL` is set.
+pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Heartbeat asked for unless the URL sets one: a silent peer is noticed
+/// within two intervals.
+pub const HEARTBEAT_SECS: u16 = 10;
+/// A connection attempt that takes longer is abandoned and retried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The broker URL: `amqp.url`, else env `AMQP_URL`, else [`DEFAULT_URL`].
+pub fn broker_url(config: &crate::spec::Config) -> String {
+    config
+        .amqp
+        .as_ref()
+        .and_then(|a| a.url.clone())
+        .or_else(|| std::env::var("AMQP_URL").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| DEFAULT_URL.to_string())
+}
+
+/// Parses a broker URL, adding the default heartbeat.
+pub fn parse_url(url: &str) -> Result<AMQPUri, String> {
+    let mut uri = AMQPUri::from_str(url).map_err(|e| {
+        format!(
+            "invalid AMQP URL `{}`: {e}",
+            redact_url(url).unwrap_or_else(|| "<unparsable>".into())
+        )
+    })?;
+    uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
+    Ok(uri)
+}
+
+/// The URL with its password hidden, for logs and errors.
+pub fn redact_url(url: &str) -> Option<String> {
+    let uri = AMQPUri::from_str(url).ok()?;
+    Some(describe(&uri))
+}
+
+/// `amqp://user@host:port/vhost`: where we connect, without the password.
+pub fn describe(uri: &AMQPUri) -> String {
+    format!(
+        "amqp://{}@{}:{}/{}",
+        uri.authority.userinfo.username,
+        uri.authority.host,
+        uri.authority.port,
+        percent_vhost(&uri.vhost)
+    )
+}
+
+/// The vhost as it appears in URLs and event sources (`/` is `%2f`).
+pub fn percent_vhost(vhost: &str) -> String {
+    vhost.replace('%', "%25").replace('/', "%2f")
+}
+
+/// Connects once, within [`CONNECT_TIMEOUT`]. `name` shows in the broker's
+/// connection list.
+pub async fn connect(uri: &AMQPUri, name: &str) -> Result<Connection, String> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("switchyard {name} (pid {})", std::process::id()).into());
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect_uri(uri.clone(), properties),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", describe(uri))),
+        Err(_) => Err(format!(
+            "cannot connect to {}: no answer within {}s",
+            describe(uri),
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// A name or key checked against AMQP's 255-byte limit (lapin panics on
+/// longer ones, so nothing from a user reaches it unchecked).
+pub fn short(what: &str, value: &str) -> Result<ShortString, String> {
+    ShortString::try_new(value)
+        .map_err(|_| format!("{what} is {} bytes; AMQP allows 255", value.len()))
+}
+
+/// Exponential backoff with jitter, for reconnect loops.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            next: min,
+            min,
+            max,
+        }
+    }
+
+    /// The delay before the next attempt; doubles up to the maximum.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        // Up to 25% jitter so many consumers do not reconnect in lockstep.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+    }
+
+    /// After a session that worked: start from the minimum again.
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(Duration::from_millis(200), Duration::from_secs(30))
+    }
+}
+
+/// AMQP field values as JSON (headers in events).
+pub fn field_table_json(table: &FieldTable) -> Map<String, Value> {
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), amqp_value_json(v)))
+        .collect()
+}
+
+fn amqp_value_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::ShortShortInt(n) => Value::from(*n),
+        AMQPValue::ShortShortUInt(n) => Value::from(*n),
+        AMQPValue::ShortInt(n) => Value::from(*n),
+        AMQPValue::ShortUInt(n) => Value::from(*n),
+        AMQPValue::LongInt(n) => Value::from(*n),
+        AMQPValue::LongUInt(n) => Value::from(*n),
+        AMQPValue::LongLongInt(n) => Value::from(*n),
+        AMQPValue::Float(f) => Value::from(f64::from(*f)),
+        AMQPValue::Double(f) => Value::from(*f),
+        AMQPValue::DecimalValue(d) => {
+            Value::from(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+        }
+        AMQPValue::ShortString(s) => Value::String(s.as_str().to_string()),
+        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(text) => Value::String(text.to_string()),
+            Err(_) => Value::String(base64::engine::general_purpose::STANDARD.encode(s.as_bytes())),
+        },
+        AMQPValue::FieldArray(items) => {
+            Value::Array(items.as_slice().iter().map(amqp_value_json).collect())
+        }
+        AMQPValue::Timestamp(t) => Value::from(*t),
+        AMQPValue::FieldTable(t) => Value::Object(field_table_json(t)),
+        AMQPValue::ByteArray(b) => {
+            Value::String(base64::engine::general_purpose::STANDARD.encode(b.as_slice()))
+        }
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+/// JSON header values as AMQP field values (the `amqp` task's `headers`).
+pub fn json_field_table(headers: &Map<String, Value>) -> Result<FieldTable, String> {
+    let mut table = FieldTable::default();
+    for (key, value) in headers {
+        let name = short("header name", key)?;
+        table.insert(name, json_amqp_value(value)?);
+    }
+    Ok(table)
+}
+
+fn json_amqp_value(value: &Value) -> Result<AMQPValue, String> {
+    Ok(match value {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => AMQPValue::LongLongInt(i),
+            (None, Some(f)) => AMQPValue::Double(f),
+            (None, None) => AMQPValue::LongString(n.to_string().into()),
+        },
+        Value::String(s) => AMQPValue::LongString(s.as_str().into()),
+        Value::Array(items) => {
+            let mut array = lapin::types::FieldArray::default();
+            for item in items {
+                array.push(json_amqp_value(item)?);
+            }
+            AMQPValue::FieldArray(array)
+        }
+        Value::Object(map) => AMQPValue::FieldTable(json_field_table(map)?),
+    })
+}
+
+/// Why a publish did not go through.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    /// Could not reach the broker or the channel failed (retry may help).
+    #[error("{0}")]
+    Broker(String),
+    /// `mandatory` and no queue was bound for the routing key.
+    #[error(
+        "unroutable: exchange `{exchange}` has no queue bound for routing key `{routing_key}` ({code} {text})"
+    )]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+        code: u16,
+        text: String,
+    },
+    /// The broker refused the message (`basic.nack`).
+    #[error("the broker nacked the message (it could not store it)")]
+    Nacked,
+    /// The message cannot be published as given.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+    pub mandatory: bool,
+}
+
+/// A lazily connected publishing channel in confirm mode, shared by every
+/// `amqp` task and the lifecycle outbox. A failed channel or connection is
+/// replaced on the next publish.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<BrokerInner>,
+}
+
+struct BrokerInner {
+    uri: Result<AMQPUri, String>,
+    events_exchange: Option<String>,
+    session: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+    /// Exchanges seen to exist on this connection. Publishing to a missing
+    /// exchange closes the channel, failing every publish in flight on it,
+    /// so an exchange is checked on a throwaway channel first.
+    known: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field(
+                "url",
+                &self.inner.uri.as_ref().map(describe).unwrap_or_default(),
+            )
+            .field("events_exchange", &self.inner.events_exchange)
+            .finish()
+    }
+}
+
+impl Broker {
+    pub fn new(url: &str, events_exchange: Option<String>) -> Self {
+        Self {
+            inner: Arc::new(BrokerInner {
+                uri: parse_url(url),
+                events_exchange: events_exchange.filter(|e| !e.is_empty()),
+                session: tokio::sync::Mutex::new(None),
+                known: std::sync::Mutex::new(std::collections::HashSet::new()),
+            }),
+        }
+    }
+
+    /// From the config's `amqp` section (or `AMQP_URL`, or the default).
+    pub fn from_config(config: &crate::spec::Config) -> Self {
+        Self::new(
+            &broker_url(config),
+            config.amqp.as_ref().and_then(|a| a.events_exchange.clone()),
+        )
+    }
+
+    pub fn uri(&self) -> Result<&AMQPUri, String> {
+        self.inner.uri.as_ref().map_err(Clone::clone)
+    }
+
+    /// Where lifecycle events go; none are recorded without it.
+    pub fn events_exchange(&self) -> Option<&str> {
+        self.inner.events_exchange.as_deref()
+    }
+
+    /// The publishing channel, (re)connecting when needed.
+    async fn channel(&self) -> Result<Channel, PublishError> {
+        let mut session = self.inner.session.lock().await;
+        if let Some((connection, channel)) = session.as_mut() {
+            if channel.status().connected() {
+                return Ok(channel.clone());
+            }
+            if connection.status().connected() {
+                // The channel was closed by a channel error (say, an
+                // exchange deleted since it was checked): a new one on the
+                // same connection.
+                self.forget_exchanges();
+                *channel = confirm_channel(connection).await?;
+                return Ok(channel.clone());
+            }
+        }
+        *session = None;
+        self.forget_exchanges();
+        let uri = self.uri().map_err(PublishError::Broker)?;
+        let connection = connect(uri, "publisher")
+            .await
+            .map_err(PublishError::Broker)?;
+        let channel = confirm_channel(&connection).await?;
+        *session = Some((connection, channel.clone()));
+        Ok(channel)
+    }
+
+    /// Publishes and waits for the broker's confirm.
+    pub async fn publish(&self, message: Outgoing) -> Result<(), PublishError> {
+        self.publish_many(vec![message])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(PublishError::Broker("nothing was published".into())))
+    }
+
+    fn forget_exchanges(&self) {
+        if let Ok(mut known) = self.inner.known.lock() {
+            known.clear();
+        }
+    }
+
+    /// Checks that `exchange` exists, on a throwaway channel (which the
+    /// broker closes when it does not).
+    async fn check_exchange(&self, exchange: &str) -> Result<(), PublishError> {
+        if exchange.is_empty()
+            || self
+                .inner
+                .known
+                .lock()
+                .is_ok_and(|known| known.contains(exchange))
+        {
+            return Ok(());
+        }
+        let name = short("exchange name", exchange).map_err(PublishError::Invalid)?;
+        let probe = {
+            let session = self.inner.session.lock().await;
+            let Some((connection, _)) = session.as_ref() else {
+                return Err(PublishError::Broker("not connected".into()));
+            };
+            connection
+                .create_channel()
+                .await
+                .map_err(|e| PublishError::Broker(format!("cannot open a channel: {e}")))?
+        };
+        let found = probe
+            .exchange_declare(
+                name,
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match found {
+            Ok(()) => {
+                let _ = probe.close(200, "checked".into()).await;
+                if let Ok(mut known) = self.inner.known.lock() {
+                    known.insert(exchange.to_string());
+                }
+                Ok(())
+            }
+            Err(e) => Err(PublishError::Broker(format!("exchange `{exchange}`: {e}"))),
+        }
+    }
+
+    /// Publishes in order, then waits for every confirm: one result per
+    /// message. After the first broker failure the rest are not sent.
+    pub async fn publish_many(&self, messages: Vec<Outgoing>) -> Vec<Result<(), PublishError>> {
+        let mut results: Vec<Option<Result<(), PublishError>>> = vec![None; messages.len()];
+        let channel = match self.channel().await {
+            Ok(channel) => channel,
+            Err(e) => return vec![Err(e); messages.len()],
+        };
+        for (i, message) in messages.iter().enumerate() {
+            if let Err(e) = self.check_exchange(&message.exchange).await {
+                results[i] = Some(Err(e));
+            }
+        }
+        let mut confirms = Vec::with_capacity(messages.len());
+        let mut broken = None;
+        for (i, message) in messages.into_iter().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
+            if let Some(e) = &broken {
+                results[i] = Some(Err(PublishError::clone(e)));
+                continue;
+            }
+            let names = short("exchange name", &message.exchange)
+                .and_then(|e| Ok((e, short("routing key", &message.routing_key)?)));
+            let (exchange, routing_key) = match names {
+                Ok(names) => names,
+                Err(e) => {
+                    results[i] = Some(Err(PublishError::Invalid(e)));
+                    continue;
+                }
+            };
+            let published = channel
+                .basic_publish(
+                    exchange,
+                    routing_key,
+                    BasicPublishOptions {
+                        mandatory: message.mandatory,
+                        ..BasicPublishOptions::default()
+                    },
+                    &message.body,
+                    message.properties,
+                )
+                .await;
+            match published {
+                Ok(confirm) => confirms.push((i, message.exchange, message.routing_key, confirm)),
+                Err(e) => {
+                    let e = PublishError::Broker(format!("publish failed: {e}"));
+                    results[i] = Some(Err(e.clone()));
+                    broken = Some(e);
+                }
+            }
+        }
+        for (i, exchange, routing_key, confirm) in confirms {
+            results[i] = Some(match confirm.await {
+                Ok(Confirmation::Ack(None)) => Ok(()),
+                Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
+                    Err(PublishError::Unroutable {
+                        exchange,
+                        routing_key,
+                        code: returned.reply_code,
+                        text: returned.reply_text.to_string(),
+                    })
+                }
+                Ok(Confirmation::Nack(None)) => Err(PublishError::Nacked),
+                Ok(Confirmation::NotRequested) => Err(PublishError::Broker(
+                    "the channel is not in confirm mode".into(),
+                )),
+                Err(e) => Err(PublishError::Broker(format!(
+                    "no confirm from the broker: {e}"
+                ))),
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(PublishError::Broker("not sent".into()))))
+            .collect()
+    }
+
+    /// Declares a durable topic exchange on the publishing channel (the
+    /// lifecycle exchange). An existing exchange of another type is used
+    /// as it is.
+    pub async fn ensure_exchange(&self, name: &str) -> Result<(), PublishError> {
+        let exchange = short("exchange name", name).map_err(PublishError::Invalid)?;
+        let channel = self.channel().await?;
+        let declared = channel
+            .exchange_declare(
+                exchange.clone(),
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        if let Err(e) = declared {
+            // A type mismatch closes the channel; check it exists at all.
+            let channel = self.channel().await?;
+            channel
+                .exchange_declare(
+                    exchange,
+                    lapin::ExchangeKind::Topic,
+                    lapin::options::ExchangeDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|_| {
+                    PublishError::Broker(format!("cannot declare exchange `{name}`: {e}"))
+                })?;
+        }
+        Ok(())
+    }
+}
+
+async fn confirm_channel(connection: &Connection) -> Result<Channel, PublishError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| PublishError::Broker(format!("cannot open a channel: {e}")))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| PublishError::Broker(format!("cannot enable publisher confirms: {e}")))?;
+    Ok(channel)
+}
+
+/// Whether a broker answers at this URL (tests and benches use it to skip).
+pub async fn reachable(url: &str) -> bool {
+    let Ok(uri) = parse_url(url) else {
+        return false;
+    };
+    match connect(&uri, "probe").await {
+        Ok(connection) => {
+            let _ = connection.close(200, "probe".into()).await;
+            true
+        }
+        Err(_) => false,
+    }
+}

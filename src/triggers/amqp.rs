@@ -1,0 +1,594 @@
+//! The `amqp` trigger: one consumer per queue, shared by every binding on
+//! that queue.
+//!
+//! A session connects, declares the exchanges (durable, of the binding's
+//! type), declares the queue durable unless it exists already (so a queue
+//! created with a dead-letter exchange or other arguments is used as it is),
+//! binds it, applies `basic_qos` and consumes with manual acks. Each delivery
+//! becomes an event; it is acked only after the reactor answered, which is
+//! after the event and its runs were flushed. The ack's result is checked:
+//! lapin answers `Ok(false)` without sending on a dead channel, and the
+//! message then comes back on the next session, where dedup on its
+//! `message_id` starts no second run.
+//!
+//! Any failure ends the session: the connection is closed and a new session
+//! starts after a backoff, re-declaring everything and re-applying the
+//! prefetch (lapin's own recovery is not used). Heartbeats (10 s unless the
+//! URL says otherwise) end a session whose peer went silent.
+//!
+//! A message that cannot become an event (declared JSON that does not parse,
+//! text that is not UTF-8, an unsupported content encoding) is rejected
+//! without requeue: dead-lettered where the queue has a DLX, counted, logged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ExchangeKind};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::{Backoff, connect, describe, field_table_json, percent_vhost, short};
+use crate::reactor::Reactor;
+use crate::reactor::event::{AMQP_MESSAGE, Event, topic_matches};
+use crate::spec::binding::{AmqpTrigger, Binding, ExchangeType, Trigger};
+
+/// A session that lasted this long counts as healthy: the next failure
+/// retries from the shortest backoff.
+const HEALTHY: Duration = Duration::from_secs(10);
+/// How long a stopping consumer waits for deliveries in flight to be acked.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Counters of every AMQP consumer, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct AmqpMetrics {
+    pub deliveries: AtomicU64,
+    pub acked: AtomicU64,
+    /// Rejected without requeue: could not become an event.
+    pub poison: AtomicU64,
+    /// Acks that could not be sent (the channel died first); the message
+    /// comes back and dedup catches it.
+    pub acks_lost: AtomicU64,
+    /// Sessions that ended in a failure and were restarted.
+    pub reconnects: AtomicU64,
+    /// Deliveries received and not yet acked, now.
+    pub unacked: AtomicU64,
+    /// The most deliveries one session ever held unacked (bounded by the
+    /// prefetch when `basic_qos` is in force).
+    pub unacked_max: AtomicU64,
+    /// Consumers currently connected and consuming.
+    pub consuming: AtomicU64,
+}
+
+/// Bindings by queue.
+pub fn groups(bindings: &[Arc<Binding>]) -> HashMap<String, Vec<Arc<Binding>>> {
+    let mut out: HashMap<String, Vec<Arc<Binding>>> = HashMap::new();
+    for binding in bindings {
+        if let Trigger::Amqp(a) = &binding.trigger {
+            out.entry(a.queue.clone())
+                .or_default()
+                .push(Arc::clone(binding));
+        }
+    }
+    out
+}
+
+fn trigger(binding: &Binding) -> Option<&AmqpTrigger> {
+    match &binding.trigger {
+        Trigger::Amqp(a) => Some(a),
+        _ => None,
+    }
+}
+
+/// One queue's consumer.
+#[derive(Clone)]
+pub struct Consumer {
+    queue: String,
+    bindings: Arc<Vec<Arc<Binding>>>,
+    reactor: Reactor,
+    uri: AMQPUri,
+}
+
+impl Consumer {
+    pub fn new(queue: String, bindings: Vec<Arc<Binding>>, reactor: Reactor, uri: AMQPUri) -> Self {
+        Self {
+            queue,
+            bindings: Arc::new(bindings),
+            reactor,
+            uri,
+        }
+    }
+
+    fn metrics(&self) -> &AmqpMetrics {
+        &self.reactor.metrics().amqp
+    }
+
+    /// The prefetch: the smallest any binding on the queue asks for.
+    fn prefetch(&self) -> u16 {
+        self.bindings
+            .iter()
+            .filter_map(|b| trigger(b))
+            .map(|a| a.prefetch)
+            .min()
+            .unwrap_or(crate::spec::binding::DEFAULT_PREFETCH)
+    }
+
+    pub fn spawn(self, stop: CancellationToken) {
+        tokio::spawn(self.run(stop));
+    }
+
+    /// Sessions until stopped, with backoff between failed ones. The broker
+    /// being down only delays this consumer; nothing else waits for it.
+    async fn run(self, stop: CancellationToken) {
+        let mut backoff = Backoff::default();
+        loop {
+            let started = Instant::now();
+            let outcome = self.session(&stop).await;
+            if stop.is_cancelled() {
+                return;
+            }
+            if started.elapsed() >= HEALTHY {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            self.metrics().reconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                queue = %self.queue,
+                broker = %describe(&self.uri),
+                error = %outcome.err().unwrap_or_default(),
+                retry_in_ms = delay.as_millis() as u64,
+                "AMQP consumer disconnected; reconnecting."
+            );
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One connection's life. `Ok` only when stopped.
+    async fn session(&self, stop: &CancellationToken) -> Result<(), String> {
+        let name = format!("consumer {}", self.queue);
+        let connection = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            connection = connect(&self.uri, &name) => connection?,
+        };
+        let result = self.consume(&connection, stop).await;
+        // Close within a bound: a dead peer must not hold the next session up.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            connection.close(200, "switchyard consumer session ended".into()),
+        )
+        .await;
+        result
+    }
+
+    async fn consume(
+        &self,
+        connection: &Connection,
+        stop: &CancellationToken,
+    ) -> Result<(), String> {
+        let channel = self.declare(connection).await?;
+        let prefetch = self.prefetch();
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| format!("basic.qos {prefetch}: {e}"))?;
+        let queue = short("queue name", &self.queue)?;
+        let mut consumer = channel
+            .basic_consume(
+                queue,
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("cannot consume queue `{}`: {e}", self.queue))?;
+        tracing::info!(
+            queue = %self.queue,
+            prefetch,
+            bindings = self.bindings.len(),
+            broker = %describe(&self.uri),
+            "Consuming AMQP queue."
+        );
+        self.metrics().consuming.fetch_add(1, Ordering::Relaxed);
+        let session = Session {
+            unacked: Arc::new(AtomicU64::new(0)),
+        };
+        let mut in_flight = tokio::task::JoinSet::new();
+        let outcome = loop {
+            tokio::select! {
+                _ = stop.cancelled() => break Ok(()),
+                delivery = consumer.next() => match delivery {
+                    None => break Err("the broker cancelled the consumer".to_string()),
+                    Some(Err(e)) => break Err(format!("consumer failed: {e}")),
+                    Some(Ok(delivery)) => {
+                        self.metrics().deliveries.fetch_add(1, Ordering::Relaxed);
+                        self.metrics().unacked.fetch_add(1, Ordering::Relaxed);
+                        let held = session.unacked.fetch_add(1, Ordering::Relaxed) + 1;
+                        self.metrics().unacked_max.fetch_max(held, Ordering::Relaxed);
+                        let this = self.clone();
+                        let unacked = Arc::clone(&session.unacked);
+                        in_flight.spawn(async move {
+                            let metrics = this.reactor.metrics().clone();
+                            // Counted out just before the ack is sent, so the
+                            // count never runs ahead of the broker's own.
+                            let release = move || {
+                                unacked.fetch_sub(1, Ordering::Relaxed);
+                                metrics.amqp.unacked.fetch_sub(1, Ordering::Relaxed);
+                            };
+                            this.handle(delivery, release).await
+                        });
+                    }
+                },
+                Some(done) = in_flight.join_next() => {
+                    if let Ok(Err(e)) = done {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        self.metrics().consuming.fetch_sub(1, Ordering::Relaxed);
+        if outcome.is_ok() {
+            // Stopping: take no more, let what is in flight be recorded and acked.
+            let _ = channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await;
+            let _ = tokio::time::timeout(STOP_GRACE, async {
+                while in_flight.join_next().await.is_some() {}
+            })
+            .await;
+        }
+        // Anything still in flight is dropped unacked: the broker redelivers
+        // it and dedup catches what was recorded.
+        outcome
+    }
+
+    /// Declares exchanges, the queue and its bindings; returns the channel
+    /// to consume on.
+    async fn declare(&self, connection: &Connection) -> Result<Channel, String> {
+        let mut channel = open(connection).await?;
+        let mut exchanges: Vec<(&str, ExchangeType)> = Vec::new();
+        for a in self.bindings.iter().filter_map(|b| trigger(b)) {
+            if !exchanges.iter().any(|(name, _)| *name == a.exchange) {
+                exchanges.push((&a.exchange, a.exchange_type));
+            }
+        }
+        for (name, kind) in &exchanges {
+            if name.is_empty() {
+                continue; // The default exchange routes by queue name.
+            }
+            let exchange = short("exchange name", name)?;
+            let declared = if name.starts_with("amq.") {
+                Err(None) // Predeclared by the broker: check only.
+            } else {
+                channel
+                    .exchange_declare(
+                        exchange.clone(),
+                        exchange_kind(*kind),
+                        ExchangeDeclareOptions {
+                            durable: true,
+                            ..ExchangeDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(Some)
+            };
+            if let Err(error) = declared {
+                // An existing exchange of another type is used as it is.
+                if error.is_some() {
+                    channel = open(connection).await?;
+                }
+                channel
+                    .exchange_declare(
+                        exchange,
+                        exchange_kind(*kind),
+                        ExchangeDeclareOptions {
+                            passive: true,
+                            ..ExchangeDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|e| match error {
+                        Some(first) => format!("cannot declare exchange `{name}`: {first}"),
+                        None => format!("exchange `{name}`: {e}"),
+                    })?;
+            }
+        }
+        let queue = short("queue name", &self.queue)?;
+        let exists = channel
+            .queue_declare(
+                queue.clone(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+        if !exists {
+            channel = open(connection).await?;
+            channel
+                .queue_declare(
+                    queue.clone(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| format!("cannot declare queue `{}`: {e}", self.queue))?;
+        }
+        for a in self.bindings.iter().filter_map(|b| trigger(b)) {
+            if a.exchange.is_empty() {
+                continue;
+            }
+            channel
+                .queue_bind(
+                    queue.clone(),
+                    short("exchange name", &a.exchange)?,
+                    short("routing key", &a.routing_key)?,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot bind queue `{}` to `{}` with `{}`: {e}",
+                        self.queue, a.exchange, a.routing_key
+                    )
+                })?;
+        }
+        Ok(channel)
+    }
+
+    /// One delivery: decode, record, ack. `Err` ends the session (the
+    /// channel is gone).
+    async fn handle(&self, delivery: Delivery, release: impl FnOnce()) -> Result<(), String> {
+        let event = match decode(&delivery, &self.queue, &self.uri.vhost) {
+            Ok(event) => event,
+            Err(reason) => {
+                release();
+                self.metrics().poison.fetch_add(1, Ordering::Relaxed);
+                self.reactor
+                    .metrics()
+                    .rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    queue = %self.queue,
+                    exchange = %delivery.exchange,
+                    routing_key = %delivery.routing_key,
+                    reason,
+                    "Rejecting a message that cannot become an event (dead-lettered where the queue has a DLX)."
+                );
+                return match delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await
+                {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err("the channel closed before a reject could be sent".into()),
+                    Err(e) => Err(format!("reject failed: {e}")),
+                };
+            }
+        };
+        let exchange = delivery.exchange.as_str();
+        let key = delivery.routing_key.as_str();
+        let bindings: Vec<Arc<Binding>> = self
+            .bindings
+            .iter()
+            .filter(|b| trigger(b).is_some_and(|a| routes(a, exchange, key)))
+            .cloned()
+            .collect();
+        let submitted = self
+            .reactor
+            .submit(event, &bindings, Vec::new(), false)
+            .await;
+        release();
+        match submitted {
+            Ok(_) => match delivery.acker.ack(BasicAckOptions::default()).await {
+                Ok(true) => {
+                    self.metrics().acked.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                Ok(false) => {
+                    self.metrics().acks_lost.fetch_add(1, Ordering::Relaxed);
+                    Err("the channel closed before an ack could be sent; the message will be redelivered and deduplicated".into())
+                }
+                Err(e) => {
+                    self.metrics().acks_lost.fetch_add(1, Ordering::Relaxed);
+                    Err(format!("ack failed: {e}"))
+                }
+            },
+            Err(e) => {
+                // Not recorded (shutting down): give it back to the queue.
+                let _ = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+                Err(format!("cannot record the event: {e}"))
+            }
+        }
+    }
+}
+
+struct Session {
+    unacked: Arc<AtomicU64>,
+}
+
+async fn open(connection: &Connection) -> Result<Channel, String> {
+    connection
+        .create_channel()
+        .await
+        .map_err(|e| format!("cannot open a channel: {e}"))
+}
+
+fn exchange_kind(kind: ExchangeType) -> ExchangeKind {
+    match kind {
+        ExchangeType::Topic => ExchangeKind::Topic,
+        ExchangeType::Direct => ExchangeKind::Direct,
+        ExchangeType::Fanout => ExchangeKind::Fanout,
+        ExchangeType::Headers => ExchangeKind::Headers,
+    }
+}
+
+/// Whether a delivery is for this binding: by its routing key when it came
+/// through the binding's exchange; always when it reached the queue another
+/// way (published to the queue directly, dead-lettered, shovelled).
+pub fn routes(a: &AmqpTrigger, exchange: &str, key: &str) -> bool {
+    if exchange != a.exchange {
+        return true;
+    }
+    match a.exchange_type {
+        ExchangeType::Topic => topic_matches(&a.routing_key, key),
+        ExchangeType::Direct => a.routing_key == key,
+        ExchangeType::Fanout | ExchangeType::Headers => true,
+    }
+}
+
+fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+fn is_json(media: &str) -> bool {
+    media == "application/json" || media.ends_with("+json")
+}
+
+/// A delivery as an event (SPEC §5), or why it cannot be one.
+pub fn decode(delivery: &Delivery, queue: &str, vhost: &str) -> Result<Value, String> {
+    let props = &delivery.properties;
+    if let Some(encoding) = props.content_encoding()
+        && !matches!(encoding.as_str().trim(), "" | "identity")
+    {
+        return Err(format!(
+            "content-encoding `{encoding}` is not supported (send the body unencoded)"
+        ));
+    }
+    let content_type = props
+        .content_type()
+        .as_ref()
+        .map(|c| c.as_str().to_string());
+    let media = content_type.as_deref().map(media_type);
+    let body = &delivery.data;
+    let (data, datacontenttype) = match media.as_deref() {
+        Some(m) if is_json(m) => match serde_json::from_slice::<Value>(body) {
+            Ok(value) => (value, content_type.clone()),
+            Err(e) => return Err(format!("the body is declared `{m}` but is not JSON: {e}")),
+        },
+        Some(m) if m.starts_with("text/") => match std::str::from_utf8(body) {
+            Ok(text) => (Value::String(text.to_string()), content_type.clone()),
+            Err(e) => return Err(format!("the body is declared `{m}` but is not UTF-8: {e}")),
+        },
+        Some(_) => match std::str::from_utf8(body) {
+            Ok(text) => (Value::String(text.to_string()), content_type.clone()),
+            Err(_) => (
+                Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
+                content_type.clone(),
+            ),
+        },
+        None => match serde_json::from_slice::<Value>(body) {
+            Ok(value) if !body.is_empty() => (value, Some("application/json".into())),
+            _ => match std::str::from_utf8(body) {
+                Ok(text) => (Value::String(text.to_string()), Some("text/plain".into())),
+                Err(_) => (
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
+                    Some("application/octet-stream".into()),
+                ),
+            },
+        },
+    };
+    let headers = props
+        .headers()
+        .as_ref()
+        .map(field_table_json)
+        .unwrap_or_default();
+    let exchange = delivery.exchange.as_str();
+    let routing_key = delivery.routing_key.as_str();
+    let id = match props.message_id().as_ref().map(|m| m.as_str()) {
+        Some(id) if !id.trim().is_empty() => id.to_string(),
+        _ => {
+            // No message id: a hash of what the publisher sent, so a
+            // redelivery of the same message is recognised.
+            let mut hash = Sha256::new();
+            for part in [exchange.as_bytes(), routing_key.as_bytes()] {
+                hash.update(part);
+                hash.update([0]);
+            }
+            hash.update(serde_json::to_vec(&headers).unwrap_or_default());
+            hash.update([0]);
+            hash.update(format!("{:?}", props.timestamp()).as_bytes());
+            hash.update([0]);
+            hash.update(body);
+            let digest = hash.finalize();
+            format!("amqp:{}", hex::encode(&digest[..16]))
+        }
+    };
+    let at = props
+        .timestamp()
+        .and_then(|secs| i64::try_from(secs).ok())
+        .and_then(|secs| secs.checked_mul(1000))
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+    let mut event = Event::new(
+        id,
+        format!("amqp://{}/{}", percent_vhost(vhost), exchange),
+        AMQP_MESSAGE,
+        at,
+    );
+    event.subject = Some(routing_key.to_string());
+    event.datacontenttype = datacontenttype;
+    event.data = data;
+    let mut properties = Map::new();
+    let mut put = |key: &str, value: Option<String>| {
+        if let Some(value) = value {
+            properties.insert(key.into(), Value::String(value));
+        }
+    };
+    put(
+        "message_id",
+        props.message_id().as_ref().map(|v| v.to_string()),
+    );
+    put(
+        "correlation_id",
+        props.correlation_id().as_ref().map(|v| v.to_string()),
+    );
+    put("reply_to", props.reply_to().as_ref().map(|v| v.to_string()));
+    put("type", props.kind().as_ref().map(|v| v.to_string()));
+    put("app_id", props.app_id().as_ref().map(|v| v.to_string()));
+    put("user_id", props.user_id().as_ref().map(|v| v.to_string()));
+    put("content_type", content_type);
+    event.switchyard = json!({
+        "exchange": exchange,
+        "routing_key": routing_key,
+        "queue": queue,
+        "redelivered": delivery.redelivered,
+        "headers": headers,
+        "properties": properties,
+    })
+    .as_object()
+    .cloned()
+    .unwrap_or_default();
+    Ok(event.into_value())
+}

@@ -1,0 +1,692 @@
+//! RabbitMQ end to end, against the real broker and an in-process daemon:
+//! the amqp trigger (exactly one run per message, through closed
+//! connections and a broker restart), poison messages to the DLX, the
+//! `amqp` task (confirms, mandatory), lifecycle events through an outage,
+//! and a daemon that starts while the broker is down.
+//!
+//! Every test needs the broker: without one they print SKIPPED, unless
+//! `SWITCHYARD_REQUIRE_BROKER=1` (CI), where they fail.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use lapin::types::AMQPValue;
+use lapin::{BasicProperties, ExchangeKind};
+use serde_json::{Value, json};
+
+use crate::triggers::{Daemon, Project};
+use crate::util::broker::{self, LOCK};
+
+fn amqp_binding(name: &str, exchange: &str, queue: &str, extra: Value) -> Value {
+    let mut on = json!({"exchange": exchange, "routing_key": "orders.#", "queue": queue});
+    if let (Value::Object(on), Value::Object(extra)) = (&mut on, extra) {
+        on.extend(extra);
+    }
+    json!({
+        "name": name,
+        "on": {"amqp": on},
+        "workflow": "three",
+        "params": {"n": "${event.data.n}", "id": "${event.id}"},
+    })
+}
+
+async fn metrics(daemon: &Daemon) -> BTreeMap<String, f64> {
+    let text = reqwest::get(daemon.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn metric(daemon: &Daemon, name: &str) -> f64 {
+    metrics(daemon).await.get(name).copied().unwrap_or(-1.0)
+}
+
+/// Waits until `workflow` has `n` runs, all ended; returns them.
+async fn wait_ended(daemon: &Daemon, workflow: &str, n: usize, within: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let runs = daemon.runs(workflow).await;
+        let ended = runs
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r["status"].as_str(),
+                    Some("succeeded" | "failed" | "cancelled")
+                )
+            })
+            .count();
+        if runs.len() >= n && ended == runs.len() {
+            return runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{workflow}: {} runs ({ended} ended), expected {n}",
+            runs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asserts every `n` in `0..count` has exactly one run.
+fn exactly_once(runs: &[Value], count: usize) {
+    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+    for run in runs {
+        *seen
+            .entry(run["params"]["n"].as_i64().unwrap())
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "messages with more than one run: {twice:?}"
+    );
+    let missing: Vec<usize> = (0..count)
+        .filter(|n| !seen.contains_key(&(*n as i64)))
+        .collect();
+    assert!(missing.is_empty(), "messages with no run: {missing:?}");
+    assert_eq!(runs.len(), count);
+}
+
+fn json_message(n: usize, id: Option<String>) -> (String, Vec<u8>, BasicProperties) {
+    let mut properties = BasicProperties::default().with_content_type("application/json".into());
+    if let Some(id) = id {
+        properties = properties.with_message_id(id.into());
+    }
+    (
+        format!(
+            "orders.{}",
+            if n.is_multiple_of(2) {
+                "created"
+            } else {
+                "eu.paid"
+            }
+        ),
+        json!({"n": n}).to_string().into_bytes(),
+        properties,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_confirmed_messages_start_a_thousand_runs() {
+    let _shared = LOCK.read().await;
+    if !broker::available("a_thousand_confirmed_messages_start_a_thousand_runs").await {
+        return;
+    }
+    let exchange = broker::unique("orders");
+    let queue = broker::unique("q");
+    let project = Project::new(&[amqp_binding("orders", &exchange, &queue, json!({}))]);
+    let daemon = project.start(None).await;
+    let connection = broker::connect().await;
+    let channel = broker::confirm_channel(&connection).await;
+    // The daemon declares the exchange; wait until its consumer is up so
+    // no message is published before the queue is bound.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&daemon, "switchyard_amqp_consumers").await < 1.0 {
+        assert!(Instant::now() < deadline, "the consumer did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Half with a message id, half without (the id is then a hash).
+    broker::publish_all(
+        &channel,
+        &exchange,
+        (0..1000).map(|n| json_message(n, (n % 2 == 0).then(|| format!("msg-{n}")))),
+    )
+    .await;
+    let runs = wait_ended(&daemon, "three", 1000, Duration::from_secs(120)).await;
+    exactly_once(&runs, 1000);
+    assert!(runs.iter().all(|r| r["status"] == "succeeded"));
+    let with_id = runs.iter().find(|r| r["params"]["n"] == 4).unwrap();
+    assert_eq!(with_id["params"]["id"], "msg-4");
+    let hashed = runs.iter().find(|r| r["params"]["n"] == 5).unwrap();
+    assert!(
+        hashed["params"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("amqp:")
+    );
+
+    // The event carries the envelope of SPEC §5.
+    let record = daemon
+        .get(&format!("/api/v1/runs/{}", with_id["id"].as_str().unwrap()))
+        .await;
+    let event = &record["event"];
+    assert_eq!(event["type"], "switchyard.amqp.message");
+    assert_eq!(event["source"], format!("amqp://%2f/{exchange}"));
+    assert_eq!(event["subject"], "orders.created");
+    assert_eq!(event["data"], json!({"n": 4}));
+    assert_eq!(event["switchyard"]["queue"], queue);
+
+    // Publishing the same ids again starts nothing: dedup on message_id.
+    broker::publish_all(
+        &channel,
+        &exchange,
+        (0..10).map(|n| json_message(n * 2, Some(format!("msg-{}", n * 2)))),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(
+        &daemon,
+        "switchyard_event_outcomes_total{outcome=\"duplicate\"}",
+    )
+    .await
+        < 10.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the redelivered ids were not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(daemon.runs("three").await.len(), 1000);
+    let m = metrics(&daemon).await;
+    assert_eq!(m["switchyard_amqp_acked_total"], 1010.0);
+    assert!(m["switchyard_amqp_unacked_max"] <= 100.0, "{m:?}");
+    let _ = connection.close(200, "done".into()).await;
+    daemon.stop().await;
+    broker::delete_queues(&[&queue]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_connections_and_a_broker_restart_lose_and_repeat_nothing() {
+    let _exclusive = LOCK.write().await;
+    if !broker::available("closed_connections_and_a_broker_restart_lose_and_repeat_nothing").await {
+        return;
+    }
+    const COUNT: usize = 2000;
+    const PREFETCH: u16 = 20;
+    let exchange = broker::unique("orders");
+    let queue = broker::unique("q");
+    let project = Project::new(&[amqp_binding(
+        "orders",
+        &exchange,
+        &queue,
+        json!({"prefetch": PREFETCH}),
+    )]);
+    let daemon = project.start(None).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&daemon, "switchyard_amqp_consumers").await < 1.0 {
+        assert!(Instant::now() < deadline, "the consumer did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A steady stream: 2,000 messages over ~10 s, each retried with the
+    // same message id until confirmed.
+    let publisher = {
+        let exchange = exchange.clone();
+        tokio::spawn(async move {
+            let mut publisher = broker::ResilientPublisher::new();
+            for n in 0..COUNT {
+                let body = json!({"n": n}).to_string();
+                publisher
+                    .publish(
+                        &exchange,
+                        "orders.created",
+                        &format!("m-{n}"),
+                        body.as_bytes(),
+                    )
+                    .await;
+                if n % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            publisher.retries
+        })
+    };
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::spawn_blocking(|| broker::ctl(&["close_all_connections", "test: forced close"]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopped = tokio::task::spawn_blocking(broker::StoppedBroker::stop)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::spawn_blocking(move || stopped.start())
+        .await
+        .unwrap();
+
+    let retries = tokio::time::timeout(Duration::from_secs(180), publisher)
+        .await
+        .expect("publisher finished")
+        .unwrap();
+    let runs = wait_ended(&daemon, "three", COUNT, Duration::from_secs(120)).await;
+    exactly_once(&runs, COUNT);
+
+    let m = metrics(&daemon).await;
+    assert!(
+        m["switchyard_amqp_reconnects_total"] >= 2.0,
+        "the consumer should have reconnected twice: {m:?}"
+    );
+    assert!(
+        m["switchyard_amqp_unacked_max"] <= f64::from(PREFETCH),
+        "more deliveries in flight than the prefetch: {m:?}"
+    );
+    // The broker's view of the recovered consumer: the prefetch is in force.
+    let consumers = tokio::task::spawn_blocking(|| {
+        broker::ctl(&["list_consumers", "-q", "queue_name", "prefetch_count"])
+    })
+    .await
+    .unwrap();
+    let line = consumers
+        .lines()
+        .find(|l| l.starts_with(&queue))
+        .unwrap_or_else(|| panic!("no consumer on {queue}: {consumers}"));
+    assert_eq!(
+        line.split_whitespace().last(),
+        Some(PREFETCH.to_string().as_str()),
+        "{line}"
+    );
+    eprintln!(
+        "publisher retries: {retries}; metrics: reconnects {} acks lost {} duplicates {}",
+        m["switchyard_amqp_reconnects_total"],
+        m["switchyard_amqp_acks_lost_total"],
+        m["switchyard_event_outcomes_total{outcome=\"duplicate\"}"]
+    );
+    daemon.stop().await;
+    broker::delete_queues(&[&queue]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_go_to_the_dead_letter_queue_and_the_stream_flows_on() {
+    let _shared = LOCK.read().await;
+    if !broker::available("poison_messages_go_to_the_dead_letter_queue_and_the_stream_flows_on")
+        .await
+    {
+        return;
+    }
+    let exchange = broker::unique("orders");
+    let queue = broker::unique("q");
+    let dlx = broker::unique("dlx");
+    let dlq = broker::unique("dlq");
+    let connection = broker::connect().await;
+    let channel = broker::confirm_channel(&connection).await;
+    broker::declare_exchange(&channel, &exchange, ExchangeKind::Topic).await;
+    broker::declare_exchange(&channel, &dlx, ExchangeKind::Fanout).await;
+    broker::declare_queue(&channel, &dlq, &dlx, "", &[]).await;
+    // The queue exists with a DLX: the daemon uses it as it is.
+    broker::declare_queue(
+        &channel,
+        &queue,
+        &exchange,
+        "orders.#",
+        &[(
+            "x-dead-letter-exchange",
+            AMQPValue::LongString(dlx.as_str().into()),
+        )],
+    )
+    .await;
+    let project = Project::new(&[amqp_binding("orders", &exchange, &queue, json!({}))]);
+    let daemon = project.start(None).await;
+
+    let json_type = || BasicProperties::default().with_content_type("application/json".into());
+    let messages = vec![
+        ("orders.a".to_string(), br#"{"n": 0}"#.to_vec(), json_type()),
+        // Declared JSON, not JSON.
+        ("orders.a".to_string(), b"{not json".to_vec(), json_type()),
+        ("orders.a".to_string(), br#"{"n": 1}"#.to_vec(), json_type()),
+        // Declared text, not UTF-8.
+        (
+            "orders.a".to_string(),
+            vec![0xff, 0xfe, 0x00],
+            BasicProperties::default().with_content_type("text/plain".into()),
+        ),
+        // Compressed: not something switchyard can read.
+        (
+            "orders.a".to_string(),
+            b"\x1f\x8b...".to_vec(),
+            json_type().with_content_encoding("gzip".into()),
+        ),
+        // Binary with a type: kept as base64.
+        (
+            "orders.bin".to_string(),
+            vec![0, 1, 2, 255],
+            BasicProperties::default().with_content_type("application/octet-stream".into()),
+        ),
+        // Plain text without a type.
+        (
+            "orders.text".to_string(),
+            b"hello".to_vec(),
+            BasicProperties::default(),
+        ),
+        ("orders.a".to_string(), br#"{"n": 2}"#.to_vec(), json_type()),
+    ];
+    broker::publish_all(&channel, &exchange, messages).await;
+
+    let dead = broker::collect(&dlq, Duration::from_secs(30), |got| got.len() >= 3).await;
+    assert_eq!(dead.len(), 3, "three poison messages dead-lettered");
+    let bodies: BTreeSet<Vec<u8>> = dead.iter().map(|d| d.data.clone()).collect();
+    assert!(bodies.contains(b"{not json".as_slice()));
+    assert!(bodies.contains(&vec![0xff, 0xfe, 0x00]));
+
+    let runs = wait_ended(&daemon, "three", 3, Duration::from_secs(30)).await;
+    exactly_once(&runs, 3);
+    // The text and binary messages are events too (their `params` need
+    // `event.data.n`, so they are recorded as failed to start a run).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events = daemon.events().await;
+        if events.len() >= 5 {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        events.len(),
+        5,
+        "poison messages are not events: {events:?}"
+    );
+    let binary = events
+        .iter()
+        .find(|e| e["event"]["subject"] == "orders.bin")
+        .unwrap();
+    assert_eq!(binary["event"]["data"], "AAEC/w==");
+    assert_eq!(
+        binary["event"]["datacontenttype"],
+        "application/octet-stream"
+    );
+    let text = events
+        .iter()
+        .find(|e| e["event"]["subject"] == "orders.text")
+        .unwrap();
+    assert_eq!(text["event"]["data"], "hello");
+    let m = metrics(&daemon).await;
+    assert_eq!(m["switchyard_amqp_rejected_total"], 3.0);
+    assert_eq!(m["switchyard_events_rejected_total"], 3.0);
+    let _ = connection.close(200, "done".into()).await;
+    daemon.stop().await;
+    broker::delete_queues(&[&queue, &dlq]).await;
+}
+
+fn publishing_workflow(project: &Project, name: &str, task: Value) {
+    crate::util::write_workflow(
+        &project.root().join("workflows"),
+        name,
+        &json!({"name": name, "tasks": [task]}),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_amqp_task_publishes_with_confirms_and_fails_when_unroutable() {
+    let _shared = LOCK.read().await;
+    if !broker::available("the_amqp_task_publishes_with_confirms_and_fails_when_unroutable").await {
+        return;
+    }
+    let exchange = broker::unique("out");
+    let queue = broker::unique("sink");
+    let connection = broker::connect().await;
+    let channel = broker::confirm_channel(&connection).await;
+    broker::declare_exchange(&channel, &exchange, ExchangeKind::Topic).await;
+    broker::declare_queue(&channel, &queue, &exchange, "promo.#", &[]).await;
+
+    let project = Project::new(&[]);
+    let task = |key: &str, exchange: &str| {
+        json!({"id": "send", "amqp": {
+            "exchange": exchange, "routing_key": key,
+            "json": {"sku": "${params.sku}", "n": 3},
+            "headers": {"x-origin": "switchyard", "x-count": 2}}})
+    };
+    publishing_workflow(&project, "routed", task("promo.new", &exchange));
+    publishing_workflow(&project, "unroutable", task("nobody.listens", &exchange));
+    publishing_workflow(
+        &project,
+        "no_exchange",
+        task("promo.new", &broker::unique("missing")),
+    );
+    let daemon = project.start(None).await;
+
+    let mut ids = BTreeMap::new();
+    for workflow in ["routed", "unroutable", "no_exchange", "routed"] {
+        let (status, run) = daemon
+            .post(
+                &format!("/api/v1/workflows/{workflow}/runs"),
+                json!({"params": {"sku": "A-1"}}).to_string().as_bytes(),
+                &[("content-type", "application/json".into())],
+            )
+            .await;
+        assert_eq!(status, 201, "{run}");
+        ids.insert(run["id"].as_str().unwrap().to_string(), workflow);
+    }
+    for workflow in ["routed", "unroutable", "no_exchange"] {
+        wait_ended(&daemon, workflow, 1, Duration::from_secs(30)).await;
+    }
+    let routed = daemon.runs("routed").await;
+    assert!(
+        routed.iter().all(|r| r["status"] == "succeeded"),
+        "{routed:?}"
+    );
+    let run = daemon
+        .get(&format!(
+            "/api/v1/runs/{}",
+            routed[0]["id"].as_str().unwrap()
+        ))
+        .await;
+    let output = &run["tasks"]["send"]["output"];
+    assert_eq!(output["exchange"], exchange);
+    assert_eq!(output["routing_key"], "promo.new");
+    assert_eq!(
+        output["message_id"],
+        format!("{}.send", routed[0]["id"].as_str().unwrap())
+    );
+
+    let unroutable = &daemon.runs("unroutable").await[0];
+    assert_eq!(unroutable["status"], "failed");
+    let run = daemon
+        .get(&format!(
+            "/api/v1/runs/{}",
+            unroutable["id"].as_str().unwrap()
+        ))
+        .await;
+    let error = run["tasks"]["send"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("unroutable") && error.contains("nobody.listens"),
+        "{error}"
+    );
+
+    let missing = &daemon.runs("no_exchange").await[0];
+    assert_eq!(missing["status"], "failed");
+    let run = daemon
+        .get(&format!("/api/v1/runs/{}", missing["id"].as_str().unwrap()))
+        .await;
+    let error = run["tasks"]["send"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("NOT_FOUND") || error.contains("no exchange"),
+        "{error}"
+    );
+
+    // The channel closed by the missing exchange was replaced: this one works.
+    let received = broker::collect(&queue, Duration::from_secs(10), |got| got.len() >= 2).await;
+    assert_eq!(received.len(), 2);
+    let body: Value = serde_json::from_slice(&received[0].data).unwrap();
+    assert_eq!(body, json!({"sku": "A-1", "n": 3}));
+    let props = &received[0].properties;
+    assert_eq!(props.delivery_mode(), &Some(2));
+    assert_eq!(
+        props.content_type().as_ref().map(|c| c.as_str()),
+        Some("application/json")
+    );
+    let headers = switchyard::amqp::field_table_json(props.headers().as_ref().unwrap());
+    assert_eq!(headers["x-origin"], "switchyard");
+    assert_eq!(headers["x-count"], 2);
+    let _ = connection.close(200, "done".into()).await;
+    daemon.stop().await;
+    broker::delete_queues(&[&queue]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_events_wait_out_a_broker_outage_and_all_arrive() {
+    let _exclusive = LOCK.write().await;
+    if !broker::available("lifecycle_events_wait_out_a_broker_outage_and_all_arrive").await {
+        return;
+    }
+    let events_exchange = broker::unique("lifecycle");
+    let sink = broker::unique("sink");
+    let connection = broker::connect().await;
+    let channel = broker::confirm_channel(&connection).await;
+    broker::declare_exchange(&channel, &events_exchange, ExchangeKind::Topic).await;
+    broker::declare_queue(&channel, &sink, &events_exchange, "#", &[]).await;
+    let _ = connection.close(200, "setup".into()).await;
+
+    let project = Project::with_config(
+        &[],
+        &[],
+        json!({"amqp": {"events_exchange": events_exchange}}),
+    );
+    crate::util::write_workflow(
+        &project.root().join("workflows"),
+        "breaks",
+        &json!({"name": "breaks", "tasks": [{"id": "boom", "shell": {"command": ["false"]}}]}),
+    );
+    let daemon = project.start(None).await;
+    let start = |workflow: &'static str| {
+        let daemon = &daemon;
+        async move {
+            let (status, run) = daemon
+                .post(
+                    &format!("/api/v1/workflows/{workflow}/runs"),
+                    b"{}",
+                    &[("content-type", "application/json".into())],
+                )
+                .await;
+            assert_eq!(status, 201, "{run}");
+            run["id"].as_str().unwrap().to_string()
+        }
+    };
+    // Two runs while the broker is up.
+    let mut expected: BTreeSet<(String, String)> = BTreeSet::new();
+    for _ in 0..2 {
+        let id = start("three").await;
+        expected.insert((id.clone(), "run.started".into()));
+        expected.insert((id, "run.succeeded".into()));
+    }
+    wait_ended(&daemon, "three", 2, Duration::from_secs(30)).await;
+
+    // The broker goes away; runs go on ending.
+    let stopped = tokio::task::spawn_blocking(broker::StoppedBroker::stop)
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let id = start("three").await;
+        expected.insert((id.clone(), "run.started".into()));
+        expected.insert((id, "run.succeeded".into()));
+    }
+    let id = start("breaks").await;
+    expected.insert((id.clone(), "run.started".into()));
+    expected.insert((id.clone(), "task.failed".into()));
+    expected.insert((id, "run.failed".into()));
+    wait_ended(&daemon, "three", 12, Duration::from_secs(30)).await;
+    wait_ended(&daemon, "breaks", 1, Duration::from_secs(30)).await;
+    assert!(
+        metric(&daemon, "switchyard_outbox_pending").await >= 23.0,
+        "the events of runs that ended during the outage wait in the outbox"
+    );
+    tokio::task::spawn_blocking(move || stopped.start())
+        .await
+        .unwrap();
+
+    let got = broker::collect(&sink, Duration::from_secs(60), |got| {
+        let ids: BTreeSet<&str> = got
+            .iter()
+            .filter_map(|d| d.properties.message_id().as_ref().map(|m| m.as_str()))
+            .collect();
+        ids.len() >= expected.len()
+    })
+    .await;
+    let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut by_id: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for delivery in &got {
+        let event: Value = serde_json::from_slice(&delivery.data).unwrap();
+        let id = event["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string()),
+            Some(id.clone())
+        );
+        // A duplicate carries the same id and the same body.
+        if let Some(previous) = by_id.insert(id, delivery.data.clone()) {
+            assert_eq!(previous, delivery.data);
+        }
+        let kind = event["type"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("switchyard.");
+        let workflow = event["data"]["workflow"].as_str().unwrap();
+        assert_eq!(delivery.routing_key.as_str(), format!("{workflow}.{kind}"));
+        seen.insert((
+            event["data"]["run_id"].as_str().unwrap().to_string(),
+            kind.to_string(),
+        ));
+    }
+    assert_eq!(seen, expected);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&daemon, "switchyard_outbox_pending").await > 0.0 {
+        assert!(Instant::now() < deadline, "the outbox was not emptied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.stop().await;
+    broker::delete_queues(&[&sink]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_started_while_the_broker_is_down_serves_and_then_consumes() {
+    let _exclusive = LOCK.write().await;
+    if !broker::available("a_daemon_started_while_the_broker_is_down_serves_and_then_consumes")
+        .await
+    {
+        return;
+    }
+    let exchange = broker::unique("orders");
+    let queue = broker::unique("q");
+    let project = Project::new(&[
+        amqp_binding("orders", &exchange, &queue, json!({})),
+        json!({"name": "api", "on": {"api": {}}, "workflow": "second", "filter": "event.type == 'ping'"}),
+    ]);
+    let stopped = tokio::task::spawn_blocking(broker::StoppedBroker::stop)
+        .await
+        .unwrap();
+    let daemon = project.start(None).await;
+    // Everything but AMQP works.
+    let (status, reply) = daemon
+        .post(
+            "/api/v1/events",
+            json!({"type": "ping", "data": {}}).to_string().as_bytes(),
+            &[("content-type", "application/json".into())],
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    wait_ended(&daemon, "second", 1, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&daemon, "switchyard_amqp_reconnects_total").await < 2.0 {
+        assert!(Instant::now() < deadline, "the consumer is not retrying");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::task::spawn_blocking(move || stopped.start())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&daemon, "switchyard_amqp_consumers").await < 1.0 {
+        assert!(Instant::now() < deadline, "the consumer did not connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let connection = broker::connect().await;
+    let channel = broker::confirm_channel(&connection).await;
+    broker::publish_all(&channel, &exchange, (0..5).map(|n| json_message(n, None))).await;
+    let runs = wait_ended(&daemon, "three", 5, Duration::from_secs(30)).await;
+    exactly_once(&runs, 5);
+    let _ = connection.close(200, "done".into()).await;
+    daemon.stop().await;
+    broker::delete_queues(&[&queue]).await;
+}

@@ -1,0 +1,324 @@
+//! The real RabbitMQ for tests: reachability with the SKIPPED rule, a lock
+//! that keeps broker-disrupting tests apart from the rest, a confirming
+//! publisher that survives broker restarts, and `rabbitmqctl`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+
+pub const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Tests that restart the broker or close its connections take this for
+/// writing; every other broker test takes it for reading.
+pub static LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Whether the broker is up. Without it: a failure when
+/// `SWITCHYARD_REQUIRE_BROKER=1` (CI), else a loud SKIPPED line.
+pub async fn available(test: &str) -> bool {
+    if switchyard::amqp::reachable(URL).await {
+        return true;
+    }
+    if std::env::var("SWITCHYARD_REQUIRE_BROKER").is_ok_and(|v| v == "1") {
+        panic!("{test}: RabbitMQ at {URL} is not reachable and SWITCHYARD_REQUIRE_BROKER=1");
+    }
+    eprintln!(
+        "SKIPPED {test}: RabbitMQ at {URL} is not reachable (set SWITCHYARD_REQUIRE_BROKER=1 to fail instead)"
+    );
+    false
+}
+
+/// A unique name for this test's exchanges and queues.
+pub fn unique(prefix: &str) -> String {
+    format!("sy-test.{prefix}.{}", uuid::Uuid::now_v7().simple())
+}
+
+/// `rabbitmqctl` with a generous timeout; panics on failure.
+pub fn ctl(args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("rabbitmqctl {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stops the broker app, and makes sure it is started again even when the
+/// test fails in between.
+pub struct StoppedBroker {
+    started: bool,
+}
+
+impl StoppedBroker {
+    pub fn stop() -> Self {
+        ctl(&["stop_app"]);
+        Self { started: false }
+    }
+
+    pub fn start(mut self) {
+        start_app();
+        self.started = true;
+    }
+}
+
+impl Drop for StoppedBroker {
+    fn drop(&mut self) {
+        if !self.started {
+            start_app();
+        }
+    }
+}
+
+fn start_app() {
+    ctl(&["start_app"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let ok = Command::new("timeout")
+            .args([
+                "15",
+                "rabbitmq-diagnostics",
+                "-q",
+                "check_port_connectivity",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the broker did not come back");
+}
+
+pub async fn connect() -> Connection {
+    Connection::connect(URL, ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ")
+}
+
+/// A channel in confirm mode.
+pub async fn confirm_channel(connection: &Connection) -> Channel {
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    channel
+}
+
+pub async fn declare_exchange(channel: &Channel, name: &str, kind: lapin::ExchangeKind) {
+    channel
+        .exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
+/// A durable queue bound to `exchange` with `key`, with optional arguments.
+pub async fn declare_queue(
+    channel: &Channel,
+    name: &str,
+    exchange: &str,
+    key: &str,
+    args: &[(&str, AMQPValue)],
+) {
+    let mut table = FieldTable::default();
+    for (k, v) in args {
+        table.insert((*k).into(), v.clone());
+    }
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            table,
+        )
+        .await
+        .unwrap();
+    if !exchange.is_empty() {
+        channel
+            .queue_bind(
+                name.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+pub async fn delete_queues(names: &[&str]) {
+    let Ok(connection) = Connection::connect(URL, ConnectionProperties::default()).await else {
+        return;
+    };
+    if let Ok(channel) = connection.create_channel().await {
+        for name in names {
+            let _ = channel
+                .queue_delete((*name).into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = connection.close(200, "cleanup".into()).await;
+}
+
+/// Publishes persistent messages and waits for every confirm.
+pub async fn publish_all(
+    channel: &Channel,
+    exchange: &str,
+    messages: impl IntoIterator<Item = (String, Vec<u8>, BasicProperties)>,
+) {
+    let mut confirms = Vec::new();
+    for (key, body, properties) in messages {
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                key.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties.with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        assert!(matches!(confirm.await.unwrap(), Confirmation::Ack(None)));
+    }
+}
+
+/// Publishes one persistent message until the broker confirms it,
+/// reconnecting through closed connections and broker restarts. A message
+/// whose confirm was lost is sent again with the same `message_id`.
+pub struct ResilientPublisher {
+    channel: Option<(Connection, Channel)>,
+    pub retries: u32,
+}
+
+impl ResilientPublisher {
+    pub fn new() -> Self {
+        Self {
+            channel: None,
+            retries: 0,
+        }
+    }
+
+    pub async fn publish(&mut self, exchange: &str, key: &str, id: &str, body: &[u8]) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "could not publish {id} for 2 minutes"
+            );
+            if self
+                .channel
+                .as_ref()
+                .is_none_or(|(_, c)| !c.status().connected())
+            {
+                self.channel = None;
+                if let Ok(connection) =
+                    Connection::connect(URL, ConnectionProperties::default()).await
+                    && let Ok(channel) = connection.create_channel().await
+                    && channel
+                        .confirm_select(ConfirmSelectOptions::default())
+                        .await
+                        .is_ok()
+                {
+                    self.channel = Some((connection, channel));
+                }
+                if self.channel.is_none() {
+                    self.retries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+            let Some((_, channel)) = &self.channel else {
+                continue;
+            };
+            let properties = BasicProperties::default()
+                .with_message_id(id.into())
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2);
+            let sent = match channel
+                .basic_publish(
+                    exchange.into(),
+                    key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await
+            {
+                Ok(confirm) => tokio::time::timeout(Duration::from_secs(10), confirm).await,
+                Err(_) => {
+                    self.channel = None;
+                    self.retries += 1;
+                    continue;
+                }
+            };
+            match sent {
+                Ok(Ok(Confirmation::Ack(None))) => return,
+                _ => {
+                    self.channel = None;
+                    self.retries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Collects messages from `queue` until `done` says enough or `within` passes.
+pub async fn collect(
+    queue: &str,
+    within: Duration,
+    done: impl Fn(&[lapin::message::Delivery]) -> bool,
+) -> Vec<lapin::message::Delivery> {
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while !done(&out) {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                delivery.ack(BasicAckOptions::default()).await.unwrap();
+                out.push(delivery);
+            }
+            _ => break,
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    out
+}
