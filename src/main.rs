@@ -1,5 +1,11 @@
 //! The `switchyard` binary: parses the command line and hands over to [`switchyard::cli`].
 
+/// mimalloc instead of glibc's malloc: the engine thread allocates and frees
+/// many short-lived buffers (sled nodes, JSON); under AMQP load glibc spent a
+/// third of that thread's time in `_int_malloc`/`malloc_consolidate`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // Commands that print (`runs list | head`) end quietly on a closed pipe,
     // as Unix tools do; the daemon keeps Rust's default (EPIPE as an error).

@@ -850,3 +850,115 @@ fn files_fire_exactly_once_across_sigkill() {
     );
     daemon.kill();
 }
+
+/// How many `ingest` runs a daemon has.
+fn run_count(daemon: &Daemon) -> usize {
+    all_runs(daemon).len()
+}
+
+#[test]
+fn amqp_messages_flowing_through_a_sigkill_each_start_exactly_one_run() {
+    use crate::util::broker;
+    let _shared = broker::LOCK.blocking_read();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    if !rt.block_on(broker::available(
+        "amqp_messages_flowing_through_a_sigkill_each_start_exactly_one_run",
+    )) {
+        return;
+    }
+    const COUNT: usize = 600;
+    let exchange = broker::unique("orders");
+    let queue = broker::unique("q");
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("workflows");
+    let bindings = dir.path().join("bindings");
+    std::fs::create_dir_all(&flows).unwrap();
+    std::fs::create_dir_all(&bindings).unwrap();
+    write_workflow(
+        &flows,
+        "ingest",
+        &json!({"name": "ingest", "tasks": [{"id": "a", "noop": {}}, {"id": "b", "after": "a", "noop": {}}, {"id": "c", "after": "b", "noop": {}}]}),
+    );
+    std::fs::write(
+        bindings.join("orders.json"),
+        json!({"name": "orders", "on": {"amqp": {"exchange": exchange, "queue": queue, "prefetch": 50}},
+               "workflow": "ingest", "params": {"n": "${event.data.n}"}})
+        .to_string(),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = http().send("GET", &daemon.url("/metrics"), None).unwrap();
+        if text
+            .as_str()
+            .is_some_and(|t| t.contains("switchyard_amqp_consumers 1"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the consumer did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Publish steadily in the background; SIGKILL once a third has runs.
+    let publisher = {
+        let exchange = exchange.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut publisher = broker::ResilientPublisher::new();
+                for n in 0..COUNT {
+                    let body = json!({"n": n}).to_string();
+                    publisher
+                        .publish(&exchange, "orders.new", &format!("m-{n}"), body.as_bytes())
+                        .await;
+                    if n % 20 == 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            });
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run_count(&daemon) < COUNT / 3 {
+        assert!(Instant::now() < deadline, "runs did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    daemon.kill();
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    publisher.join().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let runs = loop {
+        let runs = all_runs(&daemon);
+        let done = runs.iter().filter(|r| r["status"] == "succeeded").count();
+        if runs.len() >= COUNT && done == runs.len() {
+            break runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} runs, {done} succeeded, expected {COUNT}",
+            runs.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut seen = std::collections::BTreeMap::new();
+    for run in &runs {
+        *seen
+            .entry(run["params"]["n"].as_u64().unwrap())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(runs.len(), COUNT, "one run per message");
+    assert_eq!(seen.len(), COUNT, "every message has a run");
+    assert!(seen.values().all(|c| *c == 1));
+    daemon.kill();
+    rt.block_on(broker::delete_queues(&[&queue]));
+}

@@ -66,6 +66,8 @@ impl Error {
 #[derive(Debug)]
 pub struct Running {
     pub addr: std::net::SocketAddr,
+    /// The engine (benches and tests subscribe to its records).
+    pub runtime: runtime::RuntimeHandle,
     pub stop: CancellationToken,
     pub done: tokio::task::JoinHandle<Result<(), Error>>,
 }
@@ -154,7 +156,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         stop.clone(),
     );
     let state = AppState {
-        runtime: handle,
+        runtime: handle.clone(),
         reactor,
         secrets,
         registry,
@@ -180,7 +182,12 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         served.map_err(Error::Serve)
     });
     tracing::info!(addr = %addr, "Serving.");
-    Ok(Running { addr, stop, done })
+    Ok(Running {
+        addr,
+        runtime: handle,
+        stop,
+        done,
+    })
 }
 
 /// Runs until SIGINT or SIGTERM.

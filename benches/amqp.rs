@@ -1,0 +1,364 @@
+//! AMQP benchmark (SPEC §13), against the real RabbitMQ and an in-process
+//! daemon, every transition durable, each message acked only after its
+//! event and run were flushed:
+//!
+//! 0. The broker's own ceiling here: a bare lapin consumer that acks each
+//!    message of a 40,000-message persistent backlog (no switchyard).
+//! 1. Backlog: 40,000 messages queued before the daemon starts; the rate at
+//!    which it turns them into completed 3-task `noop` runs.
+//! 2. Concurrent: 40,000 messages published with confirms as fast as the
+//!    broker takes them while the daemon consumes (publisher, broker and
+//!    daemon share the 2 cores); sustained rate of runs completed.
+//! 3. Latency at 50 messages/s and at 1,000 messages/s: publish time (in
+//!    the message) to the run's `RunEnded` record, p50/p99.
+//!
+//! `cargo bench --bench amqp` (needs RabbitMQ at `AMQP_URL` or the default).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::json;
+use switchyard::daemon::{ServeOptions, start};
+use switchyard::log::RecordBody;
+
+/// The same allocator as the `switchyard` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const SATURATION: usize = 40_000;
+const PREFETCH: u16 = 500;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+fn project(root: &Path, exchange: &str, queue: &str) {
+    std::fs::create_dir_all(root.join("workflows")).unwrap();
+    std::fs::create_dir_all(root.join("bindings")).unwrap();
+    std::fs::write(
+        root.join("workflows/chain.json"),
+        json!({"name": "chain", "tasks": [
+            {"id": "a", "noop": {}},
+            {"id": "b", "after": "a", "noop": {}},
+            {"id": "c", "after": "b", "noop": {}}]})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("bindings/orders.json"),
+        json!({"name": "orders", "workflow": "chain",
+               "on": {"amqp": {"exchange": exchange, "queue": queue, "prefetch": PREFETCH}},
+               "params": {"sent": "${event.data.sent}"}})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("switchyard.json"),
+        json!({"workflows": ["workflows"], "bindings": ["bindings"]}).to_string(),
+    )
+    .unwrap();
+}
+
+/// Collects, from the durable record stream, each run's publish time (from
+/// `RunCreated`) and end time; returns latencies in ms once `n` runs ended.
+async fn watch(
+    mut records: tokio::sync::broadcast::Receiver<std::sync::Arc<switchyard::log::Record>>,
+    n: usize,
+) -> (Vec<f64>, Instant, Instant, usize) {
+    let mut sent: HashMap<uuid::Uuid, u64> = HashMap::new();
+    let mut latencies = Vec::with_capacity(n);
+    let mut first = None;
+    let mut ended = 0;
+    let mut lagged = 0;
+    let mut last = Instant::now();
+    loop {
+        // If the stream lagged, some ends were missed: stop after a silence.
+        let next = match tokio::time::timeout(Duration::from_secs(3), records.recv()).await {
+            Ok(next) => next,
+            Err(_) if lagged > 0 || ended > 0 => {
+                latencies.sort_by(f64::total_cmp);
+                return (latencies, first.unwrap_or(last), last, lagged);
+            }
+            Err(_) => continue,
+        };
+        match next {
+            Ok(record) => match &record.body {
+                RecordBody::RunCreated { params, .. } => {
+                    first.get_or_insert_with(Instant::now);
+                    if let Some(t) = params.get("sent").and_then(|v| v.as_u64()) {
+                        sent.insert(record.run_id, t);
+                    }
+                }
+                RecordBody::RunEnded { status, .. } => {
+                    assert_eq!(
+                        serde_json::to_value(status).unwrap(),
+                        "succeeded",
+                        "a run failed"
+                    );
+                    ended += 1;
+                    last = Instant::now();
+                    if let Some(t) = sent.remove(&record.run_id) {
+                        latencies.push((now_us().saturating_sub(t)) as f64 / 1000.0);
+                    }
+                    if ended == n {
+                        latencies.sort_by(f64::total_cmp);
+                        return (latencies, first.unwrap_or(last), last, lagged);
+                    }
+                }
+                _ => {}
+            },
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => lagged += k as usize,
+            Err(_) => panic!("record stream closed"),
+        }
+    }
+}
+
+/// Publishes `n` messages, `rate` per second (0 = as fast as confirms allow).
+async fn publish(channel: &lapin::Channel, exchange: &str, n: usize, rate: u64) {
+    let start = Instant::now();
+    let mut confirms = Vec::new();
+    for i in 0..n {
+        if let Some(offset) = (i as u64 * 1_000_000).checked_div(rate) {
+            let due = start + Duration::from_micros(offset);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let body = json!({"sent": now_us()}).to_string();
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                "orders.new".into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_message_id(uuid::Uuid::now_v7().to_string().into())
+                    .with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+        confirms.push(confirm);
+        if confirms.len() >= 1000 {
+            for c in confirms.drain(..) {
+                assert!(c.await.unwrap().is_ack());
+            }
+        }
+    }
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack());
+    }
+}
+
+/// Seconds a bare consumer (prefetch 500, ack each) takes to drain `n`.
+async fn raw_drain(connection: &Connection, queue: &str, n: usize) -> f64 {
+    use futures_lite::StreamExt;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_qos(PREFETCH, Default::default())
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    for _ in 0..n {
+        let delivery = consumer.next().await.unwrap().unwrap();
+        delivery.ack(Default::default()).await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let _ = channel.close(200, "done".into()).await;
+    secs
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let url = std::env::var("AMQP_URL")
+            .unwrap_or_else(|_| switchyard::amqp::DEFAULT_URL.to_string());
+        if !switchyard::amqp::reachable(&url).await {
+            eprintln!("SKIPPED amqp bench: no broker at {url}");
+            return;
+        }
+        let connection = Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let exchange = format!("sy-bench.{id}");
+        let queue = format!("sy-bench.q.{id}");
+        let raw_queue = format!("sy-bench.raw.{id}");
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        for q in [&queue, &raw_queue] {
+            channel
+                .queue_declare(
+                    q.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await
+                .unwrap();
+        }
+
+        // 0. The broker alone: drain a backlog with a bare consumer.
+        channel
+            .queue_bind(
+                raw_queue.as_str().into(),
+                exchange.as_str().into(),
+                "#".into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        publish(&channel, &exchange, SATURATION, 0).await;
+        channel
+            .queue_unbind(
+                raw_queue.as_str().into(),
+                exchange.as_str().into(),
+                "#".into(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let raw = raw_drain(&connection, &raw_queue, SATURATION).await;
+        println!(
+            "  broker ceiling: a bare consumer acking a {SATURATION}-message backlog: {:.0} msg/s",
+            SATURATION as f64 / raw
+        );
+
+        // 1. Backlog queued before the daemon starts.
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "#".into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        publish(&channel, &exchange, SATURATION, 0).await;
+        project(dir.path(), &exchange, &queue);
+        let running = start(ServeOptions {
+            config_path: dir.path().join("switchyard.json"),
+            data_dir: None,
+            listen: Some("127.0.0.1:0".into()),
+            grace: Duration::from_secs(5),
+            clock: None,
+        })
+        .await
+        .unwrap();
+        let (_, first, last, lagged) = watch(running.runtime.subscribe(), SATURATION).await;
+        println!(
+            "  backlog: {SATURATION} queued messages -> completed runs in {:.2} s = {:.0} runs/s ({lagged} records missed)",
+            (last - first).as_secs_f64(),
+            SATURATION as f64 / (last - first).as_secs_f64()
+        );
+        let metrics = format!("http://{}/metrics", running.addr);
+        assert!(
+            reqwest::get(&metrics)
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+                .contains("switchyard_amqp_consumers 1")
+        );
+
+        // Warm-up.
+        let watcher = tokio::spawn(watch(running.runtime.subscribe(), 500));
+        publish(&channel, &exchange, 500, 0).await;
+        watcher.await.unwrap();
+
+        let flushes = running.runtime.log().flushes();
+        let watcher = tokio::spawn(watch(running.runtime.subscribe(), SATURATION));
+        let published = Instant::now();
+        publish(&channel, &exchange, SATURATION, 0).await;
+        let publish_secs = published.elapsed().as_secs_f64();
+        let (latencies, first, last, lagged) = watcher.await.unwrap();
+        let secs = (last - first).as_secs_f64();
+        println!(
+            "  concurrent publish: {SATURATION} runs in {secs:.2} s = {:.0} runs/s \
+             (publisher alone: {:.0} msg/s; {} group commits, {:.1} runs each)",
+            SATURATION as f64 / secs,
+            SATURATION as f64 / publish_secs,
+            running.runtime.log().flushes() - flushes,
+            SATURATION as f64 / (running.runtime.log().flushes() - flushes) as f64,
+        );
+        println!(
+            "    event -> completion under saturation: p50 {:.1} ms, p99 {:.1} ms ({} samples, {lagged} records missed)",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies.len()
+        );
+
+        for (rate, seconds) in [(50u64, 10u64), (1000, 10)] {
+            let n = (rate * seconds) as usize;
+            let watcher = tokio::spawn(watch(running.runtime.subscribe(), n));
+            publish(&channel, &exchange, n, rate).await;
+            let (latencies, _, _, _) = watcher.await.unwrap();
+            println!(
+                "  at {rate} msg/s ({n} runs): event -> completion p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                percentile(&latencies, 0.5),
+                percentile(&latencies, 0.99),
+                latencies.last().copied().unwrap_or(f64::NAN)
+            );
+        }
+        let _ = connection.close(200, "done".into()).await;
+        running.stop.cancel();
+        running.done.await.unwrap().unwrap();
+        if let Ok(c) = Connection::connect(&url, ConnectionProperties::default()).await
+            && let Ok(ch) = c.create_channel().await
+        {
+            for q in [&queue, &raw_queue] {
+                let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+            }
+            let _ = ch
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await;
+        }
+    });
+}
