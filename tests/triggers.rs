@@ -283,6 +283,10 @@ async fn a_slow_writer_fires_once_when_complete_and_renames_fire_for_the_final_n
     let project = Project::new(&[file_binding("inbox", "inbox", json!({"settle": "200ms"}))]);
     let inbox = project.inbox();
     let daemon = project.start(None).await;
+    // Let the start-up scan finish: a file it finds still being written has
+    // only its size and mtime to go by (the kernel's close-after-write event
+    // is what this test is about).
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Written in pieces with pauses longer than `settle`, the file kept open.
     let path = inbox.join("slow.csv");
