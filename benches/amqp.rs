@@ -16,6 +16,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::percentile;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
@@ -32,14 +35,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SATURATION: usize = 40_000;
 const PREFETCH: u16 = 500;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -164,6 +159,19 @@ async fn publish(channel: &lapin::Channel, exchange: &str, n: usize, rate: u64) 
     }
 }
 
+async fn bind(channel: &lapin::Channel, queue: &str, exchange: &str) {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "#".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+}
+
 /// Seconds a bare consumer (prefetch 500, ack each) takes to drain `n`.
 async fn raw_drain(connection: &Connection, queue: &str, n: usize) -> f64 {
     use futures_lite::StreamExt;
@@ -243,16 +251,7 @@ fn main() {
         }
 
         // 0. The broker alone: drain a backlog with a bare consumer.
-        channel
-            .queue_bind(
-                raw_queue.as_str().into(),
-                exchange.as_str().into(),
-                "#".into(),
-                Default::default(),
-                Default::default(),
-            )
-            .await
-            .unwrap();
+        bind(&channel, &raw_queue, &exchange).await;
         publish(&channel, &exchange, SATURATION, 0).await;
         channel
             .queue_unbind(
@@ -270,16 +269,7 @@ fn main() {
         );
 
         // 1. Backlog queued before the daemon starts.
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                "#".into(),
-                Default::default(),
-                Default::default(),
-            )
-            .await
-            .unwrap();
+        bind(&channel, &queue, &exchange).await;
         publish(&channel, &exchange, SATURATION, 0).await;
         project(dir.path(), &exchange, &queue);
         let running = start(ServeOptions {

@@ -15,6 +15,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::percentile;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,14 +31,6 @@ const SATURATION_SECS: u64 = 5;
 const SENDERS: usize = 32;
 const FILES_PER_SEC: usize = 1000;
 const FILE_SECS: usize = 5;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
 
 fn project(root: &Path) {
     std::fs::create_dir_all(root.join("workflows")).unwrap();

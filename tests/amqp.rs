@@ -187,8 +187,22 @@ async fn a_thousand_confirmed_messages_start_a_thousand_runs() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(daemon.runs("three").await.len(), 1000);
+    // Published straight to the queue (default exchange), not through the
+    // binding's exchange: it still belongs to the queue's binding.
+    broker::publish_all(
+        &channel,
+        "",
+        [(
+            queue.clone(),
+            json!({"n": 1000}).to_string().into_bytes(),
+            BasicProperties::default().with_content_type("application/json".into()),
+        )],
+    )
+    .await;
+    let runs = wait_ended(&daemon, "three", 1001, Duration::from_secs(30)).await;
+    exactly_once(&runs, 1001);
     let m = metrics(&daemon).await;
-    assert_eq!(m["switchyard_amqp_acked_total"], 1010.0);
+    assert_eq!(m["switchyard_amqp_acked_total"], 1011.0);
     assert!(m["switchyard_amqp_unacked_max"] <= 100.0, "{m:?}");
     let _ = connection.close(200, "done".into()).await;
     daemon.stop().await;

@@ -520,6 +520,22 @@ fn amqp_prefetch_zero() {
 }
 
 #[test]
+fn amqp_reserved_queue_and_names_over_the_limit() {
+    let text = invalid(binding(
+        "x",
+        json!({"amqp": {"exchange": "orders", "queue": "amq.mine"}}),
+    ));
+    assert_diag(&text, "on.amqp.queue", "reserved by the broker");
+    let long = "o".repeat(256);
+    let text = invalid(binding(
+        "x",
+        json!({"amqp": {"exchange": long, "routing_key": long}}),
+    ));
+    assert_diag(&text, "on.amqp.exchange", "AMQP allows 255");
+    assert_diag(&text, "on.amqp.routing_key", "AMQP allows 255");
+}
+
+#[test]
 fn amqp_empty_exchange_and_bad_exchange_type() {
     let text = invalid(binding("x", json!({"amqp": {"exchange": " "}})));
     assert_diag(&text, "on.amqp.exchange", "empty");

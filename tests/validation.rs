@@ -329,6 +329,50 @@ fn bad_config_file() {
 }
 
 #[test]
+fn bad_amqp_config_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("switchyard.json"),
+        r#"{"amqp": {"url": "http://user:hunter2@broker/", "events_exchange": ""}}"#,
+    )
+    .unwrap();
+    let out = switchyard(dir.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("amqp.url") && err.contains("invalid AMQP URL"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+    assert!(
+        err.contains("amqp.events_exchange") && err.contains("empty"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_amqp_task_config() {
+    let long = "k".repeat(256);
+    let text = invalid(json!({"name": "x", "tasks": [
+        {"id": "a", "amqp": {"exchange": "e", "routing_key": "k", "json": {}, "body": "x"}},
+        {"id": "b", "amqp": {"exchange": "e", "routing_key": long}},
+        {"id": "c", "amqp": {"exchange": "e"}},
+    ]}));
+    assert!(
+        text.contains("tasks[0].amqp") && text.contains("not both"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tasks[1].amqp.routing_key") && text.contains("AMQP allows 255"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tasks[2].amqp") && text.contains("routing_key"),
+        "{text}"
+    );
+}
+
+#[test]
 fn committed_schemas_match_the_types() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
     for (name, text) in switchyard::spec::schema::schemas() {

@@ -124,7 +124,11 @@ pub async fn publish(
         if pending.is_empty() {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = records.recv() => {}
+                _ = records.recv() => {
+                    // One outbox scan for everything committed meanwhile,
+                    // not one per record.
+                    while records.try_recv().is_ok() {}
+                }
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
             continue;

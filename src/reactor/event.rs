@@ -108,6 +108,16 @@ impl Event {
     }
 }
 
+/// Whether the exchange would route a message with this key to the
+/// binding's queue (headers exchanges are not matched on: every message).
+pub fn routing_key_matches(a: &crate::spec::binding::AmqpTrigger, key: &str) -> bool {
+    match a.exchange_type {
+        ExchangeType::Topic => topic_matches(&a.routing_key, key),
+        ExchangeType::Direct => a.routing_key == key,
+        ExchangeType::Fanout | ExchangeType::Headers => true,
+    }
+}
+
 /// AMQP topic matching: `*` is one word, `#` zero or more words.
 pub fn topic_matches(pattern: &str, key: &str) -> bool {
     fn go(p: &[&str], k: &[&str]) -> bool {
@@ -214,12 +224,7 @@ pub fn trigger_accepts(binding: &Binding, event: &Value) -> Result<(), String> {
                 .get("subject")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            let routed = match a.exchange_type {
-                ExchangeType::Topic => topic_matches(&a.routing_key, key),
-                ExchangeType::Direct => a.routing_key == key,
-                ExchangeType::Fanout | ExchangeType::Headers => true,
-            };
-            if !routed {
+            if !routing_key_matches(a, key) {
                 return Err(format!(
                     "routing key `{key}` does not match `{}`",
                     a.routing_key

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{Backoff, connect, describe, field_table_json, percent_vhost, short};
 use crate::reactor::Reactor;
-use crate::reactor::event::{AMQP_MESSAGE, Event, topic_matches};
+use crate::reactor::event::{AMQP_MESSAGE, Event, routing_key_matches};
 use crate::spec::binding::{AmqpTrigger, Binding, ExchangeType, Trigger};
 
 /// A session that lasted this long counts as healthy: the next failure
@@ -203,9 +203,8 @@ impl Consumer {
             "Consuming AMQP queue."
         );
         self.metrics().consuming.fetch_add(1, Ordering::Relaxed);
-        let session = Session {
-            unacked: Arc::new(AtomicU64::new(0)),
-        };
+        // Deliveries this session holds unacked.
+        let held = Arc::new(AtomicU64::new(0));
         let mut in_flight = tokio::task::JoinSet::new();
         let outcome = loop {
             tokio::select! {
@@ -216,10 +215,10 @@ impl Consumer {
                     Some(Ok(delivery)) => {
                         self.metrics().deliveries.fetch_add(1, Ordering::Relaxed);
                         self.metrics().unacked.fetch_add(1, Ordering::Relaxed);
-                        let held = session.unacked.fetch_add(1, Ordering::Relaxed) + 1;
-                        self.metrics().unacked_max.fetch_max(held, Ordering::Relaxed);
+                        let now_held = held.fetch_add(1, Ordering::Relaxed) + 1;
+                        self.metrics().unacked_max.fetch_max(now_held, Ordering::Relaxed);
                         let this = self.clone();
-                        let unacked = Arc::clone(&session.unacked);
+                        let unacked = Arc::clone(&held);
                         in_flight.spawn(async move {
                             let metrics = this.reactor.metrics().clone();
                             // Counted out just before the ack is sent, so the
@@ -430,10 +429,6 @@ impl Consumer {
     }
 }
 
-struct Session {
-    unacked: Arc<AtomicU64>,
-}
-
 async fn open(connection: &Connection) -> Result<Channel, String> {
     connection
         .create_channel()
@@ -454,14 +449,7 @@ fn exchange_kind(kind: ExchangeType) -> ExchangeKind {
 /// through the binding's exchange; always when it reached the queue another
 /// way (published to the queue directly, dead-lettered, shovelled).
 pub fn routes(a: &AmqpTrigger, exchange: &str, key: &str) -> bool {
-    if exchange != a.exchange {
-        return true;
-    }
-    match a.exchange_type {
-        ExchangeType::Topic => topic_matches(&a.routing_key, key),
-        ExchangeType::Direct => a.routing_key == key,
-        ExchangeType::Fanout | ExchangeType::Headers => true,
-    }
+    exchange != a.exchange || routing_key_matches(a, key)
 }
 
 fn media_type(content_type: &str) -> String {

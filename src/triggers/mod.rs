@@ -22,21 +22,18 @@ use tokio_util::sync::CancellationToken;
 use crate::reactor::Reactor;
 use crate::spec::binding::{Binding, Trigger};
 
-/// A running file watcher: its bindings and its stop token.
-type FileGroup = (Vec<Arc<Binding>>, CancellationToken);
-
-/// A running AMQP consumer: its bindings and its stop token.
-type QueueGroup = (Vec<Arc<Binding>>, CancellationToken);
+/// A running adapter (file watcher, AMQP consumer): its bindings and its stop token.
+type Group = (Vec<Arc<Binding>>, CancellationToken);
 
 /// The running adapters.
 pub struct Triggers {
     reactor: Reactor,
     /// Where amqp bindings consume from (or why the URL is unusable).
     broker: Result<lapin::uri::AMQPUri, String>,
-    queues: HashMap<String, QueueGroup>,
+    queues: HashMap<String, Group>,
     clock: Arc<dyn cron::Clock>,
     stop: CancellationToken,
-    files: HashMap<(PathBuf, bool), FileGroup>,
+    files: HashMap<(PathBuf, bool), Group>,
     crons: HashMap<String, (Arc<Binding>, CancellationToken)>,
 }
 
@@ -76,23 +73,8 @@ impl Triggers {
             .reactor
             .bindings_where(|b| b.enabled && b.trigger.kind() != "api");
 
-        let mut groups = file::groups(&bindings);
-        self.files.retain(|key, (current, token)| {
-            let same = groups.get(key).is_some_and(|next| {
-                next.len() == current.len()
-                    && next
-                        .iter()
-                        .zip(current.iter())
-                        .all(|(a, b)| Arc::ptr_eq(a, b))
-            });
-            if same {
-                groups.remove(key);
-            } else {
-                token.cancel();
-            }
-            same
-        });
-        for ((path, recursive), group) in groups {
+        let groups = file::groups(&bindings);
+        for ((path, recursive), group) in keep_unchanged(&mut self.files, groups) {
             let token = self.stop.child_token();
             file::FileWatch::new(path.clone(), recursive, group.clone(), self.reactor.clone())
                 .spawn(token.clone());
@@ -126,23 +108,7 @@ impl Triggers {
             self.crons.insert(name, (binding, token));
         }
 
-        let mut queues = amqp::groups(&bindings);
-        self.queues.retain(|queue, (current, token)| {
-            let same = queues.get(queue).is_some_and(|next| {
-                next.len() == current.len()
-                    && next
-                        .iter()
-                        .zip(current.iter())
-                        .all(|(a, b)| Arc::ptr_eq(a, b))
-            });
-            if same {
-                queues.remove(queue);
-            } else {
-                token.cancel();
-            }
-            same
-        });
-        for (queue, group) in queues {
+        for (queue, group) in keep_unchanged(&mut self.queues, amqp::groups(&bindings)) {
             let uri = match &self.broker {
                 Ok(uri) => uri.clone(),
                 Err(e) => {
@@ -164,4 +130,28 @@ impl Triggers {
         self.crons.clear();
         self.queues.clear();
     }
+}
+
+/// Keeps the running adapters whose bindings are the same (by pointer: a
+/// reload makes new ones), stops the others; returns the groups to start.
+fn keep_unchanged<K: std::hash::Hash + Eq>(
+    running: &mut HashMap<K, (Vec<Arc<Binding>>, CancellationToken)>,
+    mut wanted: HashMap<K, Vec<Arc<Binding>>>,
+) -> HashMap<K, Vec<Arc<Binding>>> {
+    running.retain(|key, (current, token)| {
+        let same = wanted.get(key).is_some_and(|next| {
+            next.len() == current.len()
+                && next
+                    .iter()
+                    .zip(current.iter())
+                    .all(|(a, b)| Arc::ptr_eq(a, b))
+        });
+        if same {
+            wanted.remove(key);
+        } else {
+            token.cancel();
+        }
+        same
+    });
+    wanted
 }
