@@ -11,6 +11,10 @@
 //!    daemon share the 2 cores); sustained rate of runs completed.
 //! 3. Latency at 50 messages/s and at 1,000 messages/s: publish time (in
 //!    the message) to the run's `RunEnded` record, p50/p99.
+//! 4. Side by side: the same 3-task chain in Celery 5 on the same broker
+//!    (`benches/celery_chain.py`: acks_late, prefork ×2, 5,000 queued
+//!    chains, then 50 chains/s), when a python with celery is found
+//!    (`CELERY_PYTHON`, else `python3`).
 //!
 //! `cargo bench --bench amqp` (needs RabbitMQ at `AMQP_URL` or the default).
 
@@ -199,6 +203,36 @@ async fn raw_drain(connection: &Connection, queue: &str, n: usize) -> f64 {
     secs
 }
 
+/// Runs `benches/celery_chain.py` (the same chain in Celery); `None` when
+/// no python with celery is found.
+async fn celery() -> Option<serde_json::Value> {
+    let python = std::env::var("CELERY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_celery = tokio::process::Command::new(&python)
+        .args(["-c", "import celery"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success());
+    if !has_celery {
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/celery_chain.py");
+    let output = tokio::process::Command::new(&python)
+        .arg(script)
+        .output()
+        .await
+        .ok()?;
+    if !output.status.success() {
+        eprintln!(
+            "  Celery bench failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return None;
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.lines().last()?).ok()
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -272,20 +306,14 @@ fn main() {
         bind(&channel, &queue, &exchange).await;
         publish(&channel, &exchange, SATURATION, 0).await;
         project(dir.path(), &exchange, &queue);
-        let running = start(ServeOptions {
-            config_path: dir.path().join("switchyard.json"),
-            data_dir: None,
-            listen: Some("127.0.0.1:0".into()),
-            grace: Duration::from_secs(5),
-            clock: None,
-        })
+        let running = start(ServeOptions::local(dir.path().join("switchyard.json")))
         .await
         .unwrap();
         let (_, first, last, lagged) = watch(running.runtime.subscribe(), SATURATION).await;
+        let backlog_rate = SATURATION as f64 / (last - first).as_secs_f64();
         println!(
-            "  backlog: {SATURATION} queued messages -> completed runs in {:.2} s = {:.0} runs/s ({lagged} records missed)",
+            "  backlog: {SATURATION} queued messages -> completed runs in {:.2} s = {backlog_rate:.0} runs/s ({lagged} records missed)",
             (last - first).as_secs_f64(),
-            SATURATION as f64 / (last - first).as_secs_f64()
         );
         let metrics = format!("http://{}/metrics", running.addr);
         assert!(
@@ -325,21 +353,45 @@ fn main() {
             latencies.len()
         );
 
+        let mut at_50 = (0.0, 0.0);
         for (rate, seconds) in [(50u64, 10u64), (1000, 10)] {
             let n = (rate * seconds) as usize;
             let watcher = tokio::spawn(watch(running.runtime.subscribe(), n));
             publish(&channel, &exchange, n, rate).await;
             let (latencies, _, _, _) = watcher.await.unwrap();
+            let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+            if rate == 50 {
+                at_50 = (p50, p99);
+            }
             println!(
-                "  at {rate} msg/s ({n} runs): event -> completion p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-                percentile(&latencies, 0.5),
-                percentile(&latencies, 0.99),
+                "  at {rate} msg/s ({n} runs): event -> completion p50 {p50:.2} ms, p99 {p99:.2} ms, max {:.2} ms",
                 latencies.last().copied().unwrap_or(f64::NAN)
             );
         }
         let _ = connection.close(200, "done".into()).await;
         running.stop.cancel();
         running.done.await.unwrap().unwrap();
+
+        // 4. Side by side: the same chain in Celery 5 on the same broker.
+        match celery().await {
+            Some(celery) => {
+                let rate = celery["backlog_runs_per_s"].as_f64().unwrap();
+                let p50 = celery["p50_ms_at_50"].as_f64().unwrap();
+                let p99 = celery["p99_ms_at_50"].as_f64().unwrap();
+                println!(
+                    "  Celery 5 (acks_late, prefork x2), {} queued chains: {rate:.0} runs/s \
+                     (switchyard {:.1}x); at 50 chains/s p50 {p50:.2} ms, p99 {p99:.2} ms \
+                     (switchyard {:.1}x / {:.1}x lower)",
+                    celery["backlog"],
+                    backlog_rate / rate,
+                    p50 / at_50.0,
+                    p99 / at_50.1,
+                );
+            }
+            None => println!(
+                "  SKIPPED Celery side by side: no python with celery (set CELERY_PYTHON, see benches/celery_chain.py)"
+            ),
+        }
         if let Ok(c) = Connection::connect(&url, ConnectionProperties::default()).await
             && let Ok(ch) = c.create_channel().await
         {

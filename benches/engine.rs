@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
-use switchyard::engine::Limits;
 use switchyard::engine::runtime::{Runtime, RuntimeConfig};
 use switchyard::log::RunStatus;
 use switchyard::spec::Workflow;
@@ -51,15 +50,7 @@ fn data_dir(name: &str) -> tempfile::TempDir {
 }
 
 fn start(dir: &std::path::Path) -> Runtime {
-    Runtime::start(RuntimeConfig {
-        data_dir: dir.to_path_buf(),
-        limits: Limits::default(),
-        recover: true,
-        secrets: Default::default(),
-        chain: None,
-        broker: None,
-    })
-    .expect("runtime")
+    Runtime::start(RuntimeConfig::new(dir)).expect("runtime")
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {

@@ -16,7 +16,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
-use switchyard::engine::Limits;
 use switchyard::engine::runtime::{Runtime, RuntimeConfig};
 use switchyard::spec::Workflow;
 
@@ -36,12 +35,8 @@ fn data_dir(name: &str) -> tempfile::TempDir {
 
 async fn fill(dir: &Path, finished: usize, unfinished: usize) -> usize {
     let runtime = Runtime::start(RuntimeConfig {
-        data_dir: dir.to_path_buf(),
-        limits: Limits::default(),
         recover: false,
-        secrets: Default::default(),
-        chain: None,
-        broker: None,
+        ..RuntimeConfig::new(dir)
     })
     .expect("runtime");
     let handle = runtime.handle();

@@ -282,13 +282,7 @@ fn main() {
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         project(dir.path());
-        let running = start(ServeOptions {
-            config_path: dir.path().join("switchyard.json"),
-            data_dir: None,
-            listen: Some("127.0.0.1:0".into()),
-            grace: Duration::from_secs(5),
-            clock: None,
-        })
+        let running = start(ServeOptions::local(dir.path().join("switchyard.json")))
         .await
         .unwrap();
         let url = format!("http://{}/hooks/wait", running.addr);

@@ -2,7 +2,8 @@
 //! the amqp trigger (exactly one run per message, through closed
 //! connections and a broker restart), poison messages to the DLX, the
 //! `amqp` task (confirms, mandatory), lifecycle events through an outage,
-//! and a daemon that starts while the broker is down.
+//! a daemon that starts while the broker is down, and a connection that goes
+//! silent without closing (found by heartbeats).
 //!
 //! Every test needs the broker: without one they print SKIPPED, unless
 //! `SWITCHYARD_REQUIRE_BROKER=1` (CI), where they fail.
@@ -48,6 +49,25 @@ async fn metrics(daemon: &Daemon) -> BTreeMap<String, f64> {
 
 async fn metric(daemon: &Daemon, name: &str) -> f64 {
     metrics(daemon).await.get(name).copied().unwrap_or(-1.0)
+}
+
+/// Waits until metric `name` satisfies `holds`, failing with `what` after `within`.
+async fn wait_metric(
+    daemon: &Daemon,
+    name: &str,
+    holds: impl Fn(f64) -> bool,
+    within: Duration,
+    what: &str,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let value = metric(daemon, name).await;
+        if holds(value) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} ({name} = {value})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until `workflow` has `n` runs, all ended; returns them.
@@ -129,11 +149,14 @@ async fn a_thousand_confirmed_messages_start_a_thousand_runs() {
     let channel = broker::confirm_channel(&connection).await;
     // The daemon declares the exchange; wait until its consumer is up so
     // no message is published before the queue is bound.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&daemon, "switchyard_amqp_consumers").await < 1.0 {
-        assert!(Instant::now() < deadline, "the consumer did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metric(
+        &daemon,
+        "switchyard_amqp_consumers",
+        |v| v >= 1.0,
+        Duration::from_secs(30),
+        "the consumer did not start",
+    )
+    .await;
     // Half with a message id, half without (the id is then a hash).
     broker::publish_all(
         &channel,
@@ -172,20 +195,14 @@ async fn a_thousand_confirmed_messages_start_a_thousand_runs() {
         (0..10).map(|n| json_message(n * 2, Some(format!("msg-{}", n * 2)))),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(
+    wait_metric(
         &daemon,
         "switchyard_event_outcomes_total{outcome=\"duplicate\"}",
+        |v| v >= 10.0,
+        Duration::from_secs(30),
+        "the redelivered ids were not seen",
     )
-    .await
-        < 10.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the redelivered ids were not seen"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    .await;
     assert_eq!(daemon.runs("three").await.len(), 1000);
     // Published straight to the queue (default exchange), not through the
     // binding's exchange: it still belongs to the queue's binding.
@@ -226,11 +243,14 @@ async fn closed_connections_and_a_broker_restart_lose_and_repeat_nothing() {
         json!({"prefetch": PREFETCH}),
     )]);
     let daemon = project.start(None).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&daemon, "switchyard_amqp_consumers").await < 1.0 {
-        assert!(Instant::now() < deadline, "the consumer did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metric(
+        &daemon,
+        "switchyard_amqp_consumers",
+        |v| v >= 1.0,
+        Duration::from_secs(30),
+        "the consumer did not start",
+    )
+    .await;
 
     // A steady stream: 2,000 messages over ~10 s, each retried with the
     // same message id until confirmed.
@@ -286,20 +306,7 @@ async fn closed_connections_and_a_broker_restart_lose_and_repeat_nothing() {
         "more deliveries in flight than the prefetch: {m:?}"
     );
     // The broker's view of the recovered consumer: the prefetch is in force.
-    let consumers = tokio::task::spawn_blocking(|| {
-        broker::ctl(&["list_consumers", "-q", "queue_name", "prefetch_count"])
-    })
-    .await
-    .unwrap();
-    let line = consumers
-        .lines()
-        .find(|l| l.starts_with(&queue))
-        .unwrap_or_else(|| panic!("no consumer on {queue}: {consumers}"));
-    assert_eq!(
-        line.split_whitespace().last(),
-        Some(PREFETCH.to_string().as_str()),
-        "{line}"
-    );
+    assert_eq!(consumer_prefetch(&queue).await, [PREFETCH.to_string()]);
     eprintln!(
         "publisher retries: {retries}; metrics: reconnects {} acks lost {} duplicates {}",
         m["switchyard_amqp_reconnects_total"],
@@ -645,11 +652,14 @@ async fn lifecycle_events_wait_out_a_broker_outage_and_all_arrive() {
         ));
     }
     assert_eq!(seen, expected);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&daemon, "switchyard_outbox_pending").await > 0.0 {
-        assert!(Instant::now() < deadline, "the outbox was not emptied");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metric(
+        &daemon,
+        "switchyard_outbox_pending",
+        |v| v <= 0.0,
+        Duration::from_secs(10),
+        "the outbox was not emptied",
+    )
+    .await;
     daemon.stop().await;
     broker::delete_queues(&[&sink]).await;
 }
@@ -682,24 +692,145 @@ async fn a_daemon_started_while_the_broker_is_down_serves_and_then_consumes() {
         .await;
     assert_eq!(status, 202, "{reply}");
     wait_ended(&daemon, "second", 1, Duration::from_secs(30)).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&daemon, "switchyard_amqp_reconnects_total").await < 2.0 {
-        assert!(Instant::now() < deadline, "the consumer is not retrying");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_metric(
+        &daemon,
+        "switchyard_amqp_reconnects_total",
+        |v| v >= 2.0,
+        Duration::from_secs(30),
+        "the consumer is not retrying",
+    )
+    .await;
     tokio::task::spawn_blocking(move || stopped.start())
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(&daemon, "switchyard_amqp_consumers").await < 1.0 {
-        assert!(Instant::now() < deadline, "the consumer did not connect");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_metric(
+        &daemon,
+        "switchyard_amqp_consumers",
+        |v| v >= 1.0,
+        Duration::from_secs(60),
+        "the consumer did not connect",
+    )
+    .await;
     let connection = broker::connect().await;
     let channel = broker::confirm_channel(&connection).await;
     broker::publish_all(&channel, &exchange, (0..5).map(|n| json_message(n, None))).await;
     let runs = wait_ended(&daemon, "three", 5, Duration::from_secs(30)).await;
     exactly_once(&runs, 5);
+    let _ = connection.close(200, "done".into()).await;
+    daemon.stop().await;
+    broker::delete_queues(&[&queue]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_broker_connection_is_dropped_by_heartbeats_and_consuming_resumes() {
+    let _shared = LOCK.read().await;
+    if !broker::available(
+        "a_silent_broker_connection_is_dropped_by_heartbeats_and_consuming_resumes",
+    )
+    .await
+    {
+        return;
+    }
+    let exchange = broker::unique("orders");
+    let queue = broker::unique("q");
+    let proxy = broker::SilentProxy::start().await;
+    let project = Project::with_config(
+        &[amqp_binding("orders", &exchange, &queue, json!({}))],
+        &[],
+        json!({"amqp": {"url": format!("amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=1", proxy.port)}}),
+    );
+    let daemon = project.start(None).await;
+    wait_metric(
+        &daemon,
+        "switchyard_amqp_consumers",
+        |v| v >= 1.0,
+        Duration::from_secs(30),
+        "the consumer did not connect",
+    )
+    .await;
+    let connection = broker::connect().await;
+    let channel = broker::confirm_channel(&connection).await;
+    broker::publish_all(&channel, &exchange, (0..5).map(|n| json_message(n, None))).await;
+    wait_ended(&daemon, "three", 5, Duration::from_secs(30)).await;
+
+    // The consumer's connection goes quiet without closing: only missed
+    // heartbeats can tell. Messages published meanwhile wait in the queue
+    // (or come back unacked when the broker gives up on the silent client).
+    proxy.silence();
+    broker::publish_all(&channel, &exchange, (5..10).map(|n| json_message(n, None))).await;
+    let runs = wait_ended(&daemon, "three", 10, Duration::from_secs(30)).await;
+    exactly_once(&runs, 10);
+    assert!(metric(&daemon, "switchyard_amqp_reconnects_total").await >= 1.0);
+    let _ = connection.close(200, "done".into()).await;
+    daemon.stop().await;
+    broker::delete_queues(&[&queue]).await;
+}
+
+/// The broker's prefetch for the consumers on `queue` (none: empty).
+async fn consumer_prefetch(queue: &str) -> Vec<String> {
+    let consumers = tokio::task::spawn_blocking(|| {
+        broker::ctl(&["list_consumers", "-q", "queue_name", "prefetch_count"])
+    })
+    .await
+    .unwrap();
+    consumers
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some(queue))
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect()
+}
+
+async fn wait_prefetch(queue: &str, expected: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = consumer_prefetch(queue).await;
+        if found == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumers on {queue}: prefetch {found:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_or_removing_an_amqp_binding_restarts_or_stops_its_consumer() {
+    let _shared = LOCK.read().await;
+    if !broker::available("editing_or_removing_an_amqp_binding_restarts_or_stops_its_consumer")
+        .await
+    {
+        return;
+    }
+    let exchange = broker::unique("orders");
+    let queue = broker::unique("q");
+    let project = Project::new(&[amqp_binding(
+        "orders",
+        &exchange,
+        &queue,
+        json!({"prefetch": 7}),
+    )]);
+    let daemon = project.start(None).await;
+    wait_prefetch(&queue, &["7"]).await;
+
+    // A new prefetch: the consumer is replaced, and messages still run once.
+    std::fs::write(
+        project.root().join("bindings/b0.json"),
+        amqp_binding("orders", &exchange, &queue, json!({"prefetch": 13})).to_string(),
+    )
+    .unwrap();
+    wait_prefetch(&queue, &["13"]).await;
+    let connection = broker::connect().await;
+    let channel = broker::confirm_channel(&connection).await;
+    broker::publish_all(&channel, &exchange, (0..5).map(|n| json_message(n, None))).await;
+    let runs = wait_ended(&daemon, "three", 5, Duration::from_secs(30)).await;
+    exactly_once(&runs, 5);
+
+    // The binding gone: nothing consumes the queue any more.
+    std::fs::remove_file(project.root().join("bindings/b0.json")).unwrap();
+    wait_prefetch(&queue, &[]).await;
+    assert_eq!(metric(&daemon, "switchyard_amqp_consumers").await, 0.0);
     let _ = connection.close(200, "done".into()).await;
     daemon.stop().await;
     broker::delete_queues(&[&queue]).await;

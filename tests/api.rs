@@ -73,12 +73,9 @@ impl Fixture {
                 .collect(),
         ));
         let runtime = Runtime::start(RuntimeConfig {
-            data_dir: dir.path().join("data"),
-            limits: Default::default(),
-            recover: true,
             secrets: Arc::clone(&secrets),
             chain: Some(switchyard::reactor::chain_hook(Arc::clone(&registry))),
-            broker: None,
+            ..RuntimeConfig::new(dir.path().join("data"))
         })
         .unwrap();
         let state = AppState {

@@ -12,14 +12,7 @@ use switchyard::spec::Workflow;
 use crate::util::workflow;
 
 fn config(dir: &std::path::Path) -> RuntimeConfig {
-    RuntimeConfig {
-        data_dir: dir.to_path_buf(),
-        limits: Limits::default(),
-        recover: true,
-        secrets: Default::default(),
-        chain: None,
-        broker: None,
-    }
+    RuntimeConfig::new(dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,5 +216,183 @@ async fn a_run_whose_definition_is_missing_is_ended_visibly_at_recovery() {
     assert_eq!(record.status, RunStatus::Failed);
     assert!(record.error.unwrap().contains("missing from the log"));
     assert!(runtime.handle().log().unfinished_runs().unwrap().is_empty());
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_with_one_dedup_key_in_one_commit_start_one_run() {
+    use switchyard::engine::runtime::{Submission, SubmitCandidate};
+    use switchyard::log::Outcome;
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflow(json!({"name": "once", "tasks": [{"id": "a", "noop": {}}]}));
+    let runtime = Runtime::start(config(dir.path())).unwrap();
+    let handle = runtime.handle();
+    // Sent in one poll, so the engine thread finds most of them in one batch.
+    let submissions = (0..50).map(|i| {
+        handle.accept(Submission {
+            event: json!({"id": format!("delivery-{i}")}),
+            candidates: vec![SubmitCandidate::Start {
+                binding: "orders".into(),
+                workflow: wf.clone(),
+                params: Map::new(),
+                dedup_key: "order-42".into(),
+                ttl: std::time::Duration::from_secs(3600),
+            }],
+            marks: Vec::new(),
+            wait: false,
+        })
+    });
+    // Polled together, so every send happens before any reply is awaited.
+    let mut pending: Vec<_> = submissions.map(Box::pin).collect();
+    let mut done: Vec<Option<_>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (future, slot) in pending.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none()
+                && let std::task::Poll::Ready(result) = future.as_mut().poll(cx)
+            {
+                *slot = Some(result);
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    let accepted: Vec<_> = done.into_iter().map(|a| a.unwrap().unwrap()).collect();
+    let started: Vec<_> = accepted.iter().flat_map(|a| a.runs.clone()).collect();
+    assert_eq!(started.len(), 1, "one run for one dedup key");
+    for a in &accepted {
+        match &a.outcomes[..] {
+            [Outcome::Started { run_id, .. }] => assert_eq!(*run_id, started[0]),
+            [
+                Outcome::Duplicate {
+                    run_id,
+                    first_event,
+                    ..
+                },
+            ] => {
+                assert_eq!(*run_id, started[0]);
+                assert_ne!(first_event, &a.event_id);
+            }
+            other => panic!("unexpected outcomes {other:?}"),
+        }
+    }
+    assert_eq!(handle.log().events(None, 100).unwrap().len(), 50);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_ended_at_recovery_get_their_run_failed_event_and_a_corrupt_run_does_not_stop_startup()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let ghost = uuid::Uuid::now_v7();
+    let corrupt = uuid::Uuid::now_v7();
+    {
+        let log = Log::open(dir.path()).unwrap();
+        for (run_id, workflow) in [(ghost, "ghost"), (corrupt, "corrupt")] {
+            log.append(
+                run_id,
+                1_700_000_000_000,
+                RecordBody::RunCreated {
+                    workflow: workflow.into(),
+                    version: "0000000000000000".into(),
+                    version_label: None,
+                    params: Map::from_iter([("n".to_string(), json!(7))]),
+                    event: None,
+                    rerun_of: None,
+                    reused: Vec::new(),
+                },
+            )
+            .unwrap();
+        }
+        log.flush().unwrap();
+    }
+    // A record of the second run that is not JSON (a disk fault, a bug).
+    {
+        let db = sled::open(dir.path().join("log")).unwrap();
+        let mut key = corrupt.as_bytes().to_vec();
+        key.extend_from_slice(&u64::MAX.to_be_bytes());
+        db.open_tree("records")
+            .unwrap()
+            .insert(key, &b"{not json"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let mut config = config(dir.path());
+    // Lifecycle events on; the broker need not be reachable to record them.
+    config.broker = Some(switchyard::amqp::Broker::new(
+        "amqp://guest:guest@127.0.0.1:1/%2f",
+        Some("sy.events".into()),
+    ));
+    let runtime = Runtime::start(config).unwrap();
+    assert_eq!(runtime.recovery().runs_broken, 2);
+    let log = runtime.handle().log().clone();
+    assert!(log.unfinished_runs().unwrap().is_empty());
+    let record = runtime.handle().run_record(ghost).await.unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Failed);
+    let pending = log.outbox_pending(10).unwrap();
+    let kinds: Vec<(String, String)> = pending
+        .iter()
+        .map(|(_, m)| {
+            (
+                m.routing_key.clone(),
+                m.event["data"]["run_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [("ghost.run.failed".to_string(), ghost.to_string())],
+        "the corrupt run has no summary to describe it; the other gets its event"
+    );
+    let event = &pending[0].1.event;
+    assert_eq!(event["data"]["params"]["n"], 7);
+    assert!(
+        event["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot recover")
+    );
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_starts_no_run_is_durable_before_it_is_answered() {
+    use switchyard::engine::runtime::{Submission, SubmitCandidate};
+    use switchyard::log::{Mark, Outcome};
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::start(config(dir.path())).unwrap();
+    let handle = runtime.handle();
+    // Filtered out, with an adapter mark (a file ledger entry, a cron fire):
+    // the adapter acts on the answer, so the mark must be on disk by then.
+    let accepted = handle
+        .accept(Submission {
+            event: json!({"id": "filtered-1"}),
+            candidates: vec![SubmitCandidate::Done(Outcome::Filtered {
+                binding: "orders".into(),
+                reason: "filter `false` is false".into(),
+            })],
+            marks: vec![Mark {
+                key: b"ledger/orders.csv".to_vec(),
+                value: Some(b"seen".to_vec()),
+            }],
+            wait: false,
+        })
+        .await
+        .unwrap();
+    assert!(accepted.runs.is_empty());
+    let log = handle.log();
+    assert!(
+        log.durable_seq() >= accepted.seq,
+        "answered before its flush: durable {} < event {}",
+        log.durable_seq(),
+        accepted.seq
+    );
+    assert_eq!(
+        log.mark(b"ledger/orders.csv").unwrap(),
+        Some(b"seen".to_vec())
+    );
     runtime.shutdown().await;
 }

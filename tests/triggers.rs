@@ -88,11 +88,8 @@ impl Project {
 
     pub(crate) async fn start(&self, clock: Option<Arc<dyn Clock>>) -> Daemon {
         let running = start(ServeOptions {
-            config_path: self.root().join("switchyard.json"),
-            data_dir: None,
-            listen: Some("127.0.0.1:0".into()),
-            grace: Duration::from_secs(5),
             clock,
+            ..ServeOptions::local(self.root().join("switchyard.json"))
         })
         .await
         .unwrap_or_else(|e| panic!("daemon did not start: {e}"));

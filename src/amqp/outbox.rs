@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, Broker, Outgoing};
-use crate::engine::{RunState, TaskStatus};
+use crate::engine::{RunRecord, RunState, TaskStatus};
 use crate::log::outbox::OutboxMessage;
 use crate::log::{Log, Record, RecordBody, RunStatus};
 
@@ -31,15 +31,9 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// applied to `run` (so a failed attempt counts as `task.failed` only when
 /// no retry follows).
 pub fn lifecycle_event(record: &Record, run: &RunState) -> Option<OutboxMessage> {
-    let workflow = run.workflow.name.as_str();
     let (kind, task) = match &record.body {
         RecordBody::RunStarted {} => ("run.started", None),
-        RecordBody::RunEnded { status, .. } => match status {
-            RunStatus::Succeeded => ("run.succeeded", None),
-            RunStatus::Failed => ("run.failed", None),
-            RunStatus::Cancelled => ("run.cancelled", None),
-            RunStatus::Queued | RunStatus::Running => return None,
-        },
+        RecordBody::RunEnded { status, .. } => (run_end_kind(*status)?, None),
         RecordBody::AttemptFinished {
             task,
             succeeded: false,
@@ -47,14 +41,43 @@ pub fn lifecycle_event(record: &Record, run: &RunState) -> Option<OutboxMessage>
         }
         | RecordBody::TaskFailed { task, .. } => {
             let i = run.workflow.tasks.iter().position(|t| &t.id == task)?;
-            if run.tasks[i].status != TaskStatus::Failed {
+            let state = &run.tasks[i];
+            if state.status != TaskStatus::Failed {
                 return None; // It will be retried.
             }
-            ("task.failed", Some((task.as_str(), i)))
+            (
+                "task.failed",
+                Some((task.as_str(), state.attempts, &state.error)),
+            )
         }
         _ => return None,
     };
-    let summary = run.record();
+    Some(message(record, kind, &run.record(), task))
+}
+
+/// The `run.failed` event of a run that recovery had to end because its
+/// log could not be folded (`summary` is what its `RunCreated` says).
+pub fn unrecoverable_run_event(record: &Record, summary: &RunRecord) -> OutboxMessage {
+    message(record, "run.failed", summary, None)
+}
+
+fn run_end_kind(status: RunStatus) -> Option<&'static str> {
+    match status {
+        RunStatus::Succeeded => Some("run.succeeded"),
+        RunStatus::Failed => Some("run.failed"),
+        RunStatus::Cancelled => Some("run.cancelled"),
+        RunStatus::Queued | RunStatus::Running => None,
+    }
+}
+
+/// The CloudEvent: `task` is the failed task's id, attempts and error.
+fn message(
+    record: &Record,
+    kind: &str,
+    summary: &RunRecord,
+    task: Option<(&str, u32, &Option<String>)>,
+) -> OutboxMessage {
+    let workflow = summary.workflow.as_str();
     let mut data = json!({
         "run_id": record.run_id,
         "workflow": workflow,
@@ -64,13 +87,13 @@ pub fn lifecycle_event(record: &Record, run: &RunState) -> Option<OutboxMessage>
     });
     if let Some(map) = data.as_object_mut() {
         match task {
-            Some((task, i)) => {
+            Some((task, attempts, error)) => {
                 map.insert("task".into(), json!(task));
-                map.insert("attempts".into(), json!(run.tasks[i].attempts));
-                map.insert("error".into(), json!(run.tasks[i].error));
+                map.insert("attempts".into(), json!(attempts));
+                map.insert("error".into(), json!(error));
             }
             None if kind != "run.started" => {
-                map.insert("vars".into(), Value::Object(summary.vars));
+                map.insert("vars".into(), Value::Object(summary.vars.clone()));
                 map.insert("error".into(), json!(summary.error));
                 map.insert("started_at".into(), json!(summary.started_at));
                 map.insert("ended_at".into(), json!(summary.ended_at));
@@ -86,17 +109,17 @@ pub fn lifecycle_event(record: &Record, run: &RunState) -> Option<OutboxMessage>
         "source": format!("/workflows/{workflow}"),
         "type": format!("switchyard.{kind}"),
         "subject": match task {
-            Some((task, _)) => format!("{workflow}/{task}"),
+            Some((task, _, _)) => format!("{workflow}/{task}"),
             None => workflow.to_string(),
         },
         "time": crate::engine::rfc3339(record.at),
         "datacontenttype": "application/json",
         "data": data,
     });
-    Some(OutboxMessage {
+    OutboxMessage {
         routing_key: format!("{workflow}.{kind}"),
         event,
-    })
+    }
 }
 
 /// Publishes the outbox until `stop`: wakes on every durable record batch

@@ -170,10 +170,7 @@ pub fn binding_json(binding: &Binding) -> Value {
 }
 
 pub async fn list_bindings(State(state): State<AppState>) -> Result<Json<Value>, Error> {
-    let registry = state
-        .registry
-        .read()
-        .map_err(|_| super::internal("registry lock poisoned"))?;
+    let registry = state.registry()?;
     let bindings: Vec<Value> = registry.bindings().map(|b| binding_json(b)).collect();
     let errors = super::diagnostics_json(&registry.errors);
     Ok(Json(json!({"bindings": bindings, "errors": errors})))

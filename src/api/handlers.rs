@@ -52,10 +52,7 @@ fn workflow_summary(workflow: &crate::spec::Workflow) -> Value {
 }
 
 pub async fn list_workflows(State(state): State<AppState>) -> Result<Json<Value>, Error> {
-    let registry = state
-        .registry
-        .read()
-        .map_err(|_| super::internal("registry lock poisoned"))?;
+    let registry = state.registry()?;
     let workflows: Vec<Value> = registry
         .workflows()
         .map(|e| workflow_summary(&e.current))
@@ -68,16 +65,7 @@ pub async fn show_workflow(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Error> {
-    let entry = {
-        let registry = state
-            .registry
-            .read()
-            .map_err(|_| super::internal("registry lock poisoned"))?;
-        registry
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| Error::not_found(format!("no workflow named `{name}`")))?
-    };
+    let entry = state.workflow(&name)?;
     let workflow = &entry.current;
     let mut versions: Vec<Value> = state
         .runtime
@@ -144,16 +132,7 @@ pub async fn start_run(
             "unknown key `{key}`; the body is {{\"params\": {{…}}}}"
         )));
     }
-    let workflow = {
-        let registry = state
-            .registry
-            .read()
-            .map_err(|_| super::internal("registry lock poisoned"))?;
-        registry
-            .get(&name)
-            .map(|e| e.current.clone())
-            .ok_or_else(|| Error::not_found(format!("no workflow named `{name}`")))?
-    };
+    let workflow = state.workflow(&name)?.current;
     let run_id = state.runtime.start_run(workflow, params, None).await?;
     created(&state, run_id).await
 }

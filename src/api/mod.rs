@@ -44,6 +44,25 @@ impl std::fmt::Debug for AppState {
     }
 }
 
+impl AppState {
+    /// The loaded workflows and bindings, read-locked.
+    fn registry(
+        &self,
+    ) -> Result<std::sync::RwLockReadGuard<'_, crate::daemon::registry::Registry>, Error> {
+        self.registry
+            .read()
+            .map_err(|_| internal("registry lock poisoned"))
+    }
+
+    /// A loaded workflow by name, or 404.
+    fn workflow(&self, name: &str) -> Result<crate::daemon::registry::Entry, Error> {
+        self.registry()?
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("no workflow named `{name}`")))
+    }
+}
+
 /// Counters exposed at `/metrics`.
 #[derive(Debug, Default)]
 pub struct Metrics {

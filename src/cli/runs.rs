@@ -161,12 +161,8 @@ async fn offline(dir: &Path, command: &RunsCommand) -> Result<Value, String> {
         // A rerun runs here, to its end, like `switchyard run`.
         let run_id = parse_id(id)?;
         let runtime = Runtime::start(RuntimeConfig {
-            data_dir: dir.to_path_buf(),
-            limits: Default::default(),
             recover: false,
-            secrets: Default::default(),
-            chain: None,
-            broker: None,
+            ..RuntimeConfig::new(dir)
         })
         .map_err(|e| e.to_string())?;
         let handle = runtime.handle();

@@ -33,6 +33,21 @@ pub struct ServeOptions {
     pub clock: Option<Arc<dyn crate::triggers::cron::Clock>>,
 }
 
+impl ServeOptions {
+    /// An in-process daemon for tests and benches: the config's data dir,
+    /// an ephemeral loopback port (see `Running::addr`), 5 s of grace, the
+    /// system clock.
+    pub fn local(config_path: PathBuf) -> Self {
+        Self {
+            config_path,
+            data_dir: None,
+            listen: Some("127.0.0.1:0".into()),
+            grace: Duration::from_secs(5),
+            clock: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Invalid config or workflow files.

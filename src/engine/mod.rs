@@ -131,14 +131,15 @@ impl Engine {
     }
 
     /// Drops a terminal run from memory.
-    pub fn evict(&mut self, run_id: RunId) {
+    pub fn evict(&mut self, run_id: RunId) -> Option<RunState> {
         if self
             .runs
             .get(&run_id)
             .is_some_and(|r| r.status.is_terminal())
         {
-            self.runs.remove(&run_id);
+            return self.runs.remove(&run_id);
         }
+        None
     }
 
     /// Stops starting runs and attempts (graceful shutdown); everything

@@ -67,6 +67,20 @@ pub struct RuntimeConfig {
     pub broker: Option<crate::amqp::Broker>,
 }
 
+impl RuntimeConfig {
+    /// Default limits, recovery on, no secrets, chaining or broker.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            limits: Limits::default(),
+            recover: true,
+            secrets: Default::default(),
+            chain: None,
+            broker: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for RuntimeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RuntimeConfig")
@@ -131,7 +145,7 @@ pub struct Accepted {
 
 /// Called when a run ends, inside the group commit that records the end; a
 /// submission it returns is written in that same commit (run chaining).
-pub type ChainHook = Arc<dyn Fn(&RunRecord, Millis) -> Option<Submission> + Send + Sync>;
+pub type ChainHook = Arc<dyn Fn(&super::RunState, Millis) -> Option<Submission> + Send + Sync>;
 
 /// A request to start a run.
 #[derive(Debug, Clone)]
@@ -519,6 +533,8 @@ struct EngineLoop {
 /// What one group commit produced.
 #[derive(Default)]
 struct Batch {
+    /// What this batch writes, in one [`log::Commit`].
+    commit: log::Commit,
     records: Vec<Record>,
     effects: Vec<Effect>,
     created: Vec<(oneshot::Sender<Result<RunId, String>>, RunId)>,
@@ -551,9 +567,19 @@ impl EngineLoop {
                         status: RunStatus::Failed,
                         error: Some(format!("cannot recover: {e}")),
                     };
-                    let record = self.log.append(run_id, now, body)?;
-                    if let Some(summary) = broken_summary(&self.log, run_id, &record)? {
-                        self.log.put_run_summary(run_id, &summary)?;
+                    let record = self.log.next_record(run_id, now, body)?;
+                    let summary = broken_summary(&self.log, run_id, &record);
+                    let message = match &summary {
+                        Some(summary) if self.lifecycle => serde_json::to_vec(
+                            &crate::amqp::outbox::unrecoverable_run_event(&record, summary),
+                        )
+                        .ok(),
+                        _ => None,
+                    };
+                    batch.commit.record(&record, message, false)?;
+                    if let Some(summary) = summary {
+                        let bytes = serde_json::to_vec(&summary).unwrap_or_default();
+                        batch.commit.summary(run_id, bytes);
                     }
                     batch.records.push(record);
                 }
@@ -656,6 +682,20 @@ impl EngineLoop {
         now: Millis,
         body: RecordBody,
     ) -> Result<(), Error> {
+        self.append_record(batch, run_id, now, body, false)
+    }
+
+    /// Numbers a record, applies it, and adds it to the batch's commit;
+    /// `atomic` for a run created by an event (written in the commit's
+    /// transaction with the event).
+    fn append_record(
+        &mut self,
+        batch: &mut Batch,
+        run_id: RunId,
+        now: Millis,
+        body: RecordBody,
+        atomic: bool,
+    ) -> Result<(), Error> {
         // Applied before it is written (both before the flush, before any
         // effect) so its lifecycle event can say what it meant and go into
         // the same transaction.
@@ -669,7 +709,7 @@ impl EngineLoop {
         } else {
             None
         };
-        self.log.write_record(&record, message.as_deref())?;
+        batch.commit.record(&record, message, atomic)?;
         batch.records.push(record);
         Ok(())
     }
@@ -829,8 +869,9 @@ impl EngineLoop {
         })
     }
 
-    /// Records one event: checks each candidate's dedup key, creates the runs,
-    /// and writes event, runs, dedup entries and marks in one transaction.
+    /// Records one event: checks each candidate's dedup key (this commit's
+    /// new entries included), creates the runs, and adds event, runs, dedup
+    /// entries and marks to the commit's transaction.
     fn accept(
         &mut self,
         batch: &mut Batch,
@@ -843,17 +884,14 @@ impl EngineLoop {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let mut acceptance = log::Acceptance {
-            event: submission.event,
-            marks: submission.marks,
-            ..log::Acceptance::default()
-        };
+        let seq = self.log.next_seq()?;
+        let mut outcomes = Vec::new();
+        let mut dedup = Vec::new();
         let mut runs = Vec::new();
-        let mut workflows = Vec::new();
         for candidate in submission.candidates {
             let (binding, workflow, params, dedup_key, ttl) = match candidate {
                 SubmitCandidate::Done(outcome) => {
-                    acceptance.outcomes.push(outcome);
+                    outcomes.push(outcome);
                     continue;
                 }
                 SubmitCandidate::Start {
@@ -864,8 +902,12 @@ impl EngineLoop {
                     ttl,
                 } => (binding, workflow, params, dedup_key, ttl),
             };
-            if let Some(first) = self.log.dedup_lookup(&binding, &dedup_key, now)? {
-                acceptance.outcomes.push(log::Outcome::Duplicate {
+            let first = match batch.commit.fresh_dedup(&binding, &dedup_key) {
+                Some(entry) => Some(entry.clone()),
+                None => self.log.dedup_lookup(&binding, &dedup_key, now)?,
+            };
+            if let Some(first) = first {
+                outcomes.push(log::Outcome::Duplicate {
                     binding,
                     dedup_key,
                     run_id: first.run_id,
@@ -875,12 +917,14 @@ impl EngineLoop {
             }
             let run_id = uuid::Uuid::now_v7();
             let run = NewRun {
-                event: Some(acceptance.event.clone()),
+                event: Some(submission.event.clone()),
                 ..NewRun::new(Arc::clone(&workflow), params)
             };
-            acceptance.runs.push((run_id, self.run_created(run, now)?));
+            let body = self.run_created(run, now)?;
+            self.engine.register(workflow);
+            self.append_record(batch, run_id, now, body, true)?;
             let expires_at = now.saturating_add(duration_millis(ttl));
-            acceptance.dedup.push((
+            dedup.push((
                 binding.clone(),
                 dedup_key.clone(),
                 log::DedupEntry {
@@ -889,22 +933,20 @@ impl EngineLoop {
                     expires_at,
                 },
             ));
-            acceptance.outcomes.push(log::Outcome::Started {
+            outcomes.push(log::Outcome::Started {
                 binding,
                 run_id,
                 dedup_key,
             });
             runs.push(run_id);
-            workflows.push(workflow);
         }
-        for workflow in workflows {
-            self.engine.register(workflow);
-        }
-        let (event, records) = self.log.accept(now, acceptance)?;
-        for record in records {
-            batch.effects.extend(self.engine.apply(&record));
-            batch.records.push(record);
-        }
+        let event = log::EventRecord {
+            seq,
+            at: now,
+            event: submission.event,
+            outcomes,
+        };
+        batch.commit.event(&event, dedup, submission.marks)?;
         let mut ended = Vec::new();
         if submission.wait {
             for run_id in &runs {
@@ -915,7 +957,7 @@ impl EngineLoop {
         }
         Ok(Accepted {
             event_id,
-            seq: event.seq,
+            seq,
             outcomes: event.outcomes,
             runs,
             ended,
@@ -943,17 +985,16 @@ impl EngineLoop {
                 break;
             }
             for run_id in ended {
-                let Some(record) = self.engine.run(run_id).map(|r| r.record()) else {
+                let Some(submission) = self.engine.run(run_id).and_then(|run| chain(run, now))
+                else {
                     continue;
                 };
-                if let Some(submission) = chain(&record, now) {
-                    let accepted = self.accept(batch, submission, now)?;
-                    tracing::info!(
-                        run_id = %run_id,
-                        started = accepted.runs.len(),
-                        "Run ended; chained bindings evaluated."
-                    );
-                }
+                let accepted = self.accept(batch, submission, now)?;
+                tracing::info!(
+                    run_id = %run_id,
+                    started = accepted.runs.len(),
+                    "Run ended; chained bindings evaluated."
+                );
             }
             self.settle(batch, now)?;
         }
@@ -962,18 +1003,22 @@ impl EngineLoop {
 
     /// Flushes what the batch appended, then answers, publishes and acts.
     fn finish(&mut self, mut batch: Batch, now: Millis) -> Result<(), Error> {
+        // Ended runs leave the engine here (chaining has seen them); their
+        // state moves into the stored summary.
         let mut ended = Vec::new();
         for effect in &batch.effects {
             if let Effect::RunEnded { run_id } = effect
-                && let Some(run) = self.engine.run(*run_id)
+                && let Some(run) = self.engine.evict(*run_id)
             {
-                let record = run.record();
+                let record = run.into_record();
                 let summary = serde_json::to_vec(&record).unwrap_or_default();
-                self.log.put_run_summary(*run_id, &summary)?;
+                batch.commit.summary(*run_id, summary);
                 ended.push(record);
             }
         }
-        if !batch.records.is_empty() {
+        let commit = std::mem::take(&mut batch.commit);
+        if !commit.is_empty() {
+            self.log.write(commit)?;
             self.log.flush()?;
         }
 
@@ -1129,15 +1174,23 @@ impl EngineLoop {
             }
             // Timers are armed from `Engine::next_timer` after each commit.
             Effect::Wake { .. } => {}
-            Effect::RunEnded { run_id } => self.engine.evict(run_id),
+            // Evicted in `finish`, before the flush.
+            Effect::RunEnded { .. } => {}
         }
     }
 }
 
 /// The stored record of a run recovery had to end without its definition:
 /// what its `run_created` says, so `runs show` and the API still find it.
-fn broken_summary(log: &Log, run_id: RunId, ended: &Record) -> Result<Option<Vec<u8>>, Error> {
-    let history = log.run_history(run_id)?;
+/// None when even its history cannot be read (its end is still recorded).
+fn broken_summary(log: &Log, run_id: RunId, ended: &Record) -> Option<RunRecord> {
+    let history = match log.run_history(run_id) {
+        Ok(history) => history,
+        Err(e) => {
+            tracing::error!(run_id = %run_id, error = %e, "Cannot read the history of a run ended at recovery.");
+            return None;
+        }
+    };
     let Some(RecordBody::RunCreated {
         workflow,
         version,
@@ -1147,10 +1200,10 @@ fn broken_summary(log: &Log, run_id: RunId, ended: &Record) -> Result<Option<Vec
         ..
     }) = history.first().map(|r| &r.body)
     else {
-        return Ok(None);
+        return None;
     };
     let RecordBody::RunEnded { status, error } = &ended.body else {
-        return Ok(None);
+        return None;
     };
     let record = RunRecord {
         id: run_id,
@@ -1166,7 +1219,7 @@ fn broken_summary(log: &Log, run_id: RunId, ended: &Record) -> Result<Option<Vec
         error: error.clone(),
         tasks: Map::new(),
     };
-    Ok(serde_json::to_vec(&record).ok())
+    Some(record)
 }
 
 /// Cancels a run in a data dir no daemon holds: folds the run, lets the

@@ -178,7 +178,26 @@ pub fn rfc3339(millis: Millis) -> String {
 }
 
 impl RunState {
+    /// The run record (SPEC §10) of the run as it is now.
     pub fn record(&self) -> RunRecord {
+        self.record_with(self.params.clone(), self.vars.clone(), self.event.clone())
+    }
+
+    /// The run record, moving the run's params, vars and event into it
+    /// (an ended run's last use).
+    pub fn into_record(mut self) -> RunRecord {
+        let params = std::mem::take(&mut self.params);
+        let vars = std::mem::take(&mut self.vars);
+        let event = self.event.take();
+        self.record_with(params, vars, event)
+    }
+
+    fn record_with(
+        &self,
+        params: Map<String, Value>,
+        vars: Map<String, Value>,
+        event: Option<Value>,
+    ) -> RunRecord {
         let mut tasks = Map::new();
         for (task, state) in self.workflow.tasks.iter().zip(&self.tasks) {
             tasks.insert(task.id.clone(), {
@@ -202,9 +221,9 @@ impl RunState {
             version: self.workflow.version.clone(),
             version_label: self.workflow.version_label,
             status: self.status,
-            params: self.params.clone(),
-            vars: self.vars.clone(),
-            event: self.event.clone().unwrap_or(Value::Null),
+            params,
+            vars,
+            event: event.unwrap_or(Value::Null),
             started_at: self.started_at.map(rfc3339),
             ended_at: self.ended_at.map(rfc3339),
             error: self.error.clone(),

@@ -2,13 +2,14 @@
 //! adapters' durable marks (cron's last fire, the file ledger).
 //!
 //! An event, the runs it starts, its dedup entries and its marks are written
-//! in one sled transaction, so after a crash either all of them are there or
-//! none is; the caller flushes before acknowledging the source.
+//! in its commit's sled transaction ([`super::Commit`]), so after a crash
+//! either all of them are there or none is; the caller flushes before
+//! acknowledging the source.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Error, Log, Millis, Record, RecordBody, RunId, record_key};
+use super::{Error, Log, Millis, RunId};
 
 /// What the reactor decided for one binding on one event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,18 +101,7 @@ pub struct Mark {
     pub value: Option<Vec<u8>>,
 }
 
-/// Everything one accepted event writes.
-#[derive(Debug, Default)]
-pub struct Acceptance {
-    pub event: Value,
-    pub outcomes: Vec<Outcome>,
-    /// `RunCreated` bodies of the runs it starts, with their ids.
-    pub runs: Vec<(RunId, RecordBody)>,
-    pub dedup: Vec<(String, String, DedupEntry)>,
-    pub marks: Vec<Mark>,
-}
-
-fn dedup_key(binding: &str, key: &str) -> Vec<u8> {
+pub(super) fn dedup_key(binding: &str, key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(binding.len() + 1 + key.len());
     k.extend_from_slice(binding.as_bytes());
     k.push(0);
@@ -163,76 +153,6 @@ impl Log {
             }
         }
         Ok(removed)
-    }
-
-    /// Writes an accepted event, its runs, dedup entries and marks in one
-    /// transaction. Not durable until the next [`Log::flush`].
-    pub fn accept(
-        &self,
-        at: Millis,
-        acceptance: Acceptance,
-    ) -> Result<(EventRecord, Vec<Record>), Error> {
-        let event_seq = self.db.generate_id()? + 1;
-        let mut records = Vec::with_capacity(acceptance.runs.len());
-        for (run_id, body) in acceptance.runs {
-            let seq = self.db.generate_id()? + 1;
-            records.push(Record {
-                seq,
-                at,
-                run_id,
-                body,
-            });
-        }
-        let last = records.last().map_or(event_seq, |r| r.seq);
-        self.last_seq
-            .fetch_max(last, std::sync::atomic::Ordering::Relaxed);
-        let event = EventRecord {
-            seq: event_seq,
-            at,
-            event: acceptance.event,
-            outcomes: acceptance.outcomes,
-        };
-        let event_bytes =
-            serde_json::to_vec(&event).map_err(corrupt(format!("event {event_seq}")))?;
-        let mut run_rows = Vec::with_capacity(records.len());
-        for record in &records {
-            let bytes = serde_json::to_vec(record)
-                .map_err(corrupt(format!("{}/{}", record.run_id, record.seq)))?;
-            run_rows.push((record_key(record.run_id, record.seq), record.run_id, bytes));
-        }
-        let mut dedup_rows = Vec::with_capacity(acceptance.dedup.len());
-        for (binding, key, entry) in &acceptance.dedup {
-            let bytes =
-                serde_json::to_vec(entry).map_err(corrupt(format!("dedup {binding}/{key}")))?;
-            dedup_rows.push((dedup_key(binding, key), bytes));
-        }
-        use sled::Transactional;
-        (
-            &self.records,
-            &self.unfinished,
-            &self.events,
-            &self.dedup,
-            &self.marks,
-        )
-            .transaction(|(records, unfinished, events, dedup, marks)| {
-                for (key, run_id, bytes) in &run_rows {
-                    records.insert(&key[..], &bytes[..])?;
-                    unfinished.insert(&run_id.as_bytes()[..], &[][..])?;
-                }
-                events.insert(&event_seq.to_be_bytes()[..], &event_bytes[..])?;
-                for (key, bytes) in &dedup_rows {
-                    dedup.insert(&key[..], &bytes[..])?;
-                }
-                for mark in &acceptance.marks {
-                    match &mark.value {
-                        Some(value) => marks.insert(&mark.key[..], &value[..])?,
-                        None => marks.remove(&mark.key[..])?,
-                    };
-                }
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(transaction_error)?;
-        Ok((event, records))
     }
 
     /// An adapter's mark.

@@ -1,13 +1,15 @@
 //! The durable log: the only code that touches sled.
 //!
-//! Every run transition is a [`Record`] appended here before anyone acts on it.
-//! Appends are cheap in-memory inserts; [`Log::flush`] makes everything appended
-//! so far durable with one fsync (group commit). The engine driver calls
-//! `flush` once per batch and only then performs effects or answers callers.
+//! Every run transition is a [`Record`] written here before anyone acts on it.
+//! The engine thread gathers a batch's records, events and summaries in a
+//! [`Commit`], writes it ([`Log::write`]: in-memory inserts), then makes it
+//! durable with one fsync ([`Log::flush`], group commit), and only then
+//! performs effects or answers callers.
 //!
 //! Trees:
-//! - `records`: `run_id (16 B) ++ seq (8 B, big-endian)` → record JSON. A run's
-//!   history is one prefix scan.
+//! - `records`: `run_id (16 B) ++ seq (8 B, big-endian)` → the JSON of the
+//!   records one commit wrote for the run: one record, or an array of them
+//!   keyed by the first one's seq. A run's history is one prefix scan.
 //! - `unfinished`: `run_id` → empty, for every run created and not yet ended,
 //!   so start-up cost follows unfinished work, not history size.
 //! - `runs`: `run_id` → the final run record JSON, written when a run ends.
@@ -23,11 +25,13 @@
 //! - `outbox`: `seq` → a lifecycle event waiting to be published to
 //!   `amqp.events_exchange`, written in one transaction with the record it
 //!   describes and removed once the broker confirmed it.
-//! - `meta`: the log format version.
+//! - `meta`: the log format version (2: `records` values may be arrays; a
+//!   format 1 log reads as is and is marked 2 when opened).
 //!
 //! Sequence numbers come from sled's `generate_id`, which never hands out a
 //! number twice, not even after a crash that lost unflushed appends.
 
+pub mod commit;
 pub mod events;
 pub mod outbox;
 pub mod record;
@@ -36,7 +40,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use events::{Acceptance, DedupEntry, EventRecord, Mark, Outcome};
+pub use commit::Commit;
+pub use events::{DedupEntry, EventRecord, Mark, Outcome};
 pub use record::{Millis, Record, RecordBody, ReusedTask, RunId, RunStatus};
 use serde::{Deserialize, Serialize};
 
@@ -115,7 +120,12 @@ impl std::fmt::Debug for Log {
 const LOCK_TRIES: u32 = 10;
 const FORMAT_KEY: &[u8] = b"format";
 /// Version of the on-disk layout (trees and keys); records carry their own.
-const FORMAT_VERSION: u32 = 1;
+/// 2: a `records` value may hold an array of one commit's records.
+const FORMAT_VERSION: u32 = 2;
+/// Layouts this binary reads; an older one is marked current on open (its
+/// data reads as is), so an older binary refuses the log instead of
+/// misreading it.
+const READABLE_FORMATS: [u32; 2] = [1, 2];
 
 impl Log {
     /// Opens (or creates) the log under `data_dir/log`. Fails with
@@ -166,15 +176,28 @@ impl Log {
         let marks = db.open_tree("marks")?;
         let outbox = db.open_tree("outbox")?;
         let meta = db.open_tree("meta")?;
-        match meta.get(FORMAT_KEY)? {
+        let found = meta
+            .get(FORMAT_KEY)?
+            .map(|v| <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes));
+        match found {
+            Some(Ok(version)) if version == FORMAT_VERSION => {}
             None => {
                 meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
             }
-            Some(v) if v.as_ref() == FORMAT_VERSION.to_be_bytes() => {}
-            Some(v) => {
+            Some(Ok(version)) if READABLE_FORMATS.contains(&version) => {
+                meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
+                meta.flush()?;
+            }
+            Some(Ok(version)) => {
                 return Err(Error::Format {
                     dir: data_dir.to_path_buf(),
-                    found: format!("{:?}", v.as_ref()),
+                    found: format!("version {version}; this binary reads {READABLE_FORMATS:?}"),
+                });
+            }
+            Some(Err(_)) => {
+                return Err(Error::Format {
+                    dir: data_dir.to_path_buf(),
+                    found: "an unreadable format marker".into(),
                 });
             }
         }
@@ -199,73 +222,39 @@ impl Log {
         })
     }
 
-    /// Appends one transition. Not durable until the next [`Log::flush`].
+    /// Appends one transition on its own (recovery's and offline cancel's
+    /// writes; the engine thread gathers a whole [`Commit`]). Not durable
+    /// until the next [`Log::flush`].
     pub fn append(&self, run_id: RunId, at: Millis, body: RecordBody) -> Result<Record, Error> {
         let record = self.next_record(run_id, at, body)?;
-        self.write_record(&record, None)?;
+        let mut commit = Commit::default();
+        commit.record(&record, None, false)?;
+        self.write(commit)?;
         Ok(record)
+    }
+
+    /// The next sequence number (records and events share one sequence).
+    pub fn next_seq(&self) -> Result<u64, Error> {
+        let seq = self.db.generate_id()? + 1;
+        self.last_seq.fetch_max(seq, Ordering::Relaxed);
+        Ok(seq)
     }
 
     /// Numbers a transition without writing it: the engine applies it first
     /// (to learn what it means, e.g. whether a task failed for good), then
-    /// writes it with [`Log::write_record`] before anything acts on it.
+    /// adds it to its [`Commit`] before anything acts on it.
     pub fn next_record(
         &self,
         run_id: RunId,
         at: Millis,
         body: RecordBody,
     ) -> Result<Record, Error> {
-        let seq = self.db.generate_id()? + 1;
-        self.last_seq.fetch_max(seq, Ordering::Relaxed);
         Ok(Record {
-            seq,
+            seq: self.next_seq()?,
             at,
             run_id,
             body,
         })
-    }
-
-    /// Writes a numbered transition, with its lifecycle event for the outbox
-    /// in the same transaction when there is one. Not durable until the next
-    /// [`Log::flush`].
-    pub fn write_record(&self, record: &Record, outbox: Option<&[u8]>) -> Result<(), Error> {
-        let run_id = record.run_id;
-        let bytes = serde_json::to_vec(record).map_err(|source| Error::Corrupt {
-            key: format!("{run_id}/{}", record.seq),
-            source,
-        })?;
-        let key = record_key(run_id, record.seq);
-        let Some(message) = outbox else {
-            self.records.insert(key, bytes)?;
-            match &record.body {
-                RecordBody::RunCreated { .. } => {
-                    self.unfinished.insert(run_id.as_bytes(), &[])?;
-                }
-                RecordBody::RunEnded { .. } => {
-                    self.unfinished.remove(run_id.as_bytes())?;
-                }
-                _ => {}
-            }
-            return Ok(());
-        };
-        use sled::Transactional;
-        (&self.records, &self.unfinished, &self.outbox)
-            .transaction(|(records, unfinished, outbox)| {
-                records.insert(&key[..], &bytes[..])?;
-                match &record.body {
-                    RecordBody::RunCreated { .. } => {
-                        unfinished.insert(&run_id.as_bytes()[..], &[][..])?;
-                    }
-                    RecordBody::RunEnded { .. } => {
-                        unfinished.remove(&run_id.as_bytes()[..])?;
-                    }
-                    _ => {}
-                }
-                outbox.insert(&record.seq.to_be_bytes()[..], message)?;
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(events::transaction_error)?;
-        Ok(())
     }
 
     /// Makes everything appended so far durable (one fsync for all of it).
@@ -287,18 +276,24 @@ impl Log {
         self.flushes.load(Ordering::Relaxed)
     }
 
-    /// Every record of one run, in sequence order.
+    /// Every record of one run, in sequence order. A value holds one
+    /// record, or a JSON array of the records one commit wrote for the run.
     pub fn run_history(&self, run_id: RunId) -> Result<Vec<Record>, Error> {
-        self.records
-            .scan_prefix(run_id.as_bytes())
-            .map(|entry| {
-                let (key, value) = entry?;
-                serde_json::from_slice(&value).map_err(|source| Error::Corrupt {
-                    key: format!("{:?}", key.as_ref()),
-                    source,
-                })
-            })
-            .collect()
+        let mut history = Vec::new();
+        for entry in self.records.scan_prefix(run_id.as_bytes()) {
+            let (key, value) = entry?;
+            let corrupt = |source| Error::Corrupt {
+                key: format!("{run_id}/{}", key_seq(&key)),
+                source,
+            };
+            if value.first() == Some(&b'[') {
+                let group: Vec<Record> = serde_json::from_slice(&value).map_err(corrupt)?;
+                history.extend(group);
+            } else {
+                history.push(serde_json::from_slice(&value).map_err(corrupt)?);
+            }
+        }
+        Ok(history)
     }
 
     /// Runs created and not yet ended: what start-up must resume.
@@ -389,8 +384,8 @@ impl Log {
         Ok(self.definitions.get(version)?.map(|v| v.to_vec()))
     }
 
-    /// Stores the final record of an ended run (written in the same group
-    /// commit as its `RunEnded` record).
+    /// Stores the final record of an ended run (recovery's broken runs; the
+    /// engine adds summaries to its [`Commit`]).
     pub fn put_run_summary(&self, run_id: RunId, summary: &[u8]) -> Result<(), Error> {
         self.runs.insert(run_id.as_bytes(), summary)?;
         Ok(())
@@ -458,6 +453,12 @@ fn task_log_key(run_id: RunId, task: &str, attempt: u32) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(&attempt.to_be_bytes());
     key
+}
+
+fn key_seq(key: &[u8]) -> u64 {
+    key.get(16..24)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 fn run_id_from_key(bytes: &[u8]) -> Option<RunId> {

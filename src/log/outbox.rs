@@ -1,5 +1,5 @@
 //! The lifecycle outbox: events written with the record they describe (see
-//! [`Log::write_record`]) and handed to the publisher only once durable.
+//! [`super::Commit`]) and handed to the publisher only once durable.
 
 use std::sync::atomic::Ordering;
 

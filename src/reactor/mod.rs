@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 pub use event::{Event, EventKind, trigger_accepts};
 
 use crate::daemon::registry::SharedRegistry;
-use crate::engine::RunRecord;
+use crate::engine::RunState;
 pub use crate::engine::runtime::Accepted;
 use crate::engine::runtime::{self, ChainHook, RuntimeHandle, Submission, SubmitCandidate};
 use crate::expr::MapScope;
@@ -277,14 +277,14 @@ impl Reactor {
 /// bindings watching its workflow and status are evaluated, in the same group
 /// commit that records the end, so a chain is never lost to a crash.
 pub fn chain_hook(registry: SharedRegistry) -> ChainHook {
-    Arc::new(move |record: &RunRecord, now: Millis| {
+    Arc::new(move |run: &RunState, now: Millis| {
         let bindings: Vec<Arc<Binding>> = {
             let registry = registry.read().ok()?;
             registry
                 .bindings()
                 .filter(|b| match &b.trigger {
                     Trigger::Run(r) => {
-                        r.workflow == record.workflow && r.status.contains(&record.status)
+                        r.workflow == run.workflow.name && r.status.contains(&run.status)
                     }
                     _ => false,
                 })
@@ -294,7 +294,8 @@ pub fn chain_hook(registry: SharedRegistry) -> ChainHook {
         if bindings.is_empty() {
             return None;
         }
-        let event = Event::run_ended(record, now).into_value();
+        // Only now the run's full record (it clones params, vars, event).
+        let event = Event::run_ended(&run.record(), now).into_value();
         Some(submission(
             &registry,
             event,

@@ -322,3 +322,90 @@ pub async fn collect(
     let _ = connection.close(200, "done".into()).await;
     out
 }
+
+/// A TCP proxy in front of the broker that can go silent: after
+/// [`SilentProxy::silence`], the connections open at that moment stay open
+/// but carry nothing either way (a hung peer, a dropped route), while new
+/// connections flow normally.
+pub struct SilentProxy {
+    pub port: u16,
+    opened: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    silenced: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+impl SilentProxy {
+    pub async fn start() -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let opened = Arc::new(AtomicU64::new(0));
+        // Connections numbered at or below this are silent (0: none).
+        let silenced = Arc::new(AtomicU64::new(0));
+        let (count, cutoff) = (Arc::clone(&opened), Arc::clone(&silenced));
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let number = count.fetch_add(1, Ordering::Relaxed) + 1;
+                let Ok(upstream) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (upstream_read, upstream_write) = upstream.into_split();
+                let pipes: [(Reader, Writer); 2] = [
+                    (Box::new(client_read), Box::new(upstream_write)),
+                    (Box::new(upstream_read), Box::new(client_write)),
+                ];
+                for (mut from, mut to) in pipes {
+                    let cutoff = Arc::clone(&cutoff);
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            if number <= cutoff.load(Ordering::Relaxed) {
+                                // Silent: hold the socket open, pass nothing.
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                                continue;
+                            }
+                            let read = tokio::select! {
+                                read = from.read(&mut buf) => read,
+                                // Look at the switch again now and then.
+                                _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                            };
+                            match read {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            port,
+            opened,
+            silenced,
+            accept,
+        }
+    }
+
+    /// Every connection open now goes silent.
+    pub fn silence(&self) {
+        use std::sync::atomic::Ordering;
+        self.silenced
+            .store(self.opened.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+impl Drop for SilentProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
