@@ -87,11 +87,20 @@ async fn wait_ended(daemon: &Daemon, workflow: &str, n: usize, within: Duration)
         if runs.len() >= n && ended == runs.len() {
             return runs;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{workflow}: {} runs ({ended} ended), expected {n}",
-            runs.len()
-        );
+        if Instant::now() >= deadline {
+            // What the consumers saw, to tell a stalled consumer from a lost message.
+            let amqp: Vec<String> = metrics(daemon)
+                .await
+                .into_iter()
+                .filter(|(name, _)| name.starts_with("switchyard_amqp"))
+                .map(|(name, value)| format!("{name} = {value}"))
+                .collect();
+            panic!(
+                "{workflow}: {} runs ({ended} ended), expected {n}; {}",
+                runs.len(),
+                amqp.join(", ")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -737,7 +746,7 @@ async fn a_silent_broker_connection_is_dropped_by_heartbeats_and_consuming_resum
     let project = Project::with_config(
         &[amqp_binding("orders", &exchange, &queue, json!({}))],
         &[],
-        json!({"amqp": {"url": format!("amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=1", proxy.port)}}),
+        json!({"amqp": {"url": format!("amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=2", proxy.port)}}),
     );
     let daemon = project.start(None).await;
     wait_metric(
@@ -758,9 +767,68 @@ async fn a_silent_broker_connection_is_dropped_by_heartbeats_and_consuming_resum
     // (or come back unacked when the broker gives up on the silent client).
     proxy.silence();
     broker::publish_all(&channel, &exchange, (5..10).map(|n| json_message(n, None))).await;
-    let runs = wait_ended(&daemon, "three", 10, Duration::from_secs(30)).await;
+    let runs = wait_ended(&daemon, "three", 10, Duration::from_secs(60)).await;
     exactly_once(&runs, 10);
-    assert!(metric(&daemon, "switchyard_amqp_reconnects_total").await >= 1.0);
+    let reconnects = metric(&daemon, "switchyard_amqp_reconnects_total").await;
+    assert!(reconnects >= 1.0, "reconnects: {reconnects}");
+    let _ = connection.close(200, "done".into()).await;
+    daemon.stop().await;
+    broker::delete_queues(&[&queue]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_cut_off_again_and_again_reconnects_at_once_each_time() {
+    let _shared = LOCK.read().await;
+    if !broker::available("a_consumer_cut_off_again_and_again_reconnects_at_once_each_time").await {
+        return;
+    }
+    let exchange = broker::unique("orders");
+    let queue = broker::unique("q");
+    let proxy = broker::SilentProxy::start().await;
+    let project = Project::with_config(
+        &[amqp_binding("orders", &exchange, &queue, json!({}))],
+        &[],
+        json!({"amqp": {"url": format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port)}}),
+    );
+    let daemon = project.start(None).await;
+    let consuming = |what: &'static str| {
+        wait_metric(
+            &daemon,
+            "switchyard_amqp_consumers",
+            |v| v >= 1.0,
+            Duration::from_secs(30),
+            what,
+        )
+    };
+    consuming("the consumer did not connect").await;
+
+    // Each session worked before it was cut, so each retry starts from the
+    // shortest backoff. Had the backoff kept doubling, eight cuts would cost
+    // 0.2 + 0.4 + ... + 25.6 s = 51 s.
+    let started = Instant::now();
+    for cut in 1..=8 {
+        proxy.cut();
+        wait_metric(
+            &daemon,
+            "switchyard_amqp_reconnects_total",
+            |v| v >= f64::from(cut),
+            Duration::from_secs(30),
+            "the cut was not noticed",
+        )
+        .await;
+        consuming("the consumer did not come back").await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "eight reconnects took {took:?}"
+    );
+
+    let connection = broker::connect().await;
+    let channel = broker::confirm_channel(&connection).await;
+    broker::publish_all(&channel, &exchange, (0..5).map(|n| json_message(n, None))).await;
+    let runs = wait_ended(&daemon, "three", 5, Duration::from_secs(30)).await;
+    exactly_once(&runs, 5);
     let _ = connection.close(200, "done".into()).await;
     daemon.stop().await;
     broker::delete_queues(&[&queue]).await;

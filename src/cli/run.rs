@@ -93,9 +93,12 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
             Err(e) => return super::fail(e),
         };
         let handle = runtime.handle();
+        // Every record of the run is broadcast before the run's end is
+        // answered, so the printer drains them all once told to stop.
+        let (progress_done, progress_stop) = tokio::sync::oneshot::channel::<()>();
         let progress = std::io::stderr()
             .is_terminal()
-            .then(|| tokio::spawn(print_progress(handle.subscribe())));
+            .then(|| tokio::spawn(print_progress(handle.subscribe(), progress_stop)));
         let (created_tx, created_rx) = tokio::sync::oneshot::channel();
         let run = handle.run_to_end(workflow, params, None, move |run_id| {
             let _ = created_tx.send(run_id);
@@ -121,10 +124,11 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
                 }
             }
         };
-        runtime.shutdown().await;
+        let _ = progress_done.send(());
         if let Some(progress) = progress {
-            progress.abort();
+            let _ = progress.await;
         }
+        runtime.shutdown().await;
         match outcome {
             Ok(record) => {
                 if args.json {
@@ -151,55 +155,71 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
 
 async fn print_progress(
     mut records: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::log::Record>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
+    use tokio::sync::broadcast::error::RecvError;
     let mut started: HashMap<String, i64> = HashMap::new();
     loop {
-        let record = match records.recv().await {
-            Ok(r) => r,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(_) => return,
+        let record = tokio::select! {
+            // Records first: `stop` only wins once nothing is waiting.
+            biased;
+            record = records.recv() => match record {
+                Ok(r) => r,
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            },
+            _ = &mut stop => return,
         };
-        let line = match &record.body {
-            RecordBody::AttemptStarted { task, attempt } => {
-                started.insert(task.clone(), record.at);
-                if *attempt > 1 {
-                    format!("▶ {task} (attempt {attempt})")
-                } else {
-                    format!("▶ {task}")
-                }
-            }
-            RecordBody::AttemptFinished {
-                task,
-                succeeded,
-                error,
-                ..
-            } => {
-                let took = started
-                    .get(task)
-                    .map(|s| format!(" in {:.2}s", (record.at - s) as f64 / 1000.0))
-                    .unwrap_or_default();
-                if *succeeded {
-                    format!("✓ {task} succeeded{took}")
-                } else {
-                    format!("✗ {task} failed{took}: {}", error.as_deref().unwrap_or(""))
-                }
-            }
-            RecordBody::RetryScheduled {
-                task,
-                attempt,
-                due_at,
-            } => format!(
-                "↻ {task}: attempt {attempt} in {:.1}s",
-                (due_at - record.at).max(0) as f64 / 1000.0
-            ),
-            RecordBody::TaskSkipped { task, reason } => format!("○ {task} skipped: {reason}"),
-            RecordBody::TaskFailed { task, error } => format!("✗ {task} failed: {error}"),
-            RecordBody::TaskCancelled { task, reason } => format!("■ {task} cancelled: {reason}"),
-            RecordBody::RunTimedOut {} => "⏱ run timed out".to_string(),
-            _ => continue,
-        };
-        eprintln!("{line}");
+        if let Some(line) = progress_line(&record, &mut started) {
+            eprintln!("{line}");
+        }
     }
+}
+
+/// The live line for one record, if it deserves one.
+fn progress_line(
+    record: &crate::log::Record,
+    started: &mut HashMap<String, i64>,
+) -> Option<String> {
+    Some(match &record.body {
+        RecordBody::AttemptStarted { task, attempt } => {
+            started.insert(task.clone(), record.at);
+            if *attempt > 1 {
+                format!("▶ {task} (attempt {attempt})")
+            } else {
+                format!("▶ {task}")
+            }
+        }
+        RecordBody::AttemptFinished {
+            task,
+            succeeded,
+            error,
+            ..
+        } => {
+            let took = started
+                .get(task)
+                .map(|s| format!(" in {:.2}s", (record.at - s) as f64 / 1000.0))
+                .unwrap_or_default();
+            if *succeeded {
+                format!("✓ {task} succeeded{took}")
+            } else {
+                format!("✗ {task} failed{took}: {}", error.as_deref().unwrap_or(""))
+            }
+        }
+        RecordBody::RetryScheduled {
+            task,
+            attempt,
+            due_at,
+        } => format!(
+            "↻ {task}: attempt {attempt} in {:.1}s",
+            (due_at - record.at).max(0) as f64 / 1000.0
+        ),
+        RecordBody::TaskSkipped { task, reason } => format!("○ {task} skipped: {reason}"),
+        RecordBody::TaskFailed { task, error } => format!("✗ {task} failed: {error}"),
+        RecordBody::TaskCancelled { task, reason } => format!("■ {task} cancelled: {reason}"),
+        RecordBody::RunTimedOut {} => "⏱ run timed out".to_string(),
+        _ => return None,
+    })
 }
 
 pub(crate) fn print_summary(record: &RunRecord) {

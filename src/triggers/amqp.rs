@@ -12,8 +12,9 @@
 //! `message_id` starts no second run.
 //!
 //! Any failure ends the session: the connection is closed and a new session
-//! starts after a backoff, re-declaring everything and re-applying the
-//! prefetch (lapin's own recovery is not used). Heartbeats (10 s unless the
+//! starts after a backoff (back to the shortest once a session got as far
+//! as consuming), re-declaring everything and re-applying the prefetch
+//! (lapin's own recovery is not used). Heartbeats (10 s unless the
 //! URL says otherwise) end a session whose peer went silent.
 //!
 //! A message that cannot become an event (declared JSON that does not parse,
@@ -44,8 +45,8 @@ use crate::reactor::Reactor;
 use crate::reactor::event::{AMQP_MESSAGE, Event, routing_key_matches};
 use crate::spec::binding::{AmqpTrigger, Binding, ExchangeType, Trigger};
 
-/// A session that lasted this long counts as healthy: the next failure
-/// retries from the shortest backoff.
+/// A session that got as far as consuming, or lasted this long, counts as
+/// healthy: the next failure retries from the shortest backoff.
 const HEALTHY: Duration = Duration::from_secs(10);
 /// How long a stopping consumer waits for deliveries in flight to be acked.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -134,11 +135,15 @@ impl Consumer {
         let mut backoff = Backoff::default();
         loop {
             let started = Instant::now();
-            let outcome = self.session(&stop).await;
+            let mut consumed = false;
+            let outcome = self.session(&stop, &mut consumed).await;
             if stop.is_cancelled() {
                 return;
             }
-            if started.elapsed() >= HEALTHY {
+            // A session that consumed was a working connection: a broker
+            // that drops it now and then must not push the retries out to
+            // the maximum.
+            if consumed || started.elapsed() >= HEALTHY {
                 backoff.reset();
             }
             let delay = backoff.next_delay();
@@ -158,13 +163,13 @@ impl Consumer {
     }
 
     /// One connection's life. `Ok` only when stopped.
-    async fn session(&self, stop: &CancellationToken) -> Result<(), String> {
+    async fn session(&self, stop: &CancellationToken, consumed: &mut bool) -> Result<(), String> {
         let name = format!("consumer {}", self.queue);
         let connection = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             connection = connect(&self.uri, &name) => connection?,
         };
-        let result = self.consume(&connection, stop).await;
+        let result = self.consume(&connection, stop, consumed).await;
         // Close within a bound: a dead peer must not hold the next session up.
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
@@ -178,6 +183,7 @@ impl Consumer {
         &self,
         connection: &Connection,
         stop: &CancellationToken,
+        consumed: &mut bool,
     ) -> Result<(), String> {
         let channel = self.declare(connection).await?;
         let prefetch = self.prefetch();
@@ -203,6 +209,7 @@ impl Consumer {
             "Consuming AMQP queue."
         );
         self.metrics().consuming.fetch_add(1, Ordering::Relaxed);
+        *consumed = true;
         // Deliveries this session holds unacked.
         let held = Arc::new(AtomicU64::new(0));
         let mut in_flight = tokio::task::JoinSet::new();

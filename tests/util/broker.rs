@@ -323,14 +323,15 @@ pub async fn collect(
     out
 }
 
-/// A TCP proxy in front of the broker that can go silent: after
-/// [`SilentProxy::silence`], the connections open at that moment stay open
-/// but carry nothing either way (a hung peer, a dropped route), while new
-/// connections flow normally.
+/// A TCP proxy in front of the broker that can fail the way networks do:
+/// after [`SilentProxy::silence`], the connections open at that moment stay
+/// open but carry nothing either way (a hung peer, a dropped route); after
+/// [`SilentProxy::cut`], they are closed. New connections flow normally.
 pub struct SilentProxy {
     pub port: u16,
     opened: std::sync::Arc<std::sync::atomic::AtomicU64>,
     silenced: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicU64>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -344,9 +345,10 @@ impl SilentProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let opened = Arc::new(AtomicU64::new(0));
-        // Connections numbered at or below this are silent (0: none).
+        // Connections numbered at or below these are silent, or closed (0: none).
         let silenced = Arc::new(AtomicU64::new(0));
-        let (count, cutoff) = (Arc::clone(&opened), Arc::clone(&silenced));
+        let cut = Arc::new(AtomicU64::new(0));
+        let (count, quiet, closed) = (Arc::clone(&opened), Arc::clone(&silenced), Arc::clone(&cut));
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let number = count.fetch_add(1, Ordering::Relaxed) + 1;
@@ -360,19 +362,23 @@ impl SilentProxy {
                     (Box::new(upstream_read), Box::new(client_write)),
                 ];
                 for (mut from, mut to) in pipes {
-                    let cutoff = Arc::clone(&cutoff);
+                    let (quiet, closed) = (Arc::clone(&quiet), Arc::clone(&closed));
                     tokio::spawn(async move {
                         use tokio::io::{AsyncReadExt, AsyncWriteExt};
                         let mut buf = vec![0u8; 64 * 1024];
                         loop {
-                            if number <= cutoff.load(Ordering::Relaxed) {
+                            if number <= closed.load(Ordering::Relaxed) {
+                                // Both directions end: the sockets close.
+                                break;
+                            }
+                            if number <= quiet.load(Ordering::Relaxed) {
                                 // Silent: hold the socket open, pass nothing.
                                 tokio::time::sleep(Duration::from_secs(3600)).await;
                                 continue;
                             }
                             let read = tokio::select! {
                                 read = from.read(&mut buf) => read,
-                                // Look at the switch again now and then.
+                                // Look at the switches again now and then.
                                 _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
                             };
                             match read {
@@ -392,6 +398,7 @@ impl SilentProxy {
             port,
             opened,
             silenced,
+            cut,
             accept,
         }
     }
@@ -400,6 +407,13 @@ impl SilentProxy {
     pub fn silence(&self) {
         use std::sync::atomic::Ordering;
         self.silenced
+            .store(self.opened.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Every connection open now is closed, without an AMQP goodbye.
+    pub fn cut(&self) {
+        use std::sync::atomic::Ordering;
+        self.cut
             .store(self.opened.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
