@@ -158,14 +158,7 @@ async fn a_thousand_confirmed_messages_start_a_thousand_runs() {
     let channel = broker::confirm_channel(&connection).await;
     // The daemon declares the exchange; wait until its consumer is up so
     // no message is published before the queue is bound.
-    wait_metric(
-        &daemon,
-        "switchyard_amqp_consumers",
-        |v| v >= 1.0,
-        Duration::from_secs(30),
-        "the consumer did not start",
-    )
-    .await;
+    wait_consuming(&daemon, "the consumer did not start").await;
     // Half with a message id, half without (the id is then a hash).
     broker::publish_all(
         &channel,
@@ -252,14 +245,7 @@ async fn closed_connections_and_a_broker_restart_lose_and_repeat_nothing() {
         json!({"prefetch": PREFETCH}),
     )]);
     let daemon = project.start(None).await;
-    wait_metric(
-        &daemon,
-        "switchyard_amqp_consumers",
-        |v| v >= 1.0,
-        Duration::from_secs(30),
-        "the consumer did not start",
-    )
-    .await;
+    wait_consuming(&daemon, "the consumer did not start").await;
 
     // A steady stream: 2,000 messages over ~10 s, each retried with the
     // same message id until confirmed.
@@ -730,6 +716,37 @@ async fn a_daemon_started_while_the_broker_is_down_serves_and_then_consumes() {
     broker::delete_queues(&[&queue]).await;
 }
 
+/// A daemon consuming `queue` (bound to `exchange`) through a
+/// [`broker::SilentProxy`], with `query` appended to its broker URL; returned
+/// once its consumer is consuming.
+async fn proxied_daemon(
+    exchange: &str,
+    queue: &str,
+    query: &str,
+) -> (broker::SilentProxy, Project, Daemon) {
+    let proxy = broker::SilentProxy::start().await;
+    let project = Project::with_config(
+        &[amqp_binding("orders", exchange, queue, json!({}))],
+        &[],
+        json!({"amqp": {"url": format!("amqp://guest:guest@127.0.0.1:{}/%2f{query}", proxy.port)}}),
+    );
+    let daemon = project.start(None).await;
+    wait_consuming(&daemon, "the consumer did not connect").await;
+    (proxy, project, daemon)
+}
+
+/// Waits until the daemon's consumer is consuming.
+async fn wait_consuming(daemon: &Daemon, what: &str) {
+    wait_metric(
+        daemon,
+        "switchyard_amqp_consumers",
+        |v| v >= 1.0,
+        Duration::from_secs(30),
+        what,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_broker_connection_is_dropped_by_heartbeats_and_consuming_resumes() {
     let _shared = LOCK.read().await;
@@ -742,21 +759,7 @@ async fn a_silent_broker_connection_is_dropped_by_heartbeats_and_consuming_resum
     }
     let exchange = broker::unique("orders");
     let queue = broker::unique("q");
-    let proxy = broker::SilentProxy::start().await;
-    let project = Project::with_config(
-        &[amqp_binding("orders", &exchange, &queue, json!({}))],
-        &[],
-        json!({"amqp": {"url": format!("amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=2", proxy.port)}}),
-    );
-    let daemon = project.start(None).await;
-    wait_metric(
-        &daemon,
-        "switchyard_amqp_consumers",
-        |v| v >= 1.0,
-        Duration::from_secs(30),
-        "the consumer did not connect",
-    )
-    .await;
+    let (proxy, _project, daemon) = proxied_daemon(&exchange, &queue, "?heartbeat=2").await;
     let connection = broker::connect().await;
     let channel = broker::confirm_channel(&connection).await;
     broker::publish_all(&channel, &exchange, (0..5).map(|n| json_message(n, None))).await;
@@ -784,23 +787,7 @@ async fn a_consumer_cut_off_again_and_again_reconnects_at_once_each_time() {
     }
     let exchange = broker::unique("orders");
     let queue = broker::unique("q");
-    let proxy = broker::SilentProxy::start().await;
-    let project = Project::with_config(
-        &[amqp_binding("orders", &exchange, &queue, json!({}))],
-        &[],
-        json!({"amqp": {"url": format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port)}}),
-    );
-    let daemon = project.start(None).await;
-    let consuming = |what: &'static str| {
-        wait_metric(
-            &daemon,
-            "switchyard_amqp_consumers",
-            |v| v >= 1.0,
-            Duration::from_secs(30),
-            what,
-        )
-    };
-    consuming("the consumer did not connect").await;
+    let (proxy, _project, daemon) = proxied_daemon(&exchange, &queue, "").await;
 
     // Each session worked before it was cut, so each retry starts from the
     // shortest backoff. Had the backoff kept doubling, eight cuts would cost
@@ -816,7 +803,7 @@ async fn a_consumer_cut_off_again_and_again_reconnects_at_once_each_time() {
             "the cut was not noticed",
         )
         .await;
-        consuming("the consumer did not come back").await;
+        wait_consuming(&daemon, "the consumer did not come back").await;
     }
     let took = started.elapsed();
     assert!(
