@@ -433,17 +433,34 @@ fn publishing_workflow(project: &Project, name: &str, task: Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_amqp_task_publishes_with_confirms_and_fails_when_unroutable() {
+async fn the_amqp_task_publishes_with_confirms_and_fails_when_unroutable_or_nacked() {
     let _shared = LOCK.read().await;
-    if !broker::available("the_amqp_task_publishes_with_confirms_and_fails_when_unroutable").await {
+    if !broker::available(
+        "the_amqp_task_publishes_with_confirms_and_fails_when_unroutable_or_nacked",
+    )
+    .await
+    {
         return;
     }
     let exchange = broker::unique("out");
     let queue = broker::unique("sink");
+    let full = broker::unique("full");
     let connection = broker::connect().await;
     let channel = broker::confirm_channel(&connection).await;
     broker::declare_exchange(&channel, &exchange, ExchangeKind::Topic).await;
     broker::declare_queue(&channel, &queue, &exchange, "promo.#", &[]).await;
+    // A queue that takes nothing and says so: the broker nacks what it refuses.
+    broker::declare_queue(
+        &channel,
+        &full,
+        &exchange,
+        "full.#",
+        &[
+            ("x-max-length", AMQPValue::LongInt(0)),
+            ("x-overflow", AMQPValue::LongString("reject-publish".into())),
+        ],
+    )
+    .await;
 
     let project = Project::new(&[]);
     let task = |key: &str, exchange: &str| {
@@ -454,6 +471,7 @@ async fn the_amqp_task_publishes_with_confirms_and_fails_when_unroutable() {
     };
     publishing_workflow(&project, "routed", task("promo.new", &exchange));
     publishing_workflow(&project, "unroutable", task("nobody.listens", &exchange));
+    publishing_workflow(&project, "refused", task("full.now", &exchange));
     publishing_workflow(
         &project,
         "no_exchange",
@@ -462,7 +480,7 @@ async fn the_amqp_task_publishes_with_confirms_and_fails_when_unroutable() {
     let daemon = project.start(None).await;
 
     let mut ids = BTreeMap::new();
-    for workflow in ["routed", "unroutable", "no_exchange", "routed"] {
+    for workflow in ["routed", "unroutable", "no_exchange", "refused", "routed"] {
         let (status, run) = daemon
             .post(
                 &format!("/api/v1/workflows/{workflow}/runs"),
@@ -473,7 +491,7 @@ async fn the_amqp_task_publishes_with_confirms_and_fails_when_unroutable() {
         assert_eq!(status, 201, "{run}");
         ids.insert(run["id"].as_str().unwrap().to_string(), workflow);
     }
-    for workflow in ["routed", "unroutable", "no_exchange"] {
+    for workflow in ["routed", "unroutable", "no_exchange", "refused"] {
         wait_ended(&daemon, workflow, 1, Duration::from_secs(30)).await;
     }
     let routed = daemon.runs("routed").await;
@@ -520,6 +538,14 @@ async fn the_amqp_task_publishes_with_confirms_and_fails_when_unroutable() {
         "{error}"
     );
 
+    let refused = &daemon.runs("refused").await[0];
+    assert_eq!(refused["status"], "failed");
+    let run = daemon
+        .get(&format!("/api/v1/runs/{}", refused["id"].as_str().unwrap()))
+        .await;
+    let error = run["tasks"]["send"]["error"].as_str().unwrap();
+    assert!(error.contains("nacked"), "{error}");
+
     // The channel closed by the missing exchange was replaced: this one works.
     let received = broker::collect(&queue, Duration::from_secs(10), |got| got.len() >= 2).await;
     assert_eq!(received.len(), 2);
@@ -536,7 +562,7 @@ async fn the_amqp_task_publishes_with_confirms_and_fails_when_unroutable() {
     assert_eq!(headers["x-count"], 2);
     let _ = connection.close(200, "done".into()).await;
     daemon.stop().await;
-    broker::delete_queues(&[&queue]).await;
+    broker::delete_queues(&[&queue, &full]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
