@@ -3,14 +3,16 @@
 //! event and run were flushed:
 //!
 //! 0. The broker's own ceiling here: a bare lapin consumer that acks each
-//!    message of a 40,000-message persistent backlog (no switchyard).
+//!    message of a 40,000-message persistent backlog (no switchyard); and
+//!    its own hop at 50 msg/s, publish to delivery at that bare consumer.
 //! 1. Backlog: 40,000 messages queued before the daemon starts; the rate at
 //!    which it turns them into completed 3-task `noop` runs.
 //! 2. Concurrent: 40,000 messages published with confirms as fast as the
 //!    broker takes them while the daemon consumes (publisher, broker and
 //!    daemon share the 2 cores); sustained rate of runs completed.
 //! 3. Latency at 50 messages/s and at 1,000 messages/s: publish time (in
-//!    the message) to the run's `RunEnded` record, p50/p99.
+//!    the message) to the run's `RunEnded` record, p50/p99, and the share
+//!    up to its `RunCreated` (broker hop, consumer, first group commit).
 //! 4. Side by side: the same 3-task chain in Celery 5 on the same broker
 //!    (`benches/celery_chain.py`: acks_late, prefork ×2, 5,000 queued
 //!    chains, then 50 chains/s), when a python with celery is found
