@@ -202,15 +202,26 @@ async fn bind(channel: &lapin::Channel, queue: &str, exchange: &str) {
         .unwrap();
 }
 
-/// Seconds a bare consumer (prefetch 500, ack each) takes to drain `n`.
-async fn raw_drain(connection: &Connection, queue: &str, n: usize) -> f64 {
-    use futures_lite::StreamExt;
+async fn unbind(channel: &lapin::Channel, queue: &str, exchange: &str) {
+    channel
+        .queue_unbind(
+            queue.into(),
+            exchange.into(),
+            "#".into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+}
+
+/// A bare lapin consumer on `queue` (prefetch 500), on a channel of its own.
+async fn bare_consumer(connection: &Connection, queue: &str) -> (lapin::Channel, lapin::Consumer) {
     let channel = connection.create_channel().await.unwrap();
     channel
         .basic_qos(PREFETCH, Default::default())
         .await
         .unwrap();
-    let mut consumer = channel
+    let consumer = channel
         .basic_consume(
             queue.into(),
             "".into(),
@@ -219,6 +230,13 @@ async fn raw_drain(connection: &Connection, queue: &str, n: usize) -> f64 {
         )
         .await
         .unwrap();
+    (channel, consumer)
+}
+
+/// Seconds a bare consumer (prefetch 500, ack each) takes to drain `n`.
+async fn raw_drain(connection: &Connection, queue: &str, n: usize) -> f64 {
+    use futures_lite::StreamExt;
+    let (channel, mut consumer) = bare_consumer(connection, queue).await;
     let start = Instant::now();
     for _ in 0..n {
         let delivery = consumer.next().await.unwrap().unwrap();
@@ -240,16 +258,7 @@ async fn raw_hop(
     rate: u64,
 ) -> Vec<f64> {
     use futures_lite::StreamExt;
-    let consuming = connection.create_channel().await.unwrap();
-    let mut consumer = consuming
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let (consuming, mut consumer) = bare_consumer(connection, queue).await;
     bind(channel, queue, exchange).await;
     let collect = tokio::spawn(async move {
         let mut hops = Vec::with_capacity(n);
@@ -266,15 +275,7 @@ async fn raw_hop(
     });
     publish(channel, exchange, n, rate).await;
     let hops = collect.await.unwrap();
-    channel
-        .queue_unbind(
-            queue.into(),
-            exchange.into(),
-            "#".into(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    unbind(channel, queue, exchange).await;
     hops
 }
 
@@ -362,15 +363,7 @@ fn main() {
         // 0. The broker alone: drain a backlog with a bare consumer.
         bind(&channel, &raw_queue, &exchange).await;
         publish(&channel, &exchange, SATURATION, 0).await;
-        channel
-            .queue_unbind(
-                raw_queue.as_str().into(),
-                exchange.as_str().into(),
-                "#".into(),
-                Default::default(),
-            )
-            .await
-            .unwrap();
+        unbind(&channel, &raw_queue, &exchange).await;
         let raw = raw_drain(&connection, &raw_queue, SATURATION).await;
         println!(
             "  broker ceiling: a bare consumer acking a {SATURATION}-message backlog: {:.0} msg/s",

@@ -16,7 +16,7 @@ use lapin::{BasicProperties, ExchangeKind};
 use serde_json::{Value, json};
 
 use crate::triggers::{Daemon, Project};
-use crate::util::broker::{self, LOCK};
+use crate::util::broker;
 
 fn amqp_binding(name: &str, exchange: &str, queue: &str, extra: Value) -> Value {
     let mut on = json!({"exchange": exchange, "routing_key": "orders.#", "queue": queue});
@@ -146,10 +146,10 @@ fn json_message(n: usize, id: Option<String>) -> (String, Vec<u8>, BasicProperti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_confirmed_messages_start_a_thousand_runs() {
-    let _shared = LOCK.read().await;
-    if !broker::available("a_thousand_confirmed_messages_start_a_thousand_runs").await {
+    let Some(_shared) = broker::shared("a_thousand_confirmed_messages_start_a_thousand_runs").await
+    else {
         return;
-    }
+    };
     let exchange = broker::unique("orders");
     let queue = broker::unique("q");
     let project = Project::new(&[amqp_binding("orders", &exchange, &queue, json!({}))]);
@@ -230,10 +230,11 @@ async fn a_thousand_confirmed_messages_start_a_thousand_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_connections_and_a_broker_restart_lose_and_repeat_nothing() {
-    let _exclusive = LOCK.write().await;
-    if !broker::available("closed_connections_and_a_broker_restart_lose_and_repeat_nothing").await {
+    let Some(_exclusive) =
+        broker::exclusive("closed_connections_and_a_broker_restart_lose_and_repeat_nothing").await
+    else {
         return;
-    }
+    };
     const COUNT: usize = 2000;
     const PREFETCH: u16 = 20;
     let exchange = broker::unique("orders");
@@ -314,12 +315,11 @@ async fn closed_connections_and_a_broker_restart_lose_and_repeat_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_go_to_the_dead_letter_queue_and_the_stream_flows_on() {
-    let _shared = LOCK.read().await;
-    if !broker::available("poison_messages_go_to_the_dead_letter_queue_and_the_stream_flows_on")
-        .await
-    {
+    let Some(_shared) =
+        broker::shared("poison_messages_go_to_the_dead_letter_queue_and_the_stream_flows_on").await
+    else {
         return;
-    }
+    };
     let exchange = broker::unique("orders");
     let queue = broker::unique("q");
     let dlx = broker::unique("dlx");
@@ -434,14 +434,12 @@ fn publishing_workflow(project: &Project, name: &str, task: Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_amqp_task_publishes_with_confirms_and_fails_when_unroutable_or_nacked() {
-    let _shared = LOCK.read().await;
-    if !broker::available(
-        "the_amqp_task_publishes_with_confirms_and_fails_when_unroutable_or_nacked",
-    )
-    .await
-    {
+    let Some(_shared) =
+        broker::shared("the_amqp_task_publishes_with_confirms_and_fails_when_unroutable_or_nacked")
+            .await
+    else {
         return;
-    }
+    };
     let exchange = broker::unique("out");
     let queue = broker::unique("sink");
     let full = broker::unique("full");
@@ -567,10 +565,11 @@ async fn the_amqp_task_publishes_with_confirms_and_fails_when_unroutable_or_nack
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_events_wait_out_a_broker_outage_and_all_arrive() {
-    let _exclusive = LOCK.write().await;
-    if !broker::available("lifecycle_events_wait_out_a_broker_outage_and_all_arrive").await {
+    let Some(_exclusive) =
+        broker::exclusive("lifecycle_events_wait_out_a_broker_outage_and_all_arrive").await
+    else {
         return;
-    }
+    };
     let events_exchange = broker::unique("lifecycle");
     let sink = broker::unique("sink");
     let connection = broker::connect().await;
@@ -687,12 +686,12 @@ async fn lifecycle_events_wait_out_a_broker_outage_and_all_arrive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_started_while_the_broker_is_down_serves_and_then_consumes() {
-    let _exclusive = LOCK.write().await;
-    if !broker::available("a_daemon_started_while_the_broker_is_down_serves_and_then_consumes")
-        .await
-    {
+    let Some(_exclusive) =
+        broker::exclusive("a_daemon_started_while_the_broker_is_down_serves_and_then_consumes")
+            .await
+    else {
         return;
-    }
+    };
     let exchange = broker::unique("orders");
     let queue = broker::unique("q");
     let project = Project::new(&[
@@ -775,14 +774,12 @@ async fn wait_consuming(daemon: &Daemon, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_broker_connection_is_dropped_by_heartbeats_and_consuming_resumes() {
-    let _shared = LOCK.read().await;
-    if !broker::available(
-        "a_silent_broker_connection_is_dropped_by_heartbeats_and_consuming_resumes",
-    )
-    .await
-    {
+    let Some(_shared) =
+        broker::shared("a_silent_broker_connection_is_dropped_by_heartbeats_and_consuming_resumes")
+            .await
+    else {
         return;
-    }
+    };
     let exchange = broker::unique("orders");
     let queue = broker::unique("q");
     let (proxy, _project, daemon) = proxied_daemon(&exchange, &queue, "?heartbeat=2").await;
@@ -807,10 +804,11 @@ async fn a_silent_broker_connection_is_dropped_by_heartbeats_and_consuming_resum
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_cut_off_again_and_again_reconnects_at_once_each_time() {
-    let _shared = LOCK.read().await;
-    if !broker::available("a_consumer_cut_off_again_and_again_reconnects_at_once_each_time").await {
+    let Some(_shared) =
+        broker::shared("a_consumer_cut_off_again_and_again_reconnects_at_once_each_time").await
+    else {
         return;
-    }
+    };
     let exchange = broker::unique("orders");
     let queue = broker::unique("q");
     let (proxy, _project, daemon) = proxied_daemon(&exchange, &queue, "").await;
@@ -878,12 +876,11 @@ async fn wait_prefetch(queue: &str, expected: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editing_or_removing_an_amqp_binding_restarts_or_stops_its_consumer() {
-    let _shared = LOCK.read().await;
-    if !broker::available("editing_or_removing_an_amqp_binding_restarts_or_stops_its_consumer")
-        .await
-    {
+    let Some(_shared) =
+        broker::shared("editing_or_removing_an_amqp_binding_restarts_or_stops_its_consumer").await
+    else {
         return;
-    }
+    };
     let exchange = broker::unique("orders");
     let queue = broker::unique("q");
     let project = Project::new(&[amqp_binding(

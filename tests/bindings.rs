@@ -1063,6 +1063,29 @@ fn assert_matched(output: &Value, matched: &[&str]) {
     }
 }
 
+/// `match --json` on `event`: exit 0 with exactly `name` matched. Returns
+/// the output and that binding's result.
+fn matched(dir: &Path, event: &Value, name: &str) -> (Value, Value) {
+    let (code, out) = match_json(dir, event);
+    assert_eq!(code, 0, "{out:#}");
+    assert_matched(&out, &[name]);
+    let r = result(&out, name).clone();
+    (out, r)
+}
+
+/// `match --json` on `event`: exit 1, and `name` did not match; returns why.
+fn refused(dir: &Path, event: &Value, name: &str) -> String {
+    let (code, out) = match_json(dir, event);
+    assert_eq!(code, 1, "{out:#}");
+    reason(&out, name).to_string()
+}
+
+/// `match --json` on `event`: `name` did not match, `because` says why.
+fn assert_refused(dir: &Path, event: &Value, name: &str, because: &str) {
+    let why = refused(dir, event, name);
+    assert!(why.contains(because), "{name}: {why}");
+}
+
 fn file_event(dir: &Path, path: &Path, size: u64) -> Value {
     json!({
         "specversion": "1.0",
@@ -1084,10 +1107,7 @@ fn match_file_event() {
     let dir = match_project();
     let root = dir.path();
     let path = root.join("inbox").join("orders.csv");
-    let (code, out) = match_json(root, &file_event(root, &path, 120));
-    assert_eq!(code, 0, "{out:#}");
-    assert_matched(&out, &["inbox-csv"]);
-    let r = result(&out, "inbox-csv");
+    let (out, r) = matched(root, &file_event(root, &path, 120), "inbox-csv");
     assert_eq!(r["workflow"], "ingest");
     assert_eq!(
         r["params"],
@@ -1151,9 +1171,7 @@ fn match_file_event_with_other_pattern() {
     let dir = match_project();
     let root = dir.path();
     let path = root.join("inbox").join("notes.txt");
-    let (code, out) = match_json(root, &file_event(root, &path, 10));
-    assert_eq!(code, 1, "{out:#}");
-    let why = reason(&out, "inbox-csv");
+    let why = refused(root, &file_event(root, &path, 10), "inbox-csv");
     assert!(
         why.contains("`notes.txt`") && why.contains("does not match `*.csv`"),
         "{why}"
@@ -1170,9 +1188,7 @@ fn match_file_event_outside_the_inbox() {
         root.join("inbox").join("..").join("orders.csv"),
         PathBuf::from("/etc/orders.csv"),
     ] {
-        let (code, out) = match_json(root, &file_event(root, &path, 10));
-        assert_eq!(code, 1, "{out:#}");
-        let why = reason(&out, "inbox-csv");
+        let why = refused(root, &file_event(root, &path, 10), "inbox-csv");
         assert!(why.contains("is not under"), "{why}");
         assert!(
             why.contains(root.join("inbox").to_str().unwrap()),
@@ -1186,9 +1202,7 @@ fn match_file_event_in_a_subdirectory_of_a_non_recursive_trigger() {
     let dir = match_project();
     let root = dir.path();
     let path = root.join("inbox").join("sub").join("orders.csv");
-    let (code, out) = match_json(root, &file_event(root, &path, 10));
-    assert_eq!(code, 1, "{out:#}");
-    let why = reason(&out, "inbox-csv");
+    let why = refused(root, &file_event(root, &path, 10), "inbox-csv");
     assert!(why.contains("not recursive"), "{why}");
 }
 
@@ -1306,10 +1320,7 @@ fn match_run_event() {
             "data": {"id": "0190", "workflow": workflow, "status": status},
         })
     };
-    let (code, out) = match_json(root, &run_event("succeeded", "etl"));
-    assert_eq!(code, 0, "{out:#}");
-    assert_matched(&out, &["after-etl"]);
-    let r = result(&out, "after-etl");
+    let (out, r) = matched(root, &run_event("succeeded", "etl"), "after-etl");
     assert_eq!(r["params"], json!({"upstream": "0190"}));
     assert_eq!(r["dedup_key"], "run:0190");
     assert!(
@@ -1317,18 +1328,18 @@ fn match_run_event() {
         "a run event is not an api event: {out:#}"
     );
 
-    let (code, out) = match_json(root, &run_event("failed", "etl"));
-    assert_eq!(code, 1, "{out:#}");
-    assert!(
-        reason(&out, "after-etl").contains("run status `failed`"),
-        "{out:#}"
+    assert_refused(
+        root,
+        &run_event("failed", "etl"),
+        "after-etl",
+        "run status `failed`",
     );
 
-    let (code, out) = match_json(root, &run_event("succeeded", "ingest"));
-    assert_eq!(code, 1, "{out:#}");
-    assert!(
-        reason(&out, "after-etl").contains("run of workflow `ingest`"),
-        "{out:#}"
+    assert_refused(
+        root,
+        &run_event("succeeded", "ingest"),
+        "after-etl",
+        "run of workflow `ingest`",
     );
 }
 
@@ -1345,18 +1356,15 @@ fn match_webhook_event() {
             "switchyard": {"headers": {"content-type": "application/json"}},
         })
     };
-    let (code, out) = match_json(root, &hook_event("/hooks/orders"));
-    assert_eq!(code, 0, "{out:#}");
-    assert_matched(&out, &["orders-hook"]);
-    let r = result(&out, "orders-hook");
+    let (_, r) = matched(root, &hook_event("/hooks/orders"), "orders-hook");
     assert_eq!(r["params"], json!({"order": "A-7"}));
     assert_eq!(r["dedup_key"], "order-A-7");
 
-    let (code, out) = match_json(root, &hook_event("/hooks/refunds"));
-    assert_eq!(code, 1, "{out:#}");
-    assert!(
-        reason(&out, "orders-hook").contains("`/hooks/refunds` is not `/hooks/orders`"),
-        "{out:#}"
+    assert_refused(
+        root,
+        &hook_event("/hooks/refunds"),
+        "orders-hook",
+        "`/hooks/refunds` is not `/hooks/orders`",
     );
 }
 
@@ -1372,18 +1380,15 @@ fn match_cron_event() {
             "data": {"scheduled_time": "2026-01-02T02:00:00Z"},
         })
     };
-    let (code, out) = match_json(root, &tick("cron:nightly"));
-    assert_eq!(code, 0, "{out:#}");
-    assert_matched(&out, &["nightly"]);
-    let r = result(&out, "nightly");
+    let (_, r) = matched(root, &tick("cron:nightly"), "nightly");
     assert_eq!(r["params"], json!({"at": "2026-01-02T02:00:00Z"}));
     assert_eq!(r["dedup_key"], "cron:nightly:2026-01-02T02:00:00Z");
 
-    let (code, out) = match_json(root, &tick("cron:other"));
-    assert_eq!(code, 1, "{out:#}");
-    assert!(
-        reason(&out, "nightly").contains("`cron:other` is not `cron:nightly`"),
-        "{out:#}"
+    assert_refused(
+        root,
+        &tick("cron:other"),
+        "nightly",
+        "`cron:other` is not `cron:nightly`",
     );
 }
 
@@ -1396,9 +1401,7 @@ fn match_disabled_binding_says_so() {
     files["enabled"] = json!(false);
     write_json(root, "bindings/files.json", &files);
     let path = root.join("inbox").join("orders.csv");
-    let (code, out) = match_json(root, &file_event(root, &path, 10));
-    assert_eq!(code, 1, "{out:#}");
-    assert!(reason(&out, "inbox-csv").contains("disabled"), "{out:#}");
+    assert_refused(root, &file_event(root, &path, 10), "inbox-csv", "disabled");
 }
 
 #[test]

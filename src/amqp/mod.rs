@@ -371,18 +371,7 @@ impl Broker {
                 .await
                 .map_err(|e| PublishError::Broker(format!("cannot open a channel: {e}")))?
         };
-        let found = probe
-            .exchange_declare(
-                name,
-                lapin::ExchangeKind::Topic,
-                lapin::options::ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        match found {
+        match exchange_exists(&probe, name).await {
             Ok(()) => {
                 let _ = probe.close(200, "checked".into()).await;
                 if let Ok(mut known) = self.inner.known.lock() {
@@ -479,34 +468,14 @@ impl Broker {
     pub async fn ensure_exchange(&self, name: &str) -> Result<(), PublishError> {
         let exchange = short("exchange name", name).map_err(PublishError::Invalid)?;
         let channel = self.channel().await?;
-        let declared = channel
-            .exchange_declare(
-                exchange.clone(),
-                lapin::ExchangeKind::Topic,
-                lapin::options::ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
+        let declared =
+            declare_exchange(&channel, exchange.clone(), lapin::ExchangeKind::Topic).await;
         if let Err(e) = declared {
             // A type mismatch closes the channel; check it exists at all.
             let channel = self.channel().await?;
-            channel
-                .exchange_declare(
-                    exchange,
-                    lapin::ExchangeKind::Topic,
-                    lapin::options::ExchangeDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|_| {
-                    PublishError::Broker(format!("cannot declare exchange `{name}`: {e}"))
-                })?;
+            exchange_exists(&channel, exchange).await.map_err(|_| {
+                PublishError::Broker(format!("cannot declare exchange `{name}`: {e}"))
+            })?;
         }
         Ok(())
     }
@@ -522,6 +491,39 @@ async fn confirm_channel(connection: &Connection) -> Result<Channel, PublishErro
         .await
         .map_err(|e| PublishError::Broker(format!("cannot enable publisher confirms: {e}")))?;
     Ok(channel)
+}
+
+/// Declares a durable exchange. A failure (another type, say) closes the
+/// channel.
+pub async fn declare_exchange(
+    channel: &Channel,
+    name: ShortString,
+    kind: lapin::ExchangeKind,
+) -> lapin::Result<()> {
+    let options = lapin::options::ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(name, kind, options, FieldTable::default())
+        .await
+}
+
+/// Whether the exchange exists, whatever its type (a passive declare). A
+/// missing one closes the channel.
+pub async fn exchange_exists(channel: &Channel, name: ShortString) -> lapin::Result<()> {
+    let options = lapin::options::ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            name,
+            lapin::ExchangeKind::Topic,
+            options,
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// Whether a broker answers at this URL (tests and benches use it to skip).

@@ -31,7 +31,7 @@ use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicRejectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
@@ -40,7 +40,10 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::{Backoff, connect, describe, field_table_json, percent_vhost, short};
+use crate::amqp::{
+    Backoff, connect, declare_exchange, describe, exchange_exists, field_table_json, percent_vhost,
+    short,
+};
 use crate::reactor::Reactor;
 use crate::reactor::event::{AMQP_MESSAGE, Event, routing_key_matches};
 use crate::spec::binding::{AmqpTrigger, Binding, ExchangeType, Trigger};
@@ -279,16 +282,7 @@ impl Consumer {
             let declared = if name.starts_with("amq.") {
                 Err(None) // Predeclared by the broker: check only.
             } else {
-                channel
-                    .exchange_declare(
-                        exchange.clone(),
-                        exchange_kind(*kind),
-                        ExchangeDeclareOptions {
-                            durable: true,
-                            ..ExchangeDeclareOptions::default()
-                        },
-                        FieldTable::default(),
-                    )
+                declare_exchange(&channel, exchange.clone(), exchange_kind(*kind))
                     .await
                     .map_err(Some)
             };
@@ -297,16 +291,7 @@ impl Consumer {
                 if error.is_some() {
                     channel = open(connection).await?;
                 }
-                channel
-                    .exchange_declare(
-                        exchange,
-                        exchange_kind(*kind),
-                        ExchangeDeclareOptions {
-                            passive: true,
-                            ..ExchangeDeclareOptions::default()
-                        },
-                        FieldTable::default(),
-                    )
+                exchange_exists(&channel, exchange)
                     .await
                     .map_err(|e| match error {
                         Some(first) => format!("cannot declare exchange `{name}`: {first}"),

@@ -19,6 +19,19 @@ pub const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// writing; every other broker test takes it for reading.
 pub static LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
+/// The shared lock for `test`, once the broker is up; None: skipped.
+pub async fn shared(test: &str) -> Option<tokio::sync::RwLockReadGuard<'static, ()>> {
+    let guard = LOCK.read().await;
+    available(test).await.then_some(guard)
+}
+
+/// The exclusive lock for `test` (it disrupts the broker), once the broker
+/// is up; None: skipped.
+pub async fn exclusive(test: &str) -> Option<tokio::sync::RwLockWriteGuard<'static, ()>> {
+    let guard = LOCK.write().await;
+    available(test).await.then_some(guard)
+}
+
 /// Whether the broker is up. Without it: a failure when
 /// `SWITCHYARD_REQUIRE_BROKER=1` (CI), else a loud SKIPPED line.
 pub async fn available(test: &str) -> bool {
