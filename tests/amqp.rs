@@ -913,3 +913,164 @@ async fn editing_or_removing_an_amqp_binding_restarts_or_stops_its_consumer() {
     daemon.stop().await;
     broker::delete_queues(&[&queue]).await;
 }
+
+/// The queue's bindings as the broker has them: (exchange, routing key).
+fn broker_bindings(queue: &str) -> BTreeSet<(String, String)> {
+    broker::ctl(&[
+        "list_bindings",
+        "-q",
+        "--no-table-headers",
+        "source_name",
+        "destination_name",
+        "routing_key",
+    ])
+    .lines()
+    .filter_map(|line| {
+        let mut fields = line.split('\t');
+        let (source, destination, key) = (fields.next()?, fields.next()?, fields.next()?);
+        (destination == queue && !source.is_empty()).then(|| (source.into(), key.into()))
+    })
+    .collect()
+}
+
+async fn wait_broker_bindings(queue: &str, expected: &[(&str, &str)]) {
+    let expected: BTreeSet<(String, String)> = expected
+        .iter()
+        .map(|(e, k)| (e.to_string(), k.to_string()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = broker_bindings(queue);
+        if found == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bindings of {queue}: {found:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_sharing_a_queue_through_two_exchanges_each_run_only_their_own_messages() {
+    let Some(_shared) = broker::shared(
+        "bindings_sharing_a_queue_through_two_exchanges_each_run_only_their_own_messages",
+    )
+    .await
+    else {
+        return;
+    };
+    let orders = broker::unique("orders");
+    let refunds = broker::unique("refunds");
+    let queue = broker::unique("q");
+    let binding = |name: &str, exchange: &str, key: &str, workflow: &str| {
+        let mut b = amqp_binding(name, exchange, &queue, json!({"routing_key": key}));
+        b["workflow"] = json!(workflow);
+        b
+    };
+    let project = Project::new(&[
+        binding("orders", &orders, "orders.#", "three"),
+        binding("refunds", &refunds, "refunds.#", "second"),
+    ]);
+    let daemon = project.start(None).await;
+    wait_consuming(&daemon, "the consumer did not start").await;
+    let connection = broker::connect().await;
+    let channel = broker::confirm_channel(&connection).await;
+    let message = |n: usize, key: &str| {
+        (
+            key.to_string(),
+            json!({"n": n}).to_string().into_bytes(),
+            BasicProperties::default().with_content_type("application/json".into()),
+        )
+    };
+    broker::publish_all(
+        &channel,
+        &orders,
+        (0..5).map(|n| message(n, "orders.created")),
+    )
+    .await;
+    broker::publish_all(
+        &channel,
+        &refunds,
+        (5..8).map(|n| message(n, "refunds.created")),
+    )
+    .await;
+    let three = wait_ended(&daemon, "three", 5, Duration::from_secs(30)).await;
+    let second = wait_ended(&daemon, "second", 3, Duration::from_secs(30)).await;
+    exactly_once(&three, 5);
+    let mut refunded: Vec<i64> = second
+        .iter()
+        .map(|r| r["params"]["n"].as_i64().unwrap())
+        .collect();
+    refunded.sort();
+    assert_eq!(refunded, [5, 6, 7], "refunds ran only the refunds binding");
+
+    // A binding made outside switchyard on one of the bindings' exchanges:
+    // its messages match no binding, and are recorded as unrouted
+    // (visible, counted, acked), never run.
+    broker::declare_queue(&channel, &queue, &orders, "stray.#", &[]).await;
+    broker::publish_all(&channel, &orders, [message(99, "stray.x")]).await;
+    wait_metric(
+        &daemon,
+        "switchyard_event_outcomes_total{outcome=\"unrouted\"}",
+        |v| v == 1.0,
+        Duration::from_secs(20),
+        "the foreign message was not recorded as unrouted",
+    )
+    .await;
+    let events = daemon.events().await;
+    let unrouted = events
+        .iter()
+        .find(|e| e["outcomes"][0]["outcome"] == "unrouted")
+        .expect("an unrouted event");
+    assert_eq!(unrouted["outcomes"][0]["exchange"], json!(orders));
+    assert_eq!(unrouted["outcomes"][0]["routing_key"], "stray.x");
+    assert_eq!(unrouted["outcomes"][0]["queue"], json!(queue));
+    assert_eq!(unrouted["event"]["data"], json!({"n": 99}));
+    assert_eq!(daemon.runs("three").await.len(), 5);
+    assert_eq!(daemon.runs("second").await.len(), 3);
+    assert_eq!(metric(&daemon, "switchyard_amqp_unacked").await, 0.0);
+
+    // A changed routing key: the old queue binding is removed from the broker.
+    wait_broker_bindings(
+        &queue,
+        &[
+            (&orders, "orders.#"),
+            (&refunds, "refunds.#"),
+            (&orders, "stray.#"),
+        ],
+    )
+    .await;
+    std::fs::write(
+        project.root().join("bindings/b0.json"),
+        binding("orders", &orders, "orders.created", "three").to_string(),
+    )
+    .unwrap();
+    wait_broker_bindings(
+        &queue,
+        &[
+            (&orders, "orders.created"),
+            (&refunds, "refunds.#"),
+            (&orders, "stray.#"),
+        ],
+    )
+    .await;
+    // Both bindings removed: every binding switchyard made is removed, the
+    // one it did not make stays, and the queue is reported as left over.
+    std::fs::remove_file(project.root().join("bindings/b0.json")).unwrap();
+    std::fs::remove_file(project.root().join("bindings/b1.json")).unwrap();
+    wait_broker_bindings(&queue, &[(&orders, "stray.#")]).await;
+    let listed = daemon.get("/api/v1/bindings").await;
+    assert!(
+        listed["unbound_queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["queue"] == json!(queue)),
+        "{listed}"
+    );
+    let _ = connection.close(200, "done".into()).await;
+    daemon.stop().await;
+    broker::delete_queues(&[&queue]).await;
+}

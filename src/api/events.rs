@@ -173,5 +173,21 @@ pub async fn list_bindings(State(state): State<AppState>) -> Result<Json<Value>,
     let registry = state.registry()?;
     let bindings: Vec<Value> = registry.bindings().map(|b| binding_json(b)).collect();
     let errors = super::diagnostics_json(&registry.errors);
-    Ok(Json(json!({"bindings": bindings, "errors": errors})))
+    let in_use: std::collections::HashSet<&str> = registry
+        .bindings()
+        .filter_map(|b| match &b.trigger {
+            Trigger::Amqp(a) => Some(a.queue.as_str()),
+            _ => None,
+        })
+        .collect();
+    // Durable queues an earlier binding made and none uses now: they keep
+    // what they hold until the operator deletes them.
+    let unbound_queues: Vec<Value> = crate::triggers::amqp::queues_bound(state.runtime.log())
+        .into_iter()
+        .filter(|(queue, _)| !in_use.contains(queue.as_str()))
+        .map(|(queue, _)| json!({"queue": queue, "reason": "no binding uses this durable queue any more; its broker bindings were removed"}))
+        .collect();
+    Ok(Json(
+        json!({"bindings": bindings, "errors": errors, "unbound_queues": unbound_queues}),
+    ))
 }

@@ -342,6 +342,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
          switchyard_event_outcomes_total{{outcome=\"duplicate\"}} {}\n\
          switchyard_event_outcomes_total{{outcome=\"filtered\"}} {}\n\
          switchyard_event_outcomes_total{{outcome=\"failed\"}} {}\n\
+         switchyard_event_outcomes_total{{outcome=\"unrouted\"}} {}\n\
          # HELP switchyard_events_rejected_total Events refused at the edge (signature, size, parse).\n\
          # TYPE switchyard_events_rejected_total counter\n\
          switchyard_events_rejected_total {}\n\
@@ -392,6 +393,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         get(&e.duplicates),
         get(&e.filtered),
         get(&e.failed),
+        get(&e.unrouted),
         get(&e.rejected),
         get(&m.records_missed),
         get(&e.amqp.deliveries),

@@ -35,6 +35,15 @@ pub enum Outcome {
     /// The binding matched but no run could be made (params failed to
     /// render, the workflow is gone): visible here instead of silently lost.
     Failed { binding: String, error: String },
+    /// An AMQP message reached a queue through none of its bindings
+    /// (another exchange or key bound to the queue outside switchyard, or a
+    /// binding removed while the daemon was down). Recorded and acked,
+    /// never run. `binding` is empty.
+    Unrouted {
+        queue: String,
+        exchange: String,
+        routing_key: String,
+    },
 }
 
 impl Outcome {
@@ -44,6 +53,7 @@ impl Outcome {
             | Outcome::Duplicate { binding, .. }
             | Outcome::Filtered { binding, .. }
             | Outcome::Failed { binding, .. } => binding,
+            Outcome::Unrouted { .. } => "",
         }
     }
 
@@ -53,6 +63,7 @@ impl Outcome {
             Outcome::Duplicate { .. } => "duplicate",
             Outcome::Filtered { .. } => "filtered",
             Outcome::Failed { .. } => "failed",
+            Outcome::Unrouted { .. } => "unrouted",
         }
     }
 }

@@ -188,6 +188,8 @@ pub struct Metrics {
     pub duplicates: std::sync::atomic::AtomicU64,
     pub filtered: std::sync::atomic::AtomicU64,
     pub failed: std::sync::atomic::AtomicU64,
+    /// AMQP messages that matched none of their queue's bindings.
+    pub unrouted: std::sync::atomic::AtomicU64,
     /// Refused at the edge (bad signature, bad body, too large, undecodable message).
     pub rejected: std::sync::atomic::AtomicU64,
     /// The AMQP consumers' counters.
@@ -204,6 +206,7 @@ impl Metrics {
                 Outcome::Duplicate { .. } => self.duplicates.fetch_add(1, Relaxed),
                 Outcome::Filtered { .. } => self.filtered.fetch_add(1, Relaxed),
                 Outcome::Failed { .. } => self.failed.fetch_add(1, Relaxed),
+                Outcome::Unrouted { .. } => self.unrouted.fetch_add(1, Relaxed),
             };
         }
     }
@@ -261,6 +264,24 @@ impl Reactor {
                 _ => {}
             }
         }
+        Ok(accepted)
+    }
+
+    /// Records an event whose outcomes are already decided (an AMQP
+    /// message no binding routes). Returns once it is durable.
+    pub async fn record(
+        &self,
+        event: Value,
+        outcomes: Vec<Outcome>,
+    ) -> Result<Accepted, runtime::Error> {
+        let submission = Submission {
+            event,
+            candidates: outcomes.into_iter().map(SubmitCandidate::Done).collect(),
+            marks: Vec::new(),
+            wait: false,
+        };
+        let accepted = self.runtime.accept(submission).await?;
+        self.metrics.count(&accepted.outcomes);
         Ok(accepted)
     }
 

@@ -44,6 +44,7 @@ use crate::amqp::{
     Backoff, connect, declare_exchange, describe, exchange_exists, field_table_json, percent_vhost,
     short,
 };
+use crate::log::Outcome;
 use crate::reactor::Reactor;
 use crate::reactor::event::{AMQP_MESSAGE, Event, routing_key_matches};
 use crate::spec::binding::{AmqpTrigger, Binding, ExchangeType, Trigger};
@@ -325,26 +326,35 @@ impl Consumer {
                 .await
                 .map_err(|e| format!("cannot declare queue `{}`: {e}", self.queue))?;
         }
-        for a in self.bindings.iter().filter_map(|b| trigger(b)) {
-            if a.exchange.is_empty() {
-                continue;
-            }
+        let wanted = bound_pairs(&self.bindings);
+        for (exchange, key) in &wanted {
             channel
                 .queue_bind(
                     queue.clone(),
-                    short("exchange name", &a.exchange)?,
-                    short("routing key", &a.routing_key)?,
+                    short("exchange name", exchange)?,
+                    short("routing key", key)?,
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
                 .await
                 .map_err(|e| {
                     format!(
-                        "cannot bind queue `{}` to `{}` with `{}`: {e}",
-                        self.queue, a.exchange, a.routing_key
+                        "cannot bind queue `{}` to `{exchange}` with `{key}`: {e}",
+                        self.queue
                     )
                 })?;
         }
+        // Bindings of the queue that an earlier configuration made and this
+        // one does not want (an exchange or key changed, a binding removed,
+        // even while the daemon was down) are removed from the broker, so
+        // their messages stop arriving.
+        let log = self.reactor.runtime().log();
+        let stale: Vec<(String, String)> = bound_by_us(log, &self.queue)
+            .into_iter()
+            .filter(|pair| !wanted.contains(pair))
+            .collect();
+        channel = unbind(connection, channel, &self.queue, &stale).await?;
+        record_bound(log, &self.queue, &wanted)?;
         Ok(channel)
     }
 
@@ -380,16 +390,32 @@ impl Consumer {
         };
         let exchange = delivery.exchange.as_str();
         let key = delivery.routing_key.as_str();
+        let triggers: Vec<&AmqpTrigger> = self.bindings.iter().filter_map(|b| trigger(b)).collect();
         let bindings: Vec<Arc<Binding>> = self
             .bindings
             .iter()
-            .filter(|b| trigger(b).is_some_and(|a| routes(a, exchange, key)))
+            .filter(|b| trigger(b).is_some_and(|a| routes(a, &triggers, exchange, key)))
             .cloned()
             .collect();
-        let submitted = self
-            .reactor
-            .submit(event, &bindings, Vec::new(), false)
-            .await;
+        let submitted = if bindings.is_empty() {
+            // Reached the queue through a binding none of ours asked for
+            // (left by someone else, or by a binding removed while we were
+            // down): recorded as such, so it is visible and counted.
+            let outcome = Outcome::Unrouted {
+                queue: self.queue.clone(),
+                exchange: exchange.to_string(),
+                routing_key: key.to_string(),
+            };
+            tracing::warn!(
+                queue = %self.queue, exchange, routing_key = key,
+                "AMQP message matches none of the queue's bindings; recorded as unrouted."
+            );
+            self.reactor.record(event, vec![outcome]).await
+        } else {
+            self.reactor
+                .submit(event, &bindings, Vec::new(), false)
+                .await
+        };
         release();
         match submitted {
             Ok(_) => match delivery.acker.ack(BasicAckOptions::default()).await {
@@ -421,6 +447,128 @@ impl Consumer {
     }
 }
 
+/// The (exchange, routing key) pairs the queue is bound with for these
+/// bindings (the default exchange needs none).
+fn bound_pairs(bindings: &[Arc<Binding>]) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for a in bindings.iter().filter_map(|b| trigger(b)) {
+        let pair = (a.exchange.clone(), a.routing_key.clone());
+        if !a.exchange.is_empty() && !pairs.contains(&pair) {
+            pairs.push(pair);
+        }
+    }
+    pairs
+}
+
+const BOUND_MARK: &[u8] = b"amqp\0bound\0";
+
+fn bound_mark_key(queue: &str) -> Vec<u8> {
+    let mut key = BOUND_MARK.to_vec();
+    key.extend_from_slice(queue.as_bytes());
+    key
+}
+
+/// The pairs switchyard last bound `queue` with (a mark in the log).
+fn bound_by_us(log: &crate::log::Log, queue: &str) -> Vec<(String, String)> {
+    log.mark(&bound_mark_key(queue))
+        .ok()
+        .flatten()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+fn record_bound(
+    log: &crate::log::Log,
+    queue: &str,
+    pairs: &[(String, String)],
+) -> Result<(), String> {
+    let value = serde_json::to_vec(pairs).map_err(|e| e.to_string())?;
+    log.put_marks(&[crate::log::Mark {
+        key: bound_mark_key(queue),
+        value: Some(value),
+    }])
+    .map_err(|e| format!("cannot record the bindings of queue `{queue}`: {e}"))
+}
+
+/// Every queue switchyard has bound, with the pairs it bound it with (an
+/// empty list: a queue left with no binding).
+pub fn queues_bound(log: &crate::log::Log) -> Vec<(String, Vec<(String, String)>)> {
+    log.marks_with_prefix(BOUND_MARK)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|mark| {
+            let queue = String::from_utf8(mark.key.get(BOUND_MARK.len()..)?.to_vec()).ok()?;
+            let pairs = serde_json::from_slice(&mark.value?).ok()?;
+            Some((queue, pairs))
+        })
+        .collect()
+}
+
+/// Removes `pairs` from `queue`'s bindings. A pair whose exchange is gone
+/// is already unbound (the broker closes the channel then; a new one is
+/// opened). Returns the channel to go on with.
+async fn unbind(
+    connection: &Connection,
+    mut channel: Channel,
+    queue: &str,
+    pairs: &[(String, String)],
+) -> Result<Channel, String> {
+    for (exchange, key) in pairs {
+        let result = channel
+            .queue_unbind(
+                short("queue name", queue)?,
+                short("exchange name", exchange)?,
+                short("routing key", key)?,
+                FieldTable::default(),
+            )
+            .await;
+        match result {
+            Ok(()) => tracing::info!(
+                queue, exchange, routing_key = %key,
+                "Removed a queue binding no binding file asks for any more."
+            ),
+            Err(e) => {
+                tracing::debug!(queue, exchange, error = %e, "Unbinding failed (exchange gone?).");
+                channel = open(connection).await?;
+            }
+        }
+    }
+    Ok(channel)
+}
+
+/// A queue whose last binding was removed: its broker bindings are removed
+/// (so nothing new arrives), and it is recorded as left without a binding,
+/// for `GET /bindings` and the log. The queue itself, durable and perhaps
+/// holding messages, is the operator's to delete.
+pub async fn release_queue(queue: String, log: crate::log::Log, uri: AMQPUri) {
+    let pairs = bound_by_us(&log, &queue);
+    if !pairs.is_empty() {
+        let result = async {
+            let connection = connect(&uri, &format!("unbind {queue}")).await?;
+            let channel = open(&connection).await?;
+            let outcome = unbind(&connection, channel, &queue, &pairs)
+                .await
+                .map(|_| ());
+            let _ = connection.close(200, "unbound".into()).await;
+            outcome
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(queue, error = %e, "Cannot unbind a queue no binding uses; will retry at the next start or reload.");
+            return;
+        }
+    }
+    if let Err(e) = record_bound(&log, &queue, &[]) {
+        tracing::warn!(queue, error = %e, "Cannot record a released queue.");
+        return;
+    }
+    tracing::warn!(
+        queue,
+        "Durable queue has no binding any more; it was unbound and keeps what it holds. \
+         Delete it (rabbitmqctl delete_queue) if it is no longer needed."
+    );
+}
+
 async fn open(connection: &Connection) -> Result<Channel, String> {
     connection
         .create_channel()
@@ -437,11 +585,17 @@ fn exchange_kind(kind: ExchangeType) -> ExchangeKind {
     }
 }
 
-/// Whether a delivery is for this binding: by its routing key when it came
-/// through the binding's exchange; always when it reached the queue another
-/// way (published to the queue directly, dead-lettered, shovelled).
-pub fn routes(a: &AmqpTrigger, exchange: &str, key: &str) -> bool {
-    exchange != a.exchange || routing_key_matches(a, key)
+/// Whether a delivery is for binding `a`, one of the queue's bindings
+/// `all`: by its routing key when it came through `a`'s exchange; never when
+/// it came through another of the queue's bindings' exchanges (that
+/// binding's message); always when it reached the queue another way
+/// (published to the queue directly, dead-lettered, shovelled).
+pub fn routes(a: &AmqpTrigger, all: &[&AmqpTrigger], exchange: &str, key: &str) -> bool {
+    if exchange == a.exchange {
+        routing_key_matches(a, key)
+    } else {
+        !all.iter().any(|other| other.exchange == exchange)
+    }
 }
 
 fn media_type(content_type: &str) -> String {

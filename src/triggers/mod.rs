@@ -108,7 +108,18 @@ impl Triggers {
             self.crons.insert(name, (binding, token));
         }
 
-        for (queue, group) in keep_unchanged(&mut self.queues, amqp::groups(&bindings)) {
+        let queues = amqp::groups(&bindings);
+        if let Ok(uri) = &self.broker {
+            // Queues switchyard bound that no binding uses now (removed by a
+            // reload, or while the daemon was down).
+            let log = self.reactor.runtime().log();
+            for (queue, pairs) in amqp::queues_bound(log) {
+                if !pairs.is_empty() && !queues.contains_key(&queue) {
+                    tokio::spawn(amqp::release_queue(queue, log.clone(), uri.clone()));
+                }
+            }
+        }
+        for (queue, group) in keep_unchanged(&mut self.queues, queues) {
             let uri = match &self.broker {
                 Ok(uri) => uri.clone(),
                 Err(e) => {
