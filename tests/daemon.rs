@@ -969,3 +969,111 @@ fn amqp_messages_flowing_through_a_sigkill_each_start_exactly_one_run() {
     daemon.kill();
     rt.block_on(broker::delete_queues(&[&queue]));
 }
+
+/// Pids of live (not zombie) processes in process group `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // fields[0] is the state, fields[2] the process group.
+        if fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string() {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+fn wait_group_gone(pgid: i32, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    loop {
+        let members = group_members(pgid);
+        if members.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: processes {members:?} of group {pgid} still alive"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_sigkilled_daemon_takes_its_attempts_processes_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = project(dir.path());
+    let effects = dir.path().join("effects");
+    // The attempt records its group, then does its side effect after a
+    // while, from a child (`sleep`) that the kernel's parent-death signal
+    // does not reach on its own.
+    write_workflow(
+        &flows,
+        "slow",
+        &json!({"name": "slow", "tasks": [{
+            "id": "a",
+            "retry": {"max_attempts": 3, "delay": "100ms"},
+            "shell": {
+                "script": "echo $$ >> \"$EFFECTS.pgids\"; sleep 3; echo \"x $SWITCHYARD_ATTEMPT\" >> \"$EFFECTS\"",
+                "env": {"EFFECTS": effects.to_str().unwrap()}
+            }
+        }]}),
+    );
+    let data = dir.path().join("data");
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    let (status, run) = http()
+        .send(
+            "POST",
+            &daemon.url("/api/v1/workflows/slow/runs"),
+            Some(json!({})),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{run}");
+    let id = run["id"].as_str().unwrap().to_string();
+    let pgids = effects.with_extension("pgids");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pgids.exists() {
+        assert!(Instant::now() < deadline, "the attempt did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let first: i32 = std::fs::read_to_string(&pgids)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(group_members(first).len() >= 2, "sh and its sleep run");
+    daemon.kill();
+    // The kernel kills the attempt's shell with the daemon: its side effect
+    // never happens.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while group_members(first).contains(&first) {
+        assert!(
+            Instant::now() < deadline,
+            "the attempt's shell outlived the daemon by a second"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The restarted daemon ends the rest of the group before it retries.
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    wait_group_gone(first, Duration::from_secs(1), "after restart");
+    let run = wait_terminal(&daemon, &id);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["tasks"]["a"]["attempts"], 2, "{run}");
+    // Let the lost attempt's `sleep 3` have ended had it survived.
+    std::thread::sleep(Duration::from_millis(3500));
+    let written = std::fs::read_to_string(&effects).unwrap();
+    assert_eq!(
+        written, "x 2\n",
+        "one side effect, from the attempt that finished"
+    );
+    daemon.terminate();
+}

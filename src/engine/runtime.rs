@@ -102,6 +102,8 @@ pub struct Recovery {
     pub attempts_resumed: usize,
     /// Runs whose log could not be folded; they are ended as failed.
     pub runs_broken: usize,
+    /// Process groups of attempts a previous process left alive, killed.
+    pub processes_killed: usize,
     pub took: Duration,
 }
 
@@ -237,6 +239,13 @@ impl Runtime {
     pub fn start(config: RuntimeConfig) -> Result<Self, Error> {
         let started = Instant::now();
         let log = Log::open(&config.data_dir)?;
+        // Before any lost attempt is retried: whatever a previous process
+        // left running (a script's children; the kernel killed its main
+        // process with the daemon) is ended, so no task runs twice at once.
+        let attempts_dir = config.data_dir.join("attempts");
+        let leftovers = executors::process::kill_leftovers(&attempts_dir);
+        let processes = executors::process::Processes::start(attempts_dir)
+            .map_err(|e| Error::Stopped(format!("cannot start the process spawner: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (records, _) = broadcast::channel(4096);
         let fatal = Arc::new(Mutex::new(None));
@@ -263,6 +272,7 @@ impl Runtime {
             records,
             tokio: tokio::runtime::Handle::current(),
             scratch_dir: config.data_dir.join("scratch"),
+            processes,
             attempts: HashMap::new(),
             waiters: HashMap::new(),
             shutdown: CancellationToken::new(),
@@ -275,6 +285,7 @@ impl Runtime {
         } else {
             Recovery::default()
         };
+        recovery.processes_killed = leftovers.killed;
         recovery.took = started.elapsed();
         if recovery.runs_resumed > 0 || recovery.runs_broken > 0 {
             tracing::info!(
@@ -283,6 +294,7 @@ impl Runtime {
                 attempts_lost = recovery.attempts_lost,
                 attempts_resumed = recovery.attempts_resumed,
                 broken = recovery.runs_broken,
+                processes_killed = recovery.processes_killed,
                 took_ms = recovery.took.as_millis() as u64,
                 "Recovered unfinished runs."
             );
@@ -518,6 +530,7 @@ struct EngineLoop {
     records: broadcast::Sender<Arc<Record>>,
     tokio: tokio::runtime::Handle,
     scratch_dir: PathBuf,
+    processes: executors::process::Processes,
     /// Cancel tokens of attempts in flight.
     attempts: HashMap<(RunId, usize, u32), CancellationToken>,
     waiters: HashMap<RunId, Vec<oneshot::Sender<RunRecord>>>,
@@ -1137,6 +1150,7 @@ impl EngineLoop {
                     cancel: token.child_token(),
                     scratch_dir: self.scratch_dir.clone(),
                     broker: self.broker.clone(),
+                    processes: self.processes.clone(),
                 };
                 let tokio = self.tokio.clone();
                 let attempt_task = self.tokio.spawn(async move {

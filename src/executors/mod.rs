@@ -7,6 +7,7 @@
 
 mod amqp;
 mod noop;
+pub mod process;
 mod shell;
 mod sleep;
 
@@ -40,6 +41,8 @@ pub struct AttemptContext {
     pub scratch_dir: PathBuf,
     /// The broker `amqp` tasks publish to.
     pub broker: Option<crate::amqp::Broker>,
+    /// Where attempt processes are spawned and recorded.
+    pub processes: process::Processes,
 }
 
 /// How an attempt ended.

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
+use super::process::signal_group;
 use super::{AttemptContext, AttemptOutcome, Kind, scalar_text};
 use crate::log::TaskLogs;
 
@@ -142,9 +143,7 @@ impl Kind for Shell {
             .env("SWITCHYARD_ATTEMPT", ctx.attempt.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         if let Some(cwd) = &self.cwd {
             command.current_dir(cwd);
         }
@@ -154,8 +153,9 @@ impl Kind for Shell {
             .and_then(|a| a.first().cloned())
             .or_else(|| self.shell.clone())
             .unwrap_or_else(|| "sh".into());
-        let mut child = match command.spawn() {
-            Ok(child) => child,
+        let name = format!("{}-{}-{}", ctx.run_id, ctx.task, ctx.attempt);
+        let (mut child, group) = match ctx.processes.spawn(command, &name).await {
+            Ok(spawned) => spawned,
             Err(e) => {
                 let retryable = !matches!(
                     e.kind(),
@@ -168,10 +168,9 @@ impl Kind for Shell {
                 };
             }
         };
-        let pgid = child.id().map(|id| id as i32);
         // However this attempt ends — even if its future is dropped — nothing
-        // it started outlives it.
-        let _group = GroupGuard(pgid);
+        // it started outlives it (and the kernel ends it if we die).
+        let pgid = group.pgid();
         let stdout_buf = Arc::new(Mutex::new(Tail::new(LOG_CAP)));
         let stderr_buf = Arc::new(Mutex::new(Tail::new(LOG_CAP)));
         let stdout = child
@@ -357,15 +356,6 @@ async fn read_tail(mut stream: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
     }
 }
 
-/// Kills a process group when dropped.
-struct GroupGuard(Option<i32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        signal_group(self.0, libc::SIGKILL);
-    }
-}
-
 /// The last at most `cap` bytes of `text`, cut at a character boundary.
 fn tail_str(text: &str, cap: usize) -> &str {
     if text.len() <= cap {
@@ -376,20 +366,6 @@ fn tail_str(text: &str, cap: usize) -> &str {
         start += 1;
     }
     &text[start..]
-}
-
-/// Sends `signal` to a whole process group.
-#[allow(unsafe_code)]
-fn signal_group(pgid: Option<i32>, signal: i32) {
-    if let Some(pgid) = pgid
-        && pgid > 0
-    {
-        // SAFETY: killpg has no memory-safety preconditions; a stale or
-        // foreign group id only makes it fail with ESRCH/EPERM.
-        unsafe {
-            libc::killpg(pgid, signal);
-        }
-    }
 }
 
 #[cfg(test)]
