@@ -805,6 +805,45 @@ async fn cron_catch_up_policies_after_downtime() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_latest_fires_the_most_recent_missed_tick_even_after_a_week() {
+    let t0 = utc(2026, 6, 1, 12, 0, 0);
+    let project = Project::new(&[cron_binding(
+        "tick",
+        json!({"every": "1m", "catch_up": "latest"}),
+    )]);
+    let clock = ManualClock::new(t0);
+    let daemon = project.start(Some(Arc::new(clock.clone()))).await;
+    advance(&daemon, &clock, t0 + chrono::Duration::minutes(1), 1).await;
+    daemon.stop().await;
+    // Down for a week (over 10,000 missed ticks).
+    let back = t0 + chrono::Duration::days(7) + chrono::Duration::seconds(30);
+    let daemon = project.start(Some(Arc::new(ManualClock::new(back)))).await;
+    let runs = daemon.wait_runs("ingest", 2, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(daemon.runs("ingest").await.len(), 2);
+    let at = param_values(&runs, "at");
+    assert_eq!(at, ["2026-06-01T12:01:00.000Z", "2026-06-08T12:00:00.000Z"]);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_that_never_fired_catches_up_from_when_it_was_first_loaded() {
+    let t0 = utc(2026, 6, 1, 12, 0, 10);
+    let project = Project::new(&[cron_binding(
+        "tick",
+        json!({"every": "1m", "catch_up": "latest"}),
+    )]);
+    // Loaded at 12:00:10 and stopped before its first tick (12:01).
+    let daemon = project.start(Some(Arc::new(ManualClock::new(t0)))).await;
+    daemon.stop().await;
+    let back = utc(2026, 6, 1, 12, 5, 30);
+    let daemon = project.start(Some(Arc::new(ManualClock::new(back)))).await;
+    let runs = daemon.wait_runs("ingest", 1, Duration::from_secs(20)).await;
+    assert_eq!(param_values(&runs, "at"), ["2026-06-01T12:05:00.000Z"]);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_in_the_middle_of_catch_up_fires_no_tick_twice() {
     let project = Project::new(&[cron_binding(
         "fast",

@@ -142,16 +142,31 @@ async fn run(binding: Arc<Binding>, reactor: Reactor, clock: Arc<dyn Clock>, now
         return;
     };
     let mut last = last_fire(&reactor, &binding.name);
-    if let Some(from) = last {
-        let missed = schedule.fires_between(from, now, MAX_CATCH_UP + 1);
-        if missed.len() > MAX_CATCH_UP && *catch_up == CatchUp::All {
-            tracing::warn!(binding = %binding.name, limit = MAX_CATCH_UP,
-                "More missed cron fires than the catch-up limit; firing the first ones.");
+    if last.is_none() {
+        // Never fired: count from now, the first time it is loaded, so a
+        // tick missed while the daemon is down later is caught up too.
+        // (Written beside the log; durable with the next group commit.)
+        let mark = Mark {
+            key: mark_key(&binding.name),
+            value: Some(now.timestamp_millis().to_be_bytes().to_vec()),
+        };
+        if let Err(e) = reactor.runtime().log().put_marks(&[mark]) {
+            tracing::warn!(binding = %binding.name, error = %e, "Cannot record when a cron binding was first loaded.");
         }
+    }
+    if let Some(from) = last {
         let replay: Vec<DateTime<Utc>> = match catch_up {
             CatchUp::None => Vec::new(),
-            CatchUp::Latest => missed.last().copied().into_iter().collect(),
-            CatchUp::All => missed.into_iter().take(MAX_CATCH_UP).collect(),
+            // The most recent missed instant, however long the downtime.
+            CatchUp::Latest => schedule.latest_between(from, now).into_iter().collect(),
+            CatchUp::All => {
+                let missed = schedule.fires_between(from, now, MAX_CATCH_UP + 1);
+                if missed.len() > MAX_CATCH_UP {
+                    tracing::warn!(binding = %binding.name, limit = MAX_CATCH_UP,
+                        "More missed cron fires than the catch-up limit; firing the first ones.");
+                }
+                missed.into_iter().take(MAX_CATCH_UP).collect()
+            }
         };
         if !replay.is_empty() {
             tracing::info!(binding = %binding.name, fires = replay.len(), policy = ?catch_up,

@@ -167,6 +167,44 @@ impl Schedule {
         fires
     }
 
+    /// The latest fire time t with after < t <= until, if any.
+    ///
+    /// Cost follows the distance from `until` back to that fire, not the
+    /// length of the range: a week of a per-minute schedule is one step
+    /// for `every` and a few probes of doubling windows for cron.
+    pub fn latest_between(
+        &self,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        if until <= after {
+            return None;
+        }
+        if let Kind::Every(interval) = &self.kind {
+            // The last multiple of the interval at or before `until`.
+            let step = TimeDelta::from_std(*interval).ok()?;
+            let candidate = every_next_after(*interval, until.checked_sub_signed(step)?)?;
+            return (candidate > after && candidate <= until).then_some(candidate);
+        }
+        let mut window = TimeDelta::seconds(1);
+        loop {
+            let start = until
+                .checked_sub_signed(window)
+                .map_or(after, |start| start.max(after));
+            if let Some(first) = self.next_after(start).filter(|t| *t <= until) {
+                let mut latest = first;
+                while let Some(next) = self.next_after(latest).filter(|t| *t <= until) {
+                    latest = next;
+                }
+                return Some(latest);
+            }
+            if start == after {
+                return None;
+            }
+            window = window.checked_mul(2)?;
+        }
+    }
+
     /// Human description for logs/API, e.g. `"30 23 * * *" in Europe/Berlin` or `every 30s`.
     pub fn describe(&self) -> String {
         match &self.kind {
@@ -1225,6 +1263,52 @@ mod tests {
         assert_eq!(
             s.next_after(utc("2026-01-01T00:00:00Z")),
             Some(utc("2028-02-29T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn latest_between_is_the_most_recent_fire_in_the_range() {
+        let every = Schedule::every(Duration::from_secs(60)).unwrap();
+        let after = utc("2026-06-01T12:01:00Z");
+        let week = utc("2026-06-08T12:01:30Z");
+        assert_eq!(
+            every.latest_between(after, week),
+            Some(utc("2026-06-08T12:01:00Z"))
+        );
+        assert_eq!(
+            every.latest_between(after, utc("2026-06-01T12:01:59Z")),
+            None
+        );
+        assert_eq!(
+            every.latest_between(after, utc("2026-06-01T12:02:00Z")),
+            Some(utc("2026-06-01T12:02:00Z"))
+        );
+        let nightly = Schedule::cron("30 2 * * *", tz("Europe/Berlin")).unwrap();
+        assert_eq!(
+            nightly.latest_between(utc("2026-01-01T00:00:00Z"), utc("2026-03-30T12:00:00Z")),
+            Some(utc("2026-03-30T00:30:00Z"))
+        );
+        // The spring-forward night's 02:30 fires at the gap's end.
+        assert_eq!(
+            nightly.latest_between(utc("2026-01-01T00:00:00Z"), utc("2026-03-29T12:00:00Z")),
+            Some(utc("2026-03-29T01:00:00Z"))
+        );
+        assert_eq!(
+            nightly.latest_between(utc("2026-03-30T00:30:00Z"), utc("2026-03-30T12:00:00Z")),
+            None
+        );
+        // Rare fires far back: found, not missed by the doubling windows.
+        let yearly = cron("0 0 1 1 *");
+        assert_eq!(
+            yearly.latest_between(utc("2020-06-01T00:00:00Z"), utc("2026-12-01T00:00:00Z")),
+            Some(utc("2026-01-01T00:00:00Z"))
+        );
+        // Every fire of a range agrees with fires_between's last.
+        let busy = cron("*/7 9-17 * * 1-5");
+        let (from, to) = (utc("2026-06-01T00:00:00Z"), utc("2026-06-20T13:13:13Z"));
+        assert_eq!(
+            busy.latest_between(from, to),
+            busy.fires_between(from, to, usize::MAX).last().copied()
         );
     }
 
