@@ -789,3 +789,37 @@ fn a_timer_not_yet_due_stays_armed() {
     let effects = h.settle();
     assert_eq!(h.started(&effects), ["a"]);
 }
+
+#[test]
+fn an_ended_runs_deadline_and_retry_timers_are_removed_with_it() {
+    // A run deadline an hour out, and a retry delay pending when the run is
+    // cancelled: neither may outlive the run.
+    let (mut h, _) = Harness::start(
+        json!({"name": "t", "timeout": "1h", "tasks": [
+            {"id": "a", "retry": {"max_attempts": 3, "delay": "10m"}, "shell": {"command": ["true"]}},
+        ]}),
+        json!({}),
+    );
+    assert_eq!(h.engine.timer_count(), 1, "the run deadline");
+    h.fail("a", "boom");
+    assert_eq!(h.status("a"), TaskStatus::Retrying);
+    assert_eq!(h.engine.timer_count(), 2, "deadline and retry delay");
+    h.feed(RecordBody::RunCancelRequested {
+        reason: "by hand".into(),
+    });
+    assert_eq!(h.run_status(), RunStatus::Cancelled);
+    assert!(h.engine.evict(h.run_id).is_some());
+    assert_eq!(h.engine.timer_count(), 0);
+    assert_eq!(h.engine.run_count(), 0);
+    assert_eq!(h.engine.next_timer(), None);
+
+    // A run that succeeds leaves no timer either.
+    let (mut h, _) = Harness::start(
+        json!({"name": "t", "timeout": "1h", "tasks": [{"id": "a", "shell": {"command": ["true"]}}]}),
+        json!({}),
+    );
+    h.succeed("a", json!({}));
+    assert_eq!(h.run_status(), RunStatus::Succeeded);
+    h.engine.evict(h.run_id);
+    assert_eq!(h.engine.timer_count(), 0);
+}

@@ -375,7 +375,13 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
          switchyard_amqp_unacked_max {}\n\
          # HELP switchyard_outbox_pending Lifecycle events waiting for the broker's confirm.\n\
          # TYPE switchyard_outbox_pending gauge\n\
-         switchyard_outbox_pending {}\n",
+         switchyard_outbox_pending {}\n\
+         # HELP switchyard_engine_runs Runs in the engine's memory (created, not ended).\n\
+         # TYPE switchyard_engine_runs gauge\n\
+         switchyard_engine_runs {}\n\
+         # HELP switchyard_engine_timers Wake-ups armed in the engine (run deadlines, retry delays).\n\
+         # TYPE switchyard_engine_timers gauge\n\
+         switchyard_engine_timers {}\n",
         get(&m.runs_created),
         get(&m.runs_succeeded),
         get(&m.runs_failed),
@@ -405,6 +411,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         get(&e.amqp.unacked),
         get(&e.amqp.unacked_max),
         state.runtime.log().outbox_len(),
+        get(&state.runtime.gauges().runs),
+        get(&state.runtime.gauges().timers),
     );
     (
         [(

@@ -87,6 +87,8 @@ pub struct Engine {
     dirty: Vec<RunId>,
     /// Wake-ups: retry due times and run deadlines.
     timers: BTreeSet<(Millis, RunId)>,
+    /// Each run's entries in `timers`, removed with the run.
+    timers_of: HashMap<RunId, Vec<Millis>>,
     /// Queued runs per workflow name, oldest first, waiting for admission.
     waiting: HashMap<String, VecDeque<RunId>>,
     /// Running runs per workflow name, for `max_active_runs`.
@@ -137,9 +139,25 @@ impl Engine {
             .get(&run_id)
             .is_some_and(|r| r.status.is_terminal())
         {
-            return self.runs.remove(&run_id);
+            let run = self.runs.remove(&run_id)?;
+            // Its wake-ups die with it: a deadline or a retry delay of an
+            // ended run would only wake the engine for nothing.
+            for at in self.timers_of.remove(&run_id).unwrap_or_default() {
+                self.timers.remove(&(at, run_id));
+            }
+            return Some(run);
         }
         None
+    }
+
+    /// Runs in memory (unfinished, and ended ones not yet evicted).
+    pub fn run_count(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Wake-ups armed (run deadlines, retry delays).
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
     }
 
     /// Stops starting runs and attempts (graceful shutdown); everything
@@ -231,6 +249,7 @@ impl Engine {
                     let deadline = at.saturating_add(duration_millis(timeout));
                     run.deadline = Some(deadline);
                     self.timers.insert((deadline, run_id));
+                    self.timers_of.entry(run_id).or_default().push(deadline);
                     effects.push(Effect::Wake { at: deadline });
                 }
             }
@@ -310,6 +329,7 @@ impl Engine {
                 run.tasks[i].status = TaskStatus::Retrying;
                 run.tasks[i].retry_due = Some(*due_at);
                 self.timers.insert((*due_at, run_id));
+                self.timers_of.entry(run_id).or_default().push(*due_at);
                 effects.push(Effect::Wake { at: *due_at });
             }
             RecordBody::TaskSkipped { task, .. } => {

@@ -218,6 +218,15 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// The engine's live sizes, for `/metrics` (updated after each commit).
+#[derive(Debug, Default)]
+pub struct EngineGauges {
+    /// Runs in memory: created and not yet ended.
+    pub runs: std::sync::atomic::AtomicU64,
+    /// Wake-ups armed: run deadlines and retry delays of live runs.
+    pub timers: std::sync::atomic::AtomicU64,
+}
+
 /// Cheap cloneable handle for talking to the runtime.
 #[derive(Clone)]
 pub struct RuntimeHandle {
@@ -225,6 +234,7 @@ pub struct RuntimeHandle {
     records: broadcast::Sender<Arc<Record>>,
     log: Log,
     fatal: Arc<Mutex<Option<String>>>,
+    gauges: Arc<EngineGauges>,
 }
 
 impl std::fmt::Debug for RuntimeHandle {
@@ -249,11 +259,13 @@ impl Runtime {
         let (tx, rx) = mpsc::unbounded_channel();
         let (records, _) = broadcast::channel(4096);
         let fatal = Arc::new(Mutex::new(None));
+        let gauges = Arc::new(EngineGauges::default());
         let handle = RuntimeHandle {
             tx: tx.clone(),
             records: records.clone(),
             log: log.clone(),
             fatal: Arc::clone(&fatal),
+            gauges: Arc::clone(&gauges),
         };
         let mut engine = Engine::new(config.limits);
         engine.set_secrets(Arc::clone(&config.secrets));
@@ -273,6 +285,7 @@ impl Runtime {
             tokio: tokio::runtime::Handle::current(),
             scratch_dir: config.data_dir.join("scratch"),
             processes,
+            gauges,
             attempts: HashMap::new(),
             waiters: HashMap::new(),
             shutdown: CancellationToken::new(),
@@ -511,6 +524,11 @@ impl RuntimeHandle {
     pub fn log(&self) -> &Log {
         &self.log
     }
+
+    /// The engine's live run and timer counts.
+    pub fn gauges(&self) -> &EngineGauges {
+        &self.gauges
+    }
 }
 
 fn now_millis() -> Millis {
@@ -531,6 +549,7 @@ struct EngineLoop {
     tokio: tokio::runtime::Handle,
     scratch_dir: PathBuf,
     processes: executors::process::Processes,
+    gauges: Arc<EngineGauges>,
     /// Cancel tokens of attempts in flight.
     attempts: HashMap<(RunId, usize, u32), CancellationToken>,
     waiters: HashMap<RunId, Vec<oneshot::Sender<RunRecord>>>,
@@ -1068,6 +1087,13 @@ impl EngineLoop {
             self.wake_at(at);
         }
         self.running.retain(|task| !task.is_finished());
+        use std::sync::atomic::Ordering::Relaxed;
+        self.gauges
+            .runs
+            .store(self.engine.run_count() as u64, Relaxed);
+        self.gauges
+            .timers
+            .store(self.engine.timer_count() as u64, Relaxed);
         // Queries see the state after this batch (ended runs are evicted by
         // now, so they are answered from the stored summaries).
         for (run_id, reply) in batch.snapshots.drain(..) {
