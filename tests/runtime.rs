@@ -396,3 +396,186 @@ async fn an_event_that_starts_no_run_is_durable_before_it_is_answered() {
     );
     runtime.shutdown().await;
 }
+
+/// Opens the data dir's sled database as an older binary would have left
+/// it (format 2), to write a partial commit into it by hand.
+fn with_old_log(dir: &std::path::Path, edit: impl FnOnce(&sled::Db)) {
+    let db = sled::open(dir.join("log")).unwrap();
+    db.open_tree("meta")
+        .unwrap()
+        .insert("format", &2u32.to_be_bytes())
+        .unwrap();
+    edit(&db);
+    db.flush().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_ended_without_its_summary_and_index_removal_is_finished_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflow(json!({"name": "done", "tasks": [{"id": "a", "noop": {}}]}));
+    let runtime = Runtime::start(config(dir.path())).unwrap();
+    let record = runtime
+        .handle()
+        .run_to_end(wf, Map::new(), None, |_| {})
+        .await
+        .unwrap();
+    runtime.shutdown().await;
+    // The crash kept the records (ending in RunEnded) but neither the
+    // summary nor the removal from `unfinished`.
+    with_old_log(dir.path(), |db| {
+        db.open_tree("runs")
+            .unwrap()
+            .remove(record.id.as_bytes())
+            .unwrap();
+        db.open_tree("unfinished")
+            .unwrap()
+            .insert(record.id.as_bytes(), &[])
+            .unwrap();
+    });
+    let runtime = Runtime::start(config(dir.path())).unwrap();
+    assert_eq!(runtime.recovery().runs_finished, 1);
+    assert_eq!(runtime.recovery().runs_resumed, 0);
+    let handle = runtime.handle();
+    assert!(handle.log().unfinished_runs().unwrap().is_empty());
+    let found = handle.run_record(record.id).await.unwrap().unwrap();
+    assert_eq!(found.status, RunStatus::Succeeded);
+    assert_eq!(found, record);
+    drop(handle);
+    runtime.shutdown().await;
+    // Finished for good: the next start has nothing to fold.
+    let runtime = Runtime::start(config(dir.path())).unwrap();
+    assert_eq!(runtime.recovery().runs_finished, 0);
+    assert_eq!(runtime.recovery().records_replayed, 0);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_run_missing_from_the_unfinished_index_is_found_and_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflow(json!({"name": "slow", "tasks": [
+        {"id": "a", "shell": {"command": ["sleep", "0.3"]}},
+        {"id": "b", "after": "a", "noop": {}},
+    ]}));
+    let runtime = Runtime::start(config(dir.path())).unwrap();
+    let run_id = runtime
+        .handle()
+        .start_run(Arc::clone(&wf), Map::new(), None)
+        .await
+        .unwrap();
+    // Stop mid-attempt: the run stays unfinished.
+    runtime.shutdown().await;
+    // The crash kept the run's records but not its index entry.
+    with_old_log(dir.path(), |db| {
+        db.open_tree("unfinished")
+            .unwrap()
+            .remove(run_id.as_bytes())
+            .unwrap();
+    });
+    let runtime = Runtime::start(config(dir.path())).unwrap();
+    assert_eq!(runtime.recovery().runs_resumed, 1, "found by the upgrade");
+    let handle = runtime.handle();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let record = loop {
+        let record = handle.run_record(run_id).await.unwrap().unwrap();
+        if record.status.is_terminal() {
+            break record;
+        }
+        assert!(std::time::Instant::now() < deadline, "{record:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_in_flight_replays_with_its_definition_even_if_validation_got_stricter() {
+    // Started by an older build that allowed `${…}` in `shell.cwd` (this
+    // build refuses it in files): the run still resumes and finishes.
+    let dir = tempfile::tempdir().unwrap();
+    let definition = json!({"name": "legacy", "vars": {"dir": "/"}, "tasks": [
+        {"id": "a", "shell": {"command": ["pwd"], "cwd": "${vars.dir}"}},
+    ]});
+    assert!(
+        Workflow::parse(
+            std::path::Path::new("f.json"),
+            definition.to_string().as_bytes()
+        )
+        .is_err(),
+        "this build refuses it in a file"
+    );
+    let source = serde_json::to_vec(&definition).unwrap();
+    let version = switchyard::spec::workflow::content_hash(&source);
+    let run_id = uuid::Uuid::now_v7();
+    {
+        let log = Log::open(dir.path()).unwrap();
+        log.put_definition("legacy", &version, None, &source, 1)
+            .unwrap();
+        log.append(
+            run_id,
+            1_700_000_000_000,
+            RecordBody::RunCreated {
+                workflow: "legacy".into(),
+                version: version.clone(),
+                version_label: None,
+                params: Map::new(),
+                event: None,
+                rerun_of: None,
+                reused: Vec::new(),
+            },
+        )
+        .unwrap();
+        log.flush().unwrap();
+    }
+    let runtime = Runtime::start(config(dir.path())).unwrap();
+    assert_eq!(runtime.recovery().runs_broken, 0);
+    assert_eq!(runtime.recovery().runs_resumed, 1);
+    let handle = runtime.handle();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let record = loop {
+        let record = handle.run_record(run_id).await.unwrap().unwrap();
+        if record.status.is_terminal() {
+            break record;
+        }
+        assert!(std::time::Instant::now() < deadline, "{record:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
+    drop(handle);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_cut_by_an_output_cap_leaves_nothing_of_it_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "sekret-7Q9Z";
+    let secrets =
+        switchyard::spec::Secrets::from_values([("api".to_string(), secret.to_string())].into());
+    // `logs`: the 1 MiB log tail starts 5 bytes before the secret's end,
+    // after mid-stream trims. `var`: the 64 KiB `tasks.var.stdout` tail
+    // starts 5 bytes before its end.
+    let wf = workflow(json!({"name": "cut", "tasks": [
+        {"id": "logs", "shell": {"script": "head -c 2000000 /dev/zero | tr '\\0' x; printf \"$S\"; head -c 1048571 /dev/zero | tr '\\0' y", "env": {"S": "${secrets.api}"}}},
+        {"id": "var", "shell": {"script": "printf \"$S\"; head -c 65531 /dev/zero | tr '\\0' y", "env": {"S": "${secrets.api}"}}},
+        {"id": "show", "after": ["logs", "var"], "noop": {}, "export": {"tail": "${tasks.var.stdout}"}},
+    ]}));
+    let mut config = config(dir.path());
+    config.secrets = Arc::new(secrets);
+    let runtime = Runtime::start(config).unwrap();
+    let handle = runtime.handle();
+    let record = handle
+        .run_to_end(wf, Map::new(), None, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
+    let tail = record.vars["tail"].as_str().unwrap();
+    assert_eq!(tail.len(), 64 * 1024);
+    assert!(!tail.contains("7Q9Z"), "{}", &tail[..16]);
+    let logs = handle.log().task_logs(record.id, "logs").unwrap();
+    let stdout = &logs[0].stdout;
+    assert!(logs[0].truncated);
+    assert!(stdout.len() <= 1024 * 1024);
+    assert!(!stdout.contains("7Q9Z"), "{}", &stdout[..16]);
+    assert!(stdout.ends_with('y'));
+    drop(handle);
+    runtime.shutdown().await;
+}

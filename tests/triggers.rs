@@ -971,3 +971,47 @@ async fn a_polled_directory_fires_each_file_once() {
     assert_eq!((names.len(), unique.len()), (21, 21), "{names:?}");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_a_webhooks_query_body_and_headers_are_redacted_before_the_event_is_stored() {
+    let secret = "hook-secret-0123";
+    let project = Project::with_secrets(
+        &[hook(
+            "plain",
+            "/plain",
+            json!({}),
+            json!({"order": "${event.data.order}"}),
+        )],
+        &[("leak", secret)],
+    );
+    let daemon = project.start(None).await;
+    let body = format!(r#"{{"order": 17, "note": "token {secret} inside", "{secret}": 1}}"#);
+    let (status, reply) = daemon
+        .post(
+            &format!("/hooks/plain?token={secret}"),
+            body.as_bytes(),
+            &[
+                ("content-type", "application/json".into()),
+                ("x-api-key", secret.into()),
+            ],
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let event = daemon
+        .get(&format!(
+            "/api/v1/events/{}",
+            reply["event_id"].as_str().unwrap()
+        ))
+        .await;
+    let stored = event.to_string();
+    assert!(!stored.contains(secret), "{stored}");
+    assert!(stored.contains("[redacted]"), "{stored}");
+    assert_eq!(event["event"]["data"]["order"], 17, "the rest is kept");
+    let runs = daemon.wait_runs("ingest", 1, Duration::from_secs(10)).await;
+    let run = daemon
+        .get(&format!("/api/v1/runs/{}", runs[0]["id"].as_str().unwrap()))
+        .await;
+    assert!(!run.to_string().contains(secret), "{run}");
+    assert_eq!(run["params"]["order"], 17);
+    daemon.stop().await;
+}

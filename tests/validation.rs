@@ -453,3 +453,30 @@ fn a_task_kind_must_be_an_object() {
         "{text}"
     );
 }
+
+#[test]
+fn templates_cannot_choose_the_interpreter_the_directory_or_the_program() {
+    let text = invalid(json!({"name": "x", "tasks": [
+        {"id": "interp", "shell": {"script": "echo hi", "shell": "${event.data.sh}"}},
+        {"id": "dir", "shell": {"command": ["ls"], "cwd": "${event.data.dir}"}},
+        {"id": "prog", "shell": {"command": ["${event.data.prog}", "--flag"]}},
+        {"id": "fine", "shell": {"command": ["echo", "${event.data.x}"], "env": {"X": "${event.data.x}"}}},
+    ]}));
+    for (path, task) in [
+        ("tasks[0].shell.shell", "interp"),
+        ("tasks[1].shell.cwd", "dir"),
+        ("tasks[2].shell.command[0]", "prog"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(path) && l.contains(&format!("task `{task}`"))),
+            "{path}: {text}"
+        );
+        assert_eq!(
+            text.matches(path).count(),
+            1,
+            "{path} reported once: {text}"
+        );
+    }
+    assert!(!text.contains("tasks[3]"), "{text}");
+}

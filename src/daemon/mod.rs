@@ -94,6 +94,14 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     let config = Config::load(&options.config_path, optional).map_err(Error::Invalid)?;
     let secrets =
         Arc::new(Secrets::resolve(&config, &options.config_path).map_err(Error::Invalid)?);
+    for name in secrets.short_ones() {
+        tracing::warn!(
+            secret = name,
+            min_len = crate::spec::config::MIN_SECRET_LEN,
+            "Secret is very short; it is redacted wherever it appears, which will also mangle \
+             ordinary text in logs and outputs. Use a longer secret."
+        );
+    }
     let registry = Registry::load(
         config.workflow_dirs(),
         config.binding_dirs(),
@@ -243,20 +251,37 @@ async fn shutdown_signal() {
 }
 
 /// Removes expired dedup entries now and then (they are ignored once
-/// expired; this only bounds the store's size).
+/// expired; this only bounds the store's size), in small batches through
+/// the expiry index so a large backlog never holds anything up.
 async fn sweep_dedup(runtime: runtime::RuntimeHandle, stop: CancellationToken) {
-    const EVERY: Duration = Duration::from_secs(3600);
+    const EVERY: Duration = Duration::from_secs(60);
+    const BATCH: usize = 1000;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(EVERY) => {}
         }
-        let log = runtime.log().clone();
         let now = chrono::Utc::now().timestamp_millis();
-        match tokio::task::spawn_blocking(move || log.sweep_dedup(now)).await {
-            Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "Expired dedup keys removed."),
-            Ok(Err(e)) => tracing::warn!(error = %e, "Cannot sweep dedup keys."),
-            _ => {}
+        let mut removed = 0;
+        loop {
+            let log = runtime.log().clone();
+            match tokio::task::spawn_blocking(move || log.sweep_dedup(now, BATCH)).await {
+                Ok(Ok(n)) => {
+                    removed += n;
+                    if n < BATCH || stop.is_cancelled() {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Cannot sweep dedup keys.");
+                    break;
+                }
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if removed > 0 {
+            tracing::info!(removed, "Expired dedup keys removed.");
         }
     }
 }

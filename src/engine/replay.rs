@@ -35,7 +35,7 @@ pub fn load_definition(log: &Log, run_id: RunId, version: &str) -> Result<Arc<Wo
             version: version.to_string(),
         })?;
     let name = format!("<definition {version}>");
-    Workflow::parse(Path::new(&name), &source)
+    Workflow::parse_stored(Path::new(&name), &source)
         .map(Arc::new)
         .map_err(|d| Error::BadDefinition {
             run_id,

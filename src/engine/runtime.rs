@@ -102,6 +102,9 @@ pub struct Recovery {
     pub attempts_resumed: usize,
     /// Runs whose log could not be folded; they are ended as failed.
     pub runs_broken: usize,
+    /// Runs whose end was recorded but which were still listed as
+    /// unfinished (a partial commit of an older log): finished at start.
+    pub runs_finished: usize,
     /// Process groups of attempts a previous process left alive, killed.
     pub processes_killed: usize,
     pub took: Duration,
@@ -300,7 +303,7 @@ impl Runtime {
         };
         recovery.processes_killed = leftovers.killed;
         recovery.took = started.elapsed();
-        if recovery.runs_resumed > 0 || recovery.runs_broken > 0 {
+        if recovery.runs_resumed > 0 || recovery.runs_broken > 0 || recovery.runs_finished > 0 {
             tracing::info!(
                 runs = recovery.runs_resumed,
                 records = recovery.records_replayed,
@@ -308,6 +311,7 @@ impl Runtime {
                 attempts_resumed = recovery.attempts_resumed,
                 broken = recovery.runs_broken,
                 processes_killed = recovery.processes_killed,
+                finished = recovery.runs_finished,
                 took_ms = recovery.took.as_millis() as u64,
                 "Recovered unfinished runs."
             );
@@ -588,8 +592,19 @@ impl EngineLoop {
         for run_id in self.log.unfinished_runs()? {
             match replay::replay_into(&mut self.engine, &self.log, run_id) {
                 Ok(n) => {
-                    recovery.runs_resumed += 1;
                     recovery.records_replayed += n;
+                    // Its end is recorded but it was never finished (a log
+                    // from before commits were one transaction): finish it
+                    // now instead of folding it at every start.
+                    if let Some(run) = self.engine.evict(run_id) {
+                        tracing::warn!(run_id = %run_id, status = %run.status,
+                            "Run had ended but was still listed as unfinished; finishing it.");
+                        let summary = serde_json::to_vec(&run.into_record()).unwrap_or_default();
+                        batch.commit.finished(run_id, summary);
+                        recovery.runs_finished += 1;
+                        continue;
+                    }
+                    recovery.runs_resumed += 1;
                 }
                 Err(e) => {
                     // A run that cannot be folded cannot go on; end it visibly.
@@ -608,7 +623,7 @@ impl EngineLoop {
                         .ok(),
                         _ => None,
                     };
-                    batch.commit.record(&record, message, false)?;
+                    batch.commit.record(&record, message)?;
                     if let Some(summary) = summary {
                         let bytes = serde_json::to_vec(&summary).unwrap_or_default();
                         batch.commit.summary(run_id, bytes);
@@ -707,26 +722,13 @@ impl EngineLoop {
         Ok(true)
     }
 
+    /// Numbers a record, applies it, and adds it to the batch's commit.
     fn append(
         &mut self,
         batch: &mut Batch,
         run_id: RunId,
         now: Millis,
         body: RecordBody,
-    ) -> Result<(), Error> {
-        self.append_record(batch, run_id, now, body, false)
-    }
-
-    /// Numbers a record, applies it, and adds it to the batch's commit;
-    /// `atomic` for a run created by an event (written in the commit's
-    /// transaction with the event).
-    fn append_record(
-        &mut self,
-        batch: &mut Batch,
-        run_id: RunId,
-        now: Millis,
-        body: RecordBody,
-        atomic: bool,
     ) -> Result<(), Error> {
         // Applied before it is written (both before the flush, before any
         // effect) so its lifecycle event can say what it meant and go into
@@ -741,7 +743,7 @@ impl EngineLoop {
         } else {
             None
         };
-        batch.commit.record(&record, message, atomic)?;
+        batch.commit.record(&record, message)?;
         batch.records.push(record);
         Ok(())
     }
@@ -907,9 +909,13 @@ impl EngineLoop {
     fn accept(
         &mut self,
         batch: &mut Batch,
-        submission: Submission,
+        mut submission: Submission,
         now: Millis,
     ) -> Result<Accepted, Error> {
+        // The event as stored (its record, and each run's copy) never holds
+        // a secret: a webhook's query string or body, an AMQP header. The
+        // reactor has already evaluated it unredacted.
+        self.secrets.redact_json(&mut submission.event);
         let event_id = submission
             .event
             .get("id")
@@ -954,7 +960,7 @@ impl EngineLoop {
             };
             let body = self.run_created(run, now)?;
             self.engine.register(workflow);
-            self.append_record(batch, run_id, now, body, true)?;
+            self.append(batch, run_id, now, body)?;
             let expires_at = now.saturating_add(duration_millis(ttl));
             dedup.push((
                 binding.clone(),
@@ -1177,6 +1183,7 @@ impl EngineLoop {
                     scratch_dir: self.scratch_dir.clone(),
                     broker: self.broker.clone(),
                     processes: self.processes.clone(),
+                    secrets: Arc::clone(&self.secrets),
                 };
                 let tokio = self.tokio.clone();
                 let attempt_task = self.tokio.spawn(async move {

@@ -43,6 +43,9 @@ pub struct AttemptContext {
     pub broker: Option<crate::amqp::Broker>,
     /// Where attempt processes are spawned and recorded.
     pub processes: process::Processes,
+    /// Redacted from captured output before it is cut to size, so a cut
+    /// never leaves part of a secret visible.
+    pub secrets: Arc<crate::spec::Secrets>,
 }
 
 /// How an attempt ended.

@@ -95,16 +95,33 @@ impl Kind for Shell {
             )),
             _ => {}
         }
-        if let Some(script) = &self.script
-            && script.replace("$${", "").contains("${")
-        {
-            errors.push((
-                ".script".into(),
-                "`${…}` is not allowed inside shell.script: event data must not become \
-                 shell code. Pass values as env entries, e.g. \"env\": {\"NAME\": \"${vars.name}\"}, \
-                 and use \"$NAME\" in the script (write $${ for a literal ${)"
-                    .into(),
-            ));
+        // What runs is fixed by the file: event data may only become
+        // values (env entries, later argv elements), never the script, the
+        // interpreter, the program or where it runs.
+        let fixed = [
+            (".script", "shell.script", self.script.as_deref()),
+            (".shell", "shell.shell", self.shell.as_deref()),
+            (".cwd", "shell.cwd", self.cwd.as_deref()),
+            (
+                ".command[0]",
+                "command[0] (the program)",
+                self.command
+                    .as_ref()
+                    .and_then(|argv| argv.first())
+                    .map(String::as_str),
+            ),
+        ];
+        for (path, name, text) in fixed {
+            if text.is_some_and(has_template) {
+                errors.push((
+                    path.into(),
+                    format!(
+                        "`${{…}}` is not allowed inside {name}: event data must not choose what \
+                         runs. Pass values as env entries, e.g. \"env\": {{\"NAME\": \"${{vars.name}}\"}}, \
+                         and use \"$NAME\" in the script, or as later argv elements (write $${{ for a literal ${{)"
+                    ),
+                ));
+            }
         }
         if self.shell.is_some() && self.script.is_none() {
             errors.push((".shell".into(), "`shell` applies only to `script`".into()));
@@ -171,8 +188,8 @@ impl Kind for Shell {
         // However this attempt ends — even if its future is dropped — nothing
         // it started outlives it (and the kernel ends it if we die).
         let pgid = group.pgid();
-        let stdout_buf = Arc::new(Mutex::new(Tail::new(LOG_CAP)));
-        let stderr_buf = Arc::new(Mutex::new(Tail::new(LOG_CAP)));
+        let stdout_buf = Arc::new(Mutex::new(Tail::new(LOG_CAP, Arc::clone(&ctx.secrets))));
+        let stderr_buf = Arc::new(Mutex::new(Tail::new(LOG_CAP, Arc::clone(&ctx.secrets))));
         let stdout = child
             .stdout
             .take()
@@ -241,6 +258,11 @@ impl Kind for Shell {
     }
 }
 
+/// Whether `text` holds a `${…}` template (`$${` is a literal).
+fn has_template(text: &str) -> bool {
+    text.replace("$${", "").contains("${")
+}
+
 fn describe_exit(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -298,18 +320,22 @@ async fn join_reader(
 }
 
 /// The tail of a stream: at most `cap` bytes, the oldest dropped first.
+/// Secrets are redacted from the whole buffer before anything is dropped,
+/// so a secret cut by the drop point is never left half visible.
 struct Tail {
     bytes: Vec<u8>,
     cap: usize,
     truncated: bool,
+    secrets: Arc<crate::spec::Secrets>,
 }
 
 impl Tail {
-    fn new(cap: usize) -> Self {
+    fn new(cap: usize, secrets: Arc<crate::spec::Secrets>) -> Self {
         Self {
             bytes: Vec::new(),
             cap,
             truncated: false,
+            secrets,
         }
     }
 
@@ -321,6 +347,16 @@ impl Tail {
     }
 
     fn trim(&mut self) {
+        if !self.secrets.is_empty() {
+            // A secret straddling the drop point lies wholly in the buffer
+            // (the drop point is `cap` bytes from the end, and a secret
+            // still arriving is at the end): redacted whole, then cut.
+            let text = String::from_utf8_lossy(&self.bytes);
+            let redacted = self.secrets.redact(&text);
+            if redacted != text {
+                self.bytes = redacted.into_bytes();
+            }
+        }
         if self.bytes.len() > self.cap {
             let drop = self.bytes.len() - self.cap;
             self.bytes.drain(..drop);

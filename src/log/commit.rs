@@ -5,19 +5,17 @@
 //!   under the first record's key: the record itself when it is alone, a
 //!   JSON array of them otherwise. A 3-task run is four inserts, not nine;
 //!   [`Log::run_history`] reads both shapes, so older logs read as before.
-//! - What must be all or nothing is **one sled transaction per commit**:
-//!   every event with its dedup entries and marks, the record groups of the
-//!   runs those events created, and every group carrying lifecycle events
-//!   with its outbox entries. The rest (later records of running runs, run
-//!   summaries) are plain inserts written after it, in this order, so a crash
-//!   that keeps a prefix of the commit never keeps a run without its event
-//!   or a chained event without its run: a run whose end was lost is resumed,
-//!   ends again, and its chained event (id `run:<id>`) is deduplicated.
+//! - Everything a commit writes is **one sled transaction**: records,
+//!   the `unfinished` index, run summaries, events with their dedup entries
+//!   (and expiry index) and marks, and lifecycle events for the outbox. A
+//!   crash keeps all of a commit or none of it, so recovery never meets a
+//!   run that ended without its summary, or one created without its index
+//!   entry (older logs can hold such states; recovery repairs them).
 
 use std::collections::HashMap;
 
-use super::events::{DedupEntry, EventRecord, Mark, dedup_key, transaction_error};
-use super::{Error, Log, Record, RecordBody, RunId, record_key};
+use super::events::{DedupEntry, EventRecord, Mark, dedup_key, expiry_key, transaction_error};
+use super::{Error, Log, Millis, Record, RecordBody, RunId, record_key};
 
 /// What one group commit writes. Built up by the engine, consumed by
 /// [`Log::write`].
@@ -26,11 +24,15 @@ pub struct Commit {
     groups: Vec<Group>,
     by_run: HashMap<RunId, usize>,
     events: Vec<(u64, Vec<u8>)>,
-    dedup: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Dedup entries: key, value, expiry (for the expiry index).
+    dedup: Vec<(Vec<u8>, Vec<u8>, Millis)>,
     /// Dedup entries of this commit, so a later event in it sees them.
     fresh: HashMap<Vec<u8>, DedupEntry>,
     marks: Vec<Mark>,
     summaries: Vec<(RunId, Vec<u8>)>,
+    /// Runs to drop from `unfinished` without a record of this commit
+    /// (recovery finishing a run whose end was recorded earlier).
+    finished: Vec<RunId>,
 }
 
 /// One run's records in one commit.
@@ -47,8 +49,6 @@ struct Group {
     ended: bool,
     /// Lifecycle events: outbox key (the record's seq) → message.
     outbox: Vec<(u64, Vec<u8>)>,
-    /// Written in the commit's transaction.
-    atomic: bool,
 }
 
 impl Group {
@@ -69,17 +69,12 @@ impl Commit {
             && self.events.is_empty()
             && self.marks.is_empty()
             && self.summaries.is_empty()
+            && self.finished.is_empty()
     }
 
     /// Adds a record, with its lifecycle event for the outbox when it has
-    /// one. `atomic` puts its run's group in the commit's transaction (a run
-    /// created by an event).
-    pub fn record(
-        &mut self,
-        record: &Record,
-        outbox: Option<Vec<u8>>,
-        atomic: bool,
-    ) -> Result<(), Error> {
+    /// one.
+    pub fn record(&mut self, record: &Record, outbox: Option<Vec<u8>>) -> Result<(), Error> {
         let run_id = record.run_id;
         let index = *self.by_run.entry(run_id).or_insert_with(|| {
             self.groups.push(Group {
@@ -90,7 +85,6 @@ impl Commit {
                 created: false,
                 ended: false,
                 outbox: Vec::new(),
-                atomic: false,
             });
             self.groups.len() - 1
         });
@@ -114,9 +108,7 @@ impl Commit {
         }
         if let Some(message) = outbox {
             group.outbox.push((record.seq, message));
-            group.atomic = true;
         }
-        group.atomic |= atomic;
         Ok(())
     }
 
@@ -133,7 +125,7 @@ impl Commit {
             let bytes =
                 serde_json::to_vec(&entry).map_err(corrupt(format!("dedup {binding}/{key}")))?;
             let key = dedup_key(&binding, &key);
-            self.dedup.push((key.clone(), bytes));
+            self.dedup.push((key.clone(), bytes, entry.expires_at));
             self.fresh.insert(key, entry);
         }
         self.marks.extend(marks);
@@ -149,33 +141,42 @@ impl Commit {
     pub fn summary(&mut self, run_id: RunId, summary: Vec<u8>) {
         self.summaries.push((run_id, summary));
     }
+
+    /// A run whose end is already in the log, finished now: its summary
+    /// and its removal from `unfinished`.
+    pub fn finished(&mut self, run_id: RunId, summary: Vec<u8>) {
+        self.summaries.push((run_id, summary));
+        self.finished.push(run_id);
+    }
 }
 
 impl Log {
-    /// Writes a commit: its transaction, then its plain inserts (see the
-    /// module doc for the order). Not durable until the next [`Log::flush`].
+    /// Writes a commit as **one sled transaction**: after a crash either all
+    /// of it is there or none of it (then nothing it caused was acted on or
+    /// acknowledged: that happens after the flush). So no run ends without
+    /// its summary and its removal from `unfinished`, and no run is created
+    /// without its event and its index entry. Not durable until the next
+    /// [`Log::flush`].
     pub fn write(&self, commit: Commit) -> Result<(), Error> {
-        let (mut atomic, mut plain): (Vec<Group>, Vec<Group>) =
-            commit.groups.into_iter().partition(|g| g.atomic);
-        atomic
-            .iter_mut()
-            .chain(plain.iter_mut())
-            .for_each(Group::close);
-        if !atomic.is_empty() || !commit.events.is_empty() || !commit.marks.is_empty() {
-            use sled::Transactional;
-            (
-                &self.records,
-                &self.unfinished,
-                &self.events,
-                &self.dedup,
-                &self.marks,
-                &self.outbox,
-            )
-                .transaction(|(records, unfinished, events, dedup, marks, outbox)| {
-                    for group in &atomic {
+        let mut groups = commit.groups;
+        groups.iter_mut().for_each(Group::close);
+        use sled::Transactional;
+        (
+            &self.records,
+            &self.unfinished,
+            &self.runs,
+            &self.events,
+            &self.dedup,
+            &self.dedup_expiry,
+            &self.marks,
+            &self.outbox,
+        )
+            .transaction(
+                |(records, unfinished, runs, events, dedup, dedup_expiry, marks, outbox)| {
+                    for group in &groups {
                         let key = record_key(group.run_id, group.first_seq);
                         records.insert(&key[..], &group.value[..])?;
-                        if group.created {
+                        if group.created && !group.ended {
                             unfinished.insert(&group.run_id.as_bytes()[..], &[][..])?;
                         }
                         for (seq, message) in &group.outbox {
@@ -185,8 +186,9 @@ impl Log {
                     for (seq, bytes) in &commit.events {
                         events.insert(&seq.to_be_bytes()[..], &bytes[..])?;
                     }
-                    for (key, bytes) in &commit.dedup {
+                    for (key, bytes, expires_at) in &commit.dedup {
                         dedup.insert(&key[..], &bytes[..])?;
+                        dedup_expiry.insert(expiry_key(*expires_at, key), &[][..])?;
                     }
                     for mark in &commit.marks {
                         match &mark.value {
@@ -194,23 +196,19 @@ impl Log {
                             None => marks.remove(&mark.key[..])?,
                         };
                     }
+                    for (run_id, summary) in &commit.summaries {
+                        runs.insert(&run_id.as_bytes()[..], &summary[..])?;
+                    }
+                    for group in groups.iter().filter(|g| g.ended) {
+                        unfinished.remove(&group.run_id.as_bytes()[..])?;
+                    }
+                    for run_id in &commit.finished {
+                        unfinished.remove(&run_id.as_bytes()[..])?;
+                    }
                     Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-                })
-                .map_err(transaction_error)?;
-        }
-        for group in &plain {
-            self.records
-                .insert(record_key(group.run_id, group.first_seq), &group.value[..])?;
-            if group.created {
-                self.unfinished.insert(group.run_id.as_bytes(), &[])?;
-            }
-        }
-        for (run_id, summary) in commit.summaries {
-            self.runs.insert(run_id.as_bytes(), summary)?;
-        }
-        for group in atomic.iter().chain(&plain).filter(|g| g.ended) {
-            self.unfinished.remove(group.run_id.as_bytes())?;
-        }
+                },
+            )
+            .map_err(transaction_error)?;
         Ok(())
     }
 }
@@ -240,10 +238,10 @@ mod tests {
         let mut commit = Commit::default();
         for task in ["a", "b", "c"] {
             commit
-                .record(&log.next_record(run, 2, body(task)).unwrap(), None, false)
+                .record(&log.next_record(run, 2, body(task)).unwrap(), None)
                 .unwrap();
             commit
-                .record(&log.next_record(other, 2, body(task)).unwrap(), None, false)
+                .record(&log.next_record(other, 2, body(task)).unwrap(), None)
                 .unwrap();
         }
         log.write(commit).unwrap();
@@ -253,7 +251,7 @@ mod tests {
             error: None,
         };
         commit
-            .record(&log.next_record(run, 3, ended).unwrap(), None, false)
+            .record(&log.next_record(run, 3, ended).unwrap(), None)
             .unwrap();
         log.write(commit).unwrap();
         log.flush().unwrap();
@@ -278,7 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn a_format_1_log_is_read_and_marked_2_and_a_newer_one_is_refused() {
+    fn an_older_log_is_upgraded_to_3_and_a_newer_one_is_refused_naming_both() {
         let dir = tempfile::tempdir().unwrap();
         let run = uuid::Uuid::now_v7();
         let marker = |value: u32| {
@@ -293,17 +291,99 @@ mod tests {
             log.append(run, 1, RecordBody::RunStarted {}).unwrap();
             log.flush().unwrap();
         }
-        assert_eq!(marker(1), Some(2), "a new log is format 2");
+        assert_eq!(marker(1), Some(3), "a new log is format 3");
         {
             let log = Log::open(dir.path()).unwrap();
             assert_eq!(log.run_history(run).unwrap().len(), 1);
         }
-        assert_eq!(marker(3), Some(2), "opening a format 1 log marks it 2");
+        assert_eq!(marker(4), Some(3), "opening a format 1 log marks it 3");
         let error = Log::open(dir.path()).unwrap_err().to_string();
         assert!(
-            error.contains("version 3; this binary reads [1, 2]"),
+            error.contains("format 4, written by a newer switchyard")
+                && error.contains("reads formats 1-3"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_sweeper_removes_only_expired_entries_and_keeps_a_rewritten_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let entry = |event: &str, expires_at| DedupEntry {
+            event_id: event.into(),
+            run_id: uuid::Uuid::now_v7(),
+            expires_at,
+        };
+        let write = |entries: Vec<(String, DedupEntry)>| {
+            let mut commit = Commit::default();
+            let event = EventRecord {
+                seq: log.next_seq().unwrap(),
+                at: 0,
+                event: serde_json::json!({"id": "e"}),
+                outcomes: Vec::new(),
+            };
+            let dedup = entries
+                .into_iter()
+                .map(|(k, e)| ("b".to_string(), k, e))
+                .collect();
+            commit.event(&event, dedup, Vec::new()).unwrap();
+            log.write(commit).unwrap();
+        };
+        // 2,000 live entries, 5 that expire at 10, and `k` that expired at
+        // 10 but was rewritten by a later event to live until 1,000.
+        write(
+            (0..2000)
+                .map(|i| (format!("live{i}"), entry("e", 5000)))
+                .collect(),
+        );
+        write(
+            (0..5)
+                .map(|i| (format!("old{i}"), entry("e", 10)))
+                .collect(),
+        );
+        write(vec![("k".into(), entry("first", 10))]);
+        write(vec![("k".into(), entry("second", 1000))]);
+        // Only the expired index entries are visited, in batches.
+        assert_eq!(log.sweep_dedup(500, 4).unwrap(), 4);
+        assert_eq!(log.sweep_dedup(500, 4).unwrap(), 2);
+        assert_eq!(log.sweep_dedup(500, 4).unwrap(), 0);
+        assert_eq!(log.dedup.len(), 2001, "the 5 expired ones are gone");
+        let kept = log.dedup_lookup("b", "k", 500).unwrap().unwrap();
+        assert_eq!(kept.event_id, "second", "the rewritten entry is kept");
+        assert_eq!(log.sweep_dedup(1000, 100).unwrap(), 1);
+        assert!(log.dedup_lookup("b", "k", 0).unwrap().is_none());
+        assert_eq!(log.dedup.len(), 2000);
+    }
+
+    #[test]
+    fn a_format_2_log_gets_its_dedup_expiry_index_when_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join("log")).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("format", &2u32.to_be_bytes())
+                .unwrap();
+            let dedup = db.open_tree("dedup").unwrap();
+            for (i, expires_at) in [10, 20, 5000].into_iter().enumerate() {
+                let entry = DedupEntry {
+                    event_id: format!("e{i}"),
+                    run_id: uuid::Uuid::now_v7(),
+                    expires_at,
+                };
+                dedup
+                    .insert(
+                        dedup_key("b", &format!("k{i}")),
+                        serde_json::to_vec(&entry).unwrap(),
+                    )
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.dedup_expiry.len(), 3);
+        assert_eq!(log.sweep_dedup(100, 10).unwrap(), 2);
+        assert_eq!(log.dedup.len(), 1);
     }
 
     #[test]

@@ -120,6 +120,15 @@ pub(super) fn dedup_key(binding: &str, key: &str) -> Vec<u8> {
     k
 }
 
+/// The dedup expiry index's key: `expires_at (8 B, big-endian) ++ dedup key`,
+/// so expired entries are a prefix range, oldest first.
+pub(super) fn expiry_key(expires_at: Millis, dedup_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + dedup_key.len());
+    k.extend_from_slice(&expires_at.max(0).to_be_bytes());
+    k.extend_from_slice(dedup_key);
+    k
+}
+
 pub(super) fn transaction_error(e: sled::transaction::TransactionError<()>) -> Error {
     match e {
         sled::transaction::TransactionError::Storage(e) => Error::Storage(e),
@@ -150,20 +159,53 @@ impl Log {
         Ok((entry.expires_at > now).then_some(entry))
     }
 
-    /// Removes expired dedup entries; returns how many.
-    pub fn sweep_dedup(&self, now: Millis) -> Result<usize, Error> {
-        let mut removed = 0;
+    /// Removes up to `limit` dedup entries expired at `now`, oldest first,
+    /// through the expiry index (cost follows the expired entries, not the
+    /// store). An entry rewritten since its expiry was indexed (a new event
+    /// reused the key) is kept: it is removed only if it still holds the
+    /// value that was read (compare-and-swap). Returns how many index
+    /// entries were processed; fewer than `limit` means none is left.
+    pub fn sweep_dedup(&self, now: Millis, limit: usize) -> Result<usize, Error> {
+        let upper = expiry_key(now.saturating_add(1), &[]);
+        let mut processed = 0;
+        for entry in self.dedup_expiry.range(..upper) {
+            if processed >= limit {
+                break;
+            }
+            let (index_key, _) = entry?;
+            processed += 1;
+            let key = &index_key[8..];
+            if let Some(bytes) = self.dedup.get(key)? {
+                let expired = serde_json::from_slice::<DedupEntry>(&bytes)
+                    .map(|e| e.expires_at <= now)
+                    .unwrap_or(true);
+                if expired {
+                    // Fails harmlessly when the engine rewrote it meanwhile.
+                    let _ = self
+                        .dedup
+                        .compare_and_swap(key, Some(bytes), None::<&[u8]>)?;
+                }
+            }
+            self.dedup_expiry.remove(&index_key)?;
+        }
+        Ok(processed)
+    }
+
+    /// Builds the expiry index from the dedup entries (a log from before
+    /// the index existed).
+    pub(super) fn index_dedup_expiry(&self) -> Result<usize, Error> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
         for entry in self.dedup.iter() {
             let (key, value) = entry?;
-            let expired = serde_json::from_slice::<DedupEntry>(&value)
-                .map(|e| e.expires_at <= now)
-                .unwrap_or(true);
-            if expired {
-                self.dedup.remove(key)?;
-                removed += 1;
-            }
+            let expires_at = serde_json::from_slice::<DedupEntry>(&value)
+                .map(|e| e.expires_at)
+                .unwrap_or(0);
+            batch.insert(expiry_key(expires_at, &key), &[][..]);
+            n += 1;
         }
-        Ok(removed)
+        self.dedup_expiry.apply_batch(batch)?;
+        Ok(n)
     }
 
     /// An adapter's mark.

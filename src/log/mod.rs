@@ -25,8 +25,10 @@
 //! - `outbox`: `seq` → a lifecycle event waiting to be published to
 //!   `amqp.events_exchange`, written in one transaction with the record it
 //!   describes and removed once the broker confirmed it.
-//! - `meta`: the log format version (2: `records` values may be arrays; a
-//!   format 1 log reads as is and is marked 2 when opened).
+//! - `dedup_expiry`: `expires_at (8 B) ++ dedup key` → empty: the dedup
+//!   entries in expiry order, so the sweeper reads only expired ones.
+//! - `meta`: the log format version ([`FORMAT_VERSION`]; older logs are
+//!   upgraded on open, newer ones refused with both versions named).
 //!
 //! Sequence numbers come from sled's `generate_id`, which never hands out a
 //! number twice, not even after a crash that lost unflushed appends.
@@ -98,6 +100,7 @@ pub struct Log {
     task_logs: sled::Tree,
     events: sled::Tree,
     dedup: sled::Tree,
+    dedup_expiry: sled::Tree,
     marks: sled::Tree,
     outbox: sled::Tree,
     /// Highest sequence number appended by this handle.
@@ -119,13 +122,17 @@ impl std::fmt::Debug for Log {
 /// Attempts, 100 ms apart, to take the data dir's lock.
 const LOCK_TRIES: u32 = 10;
 const FORMAT_KEY: &[u8] = b"format";
-/// Version of the on-disk layout (trees and keys); records carry their own.
+/// Version of the on-disk format: trees, keys, and the record and event
+/// variants that may appear. Bumped whenever any of them is added to, so a
+/// binary never meets data it cannot read in the middle of a run: it
+/// refuses the whole log at open instead, naming both versions.
 /// 2: a `records` value may hold an array of one commit's records.
-const FORMAT_VERSION: u32 = 2;
-/// Layouts this binary reads; an older one is marked current on open (its
-/// data reads as is), so an older binary refuses the log instead of
-/// misreading it.
-const READABLE_FORMATS: [u32; 2] = [1, 2];
+/// 3: the `dedup_expiry` index; events may carry the `unrouted` outcome.
+pub const FORMAT_VERSION: u32 = 3;
+/// Formats this binary reads; an older one is upgraded on open (3 builds
+/// the dedup expiry index) and marked current, so an older binary refuses
+/// the log instead of misreading it.
+const READABLE_FORMATS: std::ops::RangeInclusive<u32> = 1..=FORMAT_VERSION;
 
 impl Log {
     /// Opens (or creates) the log under `data_dir/log`. Fails with
@@ -173,25 +180,30 @@ impl Log {
         let task_logs = db.open_tree("task_logs")?;
         let events = db.open_tree("events")?;
         let dedup = db.open_tree("dedup")?;
+        let dedup_expiry = db.open_tree("dedup_expiry")?;
         let marks = db.open_tree("marks")?;
         let outbox = db.open_tree("outbox")?;
         let meta = db.open_tree("meta")?;
         let found = meta
             .get(FORMAT_KEY)?
             .map(|v| <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes));
-        match found {
-            Some(Ok(version)) if version == FORMAT_VERSION => {}
+        let upgrade_from = match found {
             None => {
                 meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
+                None
             }
-            Some(Ok(version)) if READABLE_FORMATS.contains(&version) => {
-                meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
-                meta.flush()?;
-            }
+            Some(Ok(version)) if version == FORMAT_VERSION => None,
+            Some(Ok(version)) if READABLE_FORMATS.contains(&version) => Some(version),
             Some(Ok(version)) => {
                 return Err(Error::Format {
                     dir: data_dir.to_path_buf(),
-                    found: format!("version {version}; this binary reads {READABLE_FORMATS:?}"),
+                    found: format!(
+                        "format {version}, written by a newer switchyard; this binary ({}) \
+                         reads formats {}-{}",
+                        env!("CARGO_PKG_VERSION"),
+                        READABLE_FORMATS.start(),
+                        READABLE_FORMATS.end()
+                    ),
                 });
             }
             Some(Err(_)) => {
@@ -200,9 +212,9 @@ impl Log {
                     found: "an unreadable format marker".into(),
                 });
             }
-        }
+        };
         let on_disk = db.generate_id()?;
-        Ok(Self {
+        let log = Self {
             db,
             records,
             unfinished,
@@ -212,6 +224,7 @@ impl Log {
             task_logs,
             events,
             dedup,
+            dedup_expiry,
             marks,
             outbox,
             last_seq: Arc::new(AtomicU64::new(0)),
@@ -219,7 +232,23 @@ impl Log {
             // gets a higher number.
             durable_seq: Arc::new(AtomicU64::new(on_disk)),
             flushes: Arc::new(AtomicU64::new(0)),
-        })
+        };
+        if let Some(version) = upgrade_from {
+            if version < 3 {
+                let entries = log.index_dedup_expiry()?;
+                let runs = log.reindex_unfinished()?;
+                tracing::info!(
+                    dedup_entries = entries,
+                    runs_reindexed = runs,
+                    "Log upgraded to format 3: dedup expiry index built, unfinished runs checked."
+                );
+            }
+            // The upgrade is durable before the marker says it happened.
+            log.db.flush()?;
+            meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
+            meta.flush()?;
+        }
+        Ok(log)
     }
 
     /// Appends one transition on its own (recovery's and offline cancel's
@@ -228,7 +257,7 @@ impl Log {
     pub fn append(&self, run_id: RunId, at: Millis, body: RecordBody) -> Result<Record, Error> {
         let record = self.next_record(run_id, at, body)?;
         let mut commit = Commit::default();
-        commit.record(&record, None, false)?;
+        commit.record(&record, None)?;
         self.write(commit)?;
         Ok(record)
     }
@@ -294,6 +323,32 @@ impl Log {
             }
         }
         Ok(history)
+    }
+
+    /// Puts every run with records but neither a summary nor an
+    /// `unfinished` entry into `unfinished`. Logs before format 3 wrote a
+    /// commit's later parts as plain inserts, so a crash could keep a run's
+    /// records without its index entry; recovery then folds it and resumes
+    /// it (or, if it had ended, finishes it). One scan of every key, once,
+    /// when such a log is upgraded.
+    fn reindex_unfinished(&self) -> Result<usize, Error> {
+        let mut found = 0;
+        let mut last: Option<[u8; 16]> = None;
+        for key in self.records.iter().keys() {
+            let key = key?;
+            let Some(run) = key.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
+                continue;
+            };
+            if last == Some(run) {
+                continue;
+            }
+            last = Some(run);
+            if !self.runs.contains_key(run)? && !self.unfinished.contains_key(run)? {
+                self.unfinished.insert(run, &[])?;
+                found += 1;
+            }
+        }
+        Ok(found)
     }
 
     /// Runs created and not yet ended: what start-up must resume.

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -201,6 +202,9 @@ impl Config {
 #[derive(Clone, Default)]
 pub struct Secrets {
     values: BTreeMap<String, String>,
+    /// Every distinct value, matched leftmost-longest in one pass: a short
+    /// secret inside a longer one never leaves part of the longer visible.
+    matcher: Option<Arc<aho_corasick::AhoCorasick>>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -234,14 +238,46 @@ impl Secrets {
             }
         }
         if c.diagnostics.is_empty() {
-            Ok(Self { values })
+            Ok(Self::from_values(values))
         } else {
             Err(Diagnostics(c.diagnostics))
         }
     }
 
     pub fn from_values(values: BTreeMap<String, String>) -> Self {
-        Self { values }
+        let mut patterns: Vec<&str> = values
+            .values()
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+            .collect();
+        patterns.sort_unstable();
+        patterns.dedup();
+        let matcher = (!patterns.is_empty())
+            .then(|| {
+                aho_corasick::AhoCorasick::builder()
+                    .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                    .build(&patterns)
+                    .ok()
+            })
+            .flatten()
+            .map(Arc::new);
+        Self { values, matcher }
+    }
+
+    /// Secrets so short that redacting them will also hide ordinary text
+    /// (they are redacted all the same): the daemon warns about them.
+    pub fn short_ones(&self) -> Vec<&str> {
+        self.values
+            .iter()
+            .filter(|(_, v)| v.len() < MIN_SECRET_LEN)
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
+    /// The longest secret value, in bytes: a text cut anywhere keeps every
+    /// secret whole if it keeps this much more than it shows.
+    pub fn longest(&self) -> usize {
+        self.values.values().map(String::len).max().unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -260,27 +296,92 @@ impl Secrets {
 
     /// `text` with every secret value replaced by [`REDACTED`].
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for value in self.values.values() {
-            // Very short values would redact half of every text; they are
-            // not secrets worth the name.
-            if value.len() >= 4 && out.contains(value.as_str()) {
-                out = out.replace(value.as_str(), REDACTED);
+        match &self.matcher {
+            Some(matcher) if matcher.is_match(text) => {
+                matcher.replace_all(text, &vec![REDACTED; matcher.patterns_len()])
             }
+            _ => text.to_string(),
         }
-        out
     }
 
-    /// Redacts every string inside a JSON value.
+    /// Redacts every string inside a JSON value, object keys included.
     pub fn redact_json(&self, value: &mut serde_json::Value) {
-        if self.values.is_empty() {
+        let Some(matcher) = &self.matcher else {
             return;
-        }
+        };
         match value {
-            serde_json::Value::String(s) => *s = self.redact(s),
+            serde_json::Value::String(s) => {
+                if matcher.is_match(s.as_str()) {
+                    *s = self.redact(s);
+                }
+            }
             serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.redact_json(v)),
-            serde_json::Value::Object(map) => map.values_mut().for_each(|v| self.redact_json(v)),
+            serde_json::Value::Object(map) => {
+                if map.keys().any(|k| matcher.is_match(k.as_str())) {
+                    let entries = std::mem::take(map);
+                    for (key, mut v) in entries {
+                        self.redact_json(&mut v);
+                        map.insert(self.redact(&key), v);
+                    }
+                } else {
+                    map.values_mut().for_each(|v| self.redact_json(v));
+                }
+            }
             _ => {}
         }
+    }
+}
+
+/// Secrets shorter than this are warned about at start-up.
+pub const MIN_SECRET_LEN: usize = 8;
+
+#[cfg(test)]
+mod redaction_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn secrets(values: &[(&str, &str)]) -> Secrets {
+        Secrets::from_values(
+            values
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_longest_secret_wins_so_nothing_of_it_stays_visible() {
+        // `short` is inside `long`: replacing `short` first would leave
+        // `long`'s rest in the clear.
+        let s = secrets(&[("short", "abc12345"), ("long", "xyzabc12345-tail")]);
+        assert_eq!(s.redact("k=xyzabc12345-tail;"), "k=[redacted];");
+        assert_eq!(s.redact("k=abc12345"), "k=[redacted]");
+        assert_eq!(s.redact("nothing here"), "nothing here");
+    }
+
+    #[test]
+    fn short_secrets_are_redacted_and_reported() {
+        let s = secrets(&[("pin", "4711"), ("token", "a-long-enough-token")]);
+        assert_eq!(s.redact("pin 4711"), "pin [redacted]");
+        assert_eq!(s.short_ones(), ["pin"]);
+        assert_eq!(s.longest(), 19);
+    }
+
+    #[test]
+    fn json_keys_are_redacted_as_well_as_values() {
+        let s = secrets(&[("token", "tok-123456789")]);
+        let mut value = serde_json::json!({
+            "tok-123456789": {"nested": ["x tok-123456789 y", 1]},
+            "plain": "tok-123456789",
+        });
+        s.redact_json(&mut value);
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "[redacted]": {"nested": ["x [redacted] y", 1]},
+                "plain": "[redacted]",
+            })
+        );
     }
 }

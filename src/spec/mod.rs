@@ -63,6 +63,10 @@ impl fmt::Display for Diagnostics {
 pub(crate) struct Collector<'a> {
     pub file: &'a Path,
     pub diagnostics: Vec<Diagnostic>,
+    /// Compiling a definition a run already started with (from the log):
+    /// the task kinds' load-time policy checks are not applied again, so a
+    /// later build that validates more strictly still replays it.
+    pub stored: bool,
 }
 
 impl<'a> Collector<'a> {
@@ -70,6 +74,7 @@ impl<'a> Collector<'a> {
         Self {
             file,
             diagnostics: Vec::new(),
+            stored: false,
         }
     }
 
