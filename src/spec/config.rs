@@ -310,11 +310,7 @@ impl Secrets {
             return;
         };
         match value {
-            serde_json::Value::String(s) => {
-                if matcher.is_match(s.as_str()) {
-                    *s = self.redact(s);
-                }
-            }
+            serde_json::Value::String(s) if matcher.is_match(s.as_str()) => *s = self.redact(s),
             serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.redact_json(v)),
             serde_json::Value::Object(map) => {
                 if map.keys().any(|k| matcher.is_match(k.as_str())) {
