@@ -63,8 +63,13 @@ impl Fixture {
                 {"id": "publish", "after": "probe", "shell": {"command": ["test", "${has(params.ok) ? 'x' : 'y'}", "=", "x"]}},
             ]}),
         );
-        let registry = Registry::load(vec![flows], vec![binding_dir], dir.path().to_path_buf())
-            .unwrap_or_else(|d| panic!("{d:?}"));
+        let registry = Registry::load(
+            vec![flows],
+            vec![binding_dir],
+            dir.path().to_path_buf(),
+            Default::default(),
+        )
+        .unwrap_or_else(|d| panic!("{d:?}"));
         let registry = Arc::new(RwLock::new(registry));
         let secrets = Arc::new(Secrets::from_values(
             secrets
@@ -471,4 +476,77 @@ fn constant_time_comparison() {
     assert!(!constant_time_eq(b"abc", b"abd"));
     assert!(!constant_time_eq(b"abc", b"abcd"));
     assert!(constant_time_eq(b"", b""));
+}
+
+#[test]
+fn a_reload_compiles_outside_the_registry_lock() {
+    use switchyard::daemon::registry::{Registry, reload_shared};
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("workflows");
+    std::fs::create_dir_all(&flows).unwrap();
+    let tasks: Vec<serde_json::Value> = (0..20)
+        .map(|i| json!({"id": format!("t{i}"), "when": "vars.x == 1 || vars.y > 2", "shell": {"command": ["echo", "${vars.x}"]}}))
+        .collect();
+    for n in 0..40 {
+        crate::util::write_workflow(
+            &flows,
+            &format!("w{n}"),
+            &json!({"name": format!("w{n}"), "tasks": tasks}),
+        );
+    }
+    let registry = Arc::new(RwLock::new(
+        Registry::load(
+            vec![flows.clone()],
+            vec![],
+            dir.path().to_path_buf(),
+            Default::default(),
+        )
+        .unwrap(),
+    ));
+    // An edit, so the reload has work to do.
+    crate::util::write_workflow(
+        &flows,
+        "w0",
+        &json!({"name": "w0", "tasks": [{"id": "a", "noop": {}}]}),
+    );
+    let reloading = {
+        let registry = Arc::clone(&registry);
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let report = reload_shared(&registry).unwrap();
+            (started.elapsed(), report)
+        })
+    };
+    // Readers (webhooks, consumers, the engine's chain hook) meanwhile.
+    let mut longest = std::time::Duration::ZERO;
+    while !reloading.is_finished() {
+        let asked = std::time::Instant::now();
+        let guard = registry.read().unwrap();
+        longest = longest.max(asked.elapsed());
+        drop(guard);
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let (took, report) = reloading.join().unwrap();
+    assert_eq!(report.updated, ["w0"]);
+    assert_eq!(
+        registry
+            .read()
+            .unwrap()
+            .get("w0")
+            .unwrap()
+            .current
+            .tasks
+            .len(),
+        1
+    );
+    // Generous: a reader waits at most for the swap, never for the whole
+    // rebuild (which holding the write lock throughout would make it do).
+    if took > std::time::Duration::from_millis(40) {
+        assert!(
+            longest * 4 < took,
+            "a reader waited {longest:?} during a {took:?} reload"
+        );
+    } else {
+        eprintln!("reload took only {took:?}; lock wait {longest:?} not judged");
+    }
 }

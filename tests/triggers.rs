@@ -635,19 +635,39 @@ async fn webhooks_check_size_then_signature_then_timestamp_then_body() {
     );
 
     // A sender's retry (same delivery id) starts no second run.
+    let other = br#"{"order": 18}"#;
     for _ in 0..3 {
         let (status, _) = daemon
             .post(
                 "/hooks/gh",
-                body,
+                other,
                 &[
-                    ("x-hub-signature-256", sign_hex(secret, body)),
+                    ("x-hub-signature-256", sign_hex(secret, other)),
                     ("x-github-delivery", "d-2".into()),
                 ],
             )
             .await;
         assert_eq!(status, 202);
     }
+    // A captured request replayed with a fresh delivery id: GitHub's
+    // signature covers only the body, so the default dedup key is the
+    // body's hash, and it starts no second run.
+    let (status, replayed) = daemon
+        .post(
+            "/hooks/gh",
+            body,
+            &[
+                ("x-hub-signature-256", sign_hex(secret, body)),
+                ("x-github-delivery", "d-1-replayed".into()),
+            ],
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        replayed["outcomes"][0]["outcome"], "duplicate",
+        "{replayed}"
+    );
+    assert_eq!(replayed["outcomes"][0]["first_event"], "d-1", "{replayed}");
     let (status, reply) = daemon
         .post("/hooks/plain", body, &[("webhook-id", "plain-1".into())])
         .await;
@@ -1014,4 +1034,27 @@ async fn secrets_in_a_webhooks_query_body_and_headers_are_redacted_before_the_ev
     assert!(!run.to_string().contains(secret), "{run}");
     assert_eq!(run["params"]["order"], 17);
     daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whsec_secret_that_is_not_base64_is_refused_at_load_time() {
+    let project = Project::with_secrets(
+        &[hook(
+            "std",
+            "/std",
+            json!({"secret": "${secrets.std}", "signature": "standard-webhooks"}),
+            json!({}),
+        )],
+        &[("std", "whsec_not*base64!")],
+    );
+    let error = match start(ServeOptions::local(project.root().join("switchyard.json"))).await {
+        Ok(_) => panic!("the daemon started with a bad whsec_ secret"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        error.contains("b0.json")
+            && error.contains("on.webhook.secret")
+            && error.contains("base64"),
+        "{error}"
+    );
 }

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
+use sha2::Digest as _;
 
 use super::{AppState, Error};
 use crate::expr::MapScope;
@@ -44,19 +45,71 @@ pub async fn hook(
     body: Body,
 ) -> Response {
     let path = path.trim_matches('/').to_string();
+    let (bindings, hook) = match route(&state, &path, &method) {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    // 1. Size.
+    let body = match read_body(&headers, body, hook.max_body).await {
+        Ok(body) => body,
+        Err(e) => return refused(&state, e),
+    };
+    // 2–3. Signature over the raw body, then the signed timestamp.
+    if let Err(e) = check_signature(&state, &path, &hook, &headers, &body) {
+        return refused(&state, e);
+    }
+    // 4. Parse.
+    let (data, datacontenttype) = match parse_body(&headers, &body) {
+        Ok(parsed) => parsed,
+        Err(e) => return refused(&state, e),
+    };
+    let query = match query {
+        Ok(Query(pairs)) => pairs,
+        Err(e) => return refused(&state, Error::bad_request(format!("invalid query: {e}"))),
+    };
+    // 5. Record, then answer.
+    let event = event(
+        &state,
+        &path,
+        &method,
+        &headers,
+        query,
+        &body,
+        data,
+        datacontenttype,
+    );
+    let wait = hook.respond == Respond::Wait;
+    let accepted = match state
+        .reactor
+        .submit(event.into_value(), &bindings, Vec::new(), wait)
+        .await
+    {
+        Ok(accepted) => accepted,
+        Err(e) => return Error::from(e).into_response(),
+    };
+    respond(accepted, wait).await
+}
+
+/// The enabled bindings on this path and their (shared) webhook settings,
+/// or the 404/405 answer.
+fn route(
+    state: &AppState,
+    path: &str,
+    method: &Method,
+) -> Result<(Vec<Arc<Binding>>, WebhookTrigger), Response> {
     let bindings: Vec<Arc<Binding>> = state.reactor.bindings_where(|b| {
         b.enabled && matches!(&b.trigger, Trigger::Webhook(w) if w.path == path)
     });
     let Some(Trigger::Webhook(hook)) = bindings.first().map(|b| &b.trigger) else {
-        return refused(
-            &state,
+        return Err(refused(
+            state,
             Error::not_found(format!("no webhook at /hooks/{path}")),
-        );
+        ));
     };
     let hook: WebhookTrigger = hook.clone();
     if !hook.methods.iter().any(|m| m == method.as_str()) {
         let mut response = refused(
-            &state,
+            state,
             Error::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -66,96 +119,114 @@ pub async fn hook(
         if let Ok(allow) = header::HeaderValue::from_str(&hook.methods.join(", ")) {
             response.headers_mut().insert(header::ALLOW, allow);
         }
-        return response;
+        return Err(response);
     }
+    Ok((bindings, hook))
+}
 
-    // 1. Size: refuse early on Content-Length, and cap what is read.
+/// Step 1: refuse early on Content-Length, and cap what is read.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    max_body: usize,
+) -> Result<axum::body::Bytes, Error> {
     let too_large = || {
         Error::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the body is larger than {} bytes", hook.max_body),
+            format!("the body is larger than {max_body} bytes"),
         )
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > hook.max_body as u64) {
-        return refused(&state, too_large());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return Err(too_large());
     }
-    let body = match axum::body::to_bytes(body, hook.max_body).await {
-        Ok(body) => body,
-        Err(_) => return refused(&state, too_large()),
+    axum::body::to_bytes(body, max_body)
+        .await
+        .map_err(|_| too_large())
+}
+
+/// Steps 2–3: the signature over the raw body in constant time, then the
+/// signed timestamp's tolerance.
+fn check_signature(
+    state: &AppState,
+    path: &str,
+    hook: &WebhookTrigger,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), Error> {
+    let (Some(template), Some(scheme)) = (&hook.secret, hook.signature) else {
+        return Ok(());
     };
-
-    // 2–3. Signature over the raw body, then the signed timestamp.
-    if let (Some(template), Some(scheme)) = (&hook.secret, hook.signature) {
-        let mut scope = MapScope::default();
-        scope
-            .names
-            .insert("secrets".into(), state.secrets.to_json());
-        let secret = match template.render_string(&scope) {
-            Ok(secret) if !secret.is_empty() => secret,
-            Ok(_) | Err(_) => {
-                tracing::error!(path = %path, "Webhook secret did not render; refusing requests.");
-                return refused(
-                    &state,
-                    Error::new(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
-                        "the webhook's secret is not configured on the server",
-                    ),
-                );
-            }
-        };
-        let lookup = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let now = chrono::Utc::now().timestamp();
-        if let Err(e) = webhook::verify(scheme, &secret, &lookup, &body, now) {
-            return refused(
-                &state,
-                Error::new(StatusCode::UNAUTHORIZED, "unauthorized", e.0),
-            );
+    let mut scope = MapScope::default();
+    scope
+        .names
+        .insert("secrets".into(), state.secrets.to_json());
+    let secret = match template.render_string(&scope) {
+        Ok(secret) if !secret.is_empty() => secret,
+        Ok(_) | Err(_) => {
+            tracing::error!(path = %path, "Webhook secret did not render; refusing requests.");
+            return Err(Error::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the webhook's secret is not configured on the server",
+            ));
         }
-    }
+    };
+    let lookup = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let now = chrono::Utc::now().timestamp();
+    webhook::verify(scheme, &secret, &lookup, body, now)
+        .map_err(|e| Error::new(StatusCode::UNAUTHORIZED, "unauthorized", e.0))
+}
 
-    // 4. Parse.
+/// Step 4: the body as event data: JSON (declared, or undeclared), text,
+/// or base64 for bytes.
+fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<(Value, Option<String>), Error> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let (data, datacontenttype) = if body.iter().all(u8::is_ascii_whitespace) {
-        (Value::Null, None)
-    } else if content_type.is_empty() || content_type.contains("json") {
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(v) => (v, Some("application/json".to_string())),
-            Err(e) => {
-                return refused(
-                    &state,
-                    Error::bad_request(format!("invalid JSON body: {e}")),
-                );
-            }
-        }
-    } else {
-        match std::str::from_utf8(&body) {
-            Ok(text) => (Value::String(text.to_string()), Some(content_type.clone())),
-            Err(_) => (
-                Value::String(base64::engine::general_purpose::STANDARD.encode(&body)),
-                Some(format!("{content_type};base64")),
-            ),
-        }
-    };
-    let query = match query {
-        Ok(Query(pairs)) => pairs,
-        Err(e) => return refused(&state, Error::bad_request(format!("invalid query: {e}"))),
-    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok((Value::Null, None));
+    }
+    if content_type.is_empty() || content_type.contains("json") {
+        return serde_json::from_slice::<Value>(body)
+            .map(|v| (v, Some("application/json".to_string())))
+            .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")));
+    }
+    Ok(match std::str::from_utf8(body) {
+        Ok(text) => (Value::String(text.to_string()), Some(content_type)),
+        Err(_) => (
+            Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
+            Some(format!("{content_type};base64")),
+        ),
+    })
+}
 
+/// Step 5: the event envelope (SPEC §5). Its id is the sender's delivery
+/// id where there is one; credentials in headers are never stored; the
+/// body's SHA-256 is kept for the default dedup key of schemes that sign
+/// no timestamp.
+#[allow(clippy::too_many_arguments)]
+fn event(
+    state: &AppState,
+    path: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    query: Vec<(String, String)>,
+    body: &[u8],
+    data: Value,
+    datacontenttype: Option<String>,
+) -> Event {
     let now = chrono::Utc::now().timestamp_millis();
     let delivery = DELIVERY_ID_HEADERS.iter().find_map(|name| {
         headers
@@ -170,7 +241,7 @@ pub async fn hook(
     event.datacontenttype = datacontenttype;
     event.data = data;
     let mut header_map = Map::new();
-    for (name, value) in &headers {
+    for (name, value) in headers {
         let name = name.as_str();
         let value = if HIDDEN_HEADERS.contains(&name) {
             REDACTED.to_string()
@@ -181,29 +252,22 @@ pub async fn hook(
         };
         header_map.insert(name.to_string(), Value::String(value));
     }
-    let mut query_map = Map::new();
-    for (k, v) in query {
-        query_map.insert(k, Value::String(v));
-    }
+    let query_map: Map<String, Value> = query
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    let body_sha256 = hex::encode(sha2::Sha256::digest(body));
+    let extension = &mut event.switchyard;
+    extension.insert("headers".into(), Value::Object(header_map));
+    extension.insert("query".into(), Value::Object(query_map));
+    extension.insert("method".into(), Value::String(method.to_string()));
+    extension.insert("body_sha256".into(), Value::String(body_sha256));
     event
-        .switchyard
-        .insert("headers".into(), Value::Object(header_map));
-    event
-        .switchyard
-        .insert("query".into(), Value::Object(query_map));
-    event
-        .switchyard
-        .insert("method".into(), Value::String(method.to_string()));
+}
 
-    let wait = hook.respond == Respond::Wait;
-    let accepted = match state
-        .reactor
-        .submit(event.into_value(), &bindings, Vec::new(), wait)
-        .await
-    {
-        Ok(accepted) => accepted,
-        Err(e) => return Error::from(e).into_response(),
-    };
+/// 202 with the event and its runs once durable; with `respond: "wait"`,
+/// 200 with the runs' ends.
+async fn respond(accepted: crate::reactor::Accepted, wait: bool) -> Response {
     if !wait || accepted.ended.is_empty() {
         let body = json!({
             "event_id": accepted.event_id,

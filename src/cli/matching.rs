@@ -57,6 +57,7 @@ pub fn main(config_path: &Path, event_file: &Path, as_json: bool) -> ExitCode {
         config.workflow_dirs(),
         config.binding_dirs(),
         config.base.clone(),
+        Default::default(),
     ) {
         Ok(registry) => registry,
         Err(found) => {

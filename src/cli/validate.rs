@@ -38,6 +38,7 @@ pub fn main(config_path: &Path, paths: &[PathBuf]) -> ExitCode {
                 config.workflow_dirs(),
                 config.binding_dirs(),
                 config.base.clone(),
+                Default::default(),
             ) {
                 Ok(registry) => (registry.workflows().count(), registry.bindings().count()),
                 Err(found) => {

@@ -106,6 +106,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         config.workflow_dirs(),
         config.binding_dirs(),
         config.base.clone(),
+        Arc::clone(&secrets),
     )
     .map_err(|d| Error::Invalid(Diagnostics(d)))?;
     let registry = Arc::new(RwLock::new(registry));

@@ -12,7 +12,8 @@ use std::sync::{Arc, RwLock};
 
 use crate::log::Millis;
 use crate::spec::binding::{self, Binding};
-use crate::spec::{Diagnostic, Diagnostics, Workflow};
+use crate::spec::binding::{SignatureScheme, Trigger};
+use crate::spec::{Diagnostic, Diagnostics, Secrets, Workflow};
 
 /// One workflow's current definition and the versions loaded since start.
 #[derive(Debug, Clone)]
@@ -29,6 +30,9 @@ pub struct ReloadReport {
     pub updated: Vec<String>,
     pub removed: Vec<String>,
     pub rejected: Vec<Diagnostic>,
+    /// Rejected files whose last good version stays active (a rejected
+    /// file not here never validated: nothing of it is loaded).
+    pub kept: std::collections::BTreeSet<PathBuf>,
     /// True when the set of bindings changed (adapters must be reconciled).
     pub bindings_changed: bool,
 }
@@ -43,7 +47,7 @@ impl ReloadReport {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Registry {
     dirs: Vec<PathBuf>,
     binding_dirs: Vec<PathBuf>,
@@ -57,9 +61,21 @@ pub struct Registry {
     files: BTreeMap<PathBuf, String>,
     /// Errors of files currently rejected.
     pub errors: Vec<Diagnostic>,
+    /// For checks of rendered secrets (a `whsec_` webhook secret).
+    secrets: Arc<Secrets>,
 }
 
 pub type SharedRegistry = Arc<RwLock<Registry>>;
+
+/// Rebuilds the registry from its files without holding its lock (readers
+/// — the engine's chain hook, webhooks, consumers — are never held up by
+/// file reads and compiles), then swaps the result in at once.
+pub fn reload_shared(registry: &SharedRegistry) -> Option<ReloadReport> {
+    let mut next = registry.read().ok()?.clone();
+    let report = next.reload();
+    *registry.write().ok()? = next;
+    Some(report)
+}
 
 fn now_millis() -> Millis {
     chrono::Utc::now().timestamp_millis()
@@ -72,11 +88,13 @@ impl Registry {
         dirs: Vec<PathBuf>,
         binding_dirs: Vec<PathBuf>,
         base: PathBuf,
+        secrets: Arc<Secrets>,
     ) -> Result<Self, Vec<Diagnostic>> {
         let mut registry = Self {
             dirs,
             binding_dirs,
             base,
+            secrets,
             ..Self::default()
         };
         let report = registry.reload();
@@ -167,6 +185,7 @@ impl Registry {
                     {
                         next_files.insert(file.clone(), name.clone());
                         next.insert(name.clone(), old.clone());
+                        report.kept.insert(file.clone());
                     }
                 }
             }
@@ -213,7 +232,8 @@ impl Registry {
                 .filter_map(|(_, r)| r.as_ref().ok())
                 .flatten()
                 .collect();
-            let conflicts = binding::check_shared_sources(&good);
+            let mut conflicts = binding::check_shared_sources(&good);
+            conflicts.extend(check_rendered_secrets(&good, &self.secrets));
             for conflict in conflicts {
                 if let Some((_, result)) = loaded.iter_mut().find(|(f, _)| *f == conflict.file) {
                     match result {
@@ -254,6 +274,9 @@ impl Registry {
                                 kept.push(b.name.clone());
                             }
                         }
+                        if !kept.is_empty() {
+                            report.kept.insert(file.clone());
+                        }
                         next_files.insert(file, kept);
                     }
                 }
@@ -269,4 +292,40 @@ impl Registry {
         self.bindings = next;
         self.binding_files = next_files;
     }
+}
+
+/// Webhook secrets that render to something no request could ever match
+/// (a `whsec_` value that is not base64) are load-time errors. Secrets that
+/// are not resolved here (a CLI without them) are not checked.
+fn check_rendered_secrets(bindings: &[&Binding], secrets: &Secrets) -> Vec<Diagnostic> {
+    if secrets.is_empty() {
+        return Vec::new();
+    }
+    let mut scope = crate::expr::MapScope::default();
+    scope.names.insert("secrets".into(), secrets.to_json());
+    let mut out = Vec::new();
+    for binding in bindings {
+        let Trigger::Webhook(hook) = &binding.trigger else {
+            continue;
+        };
+        let (Some(template), Some(SignatureScheme::StandardWebhooks)) =
+            (&hook.secret, hook.signature)
+        else {
+            continue;
+        };
+        let Ok(secret) = template.render_string(&scope) else {
+            continue;
+        };
+        if let Err(message) = crate::triggers::webhook::standard_key(&secret) {
+            out.push(Diagnostic {
+                file: binding.file.clone().unwrap_or_default(),
+                path: crate::spec::join_path(&binding.at, "on.webhook.secret"),
+                message: format!(
+                    "{message}: every request would be refused; use the secret exactly as \
+                     issued (whsec_ followed by base64), or a plain secret without the prefix"
+                ),
+            });
+        }
+    }
+    out
 }

@@ -49,6 +49,11 @@ pub fn spawn(
     }
     tokio::spawn(async move {
         let _watcher = watcher; // Dropping it stops the watch.
+        // Errors already reported; start-up reported the initial ones.
+        let mut reported: Vec<crate::spec::Diagnostic> = registry
+            .read()
+            .map(|r| r.errors.clone())
+            .unwrap_or_default();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -62,19 +67,26 @@ pub fn spawn(
                     event = rx.recv() => if event.is_none() { return },
                 }
             }
-            let registry = Arc::clone(&registry);
+            let shared = Arc::clone(&registry);
             let report =
-                tokio::task::spawn_blocking(move || registry.write().map(|mut r| r.reload()).ok())
-                    .await;
+                tokio::task::spawn_blocking(move || super::registry::reload_shared(&shared)).await;
             let Ok(Some(report)) = report else { continue };
             metrics.reloads.fetch_add(1, Ordering::Relaxed);
             if !report.rejected.is_empty() {
                 metrics.reloads_rejected.fetch_add(1, Ordering::Relaxed);
             }
-            for d in &report.rejected {
-                tracing::warn!(file = %d.file.display(), path = %d.path, error = %d.message,
-                    "File rejected; the last good version stays active.");
+            // A file that stays broken is reported when its errors change,
+            // not at every reload.
+            for d in report.rejected.iter().filter(|d| !reported.contains(d)) {
+                if report.kept.contains(&d.file) {
+                    tracing::warn!(file = %d.file.display(), path = %d.path, error = %d.message,
+                        "File rejected; its last good version stays active.");
+                } else {
+                    tracing::warn!(file = %d.file.display(), path = %d.path, error = %d.message,
+                        "File rejected; it never validated, so nothing of it is loaded.");
+                }
             }
+            reported = report.rejected.clone();
             if report.bindings_changed {
                 tracing::info!("Bindings reloaded.");
                 bindings_changed.notify_one();

@@ -21,7 +21,7 @@ use crate::engine::runtime::{self, ChainHook, RuntimeHandle, Submission, SubmitC
 use crate::expr::MapScope;
 use crate::log::{Mark, Millis, Outcome};
 use crate::spec::Workflow;
-use crate::spec::binding::{Binding, Trigger};
+use crate::spec::binding::{Binding, SignatureScheme, Trigger};
 
 /// How an event fares with one binding, before dedup.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,11 +80,7 @@ pub fn evaluate(binding: &Binding, event: &Value, now: Millis) -> Evaluation {
         }
     };
     let dedup_key = match &binding.dedup_key {
-        None => event
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        None => default_dedup_key(binding, event),
         Some(template) => match template.render(&scope) {
             Ok(Value::String(s)) => s,
             Ok(Value::Null) => {
@@ -101,6 +97,32 @@ pub fn evaluate(binding: &Binding, event: &Value, now: Millis) -> Evaluation {
         },
     };
     Evaluation::Matched { params, dedup_key }
+}
+
+/// The dedup key of a binding that names none: the event id (the sender's
+/// delivery id, a message id, a tick's instant). For webhooks signed with
+/// `hmac-sha256` or `github`, whose signatures cover no timestamp, it is
+/// the body's hash instead: a captured request replayed with a fresh
+/// delivery id carries the same body, so it starts no second run within
+/// the dedup TTL (`standard-webhooks` signs its id and timestamp, and stale
+/// replays are refused at the edge).
+pub fn default_dedup_key(binding: &Binding, event: &Value) -> String {
+    if let Trigger::Webhook(hook) = &binding.trigger
+        && matches!(
+            hook.signature,
+            Some(SignatureScheme::HmacSha256 | SignatureScheme::Github)
+        )
+        && let Some(hash) = event
+            .pointer("/switchyard/body_sha256")
+            .and_then(Value::as_str)
+    {
+        return format!("body:{hash}");
+    }
+    event
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn prefixed(message: &str) -> String {

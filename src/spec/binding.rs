@@ -373,8 +373,16 @@ impl Binding {
 
     /// The dedup key template's source, for display.
     pub fn dedup_key_source(&self) -> String {
+        let signed_body_only = matches!(&self.trigger, Trigger::Webhook(w)
+            if matches!(w.signature, Some(SignatureScheme::HmacSha256 | SignatureScheme::Github)));
         self.dedup_key.as_ref().map_or_else(
-            || "${event.id}".to_string(),
+            || {
+                if signed_body_only {
+                    "body:${event.switchyard.body_sha256}".to_string()
+                } else {
+                    "${event.id}".to_string()
+                }
+            },
             |t| match t {
                 Template::Literal(s) => s.clone(),
                 _ => self

@@ -79,12 +79,7 @@ fn verify_standard(
         .ok_or_else(|| Refused("missing webhook-timestamp header".into()))?;
     let signatures = header("webhook-signature")
         .ok_or_else(|| Refused("missing webhook-signature header".into()))?;
-    let key = match secret.strip_prefix("whsec_") {
-        Some(encoded) => base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .map_err(|_| Refused("the configured whsec_ secret is not valid base64".into()))?,
-        None => secret.as_bytes().to_vec(),
-    };
+    let key = standard_key(secret).map_err(Refused)?;
     let mut base = mac(&key);
     base.update(id.as_bytes());
     base.update(b".");
@@ -117,6 +112,19 @@ fn verify_standard(
         )));
     }
     Ok(())
+}
+
+/// The HMAC key of a standard-webhooks secret: a `whsec_` secret is the
+/// base64 of the key (as the Standard Webhooks libraries issue them); any
+/// other secret is used as it is. Checked when bindings load, so a bad
+/// secret is a load-time error rather than a 401 on every request.
+pub fn standard_key(secret: &str) -> Result<Vec<u8>, String> {
+    match secret.strip_prefix("whsec_") {
+        Some(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| format!("the whsec_ secret is not valid base64 ({e})")),
+        None => Ok(secret.as_bytes().to_vec()),
+    }
 }
 
 /// Signs like a sender would (tests, benchmarks, and `hmac-sha256` clients).
