@@ -47,7 +47,7 @@ pub async fn hook(
     let path = path.trim_matches('/').to_string();
     let (bindings, hook) = match route(&state, &path, &method) {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     // 1. Size.
     let body = match read_body(&headers, body, hook.max_body).await {
@@ -96,15 +96,15 @@ fn route(
     state: &AppState,
     path: &str,
     method: &Method,
-) -> Result<(Vec<Arc<Binding>>, WebhookTrigger), Response> {
+) -> Result<(Vec<Arc<Binding>>, WebhookTrigger), Box<Response>> {
     let bindings: Vec<Arc<Binding>> = state.reactor.bindings_where(|b| {
         b.enabled && matches!(&b.trigger, Trigger::Webhook(w) if w.path == path)
     });
     let Some(Trigger::Webhook(hook)) = bindings.first().map(|b| &b.trigger) else {
-        return Err(refused(
+        return Err(Box::new(refused(
             state,
             Error::not_found(format!("no webhook at /hooks/{path}")),
-        ));
+        )));
     };
     let hook: WebhookTrigger = hook.clone();
     if !hook.methods.iter().any(|m| m == method.as_str()) {
@@ -119,7 +119,7 @@ fn route(
         if let Ok(allow) = header::HeaderValue::from_str(&hook.methods.join(", ")) {
             response.headers_mut().insert(header::ALLOW, allow);
         }
-        return Err(response);
+        return Err(Box::new(response));
     }
     Ok((bindings, hook))
 }
