@@ -14,7 +14,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
 
 use super::process::signal_group;
 use super::{AttemptContext, AttemptOutcome, Kind, scalar_text};
@@ -129,18 +128,21 @@ impl Kind for Shell {
     }
 
     async fn execute(self, ctx: AttemptContext) -> AttemptOutcome {
-        let mut command = match (&self.command, &self.script) {
-            (Some(argv), None) if !argv.is_empty() => {
-                let mut c = Command::new(&argv[0]);
-                c.args(&argv[1..]);
-                c
-            }
-            (None, Some(script)) => {
-                let mut c = Command::new(self.shell.as_deref().unwrap_or("sh"));
-                c.arg("-c").arg(script);
-                c
-            }
+        let program = match (&self.command, &self.script) {
+            (Some(argv), None) if !argv.is_empty() => argv[0].clone(),
+            (None, Some(_)) => self.shell.clone().unwrap_or_else(|| "sh".into()),
             _ => return AttemptOutcome::permanent_failure("set `command` or `script`"),
+        };
+        let path = self.env.get("PATH").map(std::ffi::OsStr::new);
+        let cwd = self.cwd.as_deref().map(std::path::Path::new);
+        let mut command = match ctx.processes.command(&program, path, cwd) {
+            Ok(command) => command,
+            Err(e) => return cannot_start(&program, &e),
+        };
+        match (&self.command, &self.script) {
+            (Some(argv), None) => command.args(&argv[1..]),
+            (_, Some(script)) => command.arg("-c").arg(script),
+            _ => &mut command,
         };
         let output_path = ctx
             .scratch_dir
@@ -164,26 +166,10 @@ impl Kind for Shell {
         if let Some(cwd) = &self.cwd {
             command.current_dir(cwd);
         }
-        let program = self
-            .command
-            .as_ref()
-            .and_then(|a| a.first().cloned())
-            .or_else(|| self.shell.clone())
-            .unwrap_or_else(|| "sh".into());
         let name = format!("{}-{}-{}", ctx.run_id, ctx.task, ctx.attempt);
         let (mut child, group) = match ctx.processes.spawn(command, &name).await {
             Ok(spawned) => spawned,
-            Err(e) => {
-                let retryable = !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
-                );
-                let outcome = AttemptOutcome::failure(format!("cannot start `{program}`: {e}"));
-                return AttemptOutcome {
-                    retryable,
-                    ..outcome
-                };
-            }
+            Err(e) => return cannot_start(&program, &e),
         };
         // However this attempt ends — even if its future is dropped — nothing
         // it started outlives it (and the kernel ends it if we die).
@@ -255,6 +241,20 @@ impl Kind for Shell {
         outcome.stdout = stdout_var;
         outcome.logs = Some(logs);
         outcome
+    }
+}
+
+/// A program that cannot start: another attempt will not help when it is
+/// missing or not executable.
+fn cannot_start(program: &str, e: &std::io::Error) -> AttemptOutcome {
+    let retryable = !matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+    );
+    let outcome = AttemptOutcome::failure(format!("cannot start `{program}`: {e}"));
+    AttemptOutcome {
+        retryable,
+        ..outcome
     }
 }
 

@@ -5,12 +5,14 @@
 //!   under the first record's key: the record itself when it is alone, a
 //!   JSON array of them otherwise. A 3-task run is four inserts, not nine;
 //!   [`Log::run_history`] reads both shapes, so older logs read as before.
-//! - Everything a commit writes is **one sled transaction**: records,
-//!   the `unfinished` index, run summaries, events with their dedup entries
-//!   (and expiry index) and marks, and lifecycle events for the outbox. A
-//!   crash keeps all of a commit or none of it, so recovery never meets a
-//!   run that ended without its summary, or one created without its index
-//!   entry (older logs can hold such states; recovery repairs them).
+//! - What must be all or nothing is **one sled transaction** per commit:
+//!   events with their dedup entries (and expiry index), marks and created
+//!   runs; runs created or ended with their `unfinished` entry and summary;
+//!   records carrying lifecycle events with their outbox entries. A run
+//!   group that only adds records is a single insert outside it. So
+//!   recovery never meets a run that ended without its summary, or one
+//!   created without its index entry (older logs can hold such states;
+//!   recovery repairs them).
 
 use std::collections::HashMap;
 
@@ -151,66 +153,147 @@ impl Commit {
 }
 
 impl Log {
-    /// Writes a commit as **one sled transaction**: after a crash either all
-    /// of it is there or none of it (then nothing it caused was acted on or
-    /// acknowledged: that happens after the flush). So no run ends without
-    /// its summary and its removal from `unfinished`, and no run is created
-    /// without its event and its index entry. Not durable until the next
-    /// [`Log::flush`].
-    pub fn write(&self, commit: Commit) -> Result<(), Error> {
-        let mut groups = commit.groups;
+    /// Writes a commit. What must be all or nothing is **one sled
+    /// transaction**: every event with its dedup entries, marks and the runs
+    /// it created; every run group that creates or ends its run (with the
+    /// `unfinished` entry, the summary) or carries lifecycle events; and
+    /// recovery's finished runs. After a crash either all of that is there
+    /// or none of it, so no run ends without its summary and its removal
+    /// from `unfinished`, and no run exists without its index entry. A
+    /// group that only adds records to a running run is one insert, atomic
+    /// on its own, and is written outside the transaction (most commits of
+    /// a running workflow are just that). Nothing is acted on before the
+    /// flush, so which independent writes survive a crash does not matter.
+    /// Not durable until the next [`Log::flush`].
+    pub fn write(&self, mut commit: Commit) -> Result<(), Error> {
+        let mut groups = std::mem::take(&mut commit.groups);
         groups.iter_mut().for_each(Group::close);
+        let (atomic, plain): (Vec<Group>, Vec<Group>) = groups
+            .into_iter()
+            .partition(|g| g.created || g.ended || !g.outbox.is_empty());
+        let transaction = !atomic.is_empty()
+            || !commit.events.is_empty()
+            || !commit.marks.is_empty()
+            || !commit.summaries.is_empty()
+            || !commit.finished.is_empty();
+        if transaction {
+            self.write_atomic(&atomic, &commit)?;
+        }
+        for group in &plain {
+            self.records
+                .insert(record_key(group.run_id, group.first_seq), &group.value[..])?;
+        }
+        Ok(())
+    }
+
+    /// The transaction takes only the trees this commit writes: sled stages
+    /// and applies every tree a transaction names, so naming all eight for
+    /// a commit that touches two costs throughput.
+    fn write_atomic(&self, groups: &[Group], commit: &Commit) -> Result<(), Error> {
         use sled::Transactional;
-        (
-            &self.records,
-            &self.unfinished,
-            &self.runs,
-            &self.events,
-            &self.dedup,
-            &self.dedup_expiry,
-            &self.marks,
-            &self.outbox,
-        )
-            .transaction(
-                |(records, unfinished, runs, events, dedup, dedup_expiry, marks, outbox)| {
-                    for group in &groups {
+        let mut trees: Vec<&sled::Tree> = Vec::with_capacity(8);
+        fn take<'a>(
+            trees: &mut Vec<&'a sled::Tree>,
+            tree: &'a sled::Tree,
+            needed: bool,
+        ) -> Option<usize> {
+            needed.then(|| {
+                trees.push(tree);
+                trees.len() - 1
+            })
+        }
+        let mut slot = |tree, needed| take(&mut trees, tree, needed);
+        let slots = Slots {
+            records: slot(&self.records, !groups.is_empty()),
+            unfinished: slot(
+                &self.unfinished,
+                groups.iter().any(|g| g.created || g.ended) || !commit.finished.is_empty(),
+            ),
+            runs: slot(&self.runs, !commit.summaries.is_empty()),
+            events: slot(&self.events, !commit.events.is_empty()),
+            dedup: slot(&self.dedup, !commit.dedup.is_empty()),
+            dedup_expiry: slot(&self.dedup_expiry, !commit.dedup.is_empty()),
+            marks: slot(&self.marks, !commit.marks.is_empty()),
+            outbox: slot(&self.outbox, groups.iter().any(|g| !g.outbox.is_empty())),
+        };
+        if trees.is_empty() {
+            return Ok(());
+        }
+        trees
+            .as_slice()
+            .transaction(|view| {
+                let tree = |slot: Option<usize>| slot.and_then(|i| view.get(i));
+                let (records, unfinished, runs) = (
+                    tree(slots.records),
+                    tree(slots.unfinished),
+                    tree(slots.runs),
+                );
+                if let Some(records) = records {
+                    for group in groups {
                         let key = record_key(group.run_id, group.first_seq);
                         records.insert(&key[..], &group.value[..])?;
+                    }
+                }
+                if let Some(unfinished) = unfinished {
+                    for group in groups {
                         if group.created && !group.ended {
                             unfinished.insert(&group.run_id.as_bytes()[..], &[][..])?;
                         }
+                        if group.ended {
+                            unfinished.remove(&group.run_id.as_bytes()[..])?;
+                        }
+                    }
+                    for run_id in &commit.finished {
+                        unfinished.remove(&run_id.as_bytes()[..])?;
+                    }
+                }
+                if let Some(outbox) = tree(slots.outbox) {
+                    for group in groups {
                         for (seq, message) in &group.outbox {
                             outbox.insert(&seq.to_be_bytes()[..], &message[..])?;
                         }
                     }
+                }
+                if let Some(events) = tree(slots.events) {
                     for (seq, bytes) in &commit.events {
                         events.insert(&seq.to_be_bytes()[..], &bytes[..])?;
                     }
+                }
+                if let (Some(dedup), Some(expiry)) = (tree(slots.dedup), tree(slots.dedup_expiry)) {
                     for (key, bytes, expires_at) in &commit.dedup {
                         dedup.insert(&key[..], &bytes[..])?;
-                        dedup_expiry.insert(expiry_key(*expires_at, key), &[][..])?;
+                        expiry.insert(expiry_key(*expires_at, key), &[][..])?;
                     }
+                }
+                if let Some(marks) = tree(slots.marks) {
                     for mark in &commit.marks {
                         match &mark.value {
                             Some(value) => marks.insert(&mark.key[..], &value[..])?,
                             None => marks.remove(&mark.key[..])?,
                         };
                     }
+                }
+                if let Some(runs) = runs {
                     for (run_id, summary) in &commit.summaries {
                         runs.insert(&run_id.as_bytes()[..], &summary[..])?;
                     }
-                    for group in groups.iter().filter(|g| g.ended) {
-                        unfinished.remove(&group.run_id.as_bytes()[..])?;
-                    }
-                    for run_id in &commit.finished {
-                        unfinished.remove(&run_id.as_bytes()[..])?;
-                    }
-                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-                },
-            )
-            .map_err(transaction_error)?;
-        Ok(())
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(transaction_error)
     }
+}
+
+/// Where each tree sits in a commit's transaction, if it takes part.
+struct Slots {
+    records: Option<usize>,
+    unfinished: Option<usize>,
+    runs: Option<usize>,
+    events: Option<usize>,
+    dedup: Option<usize>,
+    dedup_expiry: Option<usize>,
+    marks: Option<usize>,
+    outbox: Option<usize>,
 }
 
 #[cfg(test)]
