@@ -1077,3 +1077,56 @@ fn a_sigkilled_daemon_takes_its_attempts_processes_with_it() {
     );
     daemon.terminate();
 }
+
+#[test]
+fn serving_off_loopback_without_a_token_is_refused_with_both_ways_out() {
+    let dir = tempfile::tempdir().unwrap();
+    project(dir.path());
+    let data = dir.path().join("data");
+    let serve = |extra: &[&str], token: Option<&str>| {
+        let mut command = Command::new(bin());
+        command
+            .current_dir(dir.path())
+            .args([
+                "serve",
+                "--listen",
+                "0.0.0.0:0",
+                "--data-dir",
+                data.to_str().unwrap(),
+            ])
+            .args(extra)
+            .env_remove("SWITCHYARD_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(token) = token {
+            command.env("SWITCHYARD_TOKEN", token);
+        }
+        command.spawn().unwrap()
+    };
+    let refused = serve(&[], None).wait_with_output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        text.contains("0.0.0.0")
+            && text.contains("api.token")
+            && text.contains("SWITCHYARD_TOKEN")
+            && text.contains("--allow-unauthenticated"),
+        "{text}"
+    );
+    // Either way out starts it.
+    for (extra, token) in [
+        (&["--allow-unauthenticated"][..], None),
+        (&[][..], Some("t0ken-for-test")),
+    ] {
+        let mut child = serve(extra, token);
+        let stderr = child.stderr.take().unwrap();
+        let line = BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("listening on") || l.contains("error"))
+            .unwrap_or_default();
+        assert!(line.contains("listening on"), "{extra:?} {token:?}: {line}");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -57,6 +57,10 @@ pub enum Command {
         /// How long running tasks get to finish on SIGINT/SIGTERM.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
+        /// Serve the API without a token on a non-loopback address (only
+        /// when something in front of switchyard authenticates requests).
+        #[arg(long)]
+        allow_unauthenticated: bool,
     },
     /// Show which bindings an event (a CloudEvent JSON file) matches and the
     /// params each would start its workflow with. Exit 0 if any matches, 1 if none.
@@ -113,12 +117,14 @@ pub fn main() -> ExitCode {
             ref data_dir,
             ref listen,
             grace,
+            allow_unauthenticated,
         } => serve(crate::daemon::ServeOptions {
             config_path: cli.config.clone(),
             data_dir: data_dir.clone(),
             listen: listen.clone(),
             grace,
             clock: None,
+            allow_unauthenticated,
         }),
         Command::Match { ref event, json } => matching::main(&cli.config, event, json),
         Command::Health { ref server } => runs::health(&cli.config, server.as_deref()),

@@ -31,6 +31,9 @@ pub struct ServeOptions {
     pub grace: Duration,
     /// Where cron time comes from (tests drive it by hand); None: the system clock.
     pub clock: Option<Arc<dyn crate::triggers::cron::Clock>>,
+    /// Serve the API without a token on a non-loopback address (something
+    /// in front of switchyard authenticates).
+    pub allow_unauthenticated: bool,
 }
 
 impl ServeOptions {
@@ -44,6 +47,7 @@ impl ServeOptions {
             listen: Some("127.0.0.1:0".into()),
             grace: Duration::from_secs(5),
             clock: None,
+            allow_unauthenticated: false,
         }
     }
 }
@@ -55,6 +59,12 @@ pub enum Error {
     Invalid(Diagnostics),
     #[error(transparent)]
     Runtime(#[from] runtime::Error),
+    #[error(
+        "refusing to serve the API unauthenticated on {addr}, which is not a loopback address: \
+         set `api.token` in switchyard.json or the SWITCHYARD_TOKEN environment variable, \
+         or pass --allow-unauthenticated if something in front of switchyard authenticates requests"
+    )]
+    Unauthenticated { addr: std::net::SocketAddr },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -72,6 +82,7 @@ impl Error {
             self,
             Error::Invalid(_)
                 | Error::Listen { .. }
+                | Error::Unauthenticated { .. }
                 | Error::Runtime(runtime::Error::Log(crate::log::Error::Locked { .. }))
         )
     }
@@ -85,6 +96,16 @@ pub struct Running {
     pub runtime: runtime::RuntimeHandle,
     pub stop: CancellationToken,
     pub done: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+/// The API's bearer token: `SWITCHYARD_TOKEN`, else the config's
+/// `api.token`. An empty value is no token.
+fn api_token(config: &Config) -> Option<Arc<str>> {
+    std::env::var("SWITCHYARD_TOKEN")
+        .ok()
+        .or_else(|| config.api.as_ref().and_then(|a| a.token.clone()))
+        .filter(|t| !t.is_empty())
+        .map(|t| Arc::from(t.as_str()))
 }
 
 /// Loads the config, registry and runtime; binds the listener; returns once
@@ -127,6 +148,10 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
             source,
         })?;
     let addr = listener.local_addr().map_err(Error::Serve)?;
+    let token = api_token(&config);
+    if token.is_none() && !addr.ip().is_loopback() && !options.allow_unauthenticated {
+        return Err(Error::Unauthenticated { addr });
+    }
     let broker = crate::amqp::Broker::from_config(&config);
     let runtime = Runtime::start(RuntimeConfig {
         data_dir,
@@ -184,11 +209,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         reactor,
         secrets,
         registry,
-        token: config
-            .api
-            .as_ref()
-            .and_then(|a| a.token.clone())
-            .map(|t| Arc::from(t.as_str())),
+        token,
         metrics,
     };
     let app = api::app(state);
