@@ -301,6 +301,8 @@ async fn closed_connections_and_a_broker_restart_lose_and_repeat_nothing() {
         m["switchyard_amqp_unacked_max"] <= f64::from(PREFETCH),
         "more deliveries in flight than the prefetch: {m:?}"
     );
+    // Deliveries dropped with a dead session left the gauge with it.
+    assert_eq!(m["switchyard_amqp_unacked"], 0.0, "{m:?}");
     // The broker's view of the recovered consumer: the prefetch is in force.
     assert_eq!(consumer_prefetch(&queue).await, [PREFETCH.to_string()]);
     eprintln!(
@@ -341,10 +343,15 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_the_stream_flows_on() {
         )],
     )
     .await;
-    let project = Project::new(&[amqp_binding("orders", &exchange, &queue, json!({}))]);
+    let mut binding = amqp_binding("orders", &exchange, &queue, json!({}));
+    binding["max_body"] = json!(64);
+    let project = Project::new(&[binding]);
     let daemon = project.start(None).await;
 
     let json_type = || BasicProperties::default().with_content_type("application/json".into());
+    let too_large = json!({"n": 3, "pad": "x".repeat(80)})
+        .to_string()
+        .into_bytes();
     let messages = vec![
         ("orders.a".to_string(), br#"{"n": 0}"#.to_vec(), json_type()),
         // Declared JSON, not JSON.
@@ -374,15 +381,18 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_the_stream_flows_on() {
             b"hello".to_vec(),
             BasicProperties::default(),
         ),
+        // Over the binding's max_body (64 bytes).
+        ("orders.a".to_string(), too_large.clone(), json_type()),
         ("orders.a".to_string(), br#"{"n": 2}"#.to_vec(), json_type()),
     ];
     broker::publish_all(&channel, &exchange, messages).await;
 
-    let dead = broker::collect(&dlq, Duration::from_secs(30), |got| got.len() >= 3).await;
-    assert_eq!(dead.len(), 3, "three poison messages dead-lettered");
+    let dead = broker::collect(&dlq, Duration::from_secs(30), |got| got.len() >= 4).await;
+    assert_eq!(dead.len(), 4, "four poison messages dead-lettered");
     let bodies: BTreeSet<Vec<u8>> = dead.iter().map(|d| d.data.clone()).collect();
     assert!(bodies.contains(b"{not json".as_slice()));
     assert!(bodies.contains(&vec![0xff, 0xfe, 0x00]));
+    assert!(bodies.contains(&too_large));
 
     let runs = wait_ended(&daemon, "three", 3, Duration::from_secs(30)).await;
     exactly_once(&runs, 3);
@@ -417,8 +427,9 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_the_stream_flows_on() {
         .unwrap();
     assert_eq!(text["event"]["data"], "hello");
     let m = metrics(&daemon).await;
-    assert_eq!(m["switchyard_amqp_rejected_total"], 3.0);
-    assert_eq!(m["switchyard_events_rejected_total"], 3.0);
+    assert_eq!(m["switchyard_amqp_rejected_total"], 4.0);
+    assert_eq!(m["switchyard_amqp_too_large_total"], 1.0);
+    assert_eq!(m["switchyard_events_rejected_total"], 4.0);
     let _ = connection.close(200, "done".into()).await;
     daemon.stop().await;
     broker::delete_queues(&[&queue, &dlq]).await;

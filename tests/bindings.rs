@@ -1545,3 +1545,20 @@ fn match_refuses_an_invalid_project() {
         stderr(&out)
     );
 }
+
+#[test]
+fn max_body_applies_to_amqp_bindings_and_must_be_positive() {
+    let amqp = json!({"amqp": {"exchange": "x"}});
+    let text = invalid(json!([
+        with(binding("a", amqp.clone()), "max_body", json!(0)),
+        with(
+            binding("b", json!({"cron": {"every": "1m"}})),
+            "max_body",
+            json!(10)
+        ),
+        with(binding("c", amqp), "max_body", json!(4096)),
+    ]));
+    assert_diag(&text, "[0].max_body", "must be at least 1");
+    assert_diag(&text, "[1].max_body", "applies to amqp bindings only");
+    assert_eq!(error_count(&text), 2, "{text}");
+}

@@ -654,3 +654,23 @@ fn process_alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+#[test]
+fn an_output_over_one_mebibyte_fails_the_attempt_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "big",
+        &json!({"name": "big", "tasks": [
+            {"id": "a", "retry": {"max_attempts": 3, "delay": "10ms"}, "shell": {"script": "printf '{\"x\": \"' > \"$SWITCHYARD_OUTPUT\"; head -c 1100000 /dev/zero | tr '\\0' y >> \"$SWITCHYARD_OUTPUT\"; printf '\"}' >> \"$SWITCHYARD_OUTPUT\""}},
+        ]}),
+    );
+    let (code, record) = run_json(dir.path(), &file, &[]);
+    assert_eq!(code, 1);
+    let error = record["tasks"]["a"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("$SWITCHYARD_OUTPUT is 1100009 bytes") && error.contains("1 MiB"),
+        "{error}"
+    );
+    assert_eq!(record["tasks"]["a"]["attempts"], json!(1), "not retried");
+}

@@ -358,6 +358,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
          # HELP switchyard_amqp_rejected_total Messages rejected without requeue (undecodable; dead-lettered where the queue has a DLX).\n\
          # TYPE switchyard_amqp_rejected_total counter\n\
          switchyard_amqp_rejected_total {}\n\
+         # HELP switchyard_amqp_too_large_total Messages rejected for a body over the binding's max_body (counted in rejected too).\n\
+         # TYPE switchyard_amqp_too_large_total counter\n\
+         switchyard_amqp_too_large_total {}\n\
          # HELP switchyard_amqp_acks_lost_total Acks that could not be sent (channel closed); those messages are redelivered and deduplicated.\n\
          # TYPE switchyard_amqp_acks_lost_total counter\n\
          switchyard_amqp_acks_lost_total {}\n\
@@ -405,6 +408,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         get(&e.amqp.deliveries),
         get(&e.amqp.acked),
         get(&e.amqp.poison),
+        get(&e.amqp.too_large),
         get(&e.amqp.acks_lost),
         get(&e.amqp.reconnects),
         get(&e.amqp.consuming),

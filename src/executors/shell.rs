@@ -21,6 +21,8 @@ use crate::log::TaskLogs;
 
 /// Bytes of stdout in scope as `tasks.<id>.stdout`.
 pub const STDOUT_VAR_CAP: usize = 64 * 1024;
+/// Largest `$SWITCHYARD_OUTPUT` file accepted.
+pub const OUTPUT_CAP: u64 = 1024 * 1024;
 /// Bytes of each stream kept as task logs (the tail is kept).
 pub const LOG_CAP: usize = 1024 * 1024;
 /// How long a cancelled process group gets between SIGTERM and SIGKILL.
@@ -272,8 +274,19 @@ fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
-/// Reads the JSON object the task wrote to `$SWITCHYARD_OUTPUT`, `{}` if none.
+/// Reads the JSON object the task wrote to `$SWITCHYARD_OUTPUT`, `{}` if
+/// none. Over [`OUTPUT_CAP`] it fails the attempt (outputs live in the log
+/// and in every later task's scope; bulk data belongs in files).
 fn read_output(path: &PathBuf) -> Result<Value, String> {
+    if let Ok(metadata) = std::fs::metadata(path)
+        && metadata.len() > OUTPUT_CAP
+    {
+        return Err(format!(
+            "$SWITCHYARD_OUTPUT is {} bytes, over the limit of {OUTPUT_CAP} (1 MiB): \
+             write bulk data to a file and put its path in the output",
+            metadata.len()
+        ));
+    }
     let text = match std::fs::read(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Value::Object(Map::new())),

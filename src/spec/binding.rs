@@ -45,6 +45,11 @@ pub struct BindingFile {
     /// False: the binding is loaded and shown but starts nothing.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// `amqp` bindings: the largest message body accepted, in bytes
+    /// (default 1 MiB). A larger message is rejected without requeue
+    /// (dead-lettered where the queue has a DLX), logged and counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -275,6 +280,8 @@ pub struct AmqpTrigger {
     pub routing_key: String,
     pub queue: String,
     pub prefetch: u16,
+    /// Largest body accepted, in bytes.
+    pub max_body: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -586,6 +593,14 @@ fn compile(
             .unwrap_or(DEFAULT_DEDUP_TTL),
         None => DEFAULT_DEDUP_TTL,
     };
+    match raw.max_body {
+        Some(0) => c.error(join_path(at, "max_body"), "must be at least 1"),
+        Some(_) if !matches!(raw.on, TriggerFile::Amqp(_)) => c.error(
+            join_path(at, "max_body"),
+            "applies to amqp bindings only (a webhook takes on.webhook.max_body_bytes)",
+        ),
+        _ => {}
+    }
     let trigger = compile_trigger(c, &join_path(at, "on"), &raw, base, workflow_exists);
     if c.diagnostics.len() > before {
         return None;
@@ -653,6 +668,7 @@ fn compile_trigger(
                 routing_key: a.routing_key.clone().unwrap_or_else(|| "#".into()),
                 queue,
                 prefetch: a.prefetch.unwrap_or(DEFAULT_PREFETCH),
+                max_body: raw.max_body.unwrap_or(DEFAULT_MAX_BODY),
             })
         }
         TriggerFile::File(f) => {

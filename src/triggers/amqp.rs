@@ -60,8 +60,10 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 pub struct AmqpMetrics {
     pub deliveries: AtomicU64,
     pub acked: AtomicU64,
-    /// Rejected without requeue: could not become an event.
+    /// Rejected without requeue: could not become an event (or too large).
     pub poison: AtomicU64,
+    /// Of those, rejected for a body over the binding's `max_body`.
+    pub too_large: AtomicU64,
     /// Acks that could not be sent (the channel died first); the message
     /// comes back and dedup catches it.
     pub acks_lost: AtomicU64,
@@ -261,7 +263,14 @@ impl Consumer {
             .await;
         }
         // Anything still in flight is dropped unacked: the broker redelivers
-        // it and dedup catches what was recorded.
+        // it and dedup catches what was recorded. Those deliveries leave
+        // the gauge with the session (their tasks never count themselves
+        // out), so it stays right across reconnects.
+        in_flight.shutdown().await;
+        let dropped = held.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            self.metrics().unacked.fetch_sub(dropped, Ordering::Relaxed);
+        }
         outcome
     }
 
@@ -358,10 +367,31 @@ impl Consumer {
         Ok(channel)
     }
 
+    /// The largest body accepted: the smallest `max_body` of the queue's
+    /// bindings (like the prefetch).
+    fn max_body(&self) -> usize {
+        self.bindings
+            .iter()
+            .filter_map(|b| trigger(b))
+            .map(|a| a.max_body)
+            .min()
+            .unwrap_or(crate::spec::binding::DEFAULT_MAX_BODY)
+    }
+
     /// One delivery: decode, record, ack. `Err` ends the session (the
     /// channel is gone).
     async fn handle(&self, delivery: Delivery, release: impl FnOnce()) -> Result<(), String> {
-        let event = match decode(&delivery, &self.queue, &self.uri.vhost) {
+        let max_body = self.max_body();
+        let decoded = if delivery.data.len() > max_body {
+            self.metrics().too_large.fetch_add(1, Ordering::Relaxed);
+            Err(format!(
+                "the body is {} bytes, over the binding's max_body of {max_body}",
+                delivery.data.len()
+            ))
+        } else {
+            decode(&delivery, &self.queue, &self.uri.vhost)
+        };
+        let event = match decoded {
             Ok(event) => event,
             Err(reason) => {
                 release();
