@@ -672,6 +672,15 @@ fn offline_cancel_and_rerun_work_on_a_stopped_daemons_data_dir() {
             {"id": "bad", "after": "ok", "shell": {"command": ["test", "-e", "${params.file}"]}},
         ]}),
     );
+    // A cancelled `long` chains into `quick`, even when cancelled offline.
+    std::fs::create_dir_all(dir.path().join("bindings")).unwrap();
+    std::fs::write(
+        dir.path().join("bindings/chain.json"),
+        json!({"name": "after-cancel", "on": {"run": {"workflow": "long", "status": ["cancelled"]}},
+               "workflow": "quick"})
+        .to_string(),
+    )
+    .unwrap();
     let data = dir.path().join("data");
     let marker = dir.path().join("marker");
     let daemon = Daemon::spawn(dir.path(), &data, &[]);
@@ -743,6 +752,23 @@ fn offline_cancel_and_rerun_work_on_a_stopped_daemons_data_dir() {
         .send("GET", &daemon.url(&format!("/api/v1/runs/{long_id}")), None)
         .unwrap();
     assert_eq!(record["status"], "cancelled");
+    // The offline cancel went through the commit path: the `on.run` binding
+    // saw it, and the chained run (created offline) is resumed and runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let chained = loop {
+        let (_, runs) = http()
+            .send("GET", &daemon.url("/api/v1/runs?workflow=quick"), None)
+            .unwrap();
+        let runs = runs["runs"].as_array().cloned().unwrap_or_default();
+        if let Some(run) = runs.first()
+            && run["status"] == "succeeded"
+        {
+            break run.clone();
+        }
+        assert!(Instant::now() < deadline, "no chained run: {runs:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(chained["event"]["data"]["id"], json!(long_id), "{chained}");
     daemon.kill();
 }
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::client::Client;
 use crate::engine::RunRecord;
 use crate::engine::rerun::RerunFrom;
-use crate::engine::runtime::{self, Runtime, RuntimeConfig};
+use crate::engine::runtime::{Runtime, RuntimeConfig};
 use crate::log::{Log, RunId};
 
 #[derive(Debug, clap::Args)]
@@ -69,7 +69,7 @@ pub fn main(config_path: &Path, target: &Target, command: &RunsCommand) -> ExitC
     };
     let result = tokio.block_on(async {
         match &target.data_dir {
-            Some(dir) => offline(dir, command).await,
+            Some(dir) => offline(&config, config_path, dir, command).await,
             None => online(&Client::new(target.server.as_deref(), &config), command).await,
         }
     });
@@ -82,6 +82,43 @@ pub fn main(config_path: &Path, target: &Target, command: &RunsCommand) -> ExitC
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What the daemon's commit path needs for an offline change: the project's
+/// bindings (run chaining), its lifecycle events setting and its secrets.
+/// A project that does not load is reported; the change still goes ahead,
+/// without chaining.
+fn offline_commit_config(
+    config: &crate::spec::Config,
+    config_path: &Path,
+    dir: &Path,
+) -> RuntimeConfig {
+    let secrets = crate::spec::Secrets::resolve(config, config_path).unwrap_or_default();
+    let secrets = std::sync::Arc::new(secrets);
+    let chain = match crate::daemon::registry::Registry::load(
+        config.workflow_dirs(),
+        config.binding_dirs(),
+        config.base.clone(),
+        std::sync::Arc::clone(&secrets),
+    ) {
+        Ok(registry) => Some(crate::reactor::chain_hook(std::sync::Arc::new(
+            std::sync::RwLock::new(registry),
+        ))),
+        Err(errors) => {
+            eprintln!(
+                "warning: the project's files do not load ({} error(s)); `on.run` bindings will not see this change",
+                errors.len()
+            );
+            None
+        }
+    };
+    RuntimeConfig {
+        recover: false,
+        secrets,
+        chain,
+        broker: Some(crate::amqp::Broker::from_config(config)),
+        ..RuntimeConfig::new(dir)
     }
 }
 
@@ -156,7 +193,22 @@ async fn online(client: &Client, command: &RunsCommand) -> Result<Value, String>
     }
 }
 
-async fn offline(dir: &Path, command: &RunsCommand) -> Result<Value, String> {
+async fn offline(
+    config: &crate::spec::Config,
+    config_path: &Path,
+    dir: &Path,
+    command: &RunsCommand,
+) -> Result<Value, String> {
+    if let RunsCommand::Cancel { id } = command {
+        let run_id = parse_id(id)?;
+        let record = Runtime::cancel_offline(
+            offline_commit_config(config, config_path, dir),
+            run_id,
+            "cancelled from the command line",
+        )
+        .map_err(|e| e.to_string())?;
+        return Ok(json!({"id": run_id, "run": record}));
+    }
     if let RunsCommand::Rerun { id, from } = command {
         // A rerun runs here, to its end, like `switchyard run`.
         let run_id = parse_id(id)?;
@@ -247,13 +299,7 @@ async fn offline(dir: &Path, command: &RunsCommand) -> Result<Value, String> {
             let logs = log.task_logs(run_id, task).map_err(|e| e.to_string())?;
             Ok(json!({"run_id": run_id, "task": task, "attempts": logs}))
         }
-        RunsCommand::Cancel { id } => {
-            let run_id = parse_id(id)?;
-            let record = runtime::cancel_offline(&log, run_id, "cancelled from the command line")
-                .map_err(|e| e.to_string())?;
-            Ok(json!({"id": run_id, "run": record}))
-        }
-        RunsCommand::Rerun { .. } => Err("unreachable".into()),
+        RunsCommand::Cancel { .. } | RunsCommand::Rerun { .. } => Err("unreachable".into()),
     }
 }
 

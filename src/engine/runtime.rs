@@ -251,52 +251,9 @@ impl Runtime {
     /// Must be called inside a tokio runtime, which runs the attempts.
     pub fn start(config: RuntimeConfig) -> Result<Self, Error> {
         let started = Instant::now();
-        let log = Log::open(&config.data_dir)?;
-        // Before any lost attempt is retried: whatever a previous process
-        // left running (a script's children; the kernel killed its main
-        // process with the daemon) is ended, so no task runs twice at once.
-        let attempts_dir = config.data_dir.join("attempts");
-        let leftovers = executors::process::kill_leftovers(&attempts_dir);
-        let processes = executors::process::Processes::start(attempts_dir)
-            .map_err(|e| Error::Stopped(format!("cannot start the process spawner: {e}")))?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (records, _) = broadcast::channel(4096);
-        let fatal = Arc::new(Mutex::new(None));
-        let gauges = Arc::new(EngineGauges::default());
-        let handle = RuntimeHandle {
-            tx: tx.clone(),
-            records: records.clone(),
-            log: log.clone(),
-            fatal: Arc::clone(&fatal),
-            gauges: Arc::clone(&gauges),
-        };
-        let mut engine = Engine::new(config.limits);
-        engine.set_secrets(Arc::clone(&config.secrets));
-        let mut engine_loop = EngineLoop {
-            lifecycle: config
-                .broker
-                .as_ref()
-                .is_some_and(|b| b.events_exchange().is_some()),
-            broker: config.broker,
-            chain: config.chain,
-            secrets: config.secrets,
-            engine,
-            log,
-            rx,
-            tx,
-            records,
-            tokio: tokio::runtime::Handle::current(),
-            scratch_dir: config.data_dir.join("scratch"),
-            processes,
-            gauges,
-            attempts: HashMap::new(),
-            waiters: HashMap::new(),
-            shutdown: CancellationToken::new(),
-            draining: None,
-            armed: None,
-            running: Vec::new(),
-        };
-        let mut recovery = if config.recover {
+        let recover = config.recover;
+        let (mut engine_loop, handle, fatal, leftovers) = EngineLoop::open(config)?;
+        let mut recovery = if recover {
             engine_loop.recover()?
         } else {
             Recovery::default()
@@ -337,6 +294,21 @@ impl Runtime {
 
     pub fn handle(&self) -> RuntimeHandle {
         self.handle.clone()
+    }
+
+    /// Cancels a run in a data dir no daemon holds, through the same commit
+    /// path as the daemon: the cancellation's records, its lifecycle events
+    /// (into the outbox, published when a daemon runs) and the `on.run`
+    /// bindings' chained event and runs (resumed when a daemon starts) are
+    /// one commit. Nothing is started here: the engine is paused, and the
+    /// run's processes are not running (no daemon holds the dir).
+    pub fn cancel_offline(
+        config: RuntimeConfig,
+        run_id: RunId,
+        reason: &str,
+    ) -> Result<RunRecord, Error> {
+        let (mut engine_loop, _handle, _fatal, _) = EngineLoop::open(config)?;
+        engine_loop.cancel_offline(run_id, reason)
     }
 
     pub fn recovery(&self) -> &Recovery {
@@ -583,6 +555,105 @@ struct Batch {
 }
 
 impl EngineLoop {
+    /// Opens the log and builds the loop (not yet running): kills what a
+    /// previous process left running, starts the process spawner.
+    #[allow(clippy::type_complexity)]
+    fn open(
+        config: RuntimeConfig,
+    ) -> Result<
+        (
+            Self,
+            RuntimeHandle,
+            Arc<Mutex<Option<String>>>,
+            executors::process::Leftovers,
+        ),
+        Error,
+    > {
+        let log = Log::open(&config.data_dir)?;
+        // Before any lost attempt is retried: whatever a previous process
+        // left running (a script's children; the kernel killed its main
+        // process with the daemon) is ended, so no task runs twice at once.
+        let attempts_dir = config.data_dir.join("attempts");
+        let leftovers = executors::process::kill_leftovers(&attempts_dir);
+        let processes = executors::process::Processes::start(attempts_dir)
+            .map_err(|e| Error::Stopped(format!("cannot start the process spawner: {e}")))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (records, _) = broadcast::channel(4096);
+        let fatal = Arc::new(Mutex::new(None));
+        let gauges = Arc::new(EngineGauges::default());
+        let handle = RuntimeHandle {
+            tx: tx.clone(),
+            records: records.clone(),
+            log: log.clone(),
+            fatal: Arc::clone(&fatal),
+            gauges: Arc::clone(&gauges),
+        };
+        let mut engine = Engine::new(config.limits);
+        engine.set_secrets(Arc::clone(&config.secrets));
+        let engine_loop = EngineLoop {
+            lifecycle: config
+                .broker
+                .as_ref()
+                .is_some_and(|b| b.events_exchange().is_some()),
+            broker: config.broker,
+            chain: config.chain,
+            secrets: config.secrets,
+            engine,
+            log,
+            rx,
+            tx,
+            records,
+            tokio: tokio::runtime::Handle::current(),
+            scratch_dir: config.data_dir.join("scratch"),
+            processes,
+            gauges,
+            attempts: HashMap::new(),
+            waiters: HashMap::new(),
+            shutdown: CancellationToken::new(),
+            draining: None,
+            armed: None,
+            running: Vec::new(),
+        };
+        Ok((engine_loop, handle, fatal, leftovers))
+    }
+
+    /// See [`Runtime::cancel_offline`].
+    fn cancel_offline(&mut self, run_id: RunId, reason: &str) -> Result<RunRecord, Error> {
+        self.engine.pause();
+        match replay::replay_into(&mut self.engine, &self.log, run_id) {
+            Ok(_) => {}
+            Err(replay::Error::NotFound(id)) => return Err(Error::NotFound(id)),
+            Err(e) => return Err(e.into()),
+        }
+        match self.engine.run(run_id).map(|r| r.status) {
+            None => return Err(Error::NotFound(run_id)),
+            Some(status) if status.is_terminal() => {
+                return Err(Error::Conflict(format!(
+                    "run {run_id} already ended: {status}"
+                )));
+            }
+            Some(_) => {}
+        }
+        let now = now_millis();
+        let mut batch = Batch::default();
+        let body = RecordBody::RunCancelRequested {
+            reason: reason.to_string(),
+        };
+        self.append(&mut batch, run_id, now, body)?;
+        self.settle(&mut batch, now)?;
+        self.chain_ended(&mut batch, now)?;
+        self.finish(batch, now)?;
+        // Ended and evicted in `finish`: its stored record is the answer.
+        let summary = match self.engine.run(run_id) {
+            Some(run) => Some(run.record()),
+            None => self
+                .log
+                .run_summary(run_id)?
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok()),
+        };
+        summary.ok_or(Error::NotFound(run_id))
+    }
+
     /// Folds every unfinished run into the engine and commits what recovery
     /// decides, before any new input is taken.
     fn recover(&mut self) -> Result<Recovery, Error> {
@@ -1267,52 +1338,4 @@ fn broken_summary(log: &Log, run_id: RunId, ended: &Record) -> Option<RunRecord>
         tasks: Map::new(),
     };
     Some(record)
-}
-
-/// Cancels a run in a data dir no daemon holds: folds the run, lets the
-/// engine decide the cancellation, appends and flushes those records. Its
-/// processes are not running (no daemon), so nothing needs killing.
-pub fn cancel_offline(log: &Log, run_id: RunId, reason: &str) -> Result<RunRecord, Error> {
-    let mut engine = Engine::new(Limits::default());
-    match replay::replay_into(&mut engine, log, run_id) {
-        Ok(_) => {}
-        Err(replay::Error::NotFound(id)) => return Err(Error::NotFound(id)),
-        Err(e) => return Err(e.into()),
-    }
-    let status = engine.run(run_id).map(|r| r.status);
-    match status {
-        None => return Err(Error::NotFound(run_id)),
-        Some(status) if status.is_terminal() => {
-            return Err(Error::Conflict(format!(
-                "run {run_id} already ended: {status}"
-            )));
-        }
-        Some(_) => {}
-    }
-    let now = now_millis();
-    let record = log.append(
-        run_id,
-        now,
-        RecordBody::RunCancelRequested {
-            reason: reason.to_string(),
-        },
-    )?;
-    engine.apply(&record);
-    for _ in 0..MAX_DECIDE_ROUNDS {
-        let decisions = engine.decide(now);
-        if decisions.is_empty() {
-            break;
-        }
-        for (id, body) in decisions {
-            let record = log.append(id, now, body)?;
-            engine.apply(&record);
-        }
-    }
-    let run = engine.run(run_id).ok_or(Error::NotFound(run_id))?;
-    let summary = run.record();
-    if run.status.is_terminal() {
-        log.put_run_summary(run_id, &serde_json::to_vec(&summary).unwrap_or_default())?;
-    }
-    log.flush()?;
-    Ok(summary)
 }
