@@ -10,6 +10,7 @@ mod bindings;
 mod cli;
 mod daemon;
 mod engine;
+mod golden;
 mod runtime;
 mod triggers;
 mod validation;
