@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
-use switchyard::engine::runtime::{Runtime, RuntimeConfig};
 use switchyard::log::RunStatus;
+use switchyard::runtime::{Runtime, RuntimeConfig};
 use switchyard::spec::Workflow;
 
 fn workflow(definition: Value) -> Arc<Workflow> {

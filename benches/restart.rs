@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
-use switchyard::engine::runtime::{Runtime, RuntimeConfig};
+use switchyard::runtime::{Runtime, RuntimeConfig};
 use switchyard::spec::Workflow;
 
 fn workflow(definition: Value) -> std::sync::Arc<Workflow> {

@@ -6,7 +6,9 @@
 //!   validated, compiled types; every error with file and JSON path.
 //! - [`expr`]: CEL conditions and `${…}` templates, parsed at load time.
 //! - [`log`]: the sled log; the only code that touches sled.
-//! - [`engine`]: the run state machine (pure) and its runtime (I/O shell).
+//! - [`engine`]: the run state machine: pure, no I/O, no clock.
+//! - [`runtime`]: the engine's I/O shell: the engine thread, group commit,
+//!   attempts, recovery, offline changes.
 //! - [`executors`]: one file per task kind.
 //! - [`reactor`]: events against bindings: filter, params, dedup, submit.
 //! - [`triggers`]: the adapters (file, webhook, cron) and cron schedules.
@@ -23,5 +25,6 @@ pub mod executors;
 pub mod expr;
 pub mod log;
 pub mod reactor;
+pub mod runtime;
 pub mod spec;
 pub mod triggers;

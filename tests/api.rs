@@ -8,8 +8,8 @@ use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 use switchyard::api::{AppState, Metrics, app};
 use switchyard::daemon::registry::Registry;
-use switchyard::engine::runtime::{Runtime, RuntimeConfig};
 use switchyard::reactor::Reactor;
+use switchyard::runtime::{Runtime, RuntimeConfig};
 use switchyard::spec::Secrets;
 use tower::ServiceExt;
 

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use switchyard::engine::replay;
-use switchyard::engine::runtime::{Runtime, RuntimeConfig, Submission, SubmitCandidate};
 use switchyard::log::Log;
+use switchyard::runtime::{Runtime, RuntimeConfig, Submission, SubmitCandidate};
 
 use crate::util::workflow;
 

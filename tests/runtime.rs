@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use serde_json::{Map, json};
-use switchyard::engine::runtime::{Runtime, RuntimeConfig};
 use switchyard::engine::{Engine, Limits};
 use switchyard::log::{Log, RecordBody, RunStatus};
+use switchyard::runtime::{Runtime, RuntimeConfig};
 use switchyard::spec::Workflow;
 
 use crate::util::workflow;
@@ -221,8 +221,8 @@ async fn a_run_whose_definition_is_missing_is_ended_visibly_at_recovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_with_one_dedup_key_in_one_commit_start_one_run() {
-    use switchyard::engine::runtime::{Submission, SubmitCandidate};
     use switchyard::log::Outcome;
+    use switchyard::runtime::{Submission, SubmitCandidate};
     let dir = tempfile::tempdir().unwrap();
     let wf = workflow(json!({"name": "once", "tasks": [{"id": "a", "noop": {}}]}));
     let runtime = Runtime::start(config(dir.path())).unwrap();
@@ -360,8 +360,8 @@ async fn runs_ended_at_recovery_get_their_run_failed_event_and_a_corrupt_run_doe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_starts_no_run_is_durable_before_it_is_answered() {
-    use switchyard::engine::runtime::{Submission, SubmitCandidate};
     use switchyard::log::{Mark, Outcome};
+    use switchyard::runtime::{Submission, SubmitCandidate};
     let dir = tempfile::tempdir().unwrap();
     let runtime = Runtime::start(config(dir.path())).unwrap();
     let handle = runtime.handle();

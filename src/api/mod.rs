@@ -22,7 +22,7 @@ use axum::routing::{any, get, post};
 use serde_json::json;
 
 use crate::daemon::registry::SharedRegistry;
-use crate::engine::runtime::{self, RuntimeHandle};
+use crate::runtime::{self, RuntimeHandle};
 
 /// What every handler can reach.
 #[derive(Clone)]

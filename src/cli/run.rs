@@ -8,9 +8,9 @@ use std::process::ExitCode;
 
 use serde_json::{Map, Value};
 
-use crate::engine::runtime::{Runtime, RuntimeConfig};
 use crate::engine::{Limits, RunRecord};
 use crate::log::{RecordBody, RunStatus};
+use crate::runtime::{Runtime, RuntimeConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {

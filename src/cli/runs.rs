@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use super::client::Client;
 use crate::engine::RunRecord;
 use crate::engine::rerun::RerunFrom;
-use crate::engine::runtime::{Runtime, RuntimeConfig};
 use crate::log::{Log, RunId};
+use crate::runtime::{Runtime, RuntimeConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct Target {

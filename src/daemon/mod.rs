@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Metrics};
 use crate::engine::Limits;
-use crate::engine::runtime::{self, Runtime, RuntimeConfig};
 use crate::log::{RecordBody, RunStatus};
 use crate::reactor::Reactor;
+use crate::runtime::{self, Runtime, RuntimeConfig};
 use crate::spec::{Config, Diagnostics, Secrets};
 use crate::triggers::Triggers;
 

@@ -7,11 +7,12 @@
 //! appends to the log and applies in turn. Neither does I/O or reads a clock:
 //! time comes in as record timestamps and as `now` arguments. Replay is
 //! `apply` over a run's records with the effects dropped, so recovery and
-//! tests run the same code as production. [`runtime`] is the I/O shell.
+//! tests run the same code as production. `crate::runtime` is the I/O shell.
+//! Each record kind has its own handler in `apply.rs`.
 
+mod apply;
 pub mod replay;
 pub mod rerun;
-pub mod runtime;
 mod scope;
 mod state;
 
@@ -23,7 +24,7 @@ use serde_json::{Map, Value};
 pub use state::{Cancelling, RunRecord, RunState, TaskState, TaskStatus, rfc3339};
 
 use crate::executors;
-use crate::log::{Millis, Record, RecordBody, RunId, RunStatus};
+use crate::log::{Millis, RecordBody, RunId, RunStatus};
 use crate::spec::{DepOn, Dependencies, Workflow};
 use scope::TaskScope;
 
@@ -80,11 +81,23 @@ pub struct Engine {
     limits: Limits,
     definitions: HashMap<String, Arc<Workflow>>,
     runs: HashMap<RunId, RunState>,
+    /// Everything around the runs (slots, timers, admission), apart from
+    /// `runs` so a record's handler can change both at once.
+    sched: Scheduling,
+    dirty: Vec<RunId>,
+    /// Shutting down: start no more runs or attempts.
+    paused: bool,
+    /// In scope as `secrets`.
+    secrets: Arc<crate::spec::Secrets>,
+}
+
+/// The scheduling state the records' handlers update beside a run.
+#[derive(Debug, Default)]
+struct Scheduling {
     /// Slot-holding attempts running now.
     running_slots: usize,
     /// Ready tasks waiting for a slot, in the order they became ready.
     ready: VecDeque<(RunId, usize)>,
-    dirty: Vec<RunId>,
     /// Wake-ups: retry due times and run deadlines.
     timers: BTreeSet<(Millis, RunId)>,
     /// Each run's entries in `timers`, removed with the run.
@@ -93,10 +106,14 @@ pub struct Engine {
     waiting: HashMap<String, VecDeque<RunId>>,
     /// Running runs per workflow name, for `max_active_runs`.
     active: HashMap<String, usize>,
-    /// Shutting down: start no more runs or attempts.
-    paused: bool,
-    /// In scope as `secrets`.
-    secrets: Arc<crate::spec::Secrets>,
+}
+
+impl Scheduling {
+    /// Arms a wake-up for `run_id` at `at`.
+    fn arm(&mut self, run_id: RunId, at: Millis) {
+        self.timers.insert((at, run_id));
+        self.timers_of.entry(run_id).or_default().push(at);
+    }
 }
 
 impl Engine {
@@ -142,8 +159,8 @@ impl Engine {
             let run = self.runs.remove(&run_id)?;
             // Its wake-ups die with it: a deadline or a retry delay of an
             // ended run would only wake the engine for nothing.
-            for at in self.timers_of.remove(&run_id).unwrap_or_default() {
-                self.timers.remove(&(at, run_id));
+            for at in self.sched.timers_of.remove(&run_id).unwrap_or_default() {
+                self.sched.timers.remove(&(at, run_id));
             }
             return Some(run);
         }
@@ -157,7 +174,7 @@ impl Engine {
 
     /// Wake-ups armed (run deadlines, retry delays).
     pub fn timer_count(&self) -> usize {
-        self.timers.len()
+        self.sched.timers.len()
     }
 
     /// Stops starting runs and attempts (graceful shutdown); everything
@@ -168,7 +185,7 @@ impl Engine {
 
     /// Attempts of slot-holding kinds running now.
     pub fn running_slots(&self) -> usize {
-        self.running_slots
+        self.sched.running_slots
     }
 
     fn mark_dirty(&mut self, run_id: RunId) {
@@ -180,268 +197,15 @@ impl Engine {
         }
     }
 
-    /// Folds one record into the state. Returns the effects it calls for;
-    /// replay ignores them.
-    pub fn apply(&mut self, record: &Record) -> Vec<Effect> {
-        let run_id = record.run_id;
-        let at = record.at;
-        let mut effects = Vec::new();
-        if let RecordBody::RunCreated {
-            workflow,
-            version,
-            params,
-            event,
-            rerun_of,
-            reused,
-            ..
-        } = &record.body
-        {
-            let Some(definition) = self.definitions.get(version).cloned() else {
-                tracing::error!(run_id = %run_id, workflow = %workflow, version = %version,
-                    "Run names a definition that is not registered; ignoring it.");
-                return effects;
-            };
-            let mut vars = definition.vars.clone();
-            for (k, v) in params {
-                vars.insert(k.clone(), v.clone());
-            }
-            let tasks = vec![TaskState::default(); definition.tasks.len()];
-            let name = definition.name.clone();
-            let mut run = RunState {
-                id: run_id,
-                workflow: definition,
-                status: RunStatus::Queued,
-                params: params.clone(),
-                event: event.clone(),
-                vars,
-                created_at: at,
-                started_at: None,
-                ended_at: None,
-                deadline: None,
-                cancelling: None,
-                error: None,
-                tasks,
-                dirty: false,
-            };
-            reuse_tasks(&mut run, reused, *rerun_of, at);
-            self.runs.insert(run_id, run);
-            self.waiting.entry(name).or_default().push_back(run_id);
-            self.mark_dirty(run_id);
-            return effects;
-        }
-        let Some(run) = self.runs.get_mut(&run_id) else {
-            tracing::warn!(run_id = %run_id, seq = record.seq, "Record for an unknown run; ignoring it.");
-            return effects;
-        };
-        let workflow = Arc::clone(&run.workflow);
-        let task_of = |id: &str| workflow.task_index(id);
-        match &record.body {
-            RecordBody::RunCreated { .. } => {}
-            RecordBody::RunStarted {} => {
-                if run.status != RunStatus::Queued {
-                    return effects;
-                }
-                run.status = RunStatus::Running;
-                run.started_at = Some(at);
-                *self.active.entry(workflow.name.clone()).or_default() += 1;
-                unqueue(&mut self.waiting, &workflow.name, run_id);
-                if let Some(timeout) = workflow.timeout {
-                    let deadline = at.saturating_add(duration_millis(timeout));
-                    run.deadline = Some(deadline);
-                    self.timers.insert((deadline, run_id));
-                    self.timers_of.entry(run_id).or_default().push(deadline);
-                    effects.push(Effect::Wake { at: deadline });
-                }
-            }
-            RecordBody::AttemptStarted { task, attempt } => {
-                let Some(i) = task_of(task) else {
-                    return effects;
-                };
-                let state = &mut run.tasks[i];
-                state.status = TaskStatus::Running;
-                state.attempts = *attempt;
-                state.queued = false;
-                state.retry_due = None;
-                state.error = None;
-                state.started_at.get_or_insert(at);
-                state.attempt_started_at = Some(at);
-                if executors::holds_slot(workflow.tasks[i].kind) {
-                    self.running_slots += 1;
-                }
-                effects.push(Effect::StartAttempt {
-                    run_id,
-                    task: i,
-                    attempt: *attempt,
-                    started_at: at,
-                });
-            }
-            RecordBody::AttemptFinished {
-                task,
-                attempt,
-                succeeded,
-                output,
-                stdout,
-                error,
-                retryable,
-            } => {
-                let Some(i) = task_of(task) else {
-                    return effects;
-                };
-                if run.tasks[i].status != TaskStatus::Running || run.tasks[i].attempts != *attempt {
-                    return effects; // A late result of an attempt already cancelled.
-                }
-                if executors::holds_slot(workflow.tasks[i].kind) {
-                    self.running_slots = self.running_slots.saturating_sub(1);
-                }
-                let spec = &workflow.tasks[i];
-                {
-                    let state = &mut run.tasks[i];
-                    state.output = output.clone();
-                    state.stdout = stdout.clone();
-                    state.error = error.clone();
-                }
-                if *succeeded {
-                    match evaluate_exports(run, i, at) {
-                        Ok(exports) => {
-                            for (k, v) in exports {
-                                run.vars.insert(k, v);
-                            }
-                            let state = &mut run.tasks[i];
-                            state.status = TaskStatus::Succeeded;
-                            state.ended_at = Some(at);
-                        }
-                        Err(message) => finish_failed(run, i, at, message),
-                    }
-                } else if *retryable
-                    && *attempt < spec.retry.max_attempts
-                    && run.cancelling.is_none()
-                {
-                    run.tasks[i].status = TaskStatus::Retrying;
-                } else {
-                    let message = error.clone().unwrap_or_else(|| "failed".into());
-                    finish_failed(run, i, at, message);
-                }
-            }
-            RecordBody::RetryScheduled { task, due_at, .. } => {
-                let Some(i) = task_of(task) else {
-                    return effects;
-                };
-                run.tasks[i].status = TaskStatus::Retrying;
-                run.tasks[i].retry_due = Some(*due_at);
-                self.timers.insert((*due_at, run_id));
-                self.timers_of.entry(run_id).or_default().push(*due_at);
-                effects.push(Effect::Wake { at: *due_at });
-            }
-            RecordBody::TaskSkipped { task, .. } => {
-                let Some(i) = task_of(task) else {
-                    return effects;
-                };
-                let state = &mut run.tasks[i];
-                state.status = TaskStatus::Skipped;
-                state.queued = false;
-                state.ended_at = Some(at);
-            }
-            RecordBody::TaskFailed { task, error } => {
-                let Some(i) = task_of(task) else {
-                    return effects;
-                };
-                run.tasks[i].queued = false;
-                finish_failed(run, i, at, error.clone());
-            }
-            RecordBody::TaskCancelled { task, reason } => {
-                let Some(i) = task_of(task) else {
-                    return effects;
-                };
-                let state = &mut run.tasks[i];
-                if state.status.is_terminal() {
-                    return effects;
-                }
-                if state.status == TaskStatus::Running {
-                    if executors::holds_slot(workflow.tasks[i].kind) {
-                        self.running_slots = self.running_slots.saturating_sub(1);
-                    }
-                    effects.push(Effect::KillAttempt {
-                        run_id,
-                        task: i,
-                        attempt: state.attempts,
-                    });
-                }
-                state.status = TaskStatus::Cancelled;
-                state.queued = false;
-                state.retry_due = None;
-                state.error = Some(format!("cancelled: {reason}"));
-                state.ended_at = Some(at);
-            }
-            RecordBody::RunTimedOut {} => {
-                if run.cancelling.is_none() {
-                    run.cancelling = Some(Cancelling::TimedOut);
-                }
-            }
-            RecordBody::RunCancelRequested { reason } => {
-                if !matches!(run.cancelling, Some(Cancelling::User { .. })) {
-                    run.cancelling = Some(Cancelling::User {
-                        reason: reason.clone(),
-                    });
-                }
-            }
-            RecordBody::AttemptLost {
-                task,
-                attempt,
-                reason,
-                shutdown,
-            } => {
-                let Some(i) = task_of(task) else {
-                    return effects;
-                };
-                if run.tasks[i].status != TaskStatus::Running || run.tasks[i].attempts != *attempt {
-                    return effects;
-                }
-                if executors::holds_slot(workflow.tasks[i].kind) {
-                    self.running_slots = self.running_slots.saturating_sub(1);
-                }
-                let spec = &workflow.tasks[i];
-                if run.cancelling.is_none() && (*shutdown || *attempt < spec.retry.max_attempts) {
-                    // Run it again as soon as the engine is back.
-                    let state = &mut run.tasks[i];
-                    state.status = TaskStatus::Retrying;
-                    state.retry_due = Some(at);
-                    state.error = Some(format!("attempt {attempt} lost: {reason}"));
-                } else {
-                    finish_failed(run, i, at, format!("attempt {attempt} lost: {reason}"));
-                }
-            }
-            RecordBody::RunEnded { status, error } => {
-                if run.status.is_terminal() {
-                    return effects;
-                }
-                match run.status {
-                    RunStatus::Running => {
-                        if let Some(n) = self.active.get_mut(&workflow.name) {
-                            *n = n.saturating_sub(1);
-                        }
-                    }
-                    RunStatus::Queued => unqueue(&mut self.waiting, &workflow.name, run_id),
-                    _ => {}
-                }
-                run.status = *status;
-                run.error = error.clone();
-                run.ended_at = Some(at);
-                effects.push(Effect::RunEnded { run_id });
-            }
-        }
-        self.mark_dirty(run_id);
-        effects
-    }
-
     /// The next transitions of every run that changed (or whose timer is
     /// due at `now`), as `(run, record body)` to append and apply in order.
     /// Call again after applying them until it returns nothing.
     pub fn decide(&mut self, now: Millis) -> Vec<(RunId, RecordBody)> {
-        while let Some(&(due, run_id)) = self.timers.first() {
+        while let Some(&(due, run_id)) = self.sched.timers.first() {
             if due > now {
                 break;
             }
-            self.timers.pop_first();
+            self.sched.timers.pop_first();
             self.mark_dirty(run_id);
         }
         let mut out = Vec::new();
@@ -454,7 +218,7 @@ impl Engine {
                 continue;
             };
             run.dirty = false;
-            decide_run(run, now, self.paused, &mut self.ready, &mut out);
+            decide_run(run, now, self.paused, &mut self.sched.ready, &mut out);
         }
         // Fill free slots, oldest ready task first.
         if self.paused {
@@ -463,17 +227,17 @@ impl Engine {
         let mut free = self
             .limits
             .max_parallel_tasks
-            .saturating_sub(self.running_slots);
-        while let Some(&(run_id, i)) = self.ready.front() {
+            .saturating_sub(self.sched.running_slots);
+        while let Some(&(run_id, i)) = self.sched.ready.front() {
             let Some(run) = self.runs.get_mut(&run_id) else {
-                self.ready.pop_front();
+                self.sched.ready.pop_front();
                 continue;
             };
             let holds_slot = executors::holds_slot(run.workflow.tasks[i].kind);
             if holds_slot && free == 0 {
                 break;
             }
-            self.ready.pop_front();
+            self.sched.ready.pop_front();
             // A run past its deadline gets `RunTimedOut` this round; start nothing for it.
             let expired = run.deadline.is_some_and(|d| d <= now);
             let state = &mut run.tasks[i];
@@ -499,9 +263,9 @@ impl Engine {
     /// Starts queued runs as `max_active_runs` allows, oldest first per
     /// workflow; with `on_overflow: skip`, a run that cannot start at once ends.
     fn admit(&mut self, out: &mut Vec<(RunId, RecordBody)>) {
-        self.waiting.retain(|_, queue| !queue.is_empty());
-        for (name, queue) in &self.waiting {
-            let mut active = self.active.get(name).copied().unwrap_or(0);
+        self.sched.waiting.retain(|_, queue| !queue.is_empty());
+        for (name, queue) in &self.sched.waiting {
+            let mut active = self.sched.active.get(name).copied().unwrap_or(0);
             for run_id in queue {
                 let Some(run) = self.runs.get(run_id) else {
                     continue;
@@ -579,7 +343,7 @@ impl Engine {
 
     /// The earliest pending wake-up (retry due, run deadline).
     pub fn next_timer(&self) -> Option<Millis> {
-        self.timers.first().map(|(at, _)| *at)
+        self.sched.timers.first().map(|(at, _)| *at)
     }
 
     /// Attempts running now, as `(run, task position, attempt)`.

@@ -16,10 +16,10 @@ pub use event::{Event, EventKind, trigger_accepts};
 
 use crate::daemon::registry::SharedRegistry;
 use crate::engine::RunState;
-pub use crate::engine::runtime::Accepted;
-use crate::engine::runtime::{self, ChainHook, RuntimeHandle, Submission, SubmitCandidate};
 use crate::expr::MapScope;
 use crate::log::{Mark, Millis, Outcome};
+pub use crate::runtime::Accepted;
+use crate::runtime::{self, ChainHook, RuntimeHandle, Submission, SubmitCandidate};
 use crate::spec::Workflow;
 use crate::spec::binding::{Binding, SignatureScheme, Trigger};
 

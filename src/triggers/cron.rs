@@ -232,7 +232,7 @@ async fn fire(binding: &Arc<Binding>, reactor: &Reactor, scheduled: DateTime<Utc
             .await
         {
             Ok(_) => return true,
-            Err(crate::engine::runtime::Error::Stopped(_)) => return false,
+            Err(crate::runtime::Error::Stopped(_)) => return false,
             Err(e) => {
                 tracing::error!(binding = %binding.name, error = %e, "Cannot record cron tick; retrying.");
                 tokio::time::sleep(delay).await;

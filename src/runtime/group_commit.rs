@@ -1,0 +1,402 @@
+//! The loop and its group commit: take every input waiting, append the
+//! records they cause, let the engine decide what follows, write and flush
+//! once, then answer callers, publish records and perform effects.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl EngineLoop {
+    /// Opens the log and builds the loop (not yet running): kills what a
+    /// previous process left running, starts the process spawner.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn open(
+        config: RuntimeConfig,
+    ) -> Result<
+        (
+            Self,
+            RuntimeHandle,
+            Arc<Mutex<Option<String>>>,
+            executors::process::Leftovers,
+        ),
+        Error,
+    > {
+        let log = Log::open(&config.data_dir)?;
+        // Before any lost attempt is retried: whatever a previous process
+        // left running (a script's children; the kernel killed its main
+        // process with the daemon) is ended, so no task runs twice at once.
+        let attempts_dir = config.data_dir.join("attempts");
+        let leftovers = executors::process::kill_leftovers(&attempts_dir);
+        let processes = executors::process::Processes::start(attempts_dir)
+            .map_err(|e| Error::Stopped(format!("cannot start the process spawner: {e}")))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (records, _) = broadcast::channel(4096);
+        let fatal = Arc::new(Mutex::new(None));
+        let gauges = Arc::new(EngineGauges::default());
+        let handle = RuntimeHandle {
+            tx: tx.clone(),
+            records: records.clone(),
+            log: log.clone(),
+            fatal: Arc::clone(&fatal),
+            gauges: Arc::clone(&gauges),
+        };
+        let mut engine = Engine::new(config.limits);
+        engine.set_secrets(Arc::clone(&config.secrets));
+        let engine_loop = EngineLoop {
+            lifecycle: config
+                .broker
+                .as_ref()
+                .is_some_and(|b| b.events_exchange().is_some()),
+            broker: config.broker,
+            chain: config.chain,
+            secrets: config.secrets,
+            engine,
+            log,
+            rx,
+            tx,
+            records,
+            tokio: tokio::runtime::Handle::current(),
+            scratch_dir: config.data_dir.join("scratch"),
+            processes,
+            gauges,
+            attempts: HashMap::new(),
+            waiters: HashMap::new(),
+            shutdown: CancellationToken::new(),
+            draining: None,
+            armed: None,
+            running: Vec::new(),
+        };
+        Ok((engine_loop, handle, fatal, leftovers))
+    }
+
+    pub(super) fn run(&mut self) -> Result<(), Error> {
+        let mut inputs = Vec::new();
+        while let Some(first) = self.rx.blocking_recv() {
+            inputs.push(first);
+            while inputs.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(input) => inputs.push(input),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut inputs)?;
+            if let Some(deadline) = self.draining
+                && self.drained(deadline)?
+            {
+                break;
+            }
+        }
+        self.shutdown.cancel();
+        for token in self.attempts.values() {
+            token.cancel();
+        }
+        self.log.flush()?;
+        // Let cancelled attempts kill their process groups before we go.
+        let running = std::mem::take(&mut self.running);
+        self.tokio.block_on(async move {
+            let _ = tokio::time::timeout(ATTEMPT_STOP_GRACE, async {
+                for attempt in running {
+                    let _ = attempt.await;
+                }
+            })
+            .await;
+        });
+        Ok(())
+    }
+
+    /// Numbers a record, applies it, and adds it to the batch's commit.
+    pub(super) fn append(
+        &mut self,
+        batch: &mut Batch,
+        run_id: RunId,
+        now: Millis,
+        body: RecordBody,
+    ) -> Result<(), Error> {
+        // Applied before it is written (both before the flush, before any
+        // effect) so its lifecycle event can say what it meant and go into
+        // the same transaction.
+        let record = self.log.next_record(run_id, now, body)?;
+        batch.effects.extend(self.engine.apply(&record));
+        let message = if self.lifecycle {
+            self.engine
+                .run(run_id)
+                .and_then(|run| crate::amqp::outbox::lifecycle_event(&record, run))
+                .and_then(|m| serde_json::to_vec(&m).ok())
+        } else {
+            None
+        };
+        batch.commit.record(&record, message)?;
+        batch.records.push(record);
+        Ok(())
+    }
+
+    /// Appends the engine's decisions until none remain.
+    pub(super) fn settle(&mut self, batch: &mut Batch, now: Millis) -> Result<(), Error> {
+        // Each round settles one layer of consequences (a skip cascades one
+        // task per round), so the number of rounds is bounded by DAG depth.
+        for round in 0.. {
+            let decisions = self.engine.decide(now);
+            if decisions.is_empty() {
+                break;
+            }
+            for (run_id, body) in decisions {
+                self.append(batch, run_id, now, body)?;
+            }
+            if round == MAX_DECIDE_ROUNDS {
+                tracing::error!(
+                    rounds = round,
+                    "Engine decisions did not settle; deferring the rest."
+                );
+                let _ = self.tx.send(Input::Wake);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One group commit: each input is handled by its own method, then the
+    /// engine's decisions are appended until they settle, and the batch is
+    /// written, flushed and acted on.
+    pub(super) fn commit(&mut self, inputs: &mut Vec<Input>) -> Result<(), Error> {
+        let now = now_millis();
+        let mut batch = Batch::default();
+        for input in inputs.drain(..) {
+            match input {
+                Input::StartRun { run, reply, on_end } => {
+                    self.on_start_run(&mut batch, run, reply, on_end, now)?
+                }
+                Input::Accept { submission, reply } => {
+                    self.on_accept(&mut batch, submission, reply, now)?
+                }
+                Input::AttemptDone {
+                    run_id,
+                    task,
+                    attempt,
+                    outcome,
+                } => self.on_attempt_done(&mut batch, (run_id, task, attempt), outcome, now)?,
+                Input::Cancel {
+                    run_id,
+                    reason,
+                    reply,
+                } => self.on_cancel(&mut batch, run_id, reason, reply, now)?,
+                Input::Snapshot { run_id, reply } => batch.snapshots.push((run_id, reply)),
+                Input::Active { reply } => batch.actives.push(reply),
+                Input::Wake => self.armed = None,
+                Input::Shutdown { grace } => self.on_shutdown(grace, now),
+            }
+        }
+        self.settle(&mut batch, now)?;
+        self.chain_ended(&mut batch, now)?;
+        self.finish(batch, now)
+    }
+
+    /// A run asked for by hand (API, CLI): its `RunCreated`.
+    fn on_start_run(
+        &mut self,
+        batch: &mut Batch,
+        run: NewRun,
+        reply: oneshot::Sender<Result<RunId, String>>,
+        on_end: Option<oneshot::Sender<RunRecord>>,
+        now: Millis,
+    ) -> Result<(), Error> {
+        if self.draining.is_some() {
+            let _ = reply.send(Err("switchyard is shutting down".into()));
+            return Ok(());
+        }
+        let workflow = Arc::clone(&run.workflow);
+        let body = self.run_created(run, now)?;
+        self.engine.register(workflow);
+        let run_id = uuid::Uuid::now_v7();
+        self.append(batch, run_id, now, body)?;
+        batch.created.push((reply, run_id));
+        if let Some(on_end) = on_end {
+            self.waiters.entry(run_id).or_default().push(on_end);
+        }
+        Ok(())
+    }
+
+    /// An event from a trigger, with what each binding would do.
+    fn on_accept(
+        &mut self,
+        batch: &mut Batch,
+        submission: Submission,
+        reply: oneshot::Sender<Result<Accepted, String>>,
+        now: Millis,
+    ) -> Result<(), Error> {
+        if self.draining.is_some() {
+            let _ = reply.send(Err("switchyard is shutting down".into()));
+            return Ok(());
+        }
+        let accepted = self.accept(batch, submission, now)?;
+        batch.accepted.push((reply, accepted));
+        Ok(())
+    }
+
+    /// An attempt's result, redacted, as `AttemptFinished` (unless the
+    /// attempt was cancelled meanwhile: its end is already recorded).
+    fn on_attempt_done(
+        &mut self,
+        batch: &mut Batch,
+        (run_id, task, attempt): (RunId, usize, u32),
+        mut outcome: AttemptOutcome,
+        now: Millis,
+    ) -> Result<(), Error> {
+        self.redact(&mut outcome);
+        self.attempts.remove(&(run_id, task, attempt));
+        let Some(run) = self.engine.run(run_id) else {
+            return Ok(());
+        };
+        let live = run
+            .tasks
+            .get(task)
+            .is_some_and(|t| t.status == TaskStatus::Running && t.attempts == attempt);
+        if !live {
+            return Ok(());
+        }
+        let task_id = run.workflow.tasks[task].id.clone();
+        if let Some(logs) = &outcome.logs {
+            self.log.put_task_logs(run_id, &task_id, logs)?;
+        }
+        let body = RecordBody::AttemptFinished {
+            task: task_id,
+            attempt,
+            succeeded: outcome.succeeded,
+            output: outcome.output,
+            stdout: outcome.stdout,
+            error: outcome.error,
+            retryable: outcome.retryable,
+        };
+        self.append(batch, run_id, now, body)
+    }
+
+    /// A cancel request: recorded for a live run, refused for an ended or
+    /// unknown one.
+    fn on_cancel(
+        &mut self,
+        batch: &mut Batch,
+        run_id: RunId,
+        reason: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+        now: Millis,
+    ) -> Result<(), Error> {
+        match self.engine.run(run_id) {
+            Some(run) if !run.status.is_terminal() => {
+                self.append(
+                    batch,
+                    run_id,
+                    now,
+                    RecordBody::RunCancelRequested { reason },
+                )?;
+                batch.cancelled.push(reply);
+            }
+            Some(run) => {
+                let _ = reply.send(Err(Error::Conflict(format!(
+                    "run {run_id} already ended: {}",
+                    run.status
+                ))));
+            }
+            None => {
+                let answer = match self.log.run_summary(run_id)? {
+                    Some(_) => Err(Error::Conflict(format!("run {run_id} already ended"))),
+                    None => Err(Error::NotFound(run_id)),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Shutdown: start nothing more; running attempts get `grace`.
+    fn on_shutdown(&mut self, grace: Duration, now: Millis) {
+        if self.draining.is_none() {
+            self.draining = Some(Instant::now() + grace);
+            self.engine.pause();
+            if !grace.is_zero() {
+                self.wake_at(now + grace.as_millis() as Millis);
+            }
+        }
+    }
+
+    /// Flushes what the batch appended, then answers, publishes and acts.
+    pub(super) fn finish(&mut self, mut batch: Batch, now: Millis) -> Result<(), Error> {
+        // Ended runs leave the engine here (chaining has seen them); their
+        // state moves into the stored summary.
+        let mut ended = Vec::new();
+        for effect in &batch.effects {
+            if let Effect::RunEnded { run_id } = effect
+                && let Some(run) = self.engine.evict(*run_id)
+            {
+                let record = run.into_record();
+                let summary = serde_json::to_vec(&record).unwrap_or_default();
+                batch.commit.summary(*run_id, summary);
+                ended.push(record);
+            }
+        }
+        let commit = std::mem::take(&mut batch.commit);
+        if !commit.is_empty() {
+            self.log.write(commit)?;
+            self.log.flush()?;
+        }
+
+        for (reply, run_id) in batch.created.drain(..) {
+            let _ = reply.send(Ok(run_id));
+        }
+        for (reply, accepted) in batch.accepted.drain(..) {
+            let _ = reply.send(Ok(accepted));
+        }
+        for reply in batch.cancelled.drain(..) {
+            let _ = reply.send(Ok(()));
+        }
+        if self.records.receiver_count() > 0 {
+            for record in batch.records.drain(..) {
+                let _ = self.records.send(Arc::new(record));
+            }
+        }
+        for record in ended {
+            if let Some(waiters) = self.waiters.remove(&record.id) {
+                for waiter in waiters {
+                    let _ = waiter.send(record.clone());
+                }
+            }
+        }
+        for effect in std::mem::take(&mut batch.effects) {
+            self.perform(effect, now);
+        }
+        // One wake-up for the engine's earliest timer, re-armed whenever it
+        // changes or fired, so no retry or deadline is forgotten.
+        if let Some(at) = self.engine.next_timer()
+            && self.armed.is_none_or(|armed| at < armed)
+        {
+            self.armed = Some(at);
+            self.wake_at(at);
+        }
+        self.running.retain(|task| !task.is_finished());
+        use std::sync::atomic::Ordering::Relaxed;
+        self.gauges
+            .runs
+            .store(self.engine.run_count() as u64, Relaxed);
+        self.gauges
+            .timers
+            .store(self.engine.timer_count() as u64, Relaxed);
+        // Queries see the state after this batch (ended runs are evicted by
+        // now, so they are answered from the stored summaries).
+        for (run_id, reply) in batch.snapshots.drain(..) {
+            let _ = reply.send(self.engine.run(run_id).map(|run| run.record()));
+        }
+        for reply in batch.actives.drain(..) {
+            let _ = reply.send(self.engine.runs().map(|run| run.record()).collect());
+        }
+        Ok(())
+    }
+
+    pub(super) fn wake_at(&self, at: Millis) {
+        let tx = self.tx.clone();
+        let delay = Duration::from_millis(at.saturating_sub(now_millis()).max(0) as u64);
+        let shutdown = self.shutdown.clone();
+        self.tokio.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => { let _ = tx.send(Input::Wake); }
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
