@@ -11,8 +11,10 @@
 //!   attempts, recovery, offline changes.
 //! - [`executors`]: one file per task kind.
 //! - [`reactor`]: events against bindings: filter, params, dedup, submit.
-//! - [`triggers`]: the adapters (file, webhook, cron) and cron schedules.
-//! - [`daemon`]: `serve`: the workflow registry and its reload, wiring.
+//! - [`triggers`]: the adapters (amqp, file, webhook, cron).
+//! - [`registry`]: the workflows and bindings being served, and their reload.
+//! - [`daemon`]: `serve`: wiring, file watching, shutdown.
+//! - [`metrics`]: the counters and gauges behind `/metrics`.
 //! - [`api`]: the HTTP API; the only code that knows HTTP.
 //! - [`cli`]: the command line.
 
@@ -24,7 +26,9 @@ pub mod engine;
 pub mod executors;
 pub mod expr;
 pub mod log;
+pub mod metrics;
 pub mod reactor;
+pub mod registry;
 pub mod runtime;
 pub mod spec;
 pub mod triggers;

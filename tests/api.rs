@@ -6,9 +6,10 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
-use switchyard::api::{AppState, Metrics, app};
-use switchyard::daemon::registry::Registry;
+use switchyard::api::{AppState, app};
+use switchyard::metrics::DaemonMetrics;
 use switchyard::reactor::Reactor;
+use switchyard::registry::Registry;
 use switchyard::runtime::{Runtime, RuntimeConfig};
 use switchyard::spec::Secrets;
 use tower::ServiceExt;
@@ -88,7 +89,7 @@ impl Fixture {
             reactor: Reactor::new(runtime.handle(), Arc::clone(&registry)),
             registry,
             token: token.map(Arc::from),
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(DaemonMetrics::default()),
             secrets,
         };
         Self {
@@ -481,7 +482,7 @@ fn constant_time_comparison() {
 
 #[test]
 fn a_reload_compiles_outside_the_registry_lock() {
-    use switchyard::daemon::registry::{Registry, reload_shared};
+    use switchyard::registry::{Registry, reload_shared};
     let dir = tempfile::tempdir().unwrap();
     let flows = dir.path().join("workflows");
     std::fs::create_dir_all(&flows).unwrap();

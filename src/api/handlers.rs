@@ -111,7 +111,7 @@ pub async fn show_workflow(
     let mut summary = workflow_summary(workflow);
     summary["versions"] = Value::Array(versions);
     summary["graph"] =
-        json!({"nodes": nodes, "edges": edges, "mermaid": crate::cli::graph::mermaid(workflow)});
+        json!({"nodes": nodes, "edges": edges, "mermaid": crate::spec::graph::mermaid(workflow)});
     summary["definition"] = definition;
     Ok(Json(summary))
 }

@@ -11,7 +11,7 @@ mod hooks;
 pub use events::{api_event, binding_json};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -21,7 +21,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde_json::json;
 
-use crate::daemon::registry::SharedRegistry;
+use crate::metrics::DaemonMetrics;
+use crate::registry::SharedRegistry;
 use crate::runtime::{self, RuntimeHandle};
 
 /// What every handler can reach.
@@ -31,7 +32,7 @@ pub struct AppState {
     pub registry: SharedRegistry,
     /// Bearer token required on `/api` when set.
     pub token: Option<Arc<str>>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<DaemonMetrics>,
     /// Turns webhook and API events into runs.
     pub reactor: crate::reactor::Reactor,
     /// For webhook secrets (`${secrets.name}`) and header redaction.
@@ -46,37 +47,19 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     /// The loaded workflows and bindings, read-locked.
-    fn registry(
-        &self,
-    ) -> Result<std::sync::RwLockReadGuard<'_, crate::daemon::registry::Registry>, Error> {
+    fn registry(&self) -> Result<std::sync::RwLockReadGuard<'_, crate::registry::Registry>, Error> {
         self.registry
             .read()
             .map_err(|_| internal("registry lock poisoned"))
     }
 
     /// A loaded workflow by name, or 404.
-    fn workflow(&self, name: &str) -> Result<crate::daemon::registry::Entry, Error> {
+    fn workflow(&self, name: &str) -> Result<crate::registry::Entry, Error> {
         self.registry()?
             .get(name)
             .cloned()
             .ok_or_else(|| Error::not_found(format!("no workflow named `{name}`")))
     }
-}
-
-/// Counters exposed at `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub runs_created: AtomicU64,
-    pub runs_succeeded: AtomicU64,
-    pub runs_failed: AtomicU64,
-    pub runs_cancelled: AtomicU64,
-    pub attempts_started: AtomicU64,
-    pub attempts_failed: AtomicU64,
-    pub requests_rejected: AtomicU64,
-    pub reloads: AtomicU64,
-    pub reloads_rejected: AtomicU64,
-    /// Records the metrics task missed because it lagged behind.
-    pub records_missed: AtomicU64,
 }
 
 /// The router: `/healthz`, `/metrics`, `/hooks/…` and `/api/v1/…`.

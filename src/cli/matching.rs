@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use serde_json::{Value, json};
 
 use super::{EXIT_INVALID, load_config};
-use crate::daemon::registry::Registry;
 use crate::reactor::{Evaluation, evaluate, trigger_accepts};
+use crate::registry::Registry;
 
 /// Reads an event file; missing CloudEvents attributes get defaults.
 fn read_event(file: &Path) -> Result<Value, String> {

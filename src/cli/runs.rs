@@ -96,7 +96,7 @@ fn offline_commit_config(
 ) -> RuntimeConfig {
     let secrets = crate::spec::Secrets::resolve(config, config_path).unwrap_or_default();
     let secrets = std::sync::Arc::new(secrets);
-    let chain = match crate::daemon::registry::Registry::load(
+    let chain = match crate::registry::Registry::load(
         config.workflow_dirs(),
         config.binding_dirs(),
         config.base.clone(),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::{EXIT_INVALID, load_config};
-use crate::daemon::registry::Registry;
+use crate::registry::Registry;
 use crate::spec::binding::{self, Binding};
 use crate::spec::{Diagnostics, json_files, load_workflow_files};
 

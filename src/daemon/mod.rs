@@ -2,7 +2,6 @@
 //! trigger adapters, serves the API and webhooks, reloads workflow and
 //! binding files as they change, and shuts down gracefully.
 
-pub mod registry;
 mod watch;
 
 use std::path::{Path, PathBuf};
@@ -10,12 +9,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use registry::Registry;
+use crate::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState, Metrics};
+use crate::api::{self, AppState};
 use crate::engine::Limits;
 use crate::log::{RecordBody, RunStatus};
+use crate::metrics::DaemonMetrics;
 use crate::reactor::Reactor;
 use crate::runtime::{self, Runtime, RuntimeConfig};
 use crate::spec::{Config, Diagnostics, Secrets};
@@ -163,7 +163,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         chain: Some(crate::reactor::chain_hook(Arc::clone(&registry))),
         broker: Some(broker.clone()),
     })?;
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(DaemonMetrics::default());
     let handle = runtime.handle();
     tokio::spawn(count_records(handle.subscribe(), Arc::clone(&metrics)));
     let stop = CancellationToken::new();
@@ -311,7 +311,7 @@ async fn sweep_dedup(runtime: runtime::RuntimeHandle, stop: CancellationToken) {
 /// Keeps the `/metrics` counters from the durable record stream.
 async fn count_records(
     mut records: tokio::sync::broadcast::Receiver<Arc<crate::log::Record>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<DaemonMetrics>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
     loop {

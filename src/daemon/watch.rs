@@ -8,15 +8,15 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 
-use super::registry::SharedRegistry;
-use crate::api::Metrics;
+use crate::metrics::DaemonMetrics;
+use crate::registry::SharedRegistry;
 
 /// Quiet time after the last file event before reloading (editors write in steps).
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
 pub fn spawn(
     registry: SharedRegistry,
-    metrics: Arc<Metrics>,
+    metrics: Arc<DaemonMetrics>,
     bindings_changed: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
@@ -69,7 +69,7 @@ pub fn spawn(
             }
             let shared = Arc::clone(&registry);
             let report =
-                tokio::task::spawn_blocking(move || super::registry::reload_shared(&shared)).await;
+                tokio::task::spawn_blocking(move || crate::registry::reload_shared(&shared)).await;
             let Ok(Some(report)) = report else { continue };
             metrics.reloads.fetch_add(1, Ordering::Relaxed);
             if !report.rejected.is_empty() {

@@ -14,10 +14,11 @@ use serde_json::{Map, Value};
 
 pub use event::{Event, EventKind, trigger_accepts};
 
-use crate::daemon::registry::SharedRegistry;
 use crate::engine::RunState;
 use crate::expr::MapScope;
 use crate::log::{Mark, Millis, Outcome};
+use crate::metrics::EventMetrics;
+use crate::registry::SharedRegistry;
 pub use crate::runtime::Accepted;
 use crate::runtime::{self, ChainHook, RuntimeHandle, Submission, SubmitCandidate};
 use crate::spec::Workflow;
@@ -193,7 +194,7 @@ pub fn submission(
 pub struct Reactor {
     runtime: RuntimeHandle,
     registry: SharedRegistry,
-    metrics: Arc<Metrics>,
+    metrics: Arc<EventMetrics>,
 }
 
 impl std::fmt::Debug for Reactor {
@@ -202,44 +203,12 @@ impl std::fmt::Debug for Reactor {
     }
 }
 
-/// Event counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub accepted: std::sync::atomic::AtomicU64,
-    pub started: std::sync::atomic::AtomicU64,
-    pub duplicates: std::sync::atomic::AtomicU64,
-    pub filtered: std::sync::atomic::AtomicU64,
-    pub failed: std::sync::atomic::AtomicU64,
-    /// AMQP messages that matched none of their queue's bindings.
-    pub unrouted: std::sync::atomic::AtomicU64,
-    /// Refused at the edge (bad signature, bad body, too large, undecodable message).
-    pub rejected: std::sync::atomic::AtomicU64,
-    /// The AMQP consumers' counters.
-    pub amqp: crate::triggers::amqp::AmqpMetrics,
-}
-
-impl Metrics {
-    pub fn count(&self, outcomes: &[Outcome]) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.accepted.fetch_add(1, Relaxed);
-        for outcome in outcomes {
-            match outcome {
-                Outcome::Started { .. } => self.started.fetch_add(1, Relaxed),
-                Outcome::Duplicate { .. } => self.duplicates.fetch_add(1, Relaxed),
-                Outcome::Filtered { .. } => self.filtered.fetch_add(1, Relaxed),
-                Outcome::Failed { .. } => self.failed.fetch_add(1, Relaxed),
-                Outcome::Unrouted { .. } => self.unrouted.fetch_add(1, Relaxed),
-            };
-        }
-    }
-}
-
 impl Reactor {
     pub fn new(runtime: RuntimeHandle, registry: SharedRegistry) -> Self {
         Self {
             runtime,
             registry,
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(EventMetrics::default()),
         }
     }
 
@@ -251,7 +220,7 @@ impl Reactor {
         &self.runtime
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub fn metrics(&self) -> &Arc<EventMetrics> {
         &self.metrics
     }
 

@@ -119,7 +119,7 @@ impl EngineLoop {
         let message = if self.lifecycle {
             self.engine
                 .run(run_id)
-                .and_then(|run| crate::amqp::outbox::lifecycle_event(&record, run))
+                .and_then(|run| lifecycle::lifecycle_event(&record, run))
                 .and_then(|m| serde_json::to_vec(&m).ok())
         } else {
             None

@@ -16,7 +16,8 @@
 //! write + flush, then answer and act), `accept.rs` (submissions: an event
 //! with its runs and dedup entries, run chaining), `attempts.rs` (starting
 //! and killing attempts, redaction, the shutdown drain), `recovery.rs`
-//! (folding unfinished runs at start), `offline.rs` (changes to a data dir
+//! (folding unfinished runs at start), `lifecycle.rs` (which records are
+//! lifecycle events, for the outbox), `offline.rs` (changes to a data dir
 //! no daemon holds, through the same commit path).
 //!
 //! Architecture invariant: nothing is acted on or reported before the flush
@@ -26,6 +27,7 @@
 mod accept;
 mod attempts;
 mod group_commit;
+mod lifecycle;
 mod offline;
 mod recovery;
 

@@ -41,7 +41,7 @@ impl EngineLoop {
                     let summary = broken_summary(&self.log, run_id, &record);
                     let message = match &summary {
                         Some(summary) if self.lifecycle => serde_json::to_vec(
-                            &crate::amqp::outbox::unrecoverable_run_event(&record, summary),
+                            &lifecycle::unrecoverable_run_event(&record, summary),
                         )
                         .ok(),
                         _ => None,

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -12,7 +13,7 @@ use serde_json::{Map, Value};
 use super::{Collector, Diagnostic, Diagnostics, deserialize_all, join_path, parse_duration};
 use crate::expr::{Condition, Template, TemplateValue};
 use crate::log::RunStatus;
-use crate::triggers::schedule::{Schedule, parse_timezone};
+use crate::spec::schedule::{Schedule, parse_timezone};
 
 // ---------------------------------------------------------------------------
 // Raw format (stage one)
@@ -875,4 +876,17 @@ fn compile_trigger(
             })
         }
     })
+}
+
+/// The HMAC key of a standard-webhooks secret: a `whsec_` secret is the
+/// base64 of the key (as the Standard Webhooks libraries issue them); any
+/// other secret is used as it is. Checked when bindings load, so a bad
+/// secret is a load-time error rather than a 401 on every request.
+pub fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, String> {
+    match secret.strip_prefix("whsec_") {
+        Some(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| format!("the whsec_ secret is not valid base64 ({e})")),
+        None => Ok(secret.as_bytes().to_vec()),
+    }
 }

@@ -8,6 +8,8 @@
 
 pub mod binding;
 pub mod config;
+pub mod graph;
+pub mod schedule;
 pub mod schema;
 pub mod workflow;
 

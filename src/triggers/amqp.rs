@@ -45,6 +45,7 @@ use crate::amqp::{
     short,
 };
 use crate::log::Outcome;
+use crate::metrics::AmqpMetrics;
 use crate::reactor::Reactor;
 use crate::reactor::event::{AMQP_MESSAGE, Event, routing_key_matches};
 use crate::spec::binding::{AmqpTrigger, Binding, ExchangeType, Trigger};
@@ -54,29 +55,6 @@ use crate::spec::binding::{AmqpTrigger, Binding, ExchangeType, Trigger};
 const HEALTHY: Duration = Duration::from_secs(10);
 /// How long a stopping consumer waits for deliveries in flight to be acked.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-
-/// Counters of every AMQP consumer, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct AmqpMetrics {
-    pub deliveries: AtomicU64,
-    pub acked: AtomicU64,
-    /// Rejected without requeue: could not become an event (or too large).
-    pub poison: AtomicU64,
-    /// Of those, rejected for a body over the binding's `max_body`.
-    pub too_large: AtomicU64,
-    /// Acks that could not be sent (the channel died first); the message
-    /// comes back and dedup catches it.
-    pub acks_lost: AtomicU64,
-    /// Sessions that ended in a failure and were restarted.
-    pub reconnects: AtomicU64,
-    /// Deliveries received and not yet acked, now.
-    pub unacked: AtomicU64,
-    /// The most deliveries one session ever held unacked (bounded by the
-    /// prefetch when `basic_qos` is in force).
-    pub unacked_max: AtomicU64,
-    /// Consumers currently connected and consuming.
-    pub consuming: AtomicU64,
-}
 
 /// Bindings by queue.
 pub fn groups(bindings: &[Arc<Binding>]) -> HashMap<String, Vec<Arc<Binding>>> {

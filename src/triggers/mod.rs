@@ -10,7 +10,6 @@
 pub mod amqp;
 pub mod cron;
 pub mod file;
-pub mod schedule;
 pub mod webhook;
 
 use std::collections::HashMap;

@@ -114,18 +114,7 @@ fn verify_standard(
     Ok(())
 }
 
-/// The HMAC key of a standard-webhooks secret: a `whsec_` secret is the
-/// base64 of the key (as the Standard Webhooks libraries issue them); any
-/// other secret is used as it is. Checked when bindings load, so a bad
-/// secret is a load-time error rather than a 401 on every request.
-pub fn standard_key(secret: &str) -> Result<Vec<u8>, String> {
-    match secret.strip_prefix("whsec_") {
-        Some(encoded) => base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .map_err(|e| format!("the whsec_ secret is not valid base64 ({e})")),
-        None => Ok(secret.as_bytes().to_vec()),
-    }
-}
+pub use crate::spec::binding::standard_webhooks_key as standard_key;
 
 /// Signs like a sender would (tests, benchmarks, and `hmac-sha256` clients).
 pub fn sign_hex(secret: &str, body: &[u8]) -> String {

@@ -316,7 +316,7 @@ fn check_rendered_secrets(bindings: &[&Binding], secrets: &Secrets) -> Vec<Diagn
         let Ok(secret) = template.render_string(&scope) else {
             continue;
         };
-        if let Err(message) = crate::triggers::webhook::standard_key(&secret) {
+        if let Err(message) = binding::standard_webhooks_key(&secret) {
             out.push(Diagnostic {
                 file: binding.file.clone().unwrap_or_default(),
                 path: crate::spec::join_path(&binding.at, "on.webhook.secret"),
