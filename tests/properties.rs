@@ -82,14 +82,16 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             )
         })
         .prop_map(
-            |(tasks, fail_fast, timeout, outcomes, cancel_at, deadline_at, max_parallel)| Scenario {
-                tasks,
-                fail_fast,
-                timeout,
-                outcomes,
-                cancel_at,
-                deadline_at,
-                max_parallel,
+            |(tasks, fail_fast, timeout, outcomes, cancel_at, deadline_at, max_parallel)| {
+                Scenario {
+                    tasks,
+                    fail_fast,
+                    timeout,
+                    outcomes,
+                    cancel_at,
+                    deadline_at,
+                    max_parallel,
+                }
             },
         )
 }
@@ -250,9 +252,7 @@ fn check(s: &Scenario) -> Result<(), TestCaseError> {
             .run(h.run_id)
             .map(|r| r.tasks.iter().map(|t| t.status).collect())
             .unwrap_or_default();
-        let ended_before = engine
-            .run(h.run_id)
-            .is_some_and(|r| r.status.is_terminal());
+        let ended_before = engine.run(h.run_id).is_some_and(|r| r.status.is_terminal());
         match &record.body {
             RecordBody::AttemptStarted { task, .. } => {
                 let i: usize = task[1..].parse().unwrap();
@@ -263,7 +263,10 @@ fn check(s: &Scenario) -> Result<(), TestCaseError> {
                         "t{i} started before t{d} was decided"
                     );
                 }
-                prop_assert!(requirement(t, &before), "t{i} started with its `after` unmet");
+                prop_assert!(
+                    requirement(t, &before),
+                    "t{i} started with its `after` unmet"
+                );
                 prop_assert!(t.when != Some(false), "t{i} started with `when` false");
             }
             RecordBody::RunCancelRequested { .. } if !ended_before => cancelled_by_hand = true,
@@ -271,7 +274,13 @@ fn check(s: &Scenario) -> Result<(), TestCaseError> {
             _ => {}
         }
         engine.apply(record);
-        let after: Vec<TaskStatus> = engine.run(h.run_id).unwrap().tasks.iter().map(|t| t.status).collect();
+        let after: Vec<TaskStatus> = engine
+            .run(h.run_id)
+            .unwrap()
+            .tasks
+            .iter()
+            .map(|t| t.status)
+            .collect();
         if !before.is_empty() {
             for i in 0..n {
                 if before[i].is_terminal() {
@@ -279,7 +288,11 @@ fn check(s: &Scenario) -> Result<(), TestCaseError> {
                 }
             }
         }
-        prop_assert!(!ended_before, "a record after the run ended: {:?}", record.body);
+        prop_assert!(
+            !ended_before,
+            "a record after the run ended: {:?}",
+            record.body
+        );
     }
     let run = h.engine.run(h.run_id).unwrap();
     let statuses: Vec<TaskStatus> = run.tasks.iter().map(|t| t.status).collect();

@@ -11,6 +11,7 @@ mod cli;
 mod daemon;
 mod engine;
 mod golden;
+mod properties;
 mod runtime;
 mod triggers;
 mod validation;
