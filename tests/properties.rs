@@ -165,7 +165,7 @@ fn drive(s: &Scenario) -> Harness {
     };
     let (mut h, effects) = Harness::start_with(definition(s), json!({}), limits);
     let mut running: Vec<(usize, u32)> = Vec::new();
-    let mut track = |effects: &[Effect], running: &mut Vec<(usize, u32)>| {
+    let track = |effects: &[Effect], running: &mut Vec<(usize, u32)>| {
         for effect in effects {
             match effect {
                 Effect::StartAttempt { task, attempt, .. } => running.push((*task, *attempt)),
