@@ -175,6 +175,10 @@ impl Daemon {
         }
     }
 
+    pub(crate) fn runtime(&self) -> &switchyard::runtime::RuntimeHandle {
+        &self.running.as_ref().unwrap().runtime
+    }
+
     pub(crate) async fn events(&self) -> Vec<Value> {
         self.get("/api/v1/events?limit=1000").await["events"]
             .as_array()
@@ -1057,4 +1061,122 @@ async fn a_whsec_secret_that_is_not_base64_is_refused_at_load_time() {
             && error.contains("base64"),
         "{error}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Injected log faults
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_log_cannot_flush_nothing_is_acknowledged_and_afterwards_nothing_is_lost_or_doubled()
+ {
+    let project = Project::new(&[
+        hook(
+            "plain",
+            "/plain",
+            json!({}),
+            json!({"order": "${event.data.order}"}),
+        ),
+        json!({"name": "files", "on": {"file": {"path": "inbox", "settle": "50ms"}},
+               "workflow": "ingest", "params": {"order": "${event.data.name}"}}),
+    ]);
+    let inbox = project.inbox();
+    let daemon = project.start(None).await;
+    let log = daemon.runtime().log().clone();
+    let health = || async {
+        let response = reqwest::get(daemon.url("/healthz")).await.unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(health().await.0, 200);
+
+    log.inject_flush_failures(true);
+    // A webhook is refused with 503 (nothing acknowledged), saying why.
+    let delivery = [("webhook-id", "fault-1".to_string())];
+    let (status, reply) = daemon
+        .post("/hooks/plain", br#"{"order": 1}"#, &delivery)
+        .await;
+    assert_eq!(status, 503, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be flushed"),
+        "{reply}"
+    );
+    let (status, body) = health().await;
+    assert_eq!(status, 503);
+    assert!(
+        body["log"]
+            .as_str()
+            .unwrap()
+            .contains("injected flush failure"),
+        "{body}"
+    );
+    // A run asked for by hand is refused too.
+    let (status, _) = daemon
+        .post(
+            "/api/v1/workflows/ingest/runs",
+            b"{}",
+            &[("content-type", "application/json".into())],
+        )
+        .await;
+    assert_eq!(status, 503);
+    // A file arriving meanwhile.
+    std::fs::write(inbox.join("during.csv"), "x").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        daemon
+            .runs("ingest")
+            .await
+            .iter()
+            .filter(|r| r["status"] == "succeeded")
+            .count(),
+        0,
+        "nothing ran while the log could not flush"
+    );
+
+    // Flushes work again: everything held goes on.
+    log.inject_flush_failures(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health().await.0 != 200 {
+        assert!(Instant::now() < deadline, "health did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The sender retries its delivery: one run for it, not two.
+    let (status, retried) = daemon
+        .post("/hooks/plain", br#"{"order": 1}"#, &delivery)
+        .await;
+    assert_eq!(status, 202, "{retried}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let runs = loop {
+        let runs = daemon.runs("ingest").await;
+        let done = runs.iter().filter(|r| r["status"] == "succeeded").count();
+        if done >= 3 && runs.len() == done {
+            break runs;
+        }
+        assert!(Instant::now() < deadline, "{runs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let runs = if daemon.runs("ingest").await.len() == runs.len() {
+        runs
+    } else {
+        daemon.runs("ingest").await
+    };
+    let orders = param_values(&runs, "order");
+    // The webhook's run once (its 503'd first try was recorded, the retry
+    // is its duplicate), the file once, and the refused manual run once
+    // (its RunCreated was written; it was not acknowledged, but it is not
+    // lost either).
+    assert_eq!(orders.iter().filter(|o| *o == "1").count(), 1, "{orders:?}");
+    assert_eq!(
+        orders.iter().filter(|o| *o == "during.csv").count(),
+        1,
+        "{orders:?}"
+    );
+    assert_eq!(runs.len(), 3, "{orders:?}");
+    daemon.stop().await;
 }

@@ -19,8 +19,16 @@ pub async fn not_found() -> Error {
     Error::not_found("no such endpoint")
 }
 
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// 200 when the engine runs and its log flushes; 503 naming the problem
+/// otherwise (while the log cannot be flushed, nothing is acknowledged).
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    let log = state.runtime.gauges().log_error();
+    let engine = state.runtime.fatal();
+    if log.is_none() && engine.is_none() {
+        return Json(json!({"status": "ok"})).into_response();
+    }
+    let body = json!({"status": "unhealthy", "log": log, "engine": engine});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 fn parse_run_id(text: &str) -> Result<RunId, Error> {

@@ -211,6 +211,9 @@ impl From<runtime::Error> for Error {
             runtime::Error::Invalid(message) => {
                 Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
             }
+            runtime::Error::Unavailable(reason) => {
+                Error::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
+            }
             runtime::Error::Stopped(reason) => {
                 tracing::warn!(reason = %reason, "API request while the engine is stopped.");
                 Error::new(

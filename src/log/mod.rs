@@ -109,6 +109,8 @@ pub struct Log {
     durable_seq: Arc<AtomicU64>,
     /// Group commits so far (observability, and tests proving batching).
     flushes: Arc<AtomicU64>,
+    /// Test hook: make flushes fail ([`Log::inject_flush_failures`]).
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Log {
@@ -232,6 +234,7 @@ impl Log {
             // gets a higher number.
             durable_seq: Arc::new(AtomicU64::new(on_disk)),
             flushes: Arc::new(AtomicU64::new(0)),
+            failing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         if let Some(version) = upgrade_from {
             if version < 3 {
@@ -288,11 +291,23 @@ impl Log {
 
     /// Makes everything appended so far durable (one fsync for all of it).
     pub fn flush(&self) -> Result<(), Error> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(Error::Storage(sled::Error::Io(std::io::Error::other(
+                "injected flush failure (test hook)",
+            ))));
+        }
         let last = self.last_seq.load(Ordering::Relaxed);
         self.db.flush()?;
         self.durable_seq.fetch_max(last, Ordering::Release);
         self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Test hook: while on, every [`Log::flush`] fails without flushing
+    /// (what was written stays in memory), as a full or failing disk would.
+    #[doc(hidden)]
+    pub fn inject_flush_failures(&self, on: bool) {
+        self.failing.store(on, Ordering::Relaxed);
     }
 
     /// The highest sequence number made durable by a flush.

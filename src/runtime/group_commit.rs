@@ -64,6 +64,7 @@ impl EngineLoop {
             draining: None,
             armed: None,
             running: Vec::new(),
+            undurable: None,
         };
         Ok((engine_loop, handle, fatal, leftovers))
     }
@@ -332,9 +333,15 @@ impl EngineLoop {
             }
         }
         let commit = std::mem::take(&mut batch.commit);
-        if !commit.is_empty() {
-            self.log.write(commit)?;
-            self.log.flush()?;
+        if !commit.is_empty() || self.undurable.is_some() {
+            if !commit.is_empty() {
+                self.log.write(commit)?;
+            }
+            if let Err(e) = self.log.flush() {
+                self.flush_failed(batch, ended, &e, now);
+                return Ok(());
+            }
+            self.flush_recovered(&mut batch, &mut ended);
         }
 
         for (reply, run_id) in batch.created.drain(..) {
@@ -386,6 +393,81 @@ impl EngineLoop {
             let _ = reply.send(self.engine.runs().map(|run| run.record()).collect());
         }
         Ok(())
+    }
+
+    /// A flush failed: what the batch wrote is in sled but not known to be
+    /// on disk. Nobody is told it succeeded (callers get an error, so
+    /// webhooks answer 503, AMQP messages are requeued, the file ledger and
+    /// cron marks are retried by their adapters and meet their dedup
+    /// entries), no effect is performed, and the flush is retried with a
+    /// backoff. The engine goes on: when a flush succeeds again, the held
+    /// records are published and their effects performed.
+    fn flush_failed(
+        &mut self,
+        mut batch: Batch,
+        ended: Vec<RunRecord>,
+        e: &log::Error,
+        now: Millis,
+    ) {
+        let reason = format!("the log cannot be flushed: {e}");
+        let undurable = self.undurable.get_or_insert_with(Undurable::default);
+        undurable.failures += 1;
+        if undurable.failures == 1 {
+            tracing::error!(error = %e, "Log flush failed; nothing is acknowledged until it works again.");
+        }
+        if let Ok(mut slot) = self.gauges.log_error.lock() {
+            *slot = Some(reason.clone());
+        }
+        let refusal = format!("{reason}; nothing was acknowledged, try again");
+        for (reply, run_id) in batch.created.drain(..) {
+            // A run asked for by hand has no dedup key to make a retry
+            // safe: say exactly where it stands.
+            let _ = reply.send(Err(format!(
+                "{reason}: run {run_id} is recorded but not yet durable; it starts when the \
+                 log recovers (or is lost if the process dies first): check GET /runs/{run_id} \
+                 before starting it again"
+            )));
+        }
+        for (reply, _) in batch.accepted.drain(..) {
+            let _ = reply.send(Err(refusal.clone()));
+        }
+        for reply in batch.cancelled.drain(..) {
+            let _ = reply.send(Err(Error::Unavailable(refusal.clone())));
+        }
+        undurable.records.append(&mut batch.records);
+        undurable.effects.append(&mut batch.effects);
+        undurable.ended.extend(ended);
+        let delay = 50u64
+            .saturating_mul(1 << undurable.failures.min(5))
+            .min(1_000);
+        self.wake_at(now + delay as Millis);
+        for (run_id, reply) in batch.snapshots.drain(..) {
+            let _ = reply.send(self.engine.run(run_id).map(|run| run.record()));
+        }
+        for reply in batch.actives.drain(..) {
+            let _ = reply.send(self.engine.runs().map(|run| run.record()).collect());
+        }
+    }
+
+    /// A flush succeeded after failures: what was held is durable now; it
+    /// goes out first, in order, with this batch.
+    fn flush_recovered(&mut self, batch: &mut Batch, ended: &mut Vec<RunRecord>) {
+        let Some(mut held) = self.undurable.take() else {
+            return;
+        };
+        tracing::warn!(
+            failures = held.failures,
+            "Log flushes work again; resuming."
+        );
+        if let Ok(mut slot) = self.gauges.log_error.lock() {
+            *slot = None;
+        }
+        held.records.append(&mut batch.records);
+        batch.records = held.records;
+        held.effects.append(&mut batch.effects);
+        batch.effects = held.effects;
+        held.ended.append(ended);
+        *ended = held.ended;
     }
 
     pub(super) fn wake_at(&self, at: Millis) {

@@ -62,6 +62,10 @@ pub enum Error {
     Replay(#[from] replay::Error),
     #[error("the engine has stopped: {0}")]
     Stopped(String),
+    /// Refused for now (shutting down, or the log cannot be flushed):
+    /// nothing was acknowledged; the caller may try again.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("run {0} not found")]
     NotFound(RunId),
     #[error("{0}")]
@@ -249,6 +253,16 @@ pub struct EngineGauges {
     pub runs: std::sync::atomic::AtomicU64,
     /// Wake-ups armed: run deadlines and retry delays of live runs.
     pub timers: std::sync::atomic::AtomicU64,
+    /// Why the log cannot be flushed now (None: it can). While set, no
+    /// source is acknowledged; `/healthz` reports it.
+    pub log_error: Mutex<Option<String>>,
+}
+
+impl EngineGauges {
+    /// The log's flush failure, if flushes are failing now.
+    pub fn log_error(&self) -> Option<String> {
+        self.log_error.lock().ok().and_then(|e| e.clone())
+    }
 }
 
 /// Cheap cloneable handle for talking to the runtime.
@@ -376,6 +390,11 @@ impl RuntimeHandle {
         self.tx.send(input).map_err(|_| self.stopped())
     }
 
+    /// Why the engine stopped for good (the log could not be written), if it did.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|slot| slot.clone())
+    }
+
     /// Starts a run; returns its id once `RunCreated` is durable.
     pub async fn start_run(
         &self,
@@ -401,7 +420,7 @@ impl RuntimeHandle {
         created
             .await
             .map_err(|_| self.stopped())?
-            .map_err(Error::Stopped)
+            .map_err(Error::Unavailable)
     }
 
     /// Starts a run and waits for it to end; `on_created` gets the run id as
@@ -427,7 +446,7 @@ impl RuntimeHandle {
         let run_id = created
             .await
             .map_err(|_| self.stopped())?
-            .map_err(Error::Stopped)?;
+            .map_err(Error::Unavailable)?;
         on_created(run_id);
         ended.await.map_err(|_| self.stopped())
     }
@@ -440,7 +459,7 @@ impl RuntimeHandle {
         accepted
             .await
             .map_err(|_| self.stopped())?
-            .map_err(Error::Stopped)
+            .map_err(Error::Unavailable)
     }
 
     /// Cancels an active run: kills its running attempts, cancels the rest.
@@ -557,6 +576,20 @@ struct EngineLoop {
     armed: Option<Millis>,
     /// Attempt tasks, awaited (bounded) at shutdown so no process outlives us.
     running: Vec<tokio::task::JoinHandle<()>>,
+    /// Batches whose flush failed: written to sled but not known durable.
+    /// Nothing of them was acknowledged; their effects wait for the next
+    /// flush that succeeds.
+    undurable: Option<Undurable>,
+}
+
+/// What waits for a flush to succeed again.
+#[derive(Default)]
+struct Undurable {
+    records: Vec<Record>,
+    effects: Vec<Effect>,
+    ended: Vec<RunRecord>,
+    /// Failed flushes in a row (for the retry backoff).
+    failures: u32,
 }
 
 /// What one group commit produced.
