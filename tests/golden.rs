@@ -2,12 +2,12 @@
 //! committed, that every later build must open and replay to the same
 //! state. It guards the promise that log records are only ever added to.
 //!
-//! `golden/log-v3.json` is every sled tree of a data dir, key and value as
-//! written; `golden/state-v3.json` is what folding it gave the build that
-//! wrote it: each run's record, the stored summaries, the unfinished runs,
-//! the events. Regenerate both (only when adding a new golden for a new
-//! format, never to make this test pass) with
-//! `SWITCHYARD_WRITE_GOLDEN=1 cargo test golden`.
+//! `golden/log-v<format>.json` is every sled tree of a data dir, key and
+//! value as written; `golden/state-v<format>.json` is what folding it gave
+//! the build that wrote it: each run's record, the stored summaries, the unfinished runs,
+//! the events. A build that bumps the log format adds the golden of its
+//! format (never rewrites an older one, and never to make this test pass)
+//! with `SWITCHYARD_WRITE_GOLDEN=1 cargo test golden`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,8 +21,16 @@ use switchyard::runtime::{Runtime, RuntimeConfig, Submission, SubmitCandidate};
 
 use crate::util::workflow;
 
-const LOG: &str = "tests/golden/log-v3.json";
-const STATE: &str = "tests/golden/state-v3.json";
+/// Every golden committed so far: each must still replay.
+const GOLDENS: &[u32] = &[3, 4];
+
+fn log_file(format: u32) -> String {
+    format!("tests/golden/log-v{format}.json")
+}
+
+fn state_file(format: u32) -> String {
+    format!("tests/golden/state-v{format}.json")
+}
 
 fn golden(file: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(file)
@@ -169,19 +177,35 @@ async fn write_scenario(dir: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_golden_log_replays_to_the_state_it_was_written_with() {
     if std::env::var_os("SWITCHYARD_WRITE_GOLDEN").is_some() {
+        let format = switchyard::log::FORMAT_VERSION;
         let dir = tempfile::tempdir().unwrap();
         write_scenario(dir.path()).await;
         let log = export(dir.path());
         let state = state_of(&Log::open(dir.path()).unwrap());
         std::fs::create_dir_all(golden("tests/golden")).unwrap();
-        std::fs::write(golden(LOG), serde_json::to_string_pretty(&log).unwrap()).unwrap();
-        std::fs::write(golden(STATE), serde_json::to_string_pretty(&state).unwrap()).unwrap();
-        eprintln!("wrote {LOG} and {STATE}");
+        std::fs::write(
+            golden(&log_file(format)),
+            serde_json::to_string_pretty(&log).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            golden(&state_file(format)),
+            serde_json::to_string_pretty(&state).unwrap(),
+        )
+        .unwrap();
+        eprintln!("wrote the format {format} golden");
     }
+    for format in GOLDENS {
+        replays(*format).await;
+    }
+}
+
+async fn replays(format: u32) {
     let exported: Value =
-        serde_json::from_str(&std::fs::read_to_string(golden(LOG)).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(golden(&log_file(format))).unwrap()).unwrap();
     let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(golden(STATE)).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(golden(&state_file(format))).unwrap())
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     import(&exported, dir.path());
     {
@@ -189,11 +213,14 @@ async fn the_golden_log_replays_to_the_state_it_was_written_with() {
         let state = state_of(&log);
         assert_eq!(
             state["runs"], expected["runs"],
-            "the golden runs fold to another state"
+            "format {format}: the golden runs fold to another state"
         );
-        assert_eq!(state["summaries"], expected["summaries"]);
-        assert_eq!(state["unfinished"], expected["unfinished"]);
-        assert_eq!(state["events"], expected["events"]);
+        assert_eq!(state["summaries"], expected["summaries"], "format {format}");
+        assert_eq!(
+            state["unfinished"], expected["unfinished"],
+            "format {format}"
+        );
+        assert_eq!(state["events"], expected["events"], "format {format}");
         // What the scenario promised is in it.
         let statuses: Vec<&str> = expected["runs"]
             .as_object()
@@ -205,14 +232,39 @@ async fn the_golden_log_replays_to_the_state_it_was_written_with() {
             assert!(statuses.contains(&status), "{statuses:?}");
         }
         assert!(expected["events"].as_array().unwrap().len() >= 2);
+        // The indexes (built on upgrade for older formats) find the same.
+        for summary in expected["summaries"].as_object().unwrap().values() {
+            let workflow = summary["workflow"].as_str().unwrap();
+            let status: switchyard::log::RunStatus =
+                serde_json::from_value(summary["status"].clone()).unwrap();
+            let found = log
+                .ended_runs_where(Some(workflow), Some(status), None, 100)
+                .unwrap();
+            let ids: Vec<Value> = found
+                .iter()
+                .map(|b| serde_json::from_slice::<Value>(b).unwrap()["id"].clone())
+                .collect();
+            assert!(
+                ids.contains(&summary["id"]),
+                "format {format}: {workflow} {status:?}"
+            );
+        }
+        for event in expected["events"].as_array().unwrap() {
+            let id = event["event"]["id"].as_str().unwrap();
+            assert!(
+                log.event_by_id(id).unwrap().is_some(),
+                "format {format}: event {id}"
+            );
+        }
     }
     // And the daemon starts on it: nothing is broken, the unfinished run
     // is resumed.
     let runtime = Runtime::start(RuntimeConfig::new(dir.path())).unwrap();
-    assert_eq!(runtime.recovery().runs_broken, 0);
+    assert_eq!(runtime.recovery().runs_broken, 0, "format {format}");
     assert_eq!(
         runtime.recovery().runs_resumed,
-        expected["unfinished"].as_array().unwrap().len()
+        expected["unfinished"].as_array().unwrap().len(),
+        "format {format}"
     );
     runtime.shutdown().await;
 }

@@ -170,24 +170,26 @@ pub async fn list_runs(
         ),
     };
     let before = query.before.as_deref().map(parse_run_id).transpose()?;
-    let keep = |record: &RunRecord| {
-        query
-            .workflow
-            .as_ref()
-            .is_none_or(|w| *w == record.workflow)
-            && status.is_none_or(|s| s == record.status)
-            && before.is_none_or(|b| record.id < b)
+    let filter = crate::runtime::RunFilter {
+        workflow: query.workflow.clone(),
+        status,
+        before,
+        limit,
     };
-    let mut runs: Vec<RunRecord> = state
-        .runtime
-        .active_runs()
-        .await?
-        .into_iter()
-        .filter(keep)
-        .collect();
-    let stored = state.runtime.log().ended_runs(before, limit, |bytes| {
-        serde_json::from_slice::<RunRecord>(bytes).is_ok_and(|r| keep(&r))
-    })?;
+    // Active runs from the engine (only the page is copied); ended ones
+    // through the run index, off the async workers.
+    let mut runs: Vec<RunRecord> = state.runtime.active_runs(filter.clone()).await?;
+    let log = state.runtime.log().clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        log.ended_runs_where(
+            filter.workflow.as_deref(),
+            filter.status,
+            filter.before,
+            filter.limit,
+        )
+    })
+    .await
+    .map_err(super::internal)??;
     runs.extend(
         stored
             .iter()

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::client::Client;
 use crate::engine::RunRecord;
 use crate::engine::rerun::RerunFrom;
-use crate::log::{Log, RunId};
+use crate::log::{Log, RunId, RunStatus};
 use crate::runtime::{Runtime, RuntimeConfig};
 
 #[derive(Debug, clap::Args)]
@@ -250,13 +250,15 @@ async fn offline(
         } => {
             let before = before.as_deref().map(parse_id).transpose()?;
             let status = status.clone();
+            let wanted: Option<RunStatus> = match &status {
+                Some(s) => Some(
+                    serde_json::from_value(Value::String(s.clone()))
+                        .map_err(|_| format!("unknown status `{s}`"))?,
+                ),
+                None => None,
+            };
             let stored = log
-                .ended_runs(before, *limit, |bytes| {
-                    serde_json::from_slice::<RunRecord>(bytes).is_ok_and(|r| {
-                        workflow.as_ref().is_none_or(|w| *w == r.workflow)
-                            && status.as_ref().is_none_or(|s| *s == r.status.as_str())
-                    })
-                })
+                .ended_runs_where(workflow.as_deref(), wanted, before, *limit)
                 .map_err(|e| e.to_string())?;
             let mut runs: Vec<RunRecord> = stored
                 .iter()

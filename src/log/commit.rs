@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 
 use super::events::{DedupEntry, EventRecord, Mark, dedup_key, expiry_key, transaction_error};
-use super::{Error, Log, Millis, Record, RecordBody, RunId, record_key};
+use super::{Error, Log, Millis, Record, RecordBody, RunId, RunStatus, record_key};
 
 /// What one group commit writes. Built up by the engine, consumed by
 /// [`Log::write`].
@@ -25,13 +25,15 @@ use super::{Error, Log, Millis, Record, RecordBody, RunId, record_key};
 pub struct Commit {
     groups: Vec<Group>,
     by_run: HashMap<RunId, usize>,
-    events: Vec<(u64, Vec<u8>)>,
+    /// Events: seq, stored JSON, event id (for the id index).
+    events: Vec<(u64, Vec<u8>, String)>,
     /// Dedup entries: key, value, expiry (for the expiry index).
     dedup: Vec<(Vec<u8>, Vec<u8>, Millis)>,
     /// Dedup entries of this commit, so a later event in it sees them.
     fresh: HashMap<Vec<u8>, DedupEntry>,
     marks: Vec<Mark>,
-    summaries: Vec<(RunId, Vec<u8>)>,
+    /// Ended runs' stored records, with their run index keys.
+    summaries: Vec<(RunId, Vec<u8>, [Vec<u8>; 3])>,
     /// Runs to drop from `unfinished` without a record of this commit
     /// (recovery finishing a run whose end was recorded earlier).
     finished: Vec<RunId>,
@@ -122,7 +124,8 @@ impl Commit {
         marks: Vec<Mark>,
     ) -> Result<(), Error> {
         let bytes = serde_json::to_vec(event).map_err(corrupt(format!("event {}", event.seq)))?;
-        self.events.push((event.seq, bytes));
+        self.events
+            .push((event.seq, bytes, event.event_id().to_string()));
         for (binding, key, entry) in dedup {
             let bytes =
                 serde_json::to_vec(&entry).map_err(corrupt(format!("dedup {binding}/{key}")))?;
@@ -139,15 +142,17 @@ impl Commit {
         self.fresh.get(&dedup_key(binding, key))
     }
 
-    /// The stored record of a run that ended in this commit.
-    pub fn summary(&mut self, run_id: RunId, summary: Vec<u8>) {
-        self.summaries.push((run_id, summary));
+    /// The stored record of a run that ended in this commit (indexed by
+    /// its workflow and status).
+    pub fn summary(&mut self, run_id: RunId, workflow: &str, status: RunStatus, summary: Vec<u8>) {
+        let keys = super::run_index_keys(run_id, workflow, status);
+        self.summaries.push((run_id, summary, keys));
     }
 
     /// A run whose end is already in the log, finished now: its summary
     /// and its removal from `unfinished`.
-    pub fn finished(&mut self, run_id: RunId, summary: Vec<u8>) {
-        self.summaries.push((run_id, summary));
+    pub fn finished(&mut self, run_id: RunId, workflow: &str, status: RunStatus, summary: Vec<u8>) {
+        self.summary(run_id, workflow, status, summary);
         self.finished.push(run_id);
     }
 }
@@ -210,7 +215,9 @@ impl Log {
                 groups.iter().any(|g| g.created || g.ended) || !commit.finished.is_empty(),
             ),
             runs: slot(&self.runs, !commit.summaries.is_empty()),
+            run_index: slot(&self.run_index, !commit.summaries.is_empty()),
             events: slot(&self.events, !commit.events.is_empty()),
+            event_ids: slot(&self.event_ids, !commit.events.is_empty()),
             dedup: slot(&self.dedup, !commit.dedup.is_empty()),
             dedup_expiry: slot(&self.dedup_expiry, !commit.dedup.is_empty()),
             marks: slot(&self.marks, !commit.marks.is_empty()),
@@ -254,9 +261,10 @@ impl Log {
                         }
                     }
                 }
-                if let Some(events) = tree(slots.events) {
-                    for (seq, bytes) in &commit.events {
+                if let (Some(events), Some(ids)) = (tree(slots.events), tree(slots.event_ids)) {
+                    for (seq, bytes, id) in &commit.events {
                         events.insert(&seq.to_be_bytes()[..], &bytes[..])?;
+                        ids.insert(id.as_bytes(), &seq.to_be_bytes()[..])?;
                     }
                 }
                 if let (Some(dedup), Some(expiry)) = (tree(slots.dedup), tree(slots.dedup_expiry)) {
@@ -273,14 +281,23 @@ impl Log {
                         };
                     }
                 }
-                if let Some(runs) = runs {
-                    for (run_id, summary) in &commit.summaries {
+                if let (Some(runs), Some(index)) = (runs, tree(slots.run_index)) {
+                    for (run_id, summary, keys) in &commit.summaries {
                         runs.insert(&run_id.as_bytes()[..], &summary[..])?;
+                        for key in keys {
+                            index.insert(&key[..], &[][..])?;
+                        }
                     }
                 }
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
-            .map_err(transaction_error)
+            .map_err(transaction_error)?;
+        let outboxed: usize = groups.iter().map(|g| g.outbox.len()).sum();
+        if outboxed > 0 {
+            self.outbox_pending
+                .fetch_add(outboxed as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 
@@ -289,7 +306,9 @@ struct Slots {
     records: Option<usize>,
     unfinished: Option<usize>,
     runs: Option<usize>,
+    run_index: Option<usize>,
     events: Option<usize>,
+    event_ids: Option<usize>,
     dedup: Option<usize>,
     dedup_expiry: Option<usize>,
     marks: Option<usize>,
@@ -359,7 +378,7 @@ mod tests {
     }
 
     #[test]
-    fn an_older_log_is_upgraded_to_3_and_a_newer_one_is_refused_naming_both() {
+    fn an_older_log_is_upgraded_and_a_newer_one_is_refused_naming_both() {
         let dir = tempfile::tempdir().unwrap();
         let run = uuid::Uuid::now_v7();
         let marker = |value: u32| {
@@ -374,16 +393,16 @@ mod tests {
             log.append(run, 1, RecordBody::RunStarted {}).unwrap();
             log.flush().unwrap();
         }
-        assert_eq!(marker(1), Some(3), "a new log is format 3");
+        assert_eq!(marker(1), Some(4), "a new log is format 4");
         {
             let log = Log::open(dir.path()).unwrap();
             assert_eq!(log.run_history(run).unwrap().len(), 1);
         }
-        assert_eq!(marker(4), Some(3), "opening a format 1 log marks it 3");
+        assert_eq!(marker(5), Some(4), "opening a format 1 log marks it 4");
         let error = Log::open(dir.path()).unwrap_err().to_string();
         assert!(
-            error.contains("format 4, written by a newer switchyard")
-                && error.contains("reads formats 1-3"),
+            error.contains("format 5, written by a newer switchyard")
+                && error.contains("reads formats 1-4"),
             "{error}"
         );
     }
@@ -511,5 +530,77 @@ mod tests {
         log.write(commit).unwrap();
         assert_eq!(log.dedup_lookup("b", "k", 0).unwrap(), Some(entry));
         assert_eq!(log.events(None, 10).unwrap().len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn ended_runs_are_listed_through_the_index_newest_first_with_a_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let mut ids = Vec::new();
+        let mut commit = Commit::default();
+        for i in 0..30 {
+            let id = uuid::Uuid::now_v7();
+            ids.push(id);
+            let (workflow, status) = match i % 3 {
+                0 => ("etl", RunStatus::Succeeded),
+                1 => ("etl", RunStatus::Failed),
+                _ => ("report", RunStatus::Succeeded),
+            };
+            let summary = serde_json::json!({"id": id, "workflow": workflow, "status": status});
+            commit.summary(id, workflow, status, serde_json::to_vec(&summary).unwrap());
+        }
+        log.write(commit).unwrap();
+        let listed = |w: Option<&str>, s: Option<RunStatus>, before, limit| -> Vec<uuid::Uuid> {
+            log.ended_runs_where(w, s, before, limit)
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+                    v["id"].as_str().unwrap().parse().unwrap()
+                })
+                .collect()
+        };
+        let etl_failed: Vec<_> = ids
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(i, _)| i % 3 == 1)
+            .map(|(_, id)| id)
+            .rev()
+            .collect();
+        assert_eq!(
+            listed(Some("etl"), Some(RunStatus::Failed), None, 100),
+            etl_failed
+        );
+        assert_eq!(listed(Some("etl"), None, None, 100).len(), 20);
+        assert_eq!(
+            listed(None, Some(RunStatus::Succeeded), None, 100).len(),
+            20
+        );
+        assert_eq!(
+            listed(Some("report"), None, None, 3),
+            [ids[29], ids[26], ids[23]]
+        );
+        assert_eq!(
+            listed(Some("report"), None, Some(ids[23]), 2),
+            [ids[20], ids[17]]
+        );
+        assert_eq!(
+            listed(Some("nope"), None, None, 10),
+            Vec::<uuid::Uuid>::new()
+        );
+        // A workflow whose name extends another's is not mixed in.
+        assert!(listed(Some("et"), None, None, 10).is_empty());
+        assert_eq!(
+            listed(None, None, None, 5),
+            ids.iter().rev().take(5).copied().collect::<Vec<_>>()
+        );
     }
 }

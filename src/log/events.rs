@@ -254,16 +254,16 @@ impl Log {
         Ok(out)
     }
 
-    /// The most recent accepted event with this id.
+    /// The most recent accepted event with this id: one index lookup.
     pub fn event_by_id(&self, id: &str) -> Result<Option<EventRecord>, Error> {
-        for entry in self.events.iter().rev() {
-            let (key, value) = entry?;
-            let record: EventRecord =
-                serde_json::from_slice(&value).map_err(corrupt(format!("event {key:?}")))?;
-            if record.event_id() == id {
-                return Ok(Some(record));
-            }
-        }
-        Ok(None)
+        let Some(seq) = self.event_ids.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some(value) = self.events.get(&seq)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&value)
+            .map(Some)
+            .map_err(corrupt(format!("event {id}")))
     }
 }

@@ -27,6 +27,10 @@
 //!   describes and removed once the broker confirmed it.
 //! - `dedup_expiry`: `expires_at (8 B) ++ dedup key` → empty: the dedup
 //!   entries in expiry order, so the sweeper reads only expired ones.
+//! - `run_index`: ended runs by `w\0<workflow>\0`, `s\0<status>\0` and
+//!   `x\0<workflow>\0<status>\0`, each followed by the run id (time
+//!   ordered) → empty: `GET /runs` with a filter reads only matches.
+//! - `event_ids`: event id → the seq of its latest record in `events`.
 //! - `meta`: the log format version ([`FORMAT_VERSION`]; older logs are
 //!   upgraded on open, newer ones refused with both versions named).
 //!
@@ -101,6 +105,8 @@ pub struct Log {
     events: sled::Tree,
     dedup: sled::Tree,
     dedup_expiry: sled::Tree,
+    run_index: sled::Tree,
+    event_ids: sled::Tree,
     marks: sled::Tree,
     outbox: sled::Tree,
     /// Highest sequence number appended by this handle.
@@ -111,6 +117,9 @@ pub struct Log {
     flushes: Arc<AtomicU64>,
     /// Test hook: make flushes fail ([`Log::inject_flush_failures`]).
     failing: Arc<std::sync::atomic::AtomicBool>,
+    /// Entries in `outbox`, kept as writes and removals happen (so
+    /// `/metrics` never counts a tree).
+    outbox_pending: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Log {
@@ -130,7 +139,9 @@ const FORMAT_KEY: &[u8] = b"format";
 /// refuses the whole log at open instead, naming both versions.
 /// 2: a `records` value may hold an array of one commit's records.
 /// 3: the `dedup_expiry` index; events may carry the `unrouted` outcome.
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: the `run_index` (ended runs by workflow and status) and `event_ids`
+///    (event id → its latest record) indexes.
+pub const FORMAT_VERSION: u32 = 4;
 /// Formats this binary reads; an older one is upgraded on open (3 builds
 /// the dedup expiry index) and marked current, so an older binary refuses
 /// the log instead of misreading it.
@@ -183,6 +194,8 @@ impl Log {
         let events = db.open_tree("events")?;
         let dedup = db.open_tree("dedup")?;
         let dedup_expiry = db.open_tree("dedup_expiry")?;
+        let run_index = db.open_tree("run_index")?;
+        let event_ids = db.open_tree("event_ids")?;
         let marks = db.open_tree("marks")?;
         let outbox = db.open_tree("outbox")?;
         let meta = db.open_tree("meta")?;
@@ -227,6 +240,8 @@ impl Log {
             events,
             dedup,
             dedup_expiry,
+            run_index,
+            event_ids,
             marks,
             outbox,
             last_seq: Arc::new(AtomicU64::new(0)),
@@ -235,7 +250,10 @@ impl Log {
             durable_seq: Arc::new(AtomicU64::new(on_disk)),
             flushes: Arc::new(AtomicU64::new(0)),
             failing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            outbox_pending: Arc::new(AtomicU64::new(0)),
         };
+        log.outbox_pending
+            .store(log.outbox.iter().count() as u64, Ordering::Relaxed);
         if let Some(version) = upgrade_from {
             if version < 3 {
                 let entries = log.index_dedup_expiry()?;
@@ -244,6 +262,14 @@ impl Log {
                     dedup_entries = entries,
                     runs_reindexed = runs,
                     "Log upgraded to format 3: dedup expiry index built, unfinished runs checked."
+                );
+            }
+            if version < 4 {
+                let (runs, events) = log.build_indexes()?;
+                tracing::info!(
+                    runs,
+                    events,
+                    "Log upgraded to format 4: run and event id indexes built."
                 );
             }
             // The upgrade is durable before the marker says it happened.
@@ -450,6 +476,71 @@ impl Log {
         Ok(out)
     }
 
+    /// Stored records of ended runs of `workflow` and/or with `status`,
+    /// newest first, below `before`: at most `limit`, read through the run
+    /// index (the cost follows `limit`, not the store's size).
+    pub fn ended_runs_where(
+        &self,
+        workflow: Option<&str>,
+        status: Option<RunStatus>,
+        before: Option<RunId>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let prefix = match (workflow, status) {
+            (None, None) => return self.ended_runs(before, limit, |_| true),
+            (Some(w), None) => run_index_prefix(b'w', &[w.as_bytes()]),
+            (None, Some(s)) => run_index_prefix(b's', &[s.as_str().as_bytes()]),
+            (Some(w), Some(s)) => run_index_prefix(b'x', &[w.as_bytes(), s.as_str().as_bytes()]),
+        };
+        let mut upper = prefix.clone();
+        match before {
+            Some(before) => upper.extend_from_slice(before.as_bytes()),
+            None => upper.extend_from_slice(&[0xff; 17]),
+        }
+        let mut out = Vec::new();
+        for entry in self.run_index.range(prefix.clone()..upper).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = entry?;
+            let Some(run_id) = key.get(prefix.len()..).and_then(run_id_from_key) else {
+                continue;
+            };
+            if let Some(summary) = self.runs.get(run_id.as_bytes())? {
+                out.push(summary.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Builds the run and event id indexes (a log from before they existed).
+    fn build_indexes(&self) -> Result<(usize, usize), Error> {
+        let mut runs = 0;
+        for entry in self.runs.iter() {
+            let (key, value) = entry?;
+            let Some(run_id) = run_id_from_key(&key) else {
+                continue;
+            };
+            let Ok(summary) = serde_json::from_slice::<IndexedRun>(&value) else {
+                continue;
+            };
+            for key in run_index_keys(run_id, &summary.workflow, summary.status) {
+                self.run_index.insert(key, &[])?;
+            }
+            runs += 1;
+        }
+        let mut events = 0;
+        for entry in self.events.iter() {
+            let (key, value) = entry?;
+            if let Ok(event) = serde_json::from_slice::<EventRecord>(&value) {
+                self.event_ids
+                    .insert(event.event_id().as_bytes(), &key[..])?;
+                events += 1;
+            }
+        }
+        Ok((runs, events))
+    }
+
     pub fn definition(&self, version: &str) -> Result<Option<Vec<u8>>, Error> {
         Ok(self.definitions.get(version)?.map(|v| v.to_vec()))
     }
@@ -507,6 +598,36 @@ fn version_key(workflow: &str, version: &str) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(version.as_bytes());
     key
+}
+
+/// What the run index needs of a stored run record.
+#[derive(Deserialize)]
+struct IndexedRun {
+    workflow: String,
+    status: RunStatus,
+}
+
+fn run_index_prefix(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut key = vec![kind, 0];
+    for part in parts {
+        key.extend_from_slice(part);
+        key.push(0);
+    }
+    key
+}
+
+/// The run index's keys for an ended run.
+pub(crate) fn run_index_keys(run_id: RunId, workflow: &str, status: RunStatus) -> [Vec<u8>; 3] {
+    let status = status.as_str().as_bytes();
+    let with_id = |mut key: Vec<u8>| {
+        key.extend_from_slice(run_id.as_bytes());
+        key
+    };
+    [
+        with_id(run_index_prefix(b'w', &[workflow.as_bytes()])),
+        with_id(run_index_prefix(b's', &[status])),
+        with_id(run_index_prefix(b'x', &[workflow.as_bytes(), status])),
+    ]
 }
 
 fn record_key(run_id: RunId, seq: u64) -> [u8; 24] {

@@ -48,11 +48,16 @@ impl Log {
             batch.remove(&seq.to_be_bytes()[..]);
         }
         self.outbox.apply_batch(batch)?;
+        let _ = self
+            .outbox_pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(seqs.len() as u64))
+            });
         Ok(())
     }
 
-    /// Messages not yet confirmed by the broker.
+    /// Messages not yet confirmed by the broker (a counter: O(1)).
     pub fn outbox_len(&self) -> usize {
-        self.outbox.len()
+        self.outbox_pending.load(Ordering::Relaxed) as usize
     }
 }

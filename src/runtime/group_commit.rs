@@ -180,7 +180,7 @@ impl EngineLoop {
                     reply,
                 } => self.on_cancel(&mut batch, run_id, reason, reply, now)?,
                 Input::Snapshot { run_id, reply } => batch.snapshots.push((run_id, reply)),
-                Input::Active { reply } => batch.actives.push(reply),
+                Input::Active { filter, reply } => batch.actives.push((filter, reply)),
                 Input::Wake => self.armed = None,
                 Input::Shutdown { grace } => self.on_shutdown(grace, now),
             }
@@ -328,7 +328,9 @@ impl EngineLoop {
             {
                 let record = run.into_record();
                 let summary = serde_json::to_vec(&record).unwrap_or_default();
-                batch.commit.summary(*run_id, summary);
+                batch
+                    .commit
+                    .summary(*run_id, &record.workflow, record.status, summary);
                 ended.push(record);
             }
         }
@@ -389,8 +391,8 @@ impl EngineLoop {
         for (run_id, reply) in batch.snapshots.drain(..) {
             let _ = reply.send(self.engine.run(run_id).map(|run| run.record()));
         }
-        for reply in batch.actives.drain(..) {
-            let _ = reply.send(self.engine.runs().map(|run| run.record()).collect());
+        for (filter, reply) in batch.actives.drain(..) {
+            let _ = reply.send(self.active_records(&filter));
         }
         Ok(())
     }
@@ -444,8 +446,8 @@ impl EngineLoop {
         for (run_id, reply) in batch.snapshots.drain(..) {
             let _ = reply.send(self.engine.run(run_id).map(|run| run.record()));
         }
-        for reply in batch.actives.drain(..) {
-            let _ = reply.send(self.engine.runs().map(|run| run.record()).collect());
+        for (filter, reply) in batch.actives.drain(..) {
+            let _ = reply.send(self.active_records(&filter));
         }
     }
 
@@ -468,6 +470,22 @@ impl EngineLoop {
         batch.effects = held.effects;
         held.ended.append(ended);
         *ended = held.ended;
+    }
+
+    /// The records of the active runs a listing wants: matched by
+    /// reference, newest first, and only the page is copied.
+    fn active_records(&self, filter: &RunFilter) -> Vec<RunRecord> {
+        let mut ids: Vec<RunId> = self
+            .engine
+            .runs()
+            .filter(|run| filter.matches(run))
+            .map(|run| run.id)
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.truncate(filter.limit);
+        ids.iter()
+            .filter_map(|id| self.engine.run(*id).map(|run| run.record()))
+            .collect()
     }
 
     pub(super) fn wake_at(&self, at: Millis) {

@@ -177,6 +177,26 @@ pub struct Accepted {
 pub type ChainHook =
     Arc<dyn Fn(&crate::engine::RunState, Millis) -> Option<Submission> + Send + Sync>;
 
+/// Which runs a listing wants.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub workflow: Option<String>,
+    pub status: Option<RunStatus>,
+    /// Only runs with a smaller (older) id: the listing's cursor.
+    pub before: Option<RunId>,
+    pub limit: usize,
+}
+
+impl RunFilter {
+    pub fn matches(&self, run: &crate::engine::RunState) -> bool {
+        self.workflow
+            .as_ref()
+            .is_none_or(|w| *w == run.workflow.name)
+            && self.status.is_none_or(|s| s == run.status)
+            && self.before.is_none_or(|b| run.id < b)
+    }
+}
+
 /// A request to start a run.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -225,6 +245,7 @@ enum Input {
         reply: oneshot::Sender<Option<RunRecord>>,
     },
     Active {
+        filter: RunFilter,
         reply: oneshot::Sender<Vec<RunRecord>>,
     },
     Wake,
@@ -516,10 +537,11 @@ impl RuntimeHandle {
         answer.await.map_err(|_| self.stopped())
     }
 
-    /// The current records of every active run.
-    pub async fn active_runs(&self) -> Result<Vec<RunRecord>, Error> {
+    /// The current records of the active runs `filter` selects, newest
+    /// first, at most `filter.limit` (only those are copied).
+    pub async fn active_runs(&self, filter: RunFilter) -> Result<Vec<RunRecord>, Error> {
         let (reply, answer) = oneshot::channel();
-        self.send(Input::Active { reply })?;
+        self.send(Input::Active { filter, reply })?;
         answer.await.map_err(|_| self.stopped())
     }
 
@@ -605,5 +627,5 @@ struct Batch {
     chained: usize,
     cancelled: Vec<oneshot::Sender<Result<(), Error>>>,
     snapshots: Vec<(RunId, oneshot::Sender<Option<RunRecord>>)>,
-    actives: Vec<oneshot::Sender<Vec<RunRecord>>>,
+    actives: Vec<(RunFilter, oneshot::Sender<Vec<RunRecord>>)>,
 }

@@ -22,8 +22,11 @@ impl EngineLoop {
                     if let Some(run) = self.engine.evict(run_id) {
                         tracing::warn!(run_id = %run_id, status = %run.status,
                             "Run had ended but was still listed as unfinished; finishing it.");
-                        let summary = serde_json::to_vec(&run.into_record()).unwrap_or_default();
-                        batch.commit.finished(run_id, summary);
+                        let record = run.into_record();
+                        let summary = serde_json::to_vec(&record).unwrap_or_default();
+                        batch
+                            .commit
+                            .finished(run_id, &record.workflow, record.status, summary);
                         recovery.runs_finished += 1;
                         continue;
                     }
@@ -49,7 +52,9 @@ impl EngineLoop {
                     batch.commit.record(&record, message)?;
                     if let Some(summary) = summary {
                         let bytes = serde_json::to_vec(&summary).unwrap_or_default();
-                        batch.commit.summary(run_id, bytes);
+                        batch
+                            .commit
+                            .summary(run_id, &summary.workflow, summary.status, bytes);
                     }
                     batch.records.push(record);
                 }
