@@ -52,7 +52,7 @@ fn fill(dir: &Path, runs: usize) -> Duration {
         let (workflow, status) = if i < 100 {
             ("rare".to_string(), RunStatus::Succeeded)
         } else {
-            let status = if i % 10 == 0 {
+            let status = if (i / 100) % 10 == 0 {
                 RunStatus::Failed
             } else {
                 RunStatus::Succeeded

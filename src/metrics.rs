@@ -21,6 +21,10 @@ pub struct DaemonMetrics {
     pub reloads_rejected: AtomicU64,
     /// Records the metrics task missed because it lagged behind.
     pub records_missed: AtomicU64,
+    /// Deleted by retention: ended runs, events, task logs.
+    pub retention_runs: AtomicU64,
+    pub retention_events: AtomicU64,
+    pub retention_task_logs: AtomicU64,
 }
 
 /// Event counters for `/metrics`.

@@ -1180,3 +1180,73 @@ async fn while_the_log_cannot_flush_nothing_is_acknowledged_and_afterwards_nothi
     assert_eq!(runs.len(), 3, "{orders:?}");
     daemon.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Retention
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_runs_and_events_in_the_background() {
+    let project = Project::with_config(
+        &[hook(
+            "plain",
+            "/plain",
+            json!({}),
+            json!({"order": "${event.data.order}"}),
+        )],
+        &[],
+        json!({"retention": {"runs": "1s", "events": "1s", "task_logs": "1s"}}),
+    );
+    let daemon = project.start(None).await;
+    for n in 0..5 {
+        let body = format!(r#"{{"order": {n}}}"#);
+        let (status, _) = daemon.post("/hooks/plain", body.as_bytes(), &[]).await;
+        assert_eq!(status, 202);
+    }
+    let runs = daemon.wait_runs("ingest", 5, Duration::from_secs(20)).await;
+    let first = runs[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(daemon.events().await.len(), 5);
+    // A second and a bit later, the sweeper (every 250 ms here) has
+    // deleted them: runs, their history, events, and the index entries.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let gone = daemon.runs("ingest").await.is_empty() && daemon.events().await.is_empty();
+        if gone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention did not delete the old runs and events"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = reqwest::get(daemon.url(&format!("/api/v1/runs/{first}")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let metrics = reqwest::get(daemon.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchyard_retention_deleted_total{what=\"runs\"} 5"),
+        "{metrics}"
+    );
+    daemon.stop().await;
+}
+
+#[test]
+fn a_bad_retention_period_is_a_config_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("switchyard.json"),
+        json!({"retention": {"runs": "a while"}}).to_string(),
+    )
+    .unwrap();
+    let error = switchyard::spec::Config::load(&dir.path().join("switchyard.json"), false)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("retention.runs"), "{error}");
+}

@@ -389,6 +389,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
          # HELP switchyard_outbox_pending Lifecycle events waiting for the broker's confirm.\n\
          # TYPE switchyard_outbox_pending gauge\n\
          switchyard_outbox_pending {}\n\
+         # HELP switchyard_retention_deleted_total Deleted by retention, by kind.\n\
+         # TYPE switchyard_retention_deleted_total counter\n\
+         switchyard_retention_deleted_total{{what=\"runs\"}} {}\n\
+         switchyard_retention_deleted_total{{what=\"events\"}} {}\n\
+         switchyard_retention_deleted_total{{what=\"task_logs\"}} {}\n\
          # HELP switchyard_engine_runs Runs in the engine's memory (created, not ended).\n\
          # TYPE switchyard_engine_runs gauge\n\
          switchyard_engine_runs {}\n\
@@ -425,6 +430,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         get(&e.amqp.unacked),
         get(&e.amqp.unacked_max),
         state.runtime.log().outbox_len(),
+        get(&m.retention_runs),
+        get(&m.retention_events),
+        get(&m.retention_task_logs),
         get(&state.runtime.gauges().runs),
         get(&state.runtime.gauges().timers),
     );

@@ -189,7 +189,13 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
             triggers.stop();
         });
     }
-    tokio::spawn(sweep_dedup(handle.clone(), stop.clone()));
+    let periods = config.retention().unwrap_or_default();
+    tokio::spawn(retention(
+        handle.clone(),
+        periods,
+        Arc::clone(&metrics),
+        stop.clone(),
+    ));
     if broker.events_exchange().is_some() {
         tokio::spawn(crate::amqp::outbox::publish(
             handle.log().clone(),
@@ -272,38 +278,78 @@ async fn shutdown_signal() {
     }
 }
 
-/// Removes expired dedup entries now and then (they are ignored once
-/// expired; this only bounds the store's size), in small batches through
-/// the expiry index so a large backlog never holds anything up.
-async fn sweep_dedup(runtime: runtime::RuntimeHandle, stop: CancellationToken) {
-    const EVERY: Duration = Duration::from_secs(60);
-    const BATCH: usize = 1000;
+/// Retention in the background: expired dedup entries, and what is older
+/// than `retention` (runs with their records and logs, events, task logs),
+/// in small batches on a blocking thread with pauses between them, so group
+/// commits are never held up. Checked every minute, or more often for
+/// retention periods shorter than a few minutes.
+async fn retention(
+    runtime: runtime::RuntimeHandle,
+    retention: crate::spec::config::Retention,
+    metrics: Arc<DaemonMetrics>,
+    stop: CancellationToken,
+) {
+    const BATCH: usize = 500;
+    let shortest = retention
+        .runs
+        .min(retention.events)
+        .min(retention.task_logs);
+    let every = (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let millis = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
         }
         let now = chrono::Utc::now().timestamp_millis();
-        let mut removed = 0;
+        let cutoffs = crate::log::retention::Cutoffs {
+            runs: now.saturating_sub(millis(retention.runs)),
+            events: now.saturating_sub(millis(retention.events)),
+            task_logs: now.saturating_sub(millis(retention.task_logs)),
+        };
+        let mut dedup = 0;
         loop {
             let log = runtime.log().clone();
-            match tokio::task::spawn_blocking(move || log.sweep_dedup(now, BATCH)).await {
-                Ok(Ok(n)) => {
-                    removed += n;
-                    if n < BATCH || stop.is_cancelled() {
+            let done = tokio::task::spawn_blocking(move || {
+                let swept = log.sweep_dedup(now, BATCH)?;
+                let pruned = log.prune(cutoffs, BATCH)?;
+                Ok::<_, crate::log::Error>((swept, pruned))
+            })
+            .await;
+            match done {
+                Ok(Ok((swept, pruned))) => {
+                    dedup += swept;
+                    metrics
+                        .retention_runs
+                        .fetch_add(pruned.runs as u64, Ordering::Relaxed);
+                    metrics
+                        .retention_events
+                        .fetch_add(pruned.events as u64, Ordering::Relaxed);
+                    metrics
+                        .retention_task_logs
+                        .fetch_add(pruned.task_logs as u64, Ordering::Relaxed);
+                    if pruned.runs + pruned.events > 0 {
+                        tracing::debug!(
+                            runs = pruned.runs,
+                            events = pruned.events,
+                            task_logs = pruned.task_logs,
+                            "Retention deleted old data."
+                        );
+                    }
+                    if (swept < BATCH && !pruned.more) || stop.is_cancelled() {
                         break;
                     }
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "Cannot sweep dedup keys.");
+                    tracing::warn!(error = %e, "Retention pass failed; retrying later.");
                     break;
                 }
                 Err(_) => break,
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if removed > 0 {
-            tracing::info!(removed, "Expired dedup keys removed.");
+        if dedup > 0 {
+            tracing::info!(removed = dedup, "Expired dedup keys removed.");
         }
     }
 }

@@ -41,6 +41,7 @@ pub mod commit;
 pub mod events;
 pub mod outbox;
 pub mod record;
+pub mod retention;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -38,6 +38,9 @@ pub struct Config {
     pub max_parallel_tasks: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiConfig>,
+    /// How long ended runs, events and task logs are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionConfig>,
     /// The project directory (where the config file is); relative paths in
     /// bindings resolve against it. Not a key of the file.
     #[serde(skip)]
@@ -70,6 +73,41 @@ pub struct ApiConfig {
     /// Bearer token required on `/api` when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+}
+
+/// `retention`: durations (humantime, e.g. `"30d"`, `"12h"`); what is older
+/// is deleted in the background.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Ended runs with their records (default `30d`, by when they started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<String>,
+    /// Accepted events (default `7d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<String>,
+    /// Captured stdout/stderr of attempts (default `30d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_logs: Option<String>,
+}
+
+/// The retention periods in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub runs: std::time::Duration,
+    pub events: std::time::Duration,
+    pub task_logs: std::time::Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Self {
+            runs: std::time::Duration::from_secs(30 * DAY),
+            events: std::time::Duration::from_secs(7 * DAY),
+            task_logs: std::time::Duration::from_secs(30 * DAY),
+        }
+    }
 }
 
 pub const DEFAULT_MAX_PARALLEL_TASKS: usize = 16;
@@ -127,11 +165,33 @@ impl Config {
                 }
             }
         }
+        if let Err((key, message)) = config.retention() {
+            c.error(format!("retention.{key}"), message);
+        }
         if !c.diagnostics.is_empty() {
             return Err(Diagnostics(c.diagnostics));
         }
         let base = file.parent().unwrap_or(Path::new("."));
         Ok(config.resolved(base))
+    }
+
+    /// The retention periods (defaults for what is not set); the key and
+    /// the error of a bad one.
+    pub fn retention(&self) -> Result<Retention, (&'static str, String)> {
+        let mut retention = Retention::default();
+        let Some(raw) = &self.retention else {
+            return Ok(retention);
+        };
+        for (key, text, slot) in [
+            ("runs", &raw.runs, &mut retention.runs),
+            ("events", &raw.events, &mut retention.events),
+            ("task_logs", &raw.task_logs, &mut retention.task_logs),
+        ] {
+            if let Some(text) = text {
+                *slot = super::parse_duration(text, false).map_err(|e| (key, e))?;
+            }
+        }
+        Ok(retention)
     }
 
     fn resolved(mut self, base: &Path) -> Self {
