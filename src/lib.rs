@@ -25,6 +25,8 @@ pub mod daemon;
 pub mod engine;
 pub mod executors;
 pub mod expr;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod log;
 pub mod metrics;
 pub mod reactor;

@@ -10,6 +10,7 @@ mod bindings;
 mod cli;
 mod daemon;
 mod engine;
+mod fuzz_corpora;
 mod golden;
 mod properties;
 mod runtime;

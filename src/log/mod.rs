@@ -357,12 +357,7 @@ impl Log {
                 key: format!("{run_id}/{}", key_seq(&key)),
                 source,
             };
-            if value.first() == Some(&b'[') {
-                let group: Vec<Record> = serde_json::from_slice(&value).map_err(corrupt)?;
-                history.extend(group);
-            } else {
-                history.push(serde_json::from_slice(&value).map_err(corrupt)?);
-            }
+            history.extend(decode_records(&value).map_err(corrupt)?);
         }
         Ok(history)
     }
@@ -599,6 +594,15 @@ fn version_key(workflow: &str, version: &str) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(version.as_bytes());
     key
+}
+
+/// A `records` value: one record, or a JSON array of one commit's records.
+pub fn decode_records(value: &[u8]) -> Result<Vec<Record>, serde_json::Error> {
+    if value.first() == Some(&b'[') {
+        serde_json::from_slice(value)
+    } else {
+        serde_json::from_slice(value).map(|record| vec![record])
+    }
 }
 
 /// What the run index needs of a stored run record.

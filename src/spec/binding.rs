@@ -328,15 +328,26 @@ impl Binding {
         base: &Path,
         workflow_exists: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<Binding>, Diagnostics> {
-        let mut c = Collector::new(file);
         let text = match std::fs::read(file) {
             Ok(text) => text,
             Err(e) => {
+                let mut c = Collector::new(file);
                 c.error("", format!("cannot read file: {e}"));
                 return Err(Diagnostics(c.diagnostics));
             }
         };
-        let value: Value = match serde_json::from_slice(&text) {
+        Self::parse(file, &text, base, workflow_exists)
+    }
+
+    /// Validates binding file text (`file` names it in errors).
+    pub fn parse(
+        file: &Path,
+        text: &[u8],
+        base: &Path,
+        workflow_exists: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<Binding>, Diagnostics> {
+        let mut c = Collector::new(file);
+        let value: Value = match serde_json::from_slice(text) {
             Ok(v) => v,
             Err(e) => {
                 c.error("", format!("invalid JSON: {e}"));

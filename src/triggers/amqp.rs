@@ -619,9 +619,34 @@ fn is_json(media: &str) -> bool {
     media == "application/json" || media.ends_with("+json")
 }
 
+/// What of a delivery becomes its event.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub properties: &'a lapin::BasicProperties,
+    pub data: &'a [u8],
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub redelivered: bool,
+}
+
 /// A delivery as an event (SPEC §5), or why it cannot be one.
 pub fn decode(delivery: &Delivery, queue: &str, vhost: &str) -> Result<Value, String> {
-    let props = &delivery.properties;
+    decode_message(
+        Message {
+            properties: &delivery.properties,
+            data: &delivery.data,
+            exchange: delivery.exchange.as_str(),
+            routing_key: delivery.routing_key.as_str(),
+            redelivered: delivery.redelivered,
+        },
+        queue,
+        vhost,
+    )
+}
+
+/// [`decode`] on the parts of a message (pure; fuzzed).
+pub fn decode_message(delivery: Message<'_>, queue: &str, vhost: &str) -> Result<Value, String> {
+    let props = delivery.properties;
     if let Some(encoding) = props.content_encoding()
         && !matches!(encoding.as_str().trim(), "" | "identity")
     {
@@ -634,7 +659,7 @@ pub fn decode(delivery: &Delivery, queue: &str, vhost: &str) -> Result<Value, St
         .as_ref()
         .map(|c| c.as_str().to_string());
     let media = content_type.as_deref().map(media_type);
-    let body = &delivery.data;
+    let body = delivery.data;
     let (data, datacontenttype) = match media.as_deref() {
         Some(m) if is_json(m) => match serde_json::from_slice::<Value>(body) {
             Ok(value) => (value, content_type.clone()),
@@ -667,8 +692,8 @@ pub fn decode(delivery: &Delivery, queue: &str, vhost: &str) -> Result<Value, St
         .as_ref()
         .map(field_table_json)
         .unwrap_or_default();
-    let exchange = delivery.exchange.as_str();
-    let routing_key = delivery.routing_key.as_str();
+    let exchange = delivery.exchange;
+    let routing_key = delivery.routing_key;
     let id = match props.message_id().as_ref().map(|m| m.as_str()) {
         Some(id) if !id.trim().is_empty() => id.to_string(),
         _ => {
