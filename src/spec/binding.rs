@@ -633,6 +633,7 @@ fn compile(
     })
 }
 
+/// The binding's trigger, compiled by its kind's own function.
 fn compile_trigger(
     c: &mut Collector<'_>,
     at: &str,
@@ -640,253 +641,281 @@ fn compile_trigger(
     base: &Path,
     workflow_exists: &dyn Fn(&str) -> bool,
 ) -> Option<Trigger> {
-    Some(match &raw.on {
-        TriggerFile::Amqp(a) => {
-            let at = join_path(at, "amqp");
-            if a.exchange.trim().is_empty() {
-                c.error(join_path(&at, "exchange"), "the exchange name is empty");
+    match &raw.on {
+        TriggerFile::Amqp(a) => compile_amqp(c, at, a, raw),
+        TriggerFile::File(f) => compile_file(c, at, f, base),
+        TriggerFile::Webhook(w) => compile_webhook(c, at, w),
+        TriggerFile::Cron(cr) => compile_cron(c, at, cr),
+        TriggerFile::Api(_) => Some(Trigger::Api),
+        TriggerFile::Run(r) => compile_run(c, at, r, workflow_exists),
+    }
+}
+
+/// The `amqp` trigger.
+fn compile_amqp(
+    c: &mut Collector<'_>,
+    at: &str,
+    a: &AmqpTriggerFile,
+    raw: &BindingFile,
+) -> Option<Trigger> {
+    let at = join_path(at, "amqp");
+    if a.exchange.trim().is_empty() {
+        c.error(join_path(&at, "exchange"), "the exchange name is empty");
+    }
+    if a.prefetch == Some(0) {
+        c.error(join_path(&at, "prefetch"), "must be at least 1");
+    }
+    let queue = a
+        .queue
+        .clone()
+        .unwrap_or_else(|| format!("switchyard.{}", raw.name));
+    if queue.trim().is_empty() {
+        c.error(join_path(&at, "queue"), "the queue name is empty");
+    } else if queue.starts_with("amq.") {
+        c.error(
+            join_path(&at, "queue"),
+            "queue names starting with `amq.` are reserved by the broker",
+        );
+    }
+    let routing_key = a.routing_key.as_deref().unwrap_or("#");
+    for (key, value) in [
+        ("exchange", a.exchange.as_str()),
+        ("queue", queue.as_str()),
+        ("routing_key", routing_key),
+    ] {
+        if value.len() > 255 {
+            c.error(
+                join_path(&at, key),
+                format!("is {} bytes; AMQP allows 255", value.len()),
+            );
+        }
+    }
+    Some(Trigger::Amqp(AmqpTrigger {
+        exchange: a.exchange.clone(),
+        exchange_type: a.exchange_type.unwrap_or_default(),
+        routing_key: a.routing_key.clone().unwrap_or_else(|| "#".into()),
+        queue,
+        prefetch: a.prefetch.unwrap_or(DEFAULT_PREFETCH),
+        max_body: raw.max_body.unwrap_or(DEFAULT_MAX_BODY),
+    }))
+}
+
+/// The `file` trigger.
+fn compile_file(
+    c: &mut Collector<'_>,
+    at: &str,
+    f: &FileTriggerFile,
+    base: &Path,
+) -> Option<Trigger> {
+    let at = join_path(at, "file");
+    if f.path.as_os_str().is_empty() {
+        c.error(join_path(&at, "path"), "the watched path is empty");
+    }
+    let pattern_text = f.pattern.as_deref().unwrap_or("*");
+    if pattern_text.contains('/') {
+        c.error(
+            join_path(&at, "pattern"),
+            format!(
+                "pattern `{pattern_text}` matches file names, not paths: drop the `/` (use `recursive` for subdirectories)"
+            ),
+        );
+    }
+    let pattern = glob::Pattern::new(pattern_text)
+        .map_err(|e| {
+            c.error(
+                join_path(&at, "pattern"),
+                format!("invalid glob `{pattern_text}`: {e}"),
+            )
+        })
+        .ok();
+    let settle = match f.settle.as_deref() {
+        Some(s) => parse_duration(s, true)
+            .map_err(|e| c.error(join_path(&at, "settle"), e))
+            .ok(),
+        None => Some(DEFAULT_SETTLE),
+    };
+    let poll = f.poll.as_deref().and_then(|p| {
+        parse_duration(p, false)
+            .map_err(|e| c.error(join_path(&at, "poll"), e))
+            .ok()
+    });
+    let path = if f.path.is_absolute() {
+        f.path.clone()
+    } else {
+        base.join(&f.path)
+    };
+    let path = normalize(&std::path::absolute(&path).unwrap_or(path));
+    Some(Trigger::File(FileTrigger {
+        path,
+        pattern: pattern?,
+        recursive: f.recursive,
+        settle: settle?,
+        poll,
+    }))
+}
+
+/// The `webhook` trigger.
+fn compile_webhook(c: &mut Collector<'_>, at: &str, w: &WebhookTriggerFile) -> Option<Trigger> {
+    let at = join_path(at, "webhook");
+    let path = w.path.trim_matches('/').to_string();
+    let path_ok = !path.is_empty()
+        && path.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+        });
+    if !path_ok {
+        c.error(
+            join_path(&at, "path"),
+            format!(
+                "invalid webhook path `{}`: use `/name` segments of letters, digits, `-`, `_`, `.`, `~`",
+                w.path
+            ),
+        );
+    }
+    let methods: Vec<String> = w
+        .methods
+        .clone()
+        .unwrap_or_else(|| vec!["POST".into()])
+        .iter()
+        .map(|m| m.to_ascii_uppercase())
+        .collect();
+    if methods.is_empty() {
+        c.error(join_path(&at, "methods"), "at least one method is needed");
+    }
+    for (i, m) in methods.iter().enumerate() {
+        if !["POST", "PUT", "PATCH", "GET", "DELETE"].contains(&m.as_str()) {
+            c.error(
+                join_path(&at, &format!("methods[{i}]")),
+                format!("unsupported method `{m}` (POST, PUT, PATCH, GET, DELETE)"),
+            );
+        }
+    }
+    let secret = w.secret.as_deref().and_then(|s| {
+        let t = Template::parse(s)
+            .map_err(|e| c.error(join_path(&at, "secret"), format!("invalid template: {e}")))
+            .ok()?;
+        let other = t
+            .expressions()
+            .iter()
+            .any(|e| !e.uses("secrets") || e.uses("event"));
+        if other {
+            c.error(
+                join_path(&at, "secret"),
+                "the secret may only use `${secrets.<name>}`",
+            );
+        }
+        Some(t)
+    });
+    match (&secret, w.signature) {
+        (Some(_), None) => c.error(
+            join_path(&at, "signature"),
+            "a secret needs a `signature` scheme: hmac-sha256, github or standard-webhooks",
+        ),
+        (None, Some(s)) => c.error(
+            join_path(&at, "secret"),
+            format!("signature `{}` needs a `secret`", s.as_str()),
+        ),
+        _ => {}
+    }
+    if w.max_body_bytes == Some(0) {
+        c.error(join_path(&at, "max_body_bytes"), "must be at least 1");
+    }
+    Some(Trigger::Webhook(WebhookTrigger {
+        path,
+        methods,
+        secret,
+        signature: w.signature,
+        respond: w.respond.unwrap_or_default(),
+        max_body: w.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
+    }))
+}
+
+/// The `cron` trigger.
+fn compile_cron(c: &mut Collector<'_>, at: &str, cr: &CronTriggerFile) -> Option<Trigger> {
+    let at = join_path(at, "cron");
+    let tz = match cr.timezone.as_deref() {
+        Some(name) => match parse_timezone(name) {
+            Ok(tz) => Some(tz),
+            Err(e) => {
+                c.error(join_path(&at, "timezone"), e);
+                None
             }
-            if a.prefetch == Some(0) {
-                c.error(join_path(&at, "prefetch"), "must be at least 1");
-            }
-            let queue = a
-                .queue
-                .clone()
-                .unwrap_or_else(|| format!("switchyard.{}", raw.name));
-            if queue.trim().is_empty() {
-                c.error(join_path(&at, "queue"), "the queue name is empty");
-            } else if queue.starts_with("amq.") {
+        },
+        None => Some(chrono_tz::UTC),
+    };
+    let schedule = match (&cr.schedule, &cr.every) {
+        (Some(_), Some(_)) => {
+            c.error(at.clone(), "give either `schedule` or `every`, not both");
+            None
+        }
+        (None, None) => {
+            c.error(
+                at.clone(),
+                "give `schedule` (crontab) or `every` (interval)",
+            );
+            None
+        }
+        (Some(expr), None) => tz.and_then(|tz| {
+            Schedule::cron(expr, tz)
+                .map_err(|e| c.error(join_path(&at, "schedule"), e))
+                .ok()
+        }),
+        (None, Some(every)) => {
+            if cr.timezone.is_some() {
                 c.error(
-                    join_path(&at, "queue"),
-                    "queue names starting with `amq.` are reserved by the broker",
+                    join_path(&at, "timezone"),
+                    "`every` intervals do not use a timezone",
                 );
             }
-            let routing_key = a.routing_key.as_deref().unwrap_or("#");
-            for (key, value) in [
-                ("exchange", a.exchange.as_str()),
-                ("queue", queue.as_str()),
-                ("routing_key", routing_key),
-            ] {
-                if value.len() > 255 {
-                    c.error(
-                        join_path(&at, key),
-                        format!("is {} bytes; AMQP allows 255", value.len()),
-                    );
-                }
-            }
-            Trigger::Amqp(AmqpTrigger {
-                exchange: a.exchange.clone(),
-                exchange_type: a.exchange_type.unwrap_or_default(),
-                routing_key: a.routing_key.clone().unwrap_or_else(|| "#".into()),
-                queue,
-                prefetch: a.prefetch.unwrap_or(DEFAULT_PREFETCH),
-                max_body: raw.max_body.unwrap_or(DEFAULT_MAX_BODY),
-            })
+            parse_duration(every, false)
+                .and_then(Schedule::every)
+                .map_err(|e| c.error(join_path(&at, "every"), e))
+                .ok()
         }
-        TriggerFile::File(f) => {
-            let at = join_path(at, "file");
-            if f.path.as_os_str().is_empty() {
-                c.error(join_path(&at, "path"), "the watched path is empty");
-            }
-            let pattern_text = f.pattern.as_deref().unwrap_or("*");
-            if pattern_text.contains('/') {
-                c.error(
-                    join_path(&at, "pattern"),
-                    format!(
-                        "pattern `{pattern_text}` matches file names, not paths: drop the `/` (use `recursive` for subdirectories)"
-                    ),
-                );
-            }
-            let pattern = glob::Pattern::new(pattern_text)
-                .map_err(|e| {
-                    c.error(
-                        join_path(&at, "pattern"),
-                        format!("invalid glob `{pattern_text}`: {e}"),
-                    )
-                })
-                .ok();
-            let settle = match f.settle.as_deref() {
-                Some(s) => parse_duration(s, true)
-                    .map_err(|e| c.error(join_path(&at, "settle"), e))
-                    .ok(),
-                None => Some(DEFAULT_SETTLE),
-            };
-            let poll = f.poll.as_deref().and_then(|p| {
-                parse_duration(p, false)
-                    .map_err(|e| c.error(join_path(&at, "poll"), e))
-                    .ok()
-            });
-            let path = if f.path.is_absolute() {
-                f.path.clone()
-            } else {
-                base.join(&f.path)
-            };
-            let path = normalize(&std::path::absolute(&path).unwrap_or(path));
-            Trigger::File(FileTrigger {
-                path,
-                pattern: pattern?,
-                recursive: f.recursive,
-                settle: settle?,
-                poll,
-            })
+    };
+    Some(Trigger::Cron(CronTrigger {
+        schedule: schedule?,
+        catch_up: cr.catch_up.unwrap_or_default(),
+    }))
+}
+
+/// The `run` trigger.
+fn compile_run(
+    c: &mut Collector<'_>,
+    at: &str,
+    r: &RunTriggerFile,
+    workflow_exists: &dyn Fn(&str) -> bool,
+) -> Option<Trigger> {
+    let at = join_path(at, "run");
+    if !workflow_exists(&r.workflow) {
+        c.error(
+            join_path(&at, "workflow"),
+            format!("unknown workflow `{}`", r.workflow),
+        );
+    }
+    let status = r
+        .status
+        .clone()
+        .unwrap_or_else(|| vec![RunStatus::Succeeded]);
+    if status.is_empty() {
+        c.error(join_path(&at, "status"), "at least one status is needed");
+    }
+    for (i, s) in status.iter().enumerate() {
+        if !s.is_terminal() {
+            c.error(
+                join_path(&at, &format!("status[{i}]")),
+                format!("`{s}` is not an end status (succeeded, failed, cancelled)"),
+            );
         }
-        TriggerFile::Webhook(w) => {
-            let at = join_path(at, "webhook");
-            let path = w.path.trim_matches('/').to_string();
-            let path_ok = !path.is_empty()
-                && path.split('/').all(|seg| {
-                    !seg.is_empty()
-                        && seg != "."
-                        && seg != ".."
-                        && seg
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
-                });
-            if !path_ok {
-                c.error(
-                    join_path(&at, "path"),
-                    format!(
-                        "invalid webhook path `{}`: use `/name` segments of letters, digits, `-`, `_`, `.`, `~`",
-                        w.path
-                    ),
-                );
-            }
-            let methods: Vec<String> = w
-                .methods
-                .clone()
-                .unwrap_or_else(|| vec!["POST".into()])
-                .iter()
-                .map(|m| m.to_ascii_uppercase())
-                .collect();
-            if methods.is_empty() {
-                c.error(join_path(&at, "methods"), "at least one method is needed");
-            }
-            for (i, m) in methods.iter().enumerate() {
-                if !["POST", "PUT", "PATCH", "GET", "DELETE"].contains(&m.as_str()) {
-                    c.error(
-                        join_path(&at, &format!("methods[{i}]")),
-                        format!("unsupported method `{m}` (POST, PUT, PATCH, GET, DELETE)"),
-                    );
-                }
-            }
-            let secret = w.secret.as_deref().and_then(|s| {
-                let t = Template::parse(s)
-                    .map_err(|e| {
-                        c.error(join_path(&at, "secret"), format!("invalid template: {e}"))
-                    })
-                    .ok()?;
-                let other = t
-                    .expressions()
-                    .iter()
-                    .any(|e| !e.uses("secrets") || e.uses("event"));
-                if other {
-                    c.error(
-                        join_path(&at, "secret"),
-                        "the secret may only use `${secrets.<name>}`",
-                    );
-                }
-                Some(t)
-            });
-            match (&secret, w.signature) {
-                (Some(_), None) => c.error(
-                    join_path(&at, "signature"),
-                    "a secret needs a `signature` scheme: hmac-sha256, github or standard-webhooks",
-                ),
-                (None, Some(s)) => c.error(
-                    join_path(&at, "secret"),
-                    format!("signature `{}` needs a `secret`", s.as_str()),
-                ),
-                _ => {}
-            }
-            if w.max_body_bytes == Some(0) {
-                c.error(join_path(&at, "max_body_bytes"), "must be at least 1");
-            }
-            Trigger::Webhook(WebhookTrigger {
-                path,
-                methods,
-                secret,
-                signature: w.signature,
-                respond: w.respond.unwrap_or_default(),
-                max_body: w.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
-            })
-        }
-        TriggerFile::Cron(cr) => {
-            let at = join_path(at, "cron");
-            let tz = match cr.timezone.as_deref() {
-                Some(name) => match parse_timezone(name) {
-                    Ok(tz) => Some(tz),
-                    Err(e) => {
-                        c.error(join_path(&at, "timezone"), e);
-                        None
-                    }
-                },
-                None => Some(chrono_tz::UTC),
-            };
-            let schedule = match (&cr.schedule, &cr.every) {
-                (Some(_), Some(_)) => {
-                    c.error(at.clone(), "give either `schedule` or `every`, not both");
-                    None
-                }
-                (None, None) => {
-                    c.error(
-                        at.clone(),
-                        "give `schedule` (crontab) or `every` (interval)",
-                    );
-                    None
-                }
-                (Some(expr), None) => tz.and_then(|tz| {
-                    Schedule::cron(expr, tz)
-                        .map_err(|e| c.error(join_path(&at, "schedule"), e))
-                        .ok()
-                }),
-                (None, Some(every)) => {
-                    if cr.timezone.is_some() {
-                        c.error(
-                            join_path(&at, "timezone"),
-                            "`every` intervals do not use a timezone",
-                        );
-                    }
-                    parse_duration(every, false)
-                        .and_then(Schedule::every)
-                        .map_err(|e| c.error(join_path(&at, "every"), e))
-                        .ok()
-                }
-            };
-            Trigger::Cron(CronTrigger {
-                schedule: schedule?,
-                catch_up: cr.catch_up.unwrap_or_default(),
-            })
-        }
-        TriggerFile::Api(_) => Trigger::Api,
-        TriggerFile::Run(r) => {
-            let at = join_path(at, "run");
-            if !workflow_exists(&r.workflow) {
-                c.error(
-                    join_path(&at, "workflow"),
-                    format!("unknown workflow `{}`", r.workflow),
-                );
-            }
-            let status = r
-                .status
-                .clone()
-                .unwrap_or_else(|| vec![RunStatus::Succeeded]);
-            if status.is_empty() {
-                c.error(join_path(&at, "status"), "at least one status is needed");
-            }
-            for (i, s) in status.iter().enumerate() {
-                if !s.is_terminal() {
-                    c.error(
-                        join_path(&at, &format!("status[{i}]")),
-                        format!("`{s}` is not an end status (succeeded, failed, cancelled)"),
-                    );
-                }
-            }
-            Trigger::Run(RunTrigger {
-                workflow: r.workflow.clone(),
-                status,
-            })
-        }
-    })
+    }
+    Some(Trigger::Run(RunTrigger {
+        workflow: r.workflow.clone(),
+        status,
+    }))
 }
 
 /// The HMAC key of a standard-webhooks secret: a `whsec_` secret is the
