@@ -6,6 +6,18 @@ use std::path::Path;
 
 #[test]
 fn every_fuzz_corpus_entry_runs_without_a_panic() {
+    // Unoptimised builds use far larger stack frames than the release
+    // build the fuzzers and the daemon run; give this thread room for the
+    // deepest input the parsers accept (see `expr::MAX_NESTING`).
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(run_corpora)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn run_corpora() {
     let corpora = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
     for (target, run) in switchyard::fuzzing::TARGETS {
         let dir = corpora.join(target);

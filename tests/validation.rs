@@ -480,3 +480,25 @@ fn templates_cannot_choose_the_interpreter_the_directory_or_the_program() {
     }
     assert!(!text.contains("tasks[3]"), "{text}");
 }
+
+#[test]
+fn an_expression_nesting_without_bound_is_refused_not_a_crash() {
+    let deep = "[".repeat(5000);
+    let text = invalid(json!({"name": "x", "tasks": [
+        {"id": "a", "when": deep, "noop": {}},
+        {"id": "b", "shell": {"command": ["echo", format!("${{{}}}", "(".repeat(40) + "1" + &")".repeat(40))]}},
+        {"id": "c", "when": "[[[1]]] == [[[1]]] && '((((((((((((((((((((((((((((((((((((((((' != ''", "noop": {}},
+    ]}));
+    assert!(
+        text.contains("tasks[0].when") && text.contains("nests 5000 levels deep"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tasks[1].shell.command[1]") && text.contains("nests 40 levels"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("tasks[2]"),
+        "brackets inside strings do not count: {text}"
+    );
+}

@@ -83,6 +83,50 @@ static ENV: LazyLock<Arc<cel::Env>> = LazyLock::new(|| {
     Arc::new(env)
 });
 
+/// Deepest nesting of brackets an expression may have. The CEL parser
+/// recurses per level (deeply so in unoptimised builds), so input nesting
+/// without bound could exhaust a thread's stack; no real condition comes
+/// near this.
+pub const MAX_NESTING: usize = 32;
+
+/// Refuses expressions nesting `(`, `[` or `{` deeper than [`MAX_NESTING`]
+/// (outside string literals), before the parser sees them.
+fn check_nesting(source: &str) -> Result<(), ParseError> {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in source.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '(' | '[' | '{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                ')' | ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+    }
+    if deepest > MAX_NESTING {
+        return Err(ParseError {
+            message: format!(
+                "expression nests {deepest} levels deep; at most {MAX_NESTING} are allowed"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// One compiled CEL expression.
 #[derive(Debug, Clone)]
 pub struct Expression {
@@ -99,6 +143,7 @@ impl Expression {
                 message: "empty expression".into(),
             });
         }
+        check_nesting(source)?;
         let program = ENV.compile(source).map_err(|e| ParseError {
             message: format!("invalid CEL `{source}`: {}", one_line(&e.to_string())),
         })?;
