@@ -1250,3 +1250,40 @@ fn a_bad_retention_period_is_a_config_error_naming_the_key() {
         .to_string();
     assert!(error.contains("retention.runs"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_ledger_forgets_files_that_are_gone_while_the_daemon_runs() {
+    let project = Project::new(&[json!({"name": "files",
+        "on": {"file": {"path": "inbox", "settle": "50ms", "poll": "200ms"}},
+        "workflow": "ingest", "params": {"order": "${event.data.name}"}})]);
+    let inbox = project.inbox();
+    let daemon = project.start(None).await;
+    std::fs::write(inbox.join("a.csv"), "x").unwrap();
+    daemon.wait_runs("ingest", 1, Duration::from_secs(20)).await;
+    let ledger = || {
+        daemon
+            .runtime()
+            .log()
+            .marks_with_prefix(b"file\0")
+            .unwrap()
+            .len()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ledger() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the handled file is not in the ledger"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::remove_file(inbox.join("a.csv")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ledger() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the ledger kept a file that is gone"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.stop().await;
+}

@@ -37,6 +37,8 @@ use crate::spec::binding::{Binding, FileTrigger, Trigger};
 
 /// Events submitted at once (each waits for its group commit).
 const MAX_IN_FLIGHT: usize = 512;
+/// How often a watched directory's ledger drops files that are gone.
+const LEDGER_PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How often a directory is rescanned when it cannot be watched.
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
 /// How long the loop sleeps with nothing pending.
@@ -174,6 +176,12 @@ impl FileWatch {
         self.scan(&self.root.clone(), &mut pending);
         let mut in_flight = tokio::task::JoinSet::new();
         let mut firing: HashSet<PathBuf> = HashSet::new();
+        // A long-running daemon forgets files that are gone (polling does
+        // it at every rescan).
+        let mut prune = tokio::time::interval_at(
+            (Instant::now() + LEDGER_PRUNE_EVERY).into(),
+            LEDGER_PRUNE_EVERY,
+        );
         loop {
             // Wake exactly when the earliest candidate is due (re-checked
             // after every batch of file events).
@@ -186,8 +194,10 @@ impl FileWatch {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = poll.tick(), if watcher.is_none() => {
+                    self.prune_ledger();
                     self.scan(&self.root.clone(), &mut pending);
                 }
+                _ = prune.tick(), if watcher.is_some() => self.prune_ledger(),
                 event = rx.recv() => {
                     let Some(event) = event else { break };
                     self.on_event(event, &mut pending);
