@@ -20,6 +20,9 @@ use switchyard::log::RunStatus;
 use switchyard::runtime::{Runtime, RuntimeConfig};
 use switchyard::spec::Workflow;
 
+mod common;
+use common::data_dir;
+
 fn workflow(definition: Value) -> Arc<Workflow> {
     let text = serde_json::to_vec(&definition).expect("json");
     Arc::new(Workflow::parse(std::path::Path::new("bench.json"), &text).expect("valid workflow"))
@@ -39,16 +42,6 @@ fn chain(name: &str, n: usize, task: Value) -> Arc<Workflow> {
     workflow(json!({"name": name, "tasks": tasks}))
 }
 
-/// A data dir on the same disk as the project (not a tmpfs).
-fn data_dir(name: &str) -> tempfile::TempDir {
-    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    std::fs::create_dir_all(&base).expect("bench dir");
-    tempfile::Builder::new()
-        .prefix(name)
-        .tempdir_in(base)
-        .expect("temp dir")
-}
-
 fn start(dir: &std::path::Path) -> Runtime {
     Runtime::start(RuntimeConfig::new(dir)).expect("runtime")
 }
@@ -60,11 +53,7 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 fn main() {
     let quick = std::env::var("BENCH_QUICK").is_ok();
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let tokio = common::tokio();
     tokio.block_on(async {
         println!("switchyard engine benchmarks (every transition flushed before the next task acts)\n");
         let floor = flush_floor(if quick { 100 } else { 1000 });

@@ -1,4 +1,4 @@
-//! Read benchmark (SPEC §13): `GET /runs?workflow=W&limit=50` with 1 M
+//! Read benchmark (README "Performance"): `GET /runs?workflow=W&limit=50` with 1 M
 //! ended runs stored. `cargo bench --bench reads`.
 //!
 //! Fills a data dir with 1,000,000 run records (100 workflows, 10% failed,
@@ -19,16 +19,7 @@ use serde_json::{Value, json};
 use switchyard::log::{Commit, Log, RunStatus};
 
 mod common;
-use common::percentile;
-
-fn data_dir(name: &str) -> tempfile::TempDir {
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    std::fs::create_dir_all(&base).expect("bench dir");
-    tempfile::Builder::new()
-        .prefix(name)
-        .tempdir_in(base)
-        .expect("temp dir")
-}
+use common::{data_dir, percentile};
 
 /// A run record as the engine stores it (3 tasks, params, vars).
 fn summary(id: uuid::Uuid, workflow: &str, status: RunStatus) -> Vec<u8> {
@@ -150,11 +141,7 @@ fn main() {
     std::fs::create_dir_all(project.path().join("workflows")).expect("workflows");
     let config = project.path().join("switchyard.json");
     std::fs::write(&config, json!({"workflows": ["workflows"]}).to_string()).expect("config");
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let tokio = common::tokio();
     tokio.block_on(async {
         let running = switchyard::daemon::start(switchyard::daemon::ServeOptions {
             data_dir: Some(dir.path().to_path_buf()),

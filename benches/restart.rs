@@ -19,18 +19,12 @@ use serde_json::{Map, Value, json};
 use switchyard::runtime::{Runtime, RuntimeConfig};
 use switchyard::spec::Workflow;
 
+mod common;
+use common::data_dir;
+
 fn workflow(definition: Value) -> std::sync::Arc<Workflow> {
     let text = serde_json::to_vec(&definition).expect("json");
     std::sync::Arc::new(Workflow::parse(Path::new("bench.json"), &text).expect("valid"))
-}
-
-fn data_dir(name: &str) -> tempfile::TempDir {
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    std::fs::create_dir_all(&base).expect("bench dir");
-    tempfile::Builder::new()
-        .prefix(name)
-        .tempdir_in(base)
-        .expect("temp dir")
 }
 
 async fn fill(dir: &Path, finished: usize, unfinished: usize) -> usize {
@@ -149,11 +143,7 @@ fn main() {
     } else {
         (110_000, 10_000)
     };
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let tokio = common::tokio();
 
     let full = data_dir("restart-full");
     let started = Instant::now();

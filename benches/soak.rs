@@ -1,4 +1,4 @@
-//! Soak benchmark (SPEC §13): the store's size under a steady 500 runs/s
+//! Soak benchmark (README "Performance"): the store's size under a steady 500 runs/s
 //! with `retention.runs: 2m`, for 15 minutes. `cargo bench --bench soak`.
 //!
 //! A daemon (in-process, the release build) on a fresh data dir with
@@ -16,6 +16,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, json};
+
+mod common;
 
 fn dir_size(path: &Path) -> u64 {
     let mut total = 0;
@@ -51,12 +53,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    std::fs::create_dir_all(&base).expect("bench dir");
-    let project = tempfile::Builder::new()
-        .prefix("soak")
-        .tempdir_in(&base)
-        .expect("project");
+    let project = common::data_dir("soak");
     let flows = project.path().join("workflows");
     std::fs::create_dir_all(&flows).expect("workflows");
     std::fs::write(
@@ -82,11 +79,7 @@ fn main() {
         "{:>6}  {:>10}  {:>12}  {:>12}",
         "t (s)", "size MiB", "runs created", "runs deleted"
     );
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let tokio = common::tokio();
     tokio.block_on(async {
         let running =
             switchyard::daemon::start(switchyard::daemon::ServeOptions::local(config.clone()))

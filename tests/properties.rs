@@ -1,13 +1,13 @@
 //! Property tests of the engine (proptest): random DAGs of up to 30 tasks —
 //! every dependency form (`all`/`any` over success, failure, completion),
 //! `when`, `allow_failure`, `fail_fast`, retries, lost attempts, a run
-//! deadline, cancels — driven with random outcomes, checked against SPEC
-//! §3 and §7:
+//! deadline, cancels — driven with random outcomes, checked against the
+//! execution rules (README "Semantics worth knowing"):
 //!
 //! - every task ends in exactly one terminal state and never leaves it;
 //! - no task starts before every task it names is terminal and its
 //!   dependency holds (and its `when` is true); skips cascade;
-//! - the run's status is what §7 says for the tasks' final states;
+//! - the run's status is what the rules say for the tasks' final states;
 //! - replaying the records into a fresh engine gives the live state.
 
 use proptest::prelude::*;
@@ -309,7 +309,7 @@ fn check(s: &Scenario) -> Result<(), TestCaseError> {
             prop_assert_eq!(*status, TaskStatus::Skipped, "t{} not skipped", i);
         }
     }
-    // SPEC §7: the run's status.
+    // The run status rule: cancelled by hand, else failed on a timeout or an unallowed failure.
     let failed = statuses
         .iter()
         .zip(&s.tasks)

@@ -15,6 +15,22 @@ fn config(dir: &std::path::Path) -> RuntimeConfig {
     RuntimeConfig::new(dir)
 }
 
+/// Waits (up to 20 s) until the run has ended; returns its record.
+async fn wait_ended(
+    handle: &switchyard::runtime::RuntimeHandle,
+    run_id: switchyard::log::RunId,
+) -> switchyard::engine::RunRecord {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let record = handle.run_record(run_id).await.unwrap().unwrap();
+        if record.status.is_terminal() {
+            return record;
+        }
+        assert!(std::time::Instant::now() < deadline, "{record:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_from_disk_rebuilds_the_final_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -474,15 +490,7 @@ async fn a_created_run_missing_from_the_unfinished_index_is_found_and_resumed() 
     let runtime = Runtime::start(config(dir.path())).unwrap();
     assert_eq!(runtime.recovery().runs_resumed, 1, "found by the upgrade");
     let handle = runtime.handle();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let record = loop {
-        let record = handle.run_record(run_id).await.unwrap().unwrap();
-        if record.status.is_terminal() {
-            break record;
-        }
-        assert!(std::time::Instant::now() < deadline, "{record:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let record = wait_ended(&handle, run_id).await;
     assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
     runtime.shutdown().await;
 }
@@ -530,15 +538,7 @@ async fn a_run_in_flight_replays_with_its_definition_even_if_validation_got_stri
     assert_eq!(runtime.recovery().runs_broken, 0);
     assert_eq!(runtime.recovery().runs_resumed, 1);
     let handle = runtime.handle();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let record = loop {
-        let record = handle.run_record(run_id).await.unwrap().unwrap();
-        if record.status.is_terminal() {
-            break record;
-        }
-        assert!(std::time::Instant::now() < deadline, "{record:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let record = wait_ended(&handle, run_id).await;
     assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
     drop(handle);
     runtime.shutdown().await;

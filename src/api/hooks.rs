@@ -212,7 +212,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<(Value, Option<String>
     })
 }
 
-/// Step 5: the event envelope (SPEC §5). Its id is the sender's delivery
+/// Step 5: the event envelope (CloudEvents attribute names). Its id is the sender's delivery
 /// id where there is one; credentials in headers are never stored; the
 /// body's SHA-256 is kept for the default dedup key of schemes that sign
 /// no timestamp.

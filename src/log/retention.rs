@@ -1,4 +1,4 @@
-//! Retention: deleting what is older than `retention` (SPEC §2) in small
+//! Retention: deleting what is older than `retention` (`switchyard.json`) in small
 //! batches, so the store stays bounded under a steady load.
 //!
 //! Every pass costs what it deletes, not what is kept: ended runs are

@@ -1,4 +1,4 @@
-//! Lifecycle events (SPEC §9): which records are `run.started`,
+//! Lifecycle events (README "RabbitMQ"): which records are `run.started`,
 //! `run.succeeded`, `run.failed`, `run.cancelled` and `task.failed`, as
 //! CloudEvents JSON with routing key `<workflow>.<type>`. Built in the
 //! engine thread right after the record is applied and written to the
