@@ -460,6 +460,7 @@ fn slots_are_shared_by_all_runs() {
         version_label: None,
         params: Default::default(),
         event: None,
+        event_seq: None,
         rerun_of: None,
         reused: Vec::new(),
     });
@@ -635,6 +636,7 @@ fn max_active_runs_queues_runs_in_order() {
             version_label: None,
             params: Default::default(),
             event: None,
+            event_seq: None,
             rerun_of: None,
             reused: Vec::new(),
         });
@@ -673,6 +675,7 @@ fn max_active_runs_with_skip_ends_the_extra_run() {
         version_label: None,
         params: Default::default(),
         event: None,
+        event_seq: None,
         rerun_of: None,
         reused: Vec::new(),
     });
@@ -732,6 +735,7 @@ fn rerun_from_failed_reuses_successes_and_reruns_downstream() {
         version_label: None,
         params: source.params.clone(),
         event: None,
+        event_seq: None,
         rerun_of: Some(source.id),
         reused,
     });

@@ -22,7 +22,7 @@ use switchyard::runtime::{Runtime, RuntimeConfig, Submission, SubmitCandidate};
 use crate::util::workflow;
 
 /// Every golden committed so far: each must still replay.
-const GOLDENS: &[u32] = &[3, 4];
+const GOLDENS: &[u32] = &[3, 4, 5];
 
 fn log_file(format: u32) -> String {
     format!("tests/golden/log-v{format}.json")

@@ -219,6 +219,7 @@ async fn a_run_whose_definition_is_missing_is_ended_visibly_at_recovery() {
                 version_label: None,
                 params: Map::new(),
                 event: None,
+                event_seq: None,
                 rerun_of: None,
                 reused: Vec::new(),
             },
@@ -317,6 +318,7 @@ async fn runs_ended_at_recovery_get_their_run_failed_event_and_a_corrupt_run_doe
                     version_label: None,
                     params: Map::from_iter([("n".to_string(), json!(7))]),
                     event: None,
+                    event_seq: None,
                     rerun_of: None,
                     reused: Vec::new(),
                 },
@@ -527,6 +529,7 @@ async fn a_run_in_flight_replays_with_its_definition_even_if_validation_got_stri
                 version_label: None,
                 params: Map::new(),
                 event: None,
+                event_seq: None,
                 rerun_of: None,
                 reused: Vec::new(),
             },
@@ -578,4 +581,126 @@ async fn a_secret_cut_by_an_output_cap_leaves_nothing_of_it_visible() {
     assert!(stdout.ends_with('y'));
     drop(handle);
     runtime.shutdown().await;
+}
+
+/// Values in every tree of a closed data dir that contain `needle`.
+fn stored_copies(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    // The runtime's last handles let go of the lock a moment after it stops.
+    let mut tries = 0;
+    let db = loop {
+        match sled::open(dir.join("log")) {
+            Ok(db) => break db,
+            Err(e) if tries < 50 => {
+                tries += 1;
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let mut found = Vec::new();
+    for name in db.tree_names() {
+        let tree = db.open_tree(&name).unwrap();
+        for entry in tree.iter() {
+            let (key, value) = entry.unwrap();
+            if value.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                found.push(format!("{}/{key:?}", String::from_utf8_lossy(&name)));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_stored_once_and_the_runs_it_starts_refer_to_it() {
+    use switchyard::engine::rerun::RerunFrom;
+    use switchyard::runtime::{Submission, SubmitCandidate};
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("marker-{}", uuid::Uuid::now_v7());
+    // The event reaches each run's scope (the task prints its length, so
+    // the marker itself is only ever in the event).
+    let wf = workflow(json!({"name": "fan", "tasks": [
+        {"id": "wait", "sleep": {"duration": "700ms"}},
+        {"id": "use", "after": "wait", "shell": {
+            "script": "printf '{\"n\": %d}' \"$${#M}\" > \"$SWITCHYARD_OUTPUT\"",
+            "env": {"M": "${event.data.marker}"}}},
+    ]}));
+    let runs = {
+        let runtime = Runtime::start(config(dir.path())).unwrap();
+        let handle = runtime.handle();
+        let candidates = ["b1", "b2", "b3"]
+            .map(|binding| SubmitCandidate::Start {
+                binding: binding.into(),
+                workflow: wf.clone(),
+                params: Map::new(),
+                dedup_key: "k".into(),
+                ttl: std::time::Duration::from_secs(3600),
+            })
+            .into();
+        let accepted = handle
+            .accept(Submission {
+                event: json!({"id": "e-fan", "data": {"marker": marker}}),
+                candidates,
+                marks: Vec::new(),
+                wait: false,
+            })
+            .await
+            .unwrap();
+        assert_eq!(accepted.runs.len(), 3);
+        // In flight while the runtime stops: they resume from the log.
+        drop(handle);
+        runtime.shutdown().await;
+        accepted.runs
+    };
+    assert_eq!(
+        stored_copies(dir.path(), &marker).len(),
+        1,
+        "one copy of the event, in `events`: {:?}",
+        stored_copies(dir.path(), &marker)
+    );
+    let runtime = Runtime::start(config(dir.path())).unwrap();
+    let handle = runtime.handle();
+    for run_id in &runs {
+        let record = wait_ended(&handle, *run_id).await;
+        assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
+        assert_eq!(record.event["data"]["marker"], marker.as_str());
+        assert_eq!(record.tasks["use"]["output"]["n"], marker.len());
+        // The stored summary and history read back with the event in place.
+        let summary: serde_json::Value =
+            serde_json::from_slice(&handle.log().run_summary(*run_id).unwrap().unwrap()).unwrap();
+        assert_eq!(summary["event"]["data"]["marker"], marker.as_str());
+        assert!(summary.get("event_seq").is_none(), "{summary}");
+        let history = handle.log().run_history(*run_id).unwrap();
+        let RecordBody::RunCreated { event, .. } = &history[0].body else {
+            panic!("{history:?}");
+        };
+        assert_eq!(event.as_ref().unwrap()["data"]["marker"], marker.as_str());
+    }
+    let listed = handle
+        .log()
+        .ended_runs_where(Some("fan"), None, None, 10)
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+    for bytes in &listed {
+        let summary: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(summary["event"]["data"]["marker"], marker.as_str());
+    }
+    // A rerun sees the same event.
+    let rerun = handle.rerun(runs[0], &RerunFrom::Failed).await;
+    assert!(rerun.is_err(), "nothing failed: {rerun:?}");
+    let rerun = handle
+        .rerun(runs[0], &RerunFrom::Task("use".into()))
+        .await
+        .unwrap();
+    let record = wait_ended(&handle, rerun).await;
+    assert_eq!(record.event["data"]["marker"], marker.as_str());
+    assert_eq!(record.tasks["use"]["output"]["n"], marker.len());
+    drop(handle);
+    runtime.shutdown().await;
+    let summaries = stored_copies(dir.path(), &marker);
+    assert_eq!(
+        summaries.len(),
+        1 + 2,
+        "the rerun keeps its own copy: {summaries:?}"
+    );
 }

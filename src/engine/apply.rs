@@ -42,12 +42,14 @@ impl Engine {
             version,
             params,
             event,
+            event_seq,
             rerun_of,
             reused,
             workflow,
             ..
         } = &record.body
         {
+            let event = (event.clone(), *event_seq);
             self.on_run_created(record, workflow, version, params, event, *rerun_of, reused);
             return effects;
         }
@@ -123,7 +125,7 @@ impl Engine {
         workflow: &str,
         version: &str,
         params: &Map<String, Value>,
-        event: &Option<Value>,
+        (event, event_seq): (Option<Value>, Option<u64>),
         rerun_of: Option<RunId>,
         reused: &[ReusedTask],
     ) {
@@ -144,7 +146,8 @@ impl Engine {
             workflow: definition,
             status: RunStatus::Queued,
             params: params.clone(),
-            event: event.clone(),
+            event,
+            event_seq,
             vars,
             created_at: at,
             started_at: None,

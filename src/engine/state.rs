@@ -110,6 +110,8 @@ pub struct RunState {
     pub status: RunStatus,
     pub params: Map<String, Value>,
     pub event: Option<Value>,
+    /// The stored event `event` is, when the run refers to one.
+    pub event_seq: Option<u64>,
     /// Workflow vars, overridden by params, overridden by exports (latest wins).
     pub vars: Map<String, Value>,
     pub created_at: Millis,
@@ -130,6 +132,7 @@ impl PartialEq for RunState {
             && self.status == other.status
             && self.params == other.params
             && self.event == other.event
+            && self.event_seq == other.event_seq
             && self.vars == other.vars
             && self.created_at == other.created_at
             && self.started_at == other.started_at

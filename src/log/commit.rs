@@ -102,7 +102,8 @@ impl Commit {
             }
             _ => group.value.push(b','),
         }
-        serde_json::to_writer(&mut group.value, record)
+        record
+            .write_stored(&mut group.value)
             .map_err(corrupt(format!("{run_id}/{}", record.seq)))?;
         group.count += 1;
         match record.body {
@@ -393,16 +394,16 @@ mod tests {
             log.append(run, 1, RecordBody::RunStarted {}).unwrap();
             log.flush().unwrap();
         }
-        assert_eq!(marker(1), Some(4), "a new log is format 4");
+        assert_eq!(marker(1), Some(5), "a new log is format 5");
         {
             let log = Log::open(dir.path()).unwrap();
             assert_eq!(log.run_history(run).unwrap().len(), 1);
         }
-        assert_eq!(marker(5), Some(4), "opening a format 1 log marks it 4");
+        assert_eq!(marker(6), Some(5), "opening a format 1 log marks it 5");
         let error = Log::open(dir.path()).unwrap_err().to_string();
         assert!(
-            error.contains("format 5, written by a newer switchyard")
-                && error.contains("reads formats 1-4"),
+            error.contains("format 6, written by a newer switchyard")
+                && error.contains("reads formats 1-5"),
             "{error}"
         );
     }
@@ -422,6 +423,7 @@ mod tests {
                 seq: log.next_seq().unwrap(),
                 at: 0,
                 event: serde_json::json!({"id": "e"}),
+                referenced: false,
                 outcomes: Vec::new(),
             };
             let dedup = entries
@@ -514,6 +516,7 @@ mod tests {
             seq: log.next_seq().unwrap(),
             at: 0,
             event: serde_json::json!({"id": "e1"}),
+            referenced: false,
             outcomes: Vec::new(),
         };
         commit

@@ -74,6 +74,10 @@ pub struct EventRecord {
     pub seq: u64,
     pub at: Millis,
     pub event: Value,
+    /// The runs it started refer to this record instead of carrying a copy
+    /// of the event (format 5): retention keeps it as long as any of them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub referenced: bool,
     pub outcomes: Vec<Outcome>,
 }
 
@@ -265,5 +269,68 @@ impl Log {
         serde_json::from_slice(&value)
             .map(Some)
             .map_err(corrupt(format!("event {id}")))
+    }
+}
+
+/// How a stored run summary refers to its event: the summary's JSON with
+/// `event` null and this key, holding the event's seq, last.
+const EVENT_REF: &[u8] = b",\"event_seq\":";
+
+/// The stored form of a run summary whose event is the stored event
+/// `event_seq`: `summary` (serialized with `event` null) with the reference
+/// appended, so the log keeps one copy of each event. Reads put the event
+/// back ([`Log::resolve_summary`]).
+pub fn summary_with_event_ref(mut summary: Vec<u8>, event_seq: Option<u64>) -> Vec<u8> {
+    if let Some(seq) = event_seq
+        && summary.last() == Some(&b'}')
+        && summary.len() > 2
+    {
+        summary.pop();
+        summary.extend_from_slice(EVENT_REF);
+        summary.extend_from_slice(seq.to_string().as_bytes());
+        summary.push(b'}');
+    }
+    summary
+}
+
+/// The event seq a stored summary refers to, read off its end.
+pub(super) fn summary_event_ref(summary: &[u8]) -> Option<u64> {
+    let body = summary.strip_suffix(b"}")?;
+    let digits = body.len() - body.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let (head, seq) = body.split_at(digits);
+    if seq.is_empty() || !head.ends_with(EVENT_REF) {
+        return None;
+    }
+    std::str::from_utf8(seq).ok()?.parse().ok()
+}
+
+impl Log {
+    /// The event of the stored event record `seq`, if it is still kept.
+    pub fn stored_event(&self, seq: u64) -> Result<Option<Value>, Error> {
+        let Some(value) = self.events.get(seq.to_be_bytes())? else {
+            return Ok(None);
+        };
+        #[derive(Deserialize)]
+        struct Envelope {
+            event: Value,
+        }
+        serde_json::from_slice::<Envelope>(&value)
+            .map(|e| Some(e.event))
+            .map_err(corrupt(format!("event {seq}")))
+    }
+
+    /// A stored run summary as readers see it: with its event in place when
+    /// it refers to a stored one ([`summary_with_event_ref`]).
+    pub(super) fn resolve_summary(&self, summary: &[u8]) -> Result<Vec<u8>, Error> {
+        let Some(seq) = summary_event_ref(summary) else {
+            return Ok(summary.to_vec());
+        };
+        let broken = || format!("summary referring to event {seq}");
+        let mut record: serde_json::Map<String, Value> =
+            serde_json::from_slice(summary).map_err(corrupt(broken()))?;
+        record.shift_remove("event_seq");
+        let event = self.stored_event(seq)?.unwrap_or(Value::Null);
+        record.insert("event".into(), event);
+        serde_json::to_vec(&record).map_err(corrupt(broken()))
     }
 }

@@ -19,6 +19,9 @@
 //!   that version, for `GET /workflows/{name}`.
 //! - `task_logs`: `run_id ++ task ++ 0 ++ attempt` → captured stdout/stderr.
 //! - `events`: `seq` → an accepted event and what it did ([`EventRecord`]).
+//!   The one copy of the event: the runs it started refer to it by seq
+//!   (`event_seq` in their `run_created` and summary), and reads of their
+//!   history and summaries put it back.
 //! - `dedup`: `binding ++ 0 ++ dedup key` → the event and run that first used
 //!   the key, with its expiry.
 //! - `marks`: adapters' durable state (cron's last fire, the file ledger).
@@ -48,7 +51,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use commit::Commit;
-pub use events::{DedupEntry, EventRecord, Mark, Outcome};
+pub use events::{DedupEntry, EventRecord, Mark, Outcome, summary_with_event_ref};
 pub use record::{Millis, Record, RecordBody, ReusedTask, RunId, RunStatus};
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +113,7 @@ pub struct Log {
     event_ids: sled::Tree,
     marks: sled::Tree,
     outbox: sled::Tree,
+    meta: sled::Tree,
     /// Highest sequence number appended by this handle.
     last_seq: Arc<AtomicU64>,
     /// Highest sequence number known to be on disk.
@@ -142,7 +146,9 @@ const FORMAT_KEY: &[u8] = b"format";
 /// 3: the `dedup_expiry` index; events may carry the `unrouted` outcome.
 /// 4: the `run_index` (ended runs by workflow and status) and `event_ids`
 ///    (event id → its latest record) indexes.
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: an event is stored once: runs it started refer to it by `event_seq`
+///    (in `run_created` and in their summaries) instead of carrying a copy.
+pub const FORMAT_VERSION: u32 = 5;
 /// Formats this binary reads; an older one is upgraded on open (3 builds
 /// the dedup expiry index) and marked current, so an older binary refuses
 /// the log instead of misreading it.
@@ -245,6 +251,7 @@ impl Log {
             event_ids,
             marks,
             outbox,
+            meta: meta.clone(),
             last_seq: Arc::new(AtomicU64::new(0)),
             // Whatever is on disk at open is durable; every later record
             // gets a higher number.
@@ -359,6 +366,19 @@ impl Log {
             };
             history.extend(decode_records(&value).map_err(corrupt)?);
         }
+        // A run started by a stored event refers to it (format 5).
+        if let Some(Record {
+            body:
+                RecordBody::RunCreated {
+                    event: event @ None,
+                    event_seq: Some(seq),
+                    ..
+                },
+            ..
+        }) = history.first_mut()
+        {
+            *event = self.stored_event(*seq)?;
+        }
         Ok(history)
     }
 
@@ -466,7 +486,7 @@ impl Log {
             }
             let (_, value) = entry?;
             if keep(&value) {
-                out.push(value.to_vec());
+                out.push(self.resolve_summary(&value)?);
             }
         }
         Ok(out)
@@ -503,7 +523,7 @@ impl Log {
                 continue;
             };
             if let Some(summary) = self.runs.get(run_id.as_bytes())? {
-                out.push(summary.to_vec());
+                out.push(self.resolve_summary(&summary)?);
             }
         }
         Ok(out)
@@ -549,7 +569,10 @@ impl Log {
     }
 
     pub fn run_summary(&self, run_id: RunId) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.runs.get(run_id.as_bytes())?.map(|v| v.to_vec()))
+        match self.runs.get(run_id.as_bytes())? {
+            Some(summary) => self.resolve_summary(&summary).map(Some),
+            None => Ok(None),
+        }
     }
 
     pub fn put_task_logs(&self, run_id: RunId, task: &str, logs: &TaskLogs) -> Result<(), Error> {

@@ -27,6 +27,39 @@ pub struct Record {
 }
 
 impl Record {
+    /// Writes the record as the log stores it: a `run_created` that refers
+    /// to its event by `event_seq` leaves its in-memory copy out.
+    pub fn write_stored(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        if let RecordBody::RunCreated {
+            workflow,
+            version,
+            version_label,
+            params,
+            event: Some(_),
+            event_seq: Some(event_seq),
+            rerun_of,
+            reused,
+        } = &self.body
+        {
+            let stored = StoredRunCreated {
+                seq: self.seq,
+                at: self.at,
+                run_id: self.run_id,
+                body: StoredRunCreatedBody {
+                    workflow,
+                    version,
+                    version_label: *version_label,
+                    params,
+                    event_seq: *event_seq,
+                    rerun_of: *rerun_of,
+                    reused,
+                },
+            };
+            return serde_json::to_writer(out, &stored);
+        }
+        serde_json::to_writer(out, self)
+    }
+
     /// The record as shown by `runs history` and the API: the body's fields
     /// with `seq` and `at` (RFC 3339) beside them.
     pub fn to_json(&self) -> Value {
@@ -55,8 +88,15 @@ pub enum RecordBody {
         version_label: Option<u64>,
         #[serde(default)]
         params: serde_json::Map<String, Value>,
+        /// The event that started the run. Stored only by runs that have no
+        /// `event_seq` (before format 5, or not started by a stored event).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event: Option<Value>,
+        /// The stored event this run was started by (its `seq` in the events
+        /// tree). The log keeps one copy of an event: a run created from one
+        /// is written without `event`, and reading its history puts it back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event_seq: Option<u64>,
         /// Set on a rerun: the run it repeats.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rerun_of: Option<RunId>,
@@ -118,6 +158,31 @@ pub enum RecordBody {
     },
 }
 
+/// A `run_created` record as stored when its event is stored beside it
+/// (see [`Record::write_stored`]): the same JSON as `Record`, without `event`.
+#[derive(Serialize)]
+struct StoredRunCreated<'a> {
+    seq: u64,
+    at: Millis,
+    run_id: RunId,
+    body: StoredRunCreatedBody<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "run_created")]
+struct StoredRunCreatedBody<'a> {
+    workflow: &'a str,
+    version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version_label: Option<u64>,
+    params: &'a serde_json::Map<String, Value>,
+    event_seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rerun_of: Option<RunId>,
+    #[serde(skip_serializing_if = "<[ReusedTask]>::is_empty")]
+    reused: &'a [ReusedTask],
+}
+
 /// A task whose recorded success a rerun keeps instead of running it again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReusedTask {
@@ -166,5 +231,62 @@ impl RunStatus {
 impl std::fmt::Display for RunStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn created(event_seq: Option<u64>) -> Record {
+        let mut params = serde_json::Map::new();
+        params.insert("day".into(), Value::from("2026-12-02"));
+        Record {
+            seq: 7,
+            at: 1_000,
+            run_id: Uuid::now_v7(),
+            body: RecordBody::RunCreated {
+                workflow: "w".into(),
+                version: "v1".into(),
+                version_label: Some(3),
+                params,
+                event: Some(serde_json::json!({"id": "e1", "data": {"big": "body"}})),
+                event_seq,
+                rerun_of: Some(Uuid::now_v7()),
+                reused: vec![ReusedTask {
+                    task: "a".into(),
+                    output: serde_json::json!({"n": 1}),
+                    stdout: "out".into(),
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn a_run_created_from_a_stored_event_is_written_without_its_copy() {
+        let record = created(Some(42));
+        let mut bytes = Vec::new();
+        record.write_stored(&mut bytes).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(!text.contains("big"), "{text}");
+        // Every other field survives: the stored form is the record minus
+        // its event.
+        let decoded: Record = serde_json::from_slice(&bytes).unwrap();
+        let mut expected = record.clone();
+        if let RecordBody::RunCreated { event, .. } = &mut expected.body {
+            *event = None;
+        }
+        assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn a_run_created_without_a_stored_event_keeps_its_copy() {
+        let record = created(None);
+        let mut bytes = Vec::new();
+        record.write_stored(&mut bytes).unwrap();
+        let decoded: Record = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(decoded, record);
     }
 }

@@ -11,10 +11,24 @@
 //! records first and the run's summary last, so a crash in the middle
 //! leaves at worst a summary whose history is already gone, and the next
 //! pass finishes it. Nothing here takes the commit's transaction.
+//!
+//! An event is stored once and the runs it started refer to it (a
+//! `referenced` event), so it is kept as long as any of those runs: the
+//! events pass walks from a durable cursor (`meta` `events_pruned_to`), deletes
+//! what is old and unreferenced, and steps over a referenced event whose runs
+//! are still kept; the runs pass deletes such an event with its last run.
+//! Either way each event is visited once by each pass.
 
 use serde::Deserialize;
 
-use super::{Error, EventRecord, Log, Millis, RunStatus, run_id_from_key, run_index_keys};
+use super::events::summary_event_ref;
+use super::{
+    Error, EventRecord, Log, Millis, Outcome, RunId, RunStatus, run_id_from_key, run_index_keys,
+};
+
+/// `meta` key: every event below this seq has been visited by the events
+/// pass (deleted, or stepped over because its runs were still kept).
+const EVENTS_CURSOR: &[u8] = b"events_pruned_to";
 
 /// What one pass deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -88,9 +102,10 @@ impl Log {
                 pruned.more = true;
                 break;
             }
-            doomed.push((run_id, ended));
+            doomed.push((run_id, ended, summary_event_ref(&value)));
         }
-        for (run_id, ended) in doomed {
+        let cursor = self.events_cursor()?;
+        for (run_id, ended, event_seq) in doomed {
             let mut index = sled::Batch::default();
             if let Some(ended) = &ended {
                 for key in run_index_keys(run_id, &ended.workflow, ended.status) {
@@ -100,6 +115,15 @@ impl Log {
             self.run_index.apply_batch(index)?;
             pruned.records += self.remove_prefix(&self.records, run_id.as_bytes())?;
             pruned.task_logs += self.remove_prefix(&self.task_logs, run_id.as_bytes())?;
+            // The event pass has stepped over this run's event: it goes
+            // with its last run.
+            if let Some(seq) = event_seq.filter(|seq| *seq < cursor)
+                && let Some(record) = self.event_record(seq)?
+                && !self.runs_kept(&record, Some(run_id))?
+            {
+                self.remove_event(&record)?;
+                pruned.events += 1;
+            }
             self.runs.remove(run_id.as_bytes())?;
             pruned.runs += 1;
         }
@@ -146,7 +170,8 @@ impl Log {
         let mut events = sled::Batch::default();
         let mut ids = sled::Batch::default();
         let mut n = 0;
-        for entry in self.events.iter() {
+        let mut cursor = self.events_cursor()?;
+        for entry in self.events.range(cursor.to_be_bytes()..) {
             let (key, value) = entry?;
             let record: Option<EventRecord> = serde_json::from_slice(&value).ok();
             if record.as_ref().is_some_and(|r| r.at >= cutoff) {
@@ -156,7 +181,12 @@ impl Log {
                 pruned.more = true;
                 break;
             }
+            let seq = key_to_seq(&key);
+            cursor = seq.saturating_add(1);
             if let Some(record) = &record {
+                if self.runs_kept(record, None)? {
+                    continue; // Goes with its last run.
+                }
                 // The id index points at the latest record of an id: drop it
                 // only if it is this one.
                 let id = record.event_id().as_bytes();
@@ -169,7 +199,47 @@ impl Log {
         }
         self.event_ids.apply_batch(ids)?;
         self.events.apply_batch(events)?;
+        self.meta.insert(EVENTS_CURSOR, &cursor.to_be_bytes())?;
         pruned.events += n;
+        Ok(())
+    }
+
+    fn events_cursor(&self) -> Result<u64, Error> {
+        Ok(self.meta.get(EVENTS_CURSOR)?.map_or(0, |v| key_to_seq(&v)))
+    }
+
+    fn event_record(&self, seq: u64) -> Result<Option<EventRecord>, Error> {
+        Ok(self
+            .events
+            .get(seq.to_be_bytes())?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Whether a referenced event still has a run that is kept (other than
+    /// `leaving`, the run being deleted).
+    fn runs_kept(&self, record: &EventRecord, leaving: Option<RunId>) -> Result<bool, Error> {
+        if !record.referenced {
+            return Ok(false);
+        }
+        for outcome in &record.outcomes {
+            if let Outcome::Started { run_id, .. } = outcome
+                && Some(*run_id) != leaving
+                && (self.runs.contains_key(run_id.as_bytes())?
+                    || self.unfinished.contains_key(run_id.as_bytes())?)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn remove_event(&self, record: &EventRecord) -> Result<(), Error> {
+        let key = record.seq.to_be_bytes();
+        let id = record.event_id().as_bytes();
+        if self.event_ids.get(id)?.is_some_and(|seq| seq == key) {
+            self.event_ids.remove(id)?;
+        }
+        self.events.remove(key)?;
         Ok(())
     }
 
@@ -183,6 +253,10 @@ impl Log {
         tree.apply_batch(batch)?;
         Ok(n)
     }
+}
+
+fn key_to_seq(key: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(key).map_or(0, u64::from_be_bytes)
 }
 
 #[cfg(test)]
@@ -202,6 +276,11 @@ mod tests {
     }
 
     fn ended_run(log: &Log, created: Millis, ended: Millis) -> uuid::Uuid {
+        ended_run_of(log, created, ended, None)
+    }
+
+    /// An ended run; with `event`, one that refers to that stored event.
+    fn ended_run_of(log: &Log, created: Millis, ended: Millis, event: Option<u64>) -> uuid::Uuid {
         let id = run_at(created);
         log.append(id, created, RecordBody::RunStarted {}).unwrap();
         log.put_task_logs(
@@ -217,15 +296,13 @@ mod tests {
         let end = chrono::DateTime::from_timestamp_millis(ended)
             .unwrap()
             .to_rfc3339();
+        let summary = serde_json::json!({
+            "id": id, "workflow": "w", "status": "succeeded", "event": null, "ended_at": end
+        });
         let summary =
-            serde_json::json!({"id": id, "workflow": "w", "status": "succeeded", "ended_at": end});
+            crate::log::summary_with_event_ref(serde_json::to_vec(&summary).unwrap(), event);
         let mut commit = Commit::default();
-        commit.summary(
-            id,
-            "w",
-            RunStatus::Succeeded,
-            serde_json::to_vec(&summary).unwrap(),
-        );
+        commit.summary(id, "w", RunStatus::Succeeded, summary);
         log.write(commit).unwrap();
         id
     }
@@ -275,6 +352,7 @@ mod tests {
                 seq: log.next_seq().unwrap(),
                 at,
                 event: serde_json::json!({"id": id}),
+                referenced: false,
                 outcomes: Vec::new(),
             };
             commit.event(&event, Vec::new(), Vec::new()).unwrap();
@@ -289,5 +367,74 @@ mod tests {
         assert!(log.event_by_id("e-old").unwrap().is_none());
         assert!(log.event_by_id("e-new").unwrap().is_some());
         assert_eq!(log.events(None, 10).unwrap().len(), 1);
+    }
+
+    fn event_at(log: &Log, id: &str, at: Millis, runs: &[uuid::Uuid], seq: u64) {
+        let outcomes = runs
+            .iter()
+            .map(|run_id| Outcome::Started {
+                binding: "b".into(),
+                run_id: *run_id,
+                dedup_key: run_id.to_string(),
+            })
+            .collect();
+        let event = EventRecord {
+            seq,
+            at,
+            event: serde_json::json!({"id": id, "data": {"body": id}}),
+            referenced: !runs.is_empty(),
+            outcomes,
+        };
+        let mut commit = Commit::default();
+        commit.event(&event, Vec::new(), Vec::new()).unwrap();
+        log.write(commit).unwrap();
+    }
+
+    #[test]
+    fn an_event_its_runs_refer_to_is_kept_as_long_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let day = 86_400_000;
+        let now = 100 * day;
+        let created = now - 10 * day;
+        // The event's seq is taken first, as the runtime does.
+        let seq = log.next_seq().unwrap();
+        let short = ended_run_of(&log, created, created, Some(seq));
+        let long = ended_run_of(&log, created + 1, now - day, Some(seq));
+        event_at(&log, "e-runs", created, &[short, long], seq);
+        event_at(&log, "e-none", created, &[], log.next_seq().unwrap());
+        let summary = |id| -> serde_json::Value {
+            serde_json::from_slice(&log.run_summary(id).unwrap().unwrap()).unwrap()
+        };
+        assert_eq!(
+            summary(short)["event"]["id"],
+            "e-runs",
+            "read back in place"
+        );
+        assert!(summary(short).get("event_seq").is_none());
+
+        // Events are old, their runs are not: only the unreferenced one goes.
+        let mut cutoffs = Cutoffs {
+            runs: now - 30 * day,
+            events: now - 7 * day,
+            task_logs: now - 30 * day,
+        };
+        assert_eq!(log.prune(cutoffs, 10).unwrap().events, 1);
+        assert!(log.event_by_id("e-none").unwrap().is_none());
+        assert!(log.event_by_id("e-runs").unwrap().is_some());
+
+        // One run goes; the other still refers to the event.
+        cutoffs.runs = now - 5 * day;
+        let pruned = log.prune(cutoffs, 10).unwrap();
+        assert_eq!((pruned.runs, pruned.events), (1, 0));
+        assert_eq!(summary(long)["event"]["data"]["body"], "e-runs");
+
+        // The last run goes and takes the event with it.
+        cutoffs.runs = now;
+        let pruned = log.prune(cutoffs, 10).unwrap();
+        assert_eq!((pruned.runs, pruned.events), (1, 1));
+        assert!(log.event_by_id("e-runs").unwrap().is_none());
+        assert!(log.events(None, 10).unwrap().is_empty());
+        assert_eq!(log.prune(cutoffs, 10).unwrap(), Pruned::default());
     }
 }

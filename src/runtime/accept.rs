@@ -23,6 +23,7 @@ impl EngineLoop {
             version_label: workflow.version_label,
             params: run.params,
             event: run.event,
+            event_seq: run.event_seq,
             rerun_of: run.rerun_of,
             reused: run.reused,
         })
@@ -81,6 +82,7 @@ impl EngineLoop {
             let run_id = uuid::Uuid::now_v7();
             let run = NewRun {
                 event: Some(submission.event.clone()),
+                event_seq: Some(seq),
                 ..NewRun::new(Arc::clone(&workflow), params)
             };
             let body = self.run_created(run, now)?;
@@ -107,6 +109,7 @@ impl EngineLoop {
             seq,
             at: now,
             event: submission.event,
+            referenced: !runs.is_empty(),
             outcomes,
         };
         batch.commit.event(&event, dedup, submission.marks)?;

@@ -326,8 +326,9 @@ impl EngineLoop {
             if let Effect::RunEnded { run_id } = effect
                 && let Some(run) = self.engine.evict(*run_id)
             {
-                let record = run.into_record();
-                let summary = serde_json::to_vec(&record).unwrap_or_default();
+                let event_seq = run.event_seq;
+                let mut record = run.into_record();
+                let summary = stored_summary(&mut record, event_seq);
                 batch
                     .commit
                     .summary(*run_id, &record.workflow, record.status, summary);
@@ -499,4 +500,16 @@ impl EngineLoop {
             }
         });
     }
+}
+
+/// The summary as the log stores it: a run started by a stored event
+/// refers to it instead of carrying a copy (the record keeps its event).
+fn stored_summary(record: &mut RunRecord, event_seq: Option<u64>) -> Vec<u8> {
+    if event_seq.is_none() {
+        return serde_json::to_vec(record).unwrap_or_default();
+    }
+    let event = std::mem::take(&mut record.event);
+    let summary = serde_json::to_vec(record).unwrap_or_default();
+    record.event = event;
+    log::summary_with_event_ref(summary, event_seq)
 }

@@ -203,6 +203,9 @@ pub struct NewRun {
     pub workflow: Arc<Workflow>,
     pub params: Map<String, Value>,
     pub event: Option<Value>,
+    /// The stored event `event` is (its seq): the run refers to it instead
+    /// of storing a copy.
+    pub event_seq: Option<u64>,
     pub rerun_of: Option<RunId>,
     pub reused: Vec<ReusedTask>,
 }
@@ -213,6 +216,7 @@ impl NewRun {
             workflow,
             params,
             event: None,
+            event_seq: None,
             rerun_of: None,
             reused: Vec::new(),
         }
@@ -523,7 +527,10 @@ impl RuntimeHandle {
         self.submit(NewRun {
             workflow: Arc::clone(&source.workflow),
             params: source.params.clone(),
+            // A rerun keeps its own copy of the event: retention keeps a
+            // stored event only as long as the runs it started.
             event: source.event.clone(),
+            event_seq: None,
             rerun_of: Some(run_id),
             reused,
         })

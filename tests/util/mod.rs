@@ -46,6 +46,7 @@ impl Harness {
             version_label: None,
             params: params.as_object().cloned().unwrap_or_default(),
             event: None,
+            event_seq: None,
             rerun_of: None,
             reused: Vec::new(),
         };
