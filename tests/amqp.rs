@@ -1085,3 +1085,87 @@ async fn bindings_sharing_a_queue_through_two_exchanges_each_run_only_their_own_
     daemon.stop().await;
     broker::delete_queues(&[&queue]).await;
 }
+
+/// lapin hands a `basic.return` to whichever confirm it resolves next, so
+/// with publishes of several callers in flight on the shared channel a
+/// delivered message could be reported unroutable (and retried: sent
+/// twice) while an unroutable one passed as delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_mandatory_publishes_each_get_their_own_outcome() {
+    use switchyard::amqp::{Broker, Outgoing, PublishError};
+    let Some(_shared) =
+        broker::shared("concurrent_mandatory_publishes_each_get_their_own_outcome").await
+    else {
+        return;
+    };
+    let exchange = broker::unique("mixed");
+    let queue = broker::unique("mixed-sink");
+    let connection = broker::connect().await;
+    let channel = broker::confirm_channel(&connection).await;
+    broker::declare_exchange(&channel, &exchange, ExchangeKind::Topic).await;
+    broker::declare_queue(&channel, &queue, &exchange, "routed.#", &[]).await;
+    let publisher = Broker::new(broker::URL, None);
+    let message = |i: usize| {
+        let key = if i.is_multiple_of(3) {
+            "nobody.listens"
+        } else {
+            "routed.here"
+        };
+        Outgoing {
+            exchange: exchange.clone(),
+            routing_key: key.into(),
+            body: format!("{{\"n\": {i}}}").into_bytes(),
+            properties: lapin::BasicProperties::default()
+                .with_message_id(format!("m-{i}").into())
+                .with_delivery_mode(2),
+            mandatory: true,
+        }
+    };
+    for round in 0..5 {
+        // Single publishes from many tasks at once, and batches of mixed
+        // messages, all in flight together.
+        let mut tasks = Vec::new();
+        for i in 0..60 {
+            let publisher = publisher.clone();
+            let one = message(i);
+            tasks.push(tokio::spawn(async move {
+                vec![(i, publisher.publish(one).await)]
+            }));
+        }
+        for chunk in 0..4 {
+            let publisher = publisher.clone();
+            let batch: Vec<_> = (100 + chunk * 10..110 + chunk * 10).map(message).collect();
+            tasks.push(tokio::spawn(async move {
+                let results = publisher.publish_many(batch).await;
+                (100 + chunk * 10..).zip(results).collect()
+            }));
+        }
+        for task in tasks {
+            for (i, result) in task.await.unwrap() {
+                if i.is_multiple_of(3) {
+                    assert!(
+                        matches!(&result, Err(PublishError::Unroutable { routing_key, .. }) if routing_key == "nobody.listens"),
+                        "round {round}: message {i} is unroutable: {result:?}"
+                    );
+                } else {
+                    assert!(
+                        result.is_ok(),
+                        "round {round}: message {i} was delivered: {result:?}"
+                    );
+                }
+            }
+        }
+    }
+    let delivered = broker::ctl(&["list_queues", "name", "messages"]);
+    let line = delivered
+        .lines()
+        .find(|l| l.starts_with(&queue))
+        .unwrap_or_default()
+        .to_string();
+    let routed_per_round = (0..60usize).filter(|i| !i.is_multiple_of(3)).count()
+        + (100..140usize).filter(|i| !i.is_multiple_of(3)).count();
+    assert!(
+        line.ends_with(&format!("\t{}", routed_per_round * 5)),
+        "every routed message is in the queue once: {line:?}"
+    );
+}

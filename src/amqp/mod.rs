@@ -238,6 +238,40 @@ pub enum PublishError {
     Invalid(String),
 }
 
+/// What identifies a published or returned message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Returned<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub message_id: Option<&'a str>,
+}
+
+/// Which sent message each returned one is: the first mandatory message,
+/// not already taken, with the same exchange and routing key and, when the
+/// return carries a message id, that id. Messages with the same address
+/// and no id are interchangeable, so the first free one is right.
+pub fn assign_returns(
+    returns: &[Returned<'_>],
+    sent: &[Returned<'_>],
+    mandatory: &[bool],
+) -> Vec<Option<usize>> {
+    let mut taken = vec![false; sent.len()];
+    returns
+        .iter()
+        .map(|r| {
+            let owner = (0..sent.len()).find(|&i| {
+                !taken[i]
+                    && mandatory.get(i).copied().unwrap_or(false)
+                    && sent[i].exchange == r.exchange
+                    && sent[i].routing_key == r.routing_key
+                    && (r.message_id.is_none() || sent[i].message_id == r.message_id)
+            })?;
+            taken[owner] = true;
+            Some(owner)
+        })
+        .collect()
+}
+
 /// A message to publish.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -251,6 +285,16 @@ pub struct Outgoing {
 /// A lazily connected publishing channel in confirm mode, shared by every
 /// `amqp` task and the lifecycle outbox. A failed channel or connection is
 /// replaced on the next publish.
+///
+/// Publishes go out in batches, one batch in flight at a time: callers
+/// queue their messages and whoever takes the publishing lock sends all
+/// that are queued and waits for their confirms. That is what makes a
+/// `basic.return` land on the right message: lapin hands each returned
+/// message to whichever confirm it resolves next (with `multiple` acks, in
+/// no set order), so with publishes of several callers in flight a
+/// delivered message could be reported unroutable and another's return
+/// lost. Within one batch the returns are matched back to their messages
+/// by exchange, routing key and message id ([`assign_returns`]).
 #[derive(Clone)]
 pub struct Broker {
     inner: Arc<BrokerInner>,
@@ -264,6 +308,23 @@ struct BrokerInner {
     /// exchange closes the channel, failing every publish in flight on it,
     /// so an exchange is checked on a throwaway channel first.
     known: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Messages waiting for the next batch, with where their result goes.
+    queued: std::sync::Mutex<Vec<Queued>>,
+    /// Held while a batch is published and confirmed.
+    publishing: tokio::sync::Mutex<()>,
+}
+
+/// A message of the batch in flight, as [`assign_returns`] needs it.
+struct Sent {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+    message_id: Option<String>,
+}
+
+struct Queued {
+    message: Outgoing,
+    reply: tokio::sync::oneshot::Sender<Result<(), PublishError>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -286,6 +347,8 @@ impl Broker {
                 events_exchange: events_exchange.filter(|e| !e.is_empty()),
                 session: tokio::sync::Mutex::new(None),
                 known: std::sync::Mutex::new(std::collections::HashSet::new()),
+                queued: std::sync::Mutex::new(Vec::new()),
+                publishing: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -385,7 +448,54 @@ impl Broker {
 
     /// Publishes in order, then waits for every confirm: one result per
     /// message. After the first broker failure the rest are not sent.
+    ///
+    /// The messages join the next batch; the batch is sent by a task of its
+    /// own, so a caller that stops waiting (a cancelled attempt) never
+    /// interrupts the publishes of others.
     pub async fn publish_many(&self, messages: Vec<Outgoing>) -> Vec<Result<(), PublishError>> {
+        let mut replies = Vec::with_capacity(messages.len());
+        {
+            let mut queued = self.inner.queued.lock().unwrap_or_else(|p| p.into_inner());
+            for message in messages {
+                let (reply, result) = tokio::sync::oneshot::channel();
+                queued.push(Queued { message, reply });
+                replies.push(result);
+            }
+        }
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let _batch = broker.inner.publishing.lock().await;
+            let queued = std::mem::take(
+                &mut *broker
+                    .inner
+                    .queued
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            if queued.is_empty() {
+                return; // An earlier batch took them.
+            }
+            let (messages, replies): (Vec<_>, Vec<_>) =
+                queued.into_iter().map(|q| (q.message, q.reply)).unzip();
+            let results = broker.publish_batch(messages).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        });
+        let mut results = Vec::with_capacity(replies.len());
+        for reply in replies {
+            results.push(reply.await.unwrap_or_else(|_| {
+                Err(PublishError::Broker(
+                    "the publish was interrupted; whether the broker took it is unknown".into(),
+                ))
+            }));
+        }
+        results
+    }
+
+    /// Sends one batch and waits for its confirms (the publishing lock is
+    /// held).
+    async fn publish_batch(&self, messages: Vec<Outgoing>) -> Vec<Result<(), PublishError>> {
         let mut results: Vec<Option<Result<(), PublishError>>> = vec![None; messages.len()];
         let channel = match self.channel().await {
             Ok(channel) => channel,
@@ -415,6 +525,16 @@ impl Broker {
                     continue;
                 }
             };
+            let sent = Sent {
+                message_id: message
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.to_string()),
+                exchange: message.exchange,
+                routing_key: message.routing_key,
+                mandatory: message.mandatory,
+            };
             let published = channel
                 .basic_publish(
                     exchange,
@@ -428,7 +548,7 @@ impl Broker {
                 )
                 .await;
             match published {
-                Ok(confirm) => confirms.push((i, message.exchange, message.routing_key, confirm)),
+                Ok(confirm) => confirms.push((i, sent, confirm)),
                 Err(e) => {
                     let e = PublishError::Broker(format!("publish failed: {e}"));
                     results[i] = Some(Err(e.clone()));
@@ -436,18 +556,18 @@ impl Broker {
                 }
             }
         }
-        for (i, exchange, routing_key, confirm) in confirms {
+        let mut returned = Vec::new();
+        let mut sent = Vec::with_capacity(confirms.len());
+        for (i, message, confirm) in confirms {
             results[i] = Some(match confirm.await {
-                Ok(Confirmation::Ack(None)) => Ok(()),
-                Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
-                    Err(PublishError::Unroutable {
-                        exchange,
-                        routing_key,
-                        code: returned.reply_code,
-                        text: returned.reply_text.to_string(),
-                    })
+                Ok(Confirmation::Ack(r)) => {
+                    returned.extend(r);
+                    Ok(())
                 }
-                Ok(Confirmation::Nack(None)) => Err(PublishError::Nacked),
+                Ok(Confirmation::Nack(r)) => {
+                    returned.extend(r);
+                    Err(PublishError::Nacked)
+                }
                 Ok(Confirmation::NotRequested) => Err(PublishError::Broker(
                     "the channel is not in confirm mode".into(),
                 )),
@@ -455,6 +575,47 @@ impl Broker {
                     "no confirm from the broker: {e}"
                 ))),
             });
+            sent.push((i, message));
+        }
+        // Returns came with whichever confirms; each goes to its message.
+        let returns: Vec<Returned> = returned
+            .iter()
+            .map(|r| Returned {
+                exchange: r.delivery.exchange.as_str(),
+                routing_key: r.delivery.routing_key.as_str(),
+                message_id: r
+                    .delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.as_str()),
+            })
+            .collect();
+        let candidates: Vec<Returned> = sent
+            .iter()
+            .map(|(_, m)| Returned {
+                exchange: &m.exchange,
+                routing_key: &m.routing_key,
+                message_id: m.message_id.as_deref(),
+            })
+            .collect();
+        let mandatory: Vec<bool> = sent.iter().map(|(_, m)| m.mandatory).collect();
+        for (r, owner) in returned
+            .iter()
+            .zip(assign_returns(&returns, &candidates, &mandatory))
+        {
+            let Some(owner) = owner else {
+                tracing::warn!(exchange = %r.delivery.exchange, routing_key = %r.delivery.routing_key,
+                    "The broker returned a message this batch did not send; ignoring it.");
+                continue;
+            };
+            let (i, message) = &sent[owner];
+            results[*i] = Some(Err(PublishError::Unroutable {
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+                code: r.reply_code,
+                text: r.reply_text.to_string(),
+            }));
         }
         results
             .into_iter()
@@ -537,5 +698,51 @@ pub async fn reachable(url: &str) -> bool {
             true
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at<'a>(exchange: &'a str, key: &'a str, id: Option<&'a str>) -> Returned<'a> {
+        Returned {
+            exchange,
+            routing_key: key,
+            message_id: id,
+        }
+    }
+
+    #[test]
+    fn each_return_goes_to_its_own_message() {
+        let sent = [
+            at("x", "routed", Some("a")),
+            at("x", "lost", Some("b")),
+            at("x", "lost", Some("c")),
+            at("y", "lost", None),
+            at("x", "lost", Some("e")),
+        ];
+        let mandatory = [true, true, true, true, false];
+        // Returns arrive in any order, attached to any confirm.
+        let returns = [
+            at("x", "lost", Some("c")),
+            at("y", "lost", None),
+            at("x", "lost", Some("b")),
+        ];
+        assert_eq!(
+            assign_returns(&returns, &sent, &mandatory),
+            vec![Some(2), Some(3), Some(1)]
+        );
+        // A non-mandatory message is never returned; an unknown return
+        // belongs to nobody here.
+        let stray = [at("x", "lost", Some("e")), at("z", "k", None)];
+        assert_eq!(assign_returns(&stray, &sent, &mandatory), vec![None, None]);
+        // Without ids, messages to one address take returns in turn.
+        let same = [at("x", "k", None), at("x", "k", None)];
+        let twice = [at("x", "k", None), at("x", "k", None)];
+        assert_eq!(
+            assign_returns(&twice, &same, &[true, true]),
+            vec![Some(0), Some(1)]
+        );
     }
 }
