@@ -19,6 +19,8 @@
 //!    (`CELERY_PYTHON`, else `python3`).
 //!
 //! `cargo bench --bench amqp` (needs RabbitMQ at `AMQP_URL` or the default).
+//! `AMQP_BENCH_QUICK=1` runs only the broker hop and the latency part (3),
+//! for working on latency.
 
 #![allow(clippy::unwrap_used)]
 
@@ -83,6 +85,11 @@ struct Watched {
     /// Publish time to the run's `RunCreated`, durable: the broker hop, the
     /// consumer and the first group commit.
     created: Vec<f64>,
+    /// Per run, the time between its durable commits as the record stream
+    /// shows them: publish → `RunCreated` (with the first task started),
+    /// then each task's `AttemptFinished` (with the next one started; the
+    /// last with `RunEnded`).
+    stages: Vec<Vec<f64>>,
     first: Instant,
     last: Instant,
     lagged: usize,
@@ -95,30 +102,38 @@ async fn watch(
     n: usize,
 ) -> Watched {
     let mut sent: HashMap<uuid::Uuid, u64> = HashMap::new();
+    // Run → (time of its last durable commit seen, its stages so far).
+    let mut timeline: HashMap<uuid::Uuid, (u64, Vec<f64>)> = HashMap::new();
+    let mut stages = Vec::with_capacity(n);
     let mut completed = Vec::with_capacity(n);
     let mut created = Vec::with_capacity(n);
     let mut first = None;
     let mut ended = 0;
     let mut lagged = 0;
     let mut last = Instant::now();
-    let done =
-        |mut completed: Vec<f64>, mut created: Vec<f64>, first: Option<Instant>, last, lagged| {
-            completed.sort_by(f64::total_cmp);
-            created.sort_by(f64::total_cmp);
-            Watched {
-                completed,
-                created,
-                first: first.unwrap_or(last),
+    let done = |mut completed: Vec<f64>,
+                mut created: Vec<f64>,
+                stages,
+                first: Option<Instant>,
                 last,
-                lagged,
-            }
-        };
+                lagged| {
+        completed.sort_by(f64::total_cmp);
+        created.sort_by(f64::total_cmp);
+        Watched {
+            completed,
+            created,
+            stages,
+            first: first.unwrap_or(last),
+            last,
+            lagged,
+        }
+    };
     loop {
         // If the stream lagged, some ends were missed: stop after a silence.
         let next = match tokio::time::timeout(Duration::from_secs(3), records.recv()).await {
             Ok(next) => next,
             Err(_) if lagged > 0 || ended > 0 => {
-                return done(completed, created, first, last, lagged);
+                return done(completed, created, stages, first, last, lagged);
             }
             Err(_) => continue,
         };
@@ -127,8 +142,20 @@ async fn watch(
                 RecordBody::RunCreated { params, .. } => {
                     first.get_or_insert_with(Instant::now);
                     if let Some(t) = params.get("sent").and_then(|v| v.as_u64()) {
+                        let now = now_us();
                         sent.insert(record.run_id, t);
-                        created.push((now_us().saturating_sub(t)) as f64 / 1000.0);
+                        created.push((now.saturating_sub(t)) as f64 / 1000.0);
+                        timeline.insert(
+                            record.run_id,
+                            (now, vec![now.saturating_sub(t) as f64 / 1000.0]),
+                        );
+                    }
+                }
+                RecordBody::AttemptFinished { .. } => {
+                    if let Some((last, stages)) = timeline.get_mut(&record.run_id) {
+                        let now = now_us();
+                        stages.push(now.saturating_sub(*last) as f64 / 1000.0);
+                        *last = now;
                     }
                 }
                 RecordBody::RunEnded { status, .. } => {
@@ -142,8 +169,11 @@ async fn watch(
                     if let Some(t) = sent.remove(&record.run_id) {
                         completed.push((now_us().saturating_sub(t)) as f64 / 1000.0);
                     }
+                    if let Some((_, run)) = timeline.remove(&record.run_id) {
+                        stages.push(run);
+                    }
                     if ended == n {
-                        return done(completed, created, first, last, lagged);
+                        return done(completed, created, stages, first, last, lagged);
                     }
                 }
                 _ => {}
@@ -360,15 +390,19 @@ fn main() {
                 .unwrap();
         }
 
+        let quick = std::env::var_os("AMQP_BENCH_QUICK").is_some();
+        let backlog = if quick { 0 } else { SATURATION };
         // 0. The broker alone: drain a backlog with a bare consumer.
-        bind(&channel, &raw_queue, &exchange).await;
-        publish(&channel, &exchange, SATURATION, 0).await;
-        unbind(&channel, &raw_queue, &exchange).await;
-        let raw = raw_drain(&connection, &raw_queue, SATURATION).await;
-        println!(
-            "  broker ceiling: a bare consumer acking a {SATURATION}-message backlog: {:.0} msg/s",
-            SATURATION as f64 / raw
-        );
+        if !quick {
+            bind(&channel, &raw_queue, &exchange).await;
+            publish(&channel, &exchange, SATURATION, 0).await;
+            unbind(&channel, &raw_queue, &exchange).await;
+            let raw = raw_drain(&connection, &raw_queue, SATURATION).await;
+            println!(
+                "  broker ceiling: a bare consumer acking a {SATURATION}-message backlog: {:.0} msg/s",
+                SATURATION as f64 / raw
+            );
+        }
         let hops = raw_hop(&connection, &channel, &exchange, &raw_queue, 500, 50).await;
         println!(
             "  broker hop at 50 msg/s: publish -> delivery at a bare consumer p50 {:.2} ms, p99 {:.2} ms",
@@ -378,7 +412,7 @@ fn main() {
 
         // 1. Backlog queued before the daemon starts.
         bind(&channel, &queue, &exchange).await;
-        publish(&channel, &exchange, SATURATION, 0).await;
+        publish(&channel, &exchange, backlog, 0).await;
         project(dir.path(), &exchange, &queue);
         let running = start(ServeOptions::local(dir.path().join("switchyard.json")))
         .await
@@ -388,22 +422,30 @@ fn main() {
             last,
             lagged,
             ..
-        } = watch(running.runtime.subscribe(), SATURATION).await;
+        } = if quick {
+            let now = Instant::now();
+            Watched { completed: Vec::new(), created: Vec::new(), stages: Vec::new(), first: now, last: now + Duration::from_secs(1), lagged: 0 }
+        } else {
+            watch(running.runtime.subscribe(), SATURATION).await
+        };
         let backlog_rate = SATURATION as f64 / (last - first).as_secs_f64();
-        println!(
+        if !quick { println!(
             "  backlog: {SATURATION} queued messages -> completed runs in {:.2} s = {backlog_rate:.0} runs/s ({lagged} records missed)",
             (last - first).as_secs_f64(),
-        );
+        ); }
         let metrics = format!("http://{}/metrics", running.addr);
-        assert!(
-            reqwest::get(&metrics)
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-                .contains("switchyard_amqp_consumers 1")
-        );
+        let consuming = async {
+            loop {
+                let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+                if text.contains("switchyard_amqp_consumers 1") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), consuming)
+            .await
+            .expect("the consumer is up");
 
         // Warm-up.
         let watcher = tokio::spawn(watch(running.runtime.subscribe(), 500));
@@ -411,9 +453,9 @@ fn main() {
         watcher.await.unwrap();
 
         let flushes = running.runtime.log().flushes();
-        let watcher = tokio::spawn(watch(running.runtime.subscribe(), SATURATION));
+        let watcher = tokio::spawn(watch(running.runtime.subscribe(), backlog.max(1)));
         let published = Instant::now();
-        publish(&channel, &exchange, SATURATION, 0).await;
+        publish(&channel, &exchange, backlog.max(1), 0).await;
         let publish_secs = published.elapsed().as_secs_f64();
         let Watched {
             completed: latencies,
@@ -441,13 +483,32 @@ fn main() {
         let mut at_50 = (0.0, 0.0);
         for (rate, seconds) in [(50u64, 10u64), (1000, 10)] {
             let n = (rate * seconds) as usize;
+            let log = running.runtime.log();
+            let (flushes, flush_time) = (log.flushes(), log.flush_time());
             let watcher = tokio::spawn(watch(running.runtime.subscribe(), n));
             publish(&channel, &exchange, n, rate).await;
             let Watched {
                 completed: latencies,
                 created,
+                stages,
                 ..
             } = watcher.await.unwrap();
+            let commits = log.flushes() - flushes;
+            let fsync_ms = (log.flush_time() - flush_time).as_secs_f64() * 1000.0 / commits as f64;
+            let depth = stages.iter().map(Vec::len).max().unwrap_or(0);
+            let per_stage: Vec<String> = (0..depth)
+                .map(|k| {
+                    let mut at: Vec<f64> = stages.iter().filter_map(|s| s.get(k).copied()).collect();
+                    at.sort_by(f64::total_cmp);
+                    format!("{:.2}", percentile(&at, 0.5))
+                })
+                .collect();
+            println!(
+                "  at {rate} msg/s, per stage p50 (ms): publish -> created + first task started {};                  each task's end + the next start: {}; {:.1} group commits per run, flush (fsync) {fsync_ms:.3} ms each",
+                per_stage.first().map(String::as_str).unwrap_or("-"),
+                per_stage.get(1..).map(|s| s.join(" / ")).unwrap_or_default(),
+                commits as f64 / n as f64,
+            );
             let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
             if rate == 50 {
                 at_50 = (p50, p99);
@@ -465,7 +526,7 @@ fn main() {
         running.done.await.unwrap().unwrap();
 
         // 4. Side by side: the same chain in Celery 5 on the same broker.
-        match celery().await {
+        match if quick { None } else { celery().await } {
             Some(celery) => {
                 let rate = celery["backlog_runs_per_s"].as_f64().unwrap();
                 let p50 = celery["p50_ms_at_50"].as_f64().unwrap();

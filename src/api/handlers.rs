@@ -330,6 +330,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
          # HELP switchyard_log_flushes_total Group commits to the log.\n\
          # TYPE switchyard_log_flushes_total counter\n\
          switchyard_log_flushes_total {}\n\
+         # HELP switchyard_log_flush_seconds_total Time spent making group commits durable (fsync).\n\
+         # TYPE switchyard_log_flush_seconds_total counter\n\
+         switchyard_log_flush_seconds_total {:.6}\n\
          # HELP switchyard_requests_rejected_total HTTP requests answered with a 4xx.\n\
          # TYPE switchyard_requests_rejected_total counter\n\
          switchyard_requests_rejected_total {}\n\
@@ -407,6 +410,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         get(&m.attempts_started),
         get(&m.attempts_failed),
         state.runtime.log().flushes(),
+        state.runtime.log().flush_time().as_secs_f64(),
         get(&m.requests_rejected),
         get(&m.reloads),
         get(&m.reloads_rejected),

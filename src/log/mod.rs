@@ -41,6 +41,7 @@
 //! number twice, not even after a crash that lost unflushed appends.
 
 pub mod commit;
+mod durable;
 pub mod events;
 pub mod outbox;
 pub mod record;
@@ -120,8 +121,12 @@ pub struct Log {
     durable_seq: Arc<AtomicU64>,
     /// Group commits so far (observability, and tests proving batching).
     flushes: Arc<AtomicU64>,
+    /// Time spent in those flushes, in nanoseconds.
+    flush_nanos: Arc<AtomicU64>,
     /// Test hook: make flushes fail ([`Log::inject_flush_failures`]).
     failing: Arc<std::sync::atomic::AtomicBool>,
+    /// What sled's flush leaves undone for power loss.
+    durability: Arc<durable::Durability>,
     /// Entries in `outbox`, kept as writes and removals happen (so
     /// `/metrics` never counts a tree).
     outbox_pending: Arc<AtomicU64>,
@@ -236,6 +241,10 @@ impl Log {
             }
         };
         let on_disk = db.generate_id()?;
+        let durability = durable::Durability::open(&dir).map_err(|e| Error::Open {
+            dir: data_dir.to_path_buf(),
+            source: sled::Error::Io(e),
+        })?;
         let log = Self {
             db,
             records,
@@ -257,7 +266,9 @@ impl Log {
             // gets a higher number.
             durable_seq: Arc::new(AtomicU64::new(on_disk)),
             flushes: Arc::new(AtomicU64::new(0)),
+            flush_nanos: Arc::new(AtomicU64::new(0)),
             failing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            durability: Arc::new(durability),
             outbox_pending: Arc::new(AtomicU64::new(0)),
         };
         log.outbox_pending
@@ -323,7 +334,8 @@ impl Log {
         })
     }
 
-    /// Makes everything appended so far durable (one fsync for all of it).
+    /// Makes everything appended so far durable (one fsync for all of it),
+    /// against power loss too ([`durable`]).
     pub fn flush(&self) -> Result<(), Error> {
         if self.failing.load(Ordering::Relaxed) {
             return Err(Error::Storage(sled::Error::Io(std::io::Error::other(
@@ -331,7 +343,11 @@ impl Log {
             ))));
         }
         let last = self.last_seq.load(Ordering::Relaxed);
+        let started = std::time::Instant::now();
         self.db.flush()?;
+        self.durability.sync().map_err(sled::Error::Io)?;
+        self.flush_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.durable_seq.fetch_max(last, Ordering::Release);
         self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -352,6 +368,11 @@ impl Log {
     /// How many group commits this handle's database has done.
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Time spent making group commits durable so far (the fsyncs).
+    pub fn flush_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.flush_nanos.load(Ordering::Relaxed))
     }
 
     /// Every record of one run, in sequence order. A value holds one
