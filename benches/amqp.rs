@@ -433,6 +433,7 @@ fn main() {
             "  backlog: {SATURATION} queued messages -> completed runs in {:.2} s = {backlog_rate:.0} runs/s ({lagged} records missed)",
             (last - first).as_secs_f64(),
         ); }
+        switchyard::tls::install_provider();
         let metrics = format!("http://{}/metrics", running.addr);
         let consuming = async {
             loop {

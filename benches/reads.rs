@@ -149,6 +149,7 @@ fn main() {
         })
         .await
         .expect("daemon");
+        switchyard::tls::install_provider();
         let client = reqwest::Client::new();
         let mut samples = Vec::new();
         for i in 0..1000 {

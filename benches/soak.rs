@@ -92,6 +92,7 @@ fn main() {
             )
         };
         let handle = running.runtime.clone();
+        switchyard::tls::install_provider();
         let client = reqwest::Client::new();
         let metrics_url = format!("http://{}/metrics", running.addr);
         let data = project.path().join("data");

@@ -75,6 +75,7 @@ fn succeeded(body: &Value) -> bool {
 
 /// p50/p99 of paced requests, then the saturation rate.
 async fn webhook_load(url: &str, label: &str) -> (f64, f64, f64) {
+    switchyard::tls::install_provider();
     let client = reqwest::Client::new();
     // Warm up connections and code paths; check runs really happen.
     for n in 0..50 {
@@ -203,6 +204,7 @@ async fn file_load(root: &Path, addr: std::net::SocketAddr) {
     }
     let offered = total as f64 / started.elapsed().as_secs_f64();
     // Wait for every run to finish, then read first-task start times.
+    switchyard::tls::install_provider();
     let client = reqwest::Client::new();
     let mut runs: Vec<Value> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);

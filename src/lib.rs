@@ -33,4 +33,6 @@ pub mod reactor;
 pub mod registry;
 pub mod runtime;
 pub mod spec;
+pub mod time;
+pub mod tls;
 pub mod triggers;

@@ -77,9 +77,7 @@ pub fn reload_shared(registry: &SharedRegistry) -> Option<ReloadReport> {
     Some(report)
 }
 
-fn now_millis() -> Millis {
-    chrono::Utc::now().timestamp_millis()
-}
+use crate::time::now_millis;
 
 impl Registry {
     /// Loads the dirs; any invalid file is an error here (start-up refuses it).

@@ -32,6 +32,7 @@ fn amqp_binding(name: &str, exchange: &str, queue: &str, extra: Value) -> Value 
 }
 
 async fn metrics(daemon: &Daemon) -> BTreeMap<String, f64> {
+    switchyard::tls::install_provider();
     let text = reqwest::get(daemon.url("/metrics"))
         .await
         .unwrap()

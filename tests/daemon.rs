@@ -117,6 +117,7 @@ mod reqwest {
                     .build()
                     .unwrap();
                 rt.block_on(async {
+                    switchyard::tls::install_provider();
                     let client = ::reqwest::Client::new();
                     let method = ::reqwest::Method::from_bytes(method.as_bytes()).unwrap();
                     let mut request = client

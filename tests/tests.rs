@@ -12,6 +12,7 @@ mod daemon;
 mod engine;
 mod fuzz_corpora;
 mod golden;
+mod http;
 mod properties;
 mod runtime;
 mod triggers;

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Value, json};
 use switchyard::daemon::{Running, ServeOptions, start};
-use switchyard::triggers::cron::{Clock, ManualClock};
+use switchyard::time::{Clock, ManualClock};
 use switchyard::triggers::webhook::{sign_hex, sign_standard};
 
 use crate::util::write_workflow;
@@ -94,7 +94,10 @@ impl Project {
         .await
         .unwrap_or_else(|e| panic!("daemon did not start: {e}"));
         Daemon {
-            client: reqwest::Client::new(),
+            client: {
+                switchyard::tls::install_provider();
+                reqwest::Client::new()
+            },
             running: Some(running),
         }
     }
@@ -1084,6 +1087,7 @@ async fn while_the_log_cannot_flush_nothing_is_acknowledged_and_afterwards_nothi
     let daemon = project.start(None).await;
     let log = daemon.runtime().log().clone();
     let health = || async {
+        switchyard::tls::install_provider();
         let response = reqwest::get(daemon.url("/healthz")).await.unwrap();
         (
             response.status().as_u16(),
@@ -1220,6 +1224,7 @@ async fn retention_deletes_old_runs_and_events_in_the_background() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    switchyard::tls::install_provider();
     let response = reqwest::get(daemon.url(&format!("/api/v1/runs/{first}")))
         .await
         .unwrap();

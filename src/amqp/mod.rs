@@ -73,9 +73,22 @@ pub fn percent_vhost(vhost: &str) -> String {
     vhost.replace('%', "%25").replace('/', "%2f")
 }
 
+/// Why a connection to the broker could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to {broker}: {source}")]
+    Failed {
+        broker: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("cannot connect to {broker}: no answer within {}s", .after.as_secs())]
+    Timeout { broker: String, after: Duration },
+}
+
 /// Connects once, within [`CONNECT_TIMEOUT`]. `name` shows in the broker's
 /// connection list.
-pub async fn connect(uri: &AMQPUri, name: &str) -> Result<Connection, String> {
+pub async fn connect(uri: &AMQPUri, name: &str) -> Result<Connection, ConnectError> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("switchyard {name} (pid {})", std::process::id()).into());
     match tokio::time::timeout(
@@ -85,12 +98,14 @@ pub async fn connect(uri: &AMQPUri, name: &str) -> Result<Connection, String> {
     .await
     {
         Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", describe(uri))),
-        Err(_) => Err(format!(
-            "cannot connect to {}: no answer within {}s",
-            describe(uri),
-            CONNECT_TIMEOUT.as_secs()
-        )),
+        Ok(Err(source)) => Err(ConnectError::Failed {
+            broker: describe(uri),
+            source,
+        }),
+        Err(_) => Err(ConnectError::Timeout {
+            broker: describe(uri),
+            after: CONNECT_TIMEOUT,
+        }),
     }
 }
 
@@ -391,7 +406,7 @@ impl Broker {
         let uri = self.uri().map_err(PublishError::Broker)?;
         let connection = connect(uri, "publisher")
             .await
-            .map_err(PublishError::Broker)?;
+            .map_err(|e| PublishError::Broker(e.to_string()))?;
         let channel = confirm_channel(&connection).await?;
         *session = Some((connection, channel.clone()));
         Ok(channel)

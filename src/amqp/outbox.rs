@@ -127,7 +127,7 @@ async fn send_batch(
                 .with_content_type("application/cloudevents+json".into())
                 .with_app_id("switchyard".into())
                 .with_delivery_mode(2)
-                .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64),
+                .with_timestamp(crate::time::now().timestamp().max(0) as u64),
             mandatory: false,
         })
         .collect();

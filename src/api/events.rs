@@ -74,7 +74,7 @@ pub async fn post_event(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<impl IntoResponse, Error> {
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = crate::time::now_millis();
     let event = api_event(&body, now).map_err(|e| {
         state
             .reactor
@@ -159,8 +159,8 @@ pub fn binding_json(binding: &Binding) -> Value {
             out["schedule"] = json!(c.schedule.describe());
             out["next_fire"] = json!(
                 c.schedule
-                    .next_after(chrono::Utc::now())
-                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    .next_after(crate::time::now())
+                    .map(crate::time::format)
             );
         }
         Trigger::File(f) => out["path"] = json!(f.path.display().to_string()),

@@ -182,7 +182,7 @@ fn check_signature(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let now = chrono::Utc::now().timestamp();
+    let now = crate::time::now().timestamp();
     webhook::verify(scheme, &secret, &lookup, body, now)
         .map_err(|e| Error::new(StatusCode::UNAUTHORIZED, "unauthorized", e.0))
 }
@@ -227,7 +227,7 @@ fn event(
     data: Value,
     datacontenttype: Option<String>,
 ) -> Event {
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = crate::time::now_millis();
     let delivery = DELIVERY_ID_HEADERS.iter().find_map(|name| {
         headers
             .get(*name)

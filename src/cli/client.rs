@@ -31,7 +31,10 @@ impl Client {
         Self {
             base,
             token,
-            http: reqwest::Client::new(),
+            http: {
+                crate::tls::install_provider();
+                reqwest::Client::new()
+            },
         }
     }
 

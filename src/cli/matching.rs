@@ -25,7 +25,7 @@ fn read_event(file: &Path) -> Result<Value, String> {
             file.display()
         ));
     }
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = crate::time::now_millis();
     event.entry("specversion").or_insert(json!("1.0"));
     event
         .entry("id")
@@ -67,7 +67,7 @@ pub fn main(config_path: &Path, event_file: &Path, as_json: bool) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = crate::time::now_millis();
     let mut results = Vec::new();
     for binding in registry.bindings() {
         let mut result = json!({"binding": binding.name, "workflow": binding.workflow});

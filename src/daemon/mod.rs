@@ -30,7 +30,7 @@ pub struct ServeOptions {
     /// How long running tasks get to finish on SIGINT/SIGTERM.
     pub grace: Duration,
     /// Where cron time comes from (tests drive it by hand); None: the system clock.
-    pub clock: Option<Arc<dyn crate::triggers::cron::Clock>>,
+    pub clock: Option<Arc<dyn crate::time::Clock>>,
     /// Serve the API without a token on a non-loopback address (something
     /// in front of switchyard authenticates).
     pub allow_unauthenticated: bool,
@@ -111,6 +111,7 @@ fn api_token(config: &Config) -> Option<Arc<str>> {
 /// Loads the config, registry and runtime; binds the listener; returns once
 /// serving. Stops when `stop` is cancelled.
 pub async fn start(options: ServeOptions) -> Result<Running, Error> {
+    crate::tls::install_provider();
     let optional = options.config_path == Path::new("switchyard.json");
     let config = Config::load(&options.config_path, optional).map_err(Error::Invalid)?;
     let secrets =
@@ -171,7 +172,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     let clock = options
         .clock
         .clone()
-        .unwrap_or_else(|| Arc::new(crate::triggers::cron::SystemClock));
+        .unwrap_or_else(|| Arc::new(crate::time::SystemClock));
     let triggers_stop = CancellationToken::new();
     let mut triggers = Triggers::new(reactor.clone(), &broker, clock, triggers_stop.clone());
     triggers.reconcile();
@@ -301,7 +302,7 @@ async fn retention(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = crate::time::now_millis();
         let cutoffs = crate::log::retention::Cutoffs {
             runs: now.saturating_sub(millis(retention.runs)),
             events: now.saturating_sub(millis(retention.events)),

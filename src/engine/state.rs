@@ -173,12 +173,7 @@ pub struct RunRecord {
     pub tasks: Map<String, Value>,
 }
 
-/// A log timestamp as RFC 3339 (UTC, milliseconds).
-pub fn rfc3339(millis: Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(millis)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
+pub use crate::time::rfc3339;
 
 impl RunState {
     /// The run record (SPEC §10) of the run as it is now.

@@ -95,7 +95,7 @@ impl Kind for Amqp {
             .with_app_id("switchyard".into())
             .with_headers(headers)
             .with_delivery_mode(if self.persistent { 2 } else { 1 })
-            .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
+            .with_timestamp(crate::time::now().timestamp().max(0) as u64);
         let outgoing = Outgoing {
             exchange: self.exchange.clone(),
             routing_key: self.routing_key.clone(),

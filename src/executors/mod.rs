@@ -6,6 +6,7 @@
 //! deserializes the rendered JSON into the kind's config just before running.
 
 mod amqp;
+mod http;
 mod noop;
 pub mod process;
 mod shell;
@@ -157,6 +158,7 @@ macro_rules! kinds {
 
 kinds! {
     shell::Shell,
+    http::Http,
     amqp::Amqp,
     noop::Noop,
     sleep::Sleep,

@@ -38,7 +38,7 @@ impl Kind for Sleep {
         let due = ctx
             .started_at
             .saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX));
-        let remaining = due - chrono::Utc::now().timestamp_millis();
+        let remaining = due - crate::time::now_millis();
         if remaining > 0 {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(remaining as u64)) => {}

@@ -383,7 +383,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = uuid::Uuid::now_v7();
         let marker = |value: u32| {
-            let db = sled::open(dir.path().join("log")).unwrap();
+            // A log just dropped lets go of its lock a moment later.
+            let mut tries = 0;
+            let db = loop {
+                match sled::open(dir.path().join("log")) {
+                    Ok(db) => break db,
+                    Err(e) if tries < 50 => {
+                        tries += 1;
+                        let _ = e;
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
             let meta = db.open_tree("meta").unwrap();
             let old = meta.insert("format", &value.to_be_bytes()).unwrap();
             db.flush().unwrap();

@@ -88,12 +88,9 @@ impl EventRecord {
 
     /// The event as shown by the API: `at` as RFC 3339.
     pub fn to_json(&self) -> Value {
-        let at = chrono::DateTime::from_timestamp_millis(self.at)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            .unwrap_or_default();
         serde_json::json!({
             "seq": self.seq,
-            "at": at,
+            "at": crate::time::rfc3339(self.at),
             "event": self.event,
             "outcomes": self.outcomes,
         })

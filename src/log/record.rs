@@ -9,8 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-/// Milliseconds since the Unix epoch, UTC.
-pub type Millis = i64;
+pub use crate::time::Millis;
 
 /// The identity of a run: a UUIDv7, so ids sort by creation time.
 pub type RunId = Uuid;
@@ -66,10 +65,7 @@ impl Record {
         let mut body = serde_json::to_value(&self.body).unwrap_or(Value::Null);
         if let Value::Object(map) = &mut body {
             map.insert("seq".into(), Value::from(self.seq));
-            let at = chrono::DateTime::from_timestamp_millis(self.at)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-                .unwrap_or_default();
-            map.insert("at".into(), Value::String(at));
+            map.insert("at".into(), Value::String(crate::time::rfc3339(self.at)));
         }
         body
     }

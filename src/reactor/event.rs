@@ -59,9 +59,7 @@ impl EventKind {
     }
 }
 
-pub fn rfc3339(millis: Millis) -> String {
-    crate::engine::rfc3339(millis)
-}
+pub use crate::time::rfc3339;
 
 impl Event {
     pub fn new(id: impl Into<String>, source: impl Into<String>, kind: &str, at: Millis) -> Self {

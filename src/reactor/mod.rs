@@ -233,7 +233,7 @@ impl Reactor {
         marks: Vec<Mark>,
         wait: bool,
     ) -> Result<Accepted, runtime::Error> {
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = crate::time::now_millis();
         let submission = submission(&self.registry, event, bindings, marks, wait, now);
         let accepted = self.runtime.accept(submission).await?;
         self.metrics.count(&accepted.outcomes);

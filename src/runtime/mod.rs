@@ -576,9 +576,7 @@ impl RuntimeHandle {
     }
 }
 
-fn now_millis() -> Millis {
-    chrono::Utc::now().timestamp_millis()
-}
+use crate::time::now_millis;
 
 struct EngineLoop {
     engine: Engine,

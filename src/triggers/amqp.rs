@@ -135,7 +135,7 @@ impl Consumer {
             tracing::warn!(
                 queue = %self.queue,
                 broker = %describe(&self.uri),
-                error = %outcome.err().unwrap_or_default(),
+                error = %outcome.err().map(|e| e.to_string()).unwrap_or_default(),
                 retry_in_ms = delay.as_millis() as u64,
                 "AMQP consumer disconnected; reconnecting."
             );
@@ -147,7 +147,11 @@ impl Consumer {
     }
 
     /// One connection's life. `Ok` only when stopped.
-    async fn session(&self, stop: &CancellationToken, consumed: &mut bool) -> Result<(), String> {
+    async fn session(
+        &self,
+        stop: &CancellationToken,
+        consumed: &mut bool,
+    ) -> Result<(), SessionError> {
         let name = format!("consumer {}", self.queue);
         let connection = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -168,14 +172,14 @@ impl Consumer {
         connection: &Connection,
         stop: &CancellationToken,
         consumed: &mut bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let channel = self.declare(connection).await?;
         let prefetch = self.prefetch();
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await
-            .map_err(|e| format!("basic.qos {prefetch}: {e}"))?;
-        let queue = short("queue name", &self.queue)?;
+            .map_err(broker(format!("basic.qos {prefetch}")))?;
+        let queue = name("queue name", &self.queue)?;
         let mut consumer = channel
             .basic_consume(
                 queue,
@@ -184,7 +188,7 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| format!("cannot consume queue `{}`: {e}", self.queue))?;
+            .map_err(broker(format!("cannot consume queue `{}`", self.queue)))?;
         tracing::info!(
             queue = %self.queue,
             prefetch,
@@ -201,8 +205,8 @@ impl Consumer {
             tokio::select! {
                 _ = stop.cancelled() => break Ok(()),
                 delivery = consumer.next() => match delivery {
-                    None => break Err("the broker cancelled the consumer".to_string()),
-                    Some(Err(e)) => break Err(format!("consumer failed: {e}")),
+                    None => break Err(SessionError::Cancelled),
+                    Some(Err(e)) => break Err(broker("consumer failed")(e)),
                     Some(Ok(delivery)) => {
                         self.metrics().deliveries.fetch_add(1, Ordering::Relaxed);
                         self.metrics().unacked.fetch_add(1, Ordering::Relaxed);
@@ -254,7 +258,7 @@ impl Consumer {
 
     /// Declares exchanges, the queue and its bindings; returns the channel
     /// to consume on.
-    async fn declare(&self, connection: &Connection) -> Result<Channel, String> {
+    async fn declare(&self, connection: &Connection) -> Result<Channel, SessionError> {
         let mut channel = open(connection).await?;
         let mut exchanges: Vec<(&str, ExchangeType)> = Vec::new();
         for a in self.bindings.iter().filter_map(|b| trigger(b)) {
@@ -266,7 +270,7 @@ impl Consumer {
             if name.is_empty() {
                 continue; // The default exchange routes by queue name.
             }
-            let exchange = short("exchange name", name)?;
+            let exchange = self::name("exchange name", name)?;
             let declared = if name.starts_with("amq.") {
                 Err(None) // Predeclared by the broker: check only.
             } else {
@@ -282,12 +286,12 @@ impl Consumer {
                 exchange_exists(&channel, exchange)
                     .await
                     .map_err(|e| match error {
-                        Some(first) => format!("cannot declare exchange `{name}`: {first}"),
-                        None => format!("exchange `{name}`: {e}"),
+                        Some(first) => broker(format!("cannot declare exchange `{name}`"))(first),
+                        None => broker(format!("exchange `{name}`"))(e),
                     })?;
             }
         }
-        let queue = short("queue name", &self.queue)?;
+        let queue = name("queue name", &self.queue)?;
         let exists = channel
             .queue_declare(
                 queue.clone(),
@@ -311,25 +315,23 @@ impl Consumer {
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|e| format!("cannot declare queue `{}`: {e}", self.queue))?;
+                .map_err(broker(format!("cannot declare queue `{}`", self.queue)))?;
         }
         let wanted = bound_pairs(&self.bindings);
         for (exchange, key) in &wanted {
             channel
                 .queue_bind(
                     queue.clone(),
-                    short("exchange name", exchange)?,
-                    short("routing key", key)?,
+                    name("exchange name", exchange)?,
+                    name("routing key", key)?,
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|e| {
-                    format!(
-                        "cannot bind queue `{}` to `{exchange}` with `{key}`: {e}",
-                        self.queue
-                    )
-                })?;
+                .map_err(broker(format!(
+                    "cannot bind queue `{}` to `{exchange}` with `{key}`",
+                    self.queue
+                )))?;
         }
         // Bindings of the queue that an earlier configuration made and this
         // one does not want (an exchange or key changed, a binding removed,
@@ -358,7 +360,7 @@ impl Consumer {
 
     /// One delivery: decode, record, ack. `Err` ends the session (the
     /// channel is gone).
-    async fn handle(&self, delivery: Delivery, release: impl FnOnce()) -> Result<(), String> {
+    async fn handle(&self, delivery: Delivery, release: impl FnOnce()) -> Result<(), SessionError> {
         let max_body = self.max_body();
         let decoded = if delivery.data.len() > max_body {
             self.metrics().too_large.fetch_add(1, Ordering::Relaxed);
@@ -391,8 +393,8 @@ impl Consumer {
                     .await
                 {
                     Ok(true) => Ok(()),
-                    Ok(false) => Err("the channel closed before a reject could be sent".into()),
-                    Err(e) => Err(format!("reject failed: {e}")),
+                    Ok(false) => Err(SessionError::ChannelClosed("a reject")),
+                    Err(e) => Err(broker("reject failed")(e)),
                 };
             }
         };
@@ -433,11 +435,11 @@ impl Consumer {
                 }
                 Ok(false) => {
                     self.metrics().acks_lost.fetch_add(1, Ordering::Relaxed);
-                    Err("the channel closed before an ack could be sent; the message will be redelivered and deduplicated".into())
+                    Err(SessionError::ChannelClosed("an ack"))
                 }
                 Err(e) => {
                     self.metrics().acks_lost.fetch_add(1, Ordering::Relaxed);
-                    Err(format!("ack failed: {e}"))
+                    Err(broker("ack failed")(e))
                 }
             },
             Err(e) => {
@@ -449,7 +451,7 @@ impl Consumer {
                         ..BasicNackOptions::default()
                     })
                     .await;
-                Err(format!("cannot record the event: {e}"))
+                Err(SessionError::Record(e))
             }
         }
     }
@@ -489,13 +491,17 @@ fn record_bound(
     log: &crate::log::Log,
     queue: &str,
     pairs: &[(String, String)],
-) -> Result<(), String> {
-    let value = serde_json::to_vec(pairs).map_err(|e| e.to_string())?;
+) -> Result<(), SessionError> {
+    // A list of string pairs always serializes.
+    let value = serde_json::to_vec(pairs).unwrap_or_default();
     log.put_marks(&[crate::log::Mark {
         key: bound_mark_key(queue),
         value: Some(value),
     }])
-    .map_err(|e| format!("cannot record the bindings of queue `{queue}`: {e}"))
+    .map_err(|source| SessionError::Marks {
+        queue: queue.to_string(),
+        source,
+    })
 }
 
 /// Every queue switchyard has bound, with the pairs it bound it with (an
@@ -520,13 +526,13 @@ async fn unbind(
     mut channel: Channel,
     queue: &str,
     pairs: &[(String, String)],
-) -> Result<Channel, String> {
+) -> Result<Channel, SessionError> {
     for (exchange, key) in pairs {
         let result = channel
             .queue_unbind(
-                short("queue name", queue)?,
-                short("exchange name", exchange)?,
-                short("routing key", key)?,
+                name("queue name", queue)?,
+                name("exchange name", exchange)?,
+                name("routing key", key)?,
                 FieldTable::default(),
             )
             .await;
@@ -577,11 +583,58 @@ pub async fn release_queue(queue: String, log: crate::log::Log, uri: AMQPUri) {
     );
 }
 
-async fn open(connection: &Connection) -> Result<Channel, String> {
+async fn open(connection: &Connection) -> Result<Channel, SessionError> {
     connection
         .create_channel()
         .await
-        .map_err(|e| format!("cannot open a channel: {e}"))
+        .map_err(broker("cannot open a channel"))
+}
+
+/// Why a consumer session ended; the consumer reconnects after any of them
+/// (with backoff), so each is logged with the queue and the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Connect(#[from] crate::amqp::ConnectError),
+    /// A broker operation failed: `what` names it and what it was on.
+    #[error("{what}: {source}")]
+    Broker {
+        what: String,
+        #[source]
+        source: lapin::Error,
+    },
+    /// A queue, exchange or key longer than AMQP allows.
+    #[error("{0}")]
+    TooLong(String),
+    #[error("the broker cancelled the consumer")]
+    Cancelled,
+    /// An ack or reject could not be sent: the broker redelivers the
+    /// message, and its dedup entry makes it a duplicate.
+    #[error(
+        "the channel closed before {0} could be sent; the message will be redelivered and deduplicated"
+    )]
+    ChannelClosed(&'static str),
+    /// The event could not be recorded (shutting down, or the log cannot
+    /// be flushed): the message was requeued.
+    #[error("cannot record the event: {0}")]
+    Record(#[source] crate::runtime::Error),
+    #[error("cannot record the bindings of queue `{queue}`: {source}")]
+    Marks {
+        queue: String,
+        #[source]
+        source: crate::log::Error,
+    },
+}
+
+/// Names a failed broker operation.
+fn broker(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> SessionError {
+    let what = what.into();
+    move |source| SessionError::Broker { what, source }
+}
+
+/// A name or key checked against AMQP's limit.
+fn name(what: &str, value: &str) -> Result<lapin::types::ShortString, SessionError> {
+    short(what, value).map_err(SessionError::TooLong)
 }
 
 fn exchange_kind(kind: ExchangeType) -> ExchangeKind {
@@ -717,7 +770,7 @@ pub fn decode_message(delivery: Message<'_>, queue: &str, vhost: &str) -> Result
         .timestamp()
         .and_then(|secs| i64::try_from(secs).ok())
         .and_then(|secs| secs.checked_mul(1000))
-        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+        .unwrap_or_else(crate::time::now_millis);
     let mut event = Event::new(
         id,
         format!("amqp://{}/{}", percent_vhost(vhost), exchange),

@@ -8,7 +8,7 @@
 //! dedup key, so a tick never starts twice, not even when a crash interrupts
 //! a catch-up. Time comes from a [`Clock`], so tests drive it by hand.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -19,83 +19,10 @@ use crate::log::Mark;
 use crate::reactor::Reactor;
 use crate::reactor::event::{CRON_TICK, Event};
 use crate::spec::binding::{Binding, CatchUp, CronTrigger, Trigger};
+use crate::time::Clock;
 
 /// Most missed fires `catch_up: "all"` replays after one downtime.
 pub const MAX_CATCH_UP: usize = 10_000;
-/// Longest single sleep: the wall clock is re-read at least this often, so a
-/// clock step (NTP, suspend) delays a tick by no more than this.
-const MAX_SLEEP: Duration = Duration::from_secs(30);
-
-/// Where time comes from.
-pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
-    fn now(&self) -> DateTime<Utc>;
-    /// Waits until `now() >= at` (may return early; callers re-check).
-    fn sleep_until(
-        &self,
-        at: DateTime<Utc>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-
-    fn sleep_until(
-        &self,
-        at: DateTime<Utc>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        let wait = (at - Utc::now())
-            .to_std()
-            .unwrap_or_default()
-            .min(MAX_SLEEP);
-        Box::pin(tokio::time::sleep(wait))
-    }
-}
-
-/// A clock moved by hand (tests): `sleep_until` returns once `set` passes `at`.
-#[derive(Debug, Clone)]
-pub struct ManualClock {
-    now: Arc<Mutex<DateTime<Utc>>>,
-    changed: Arc<tokio::sync::watch::Sender<DateTime<Utc>>>,
-}
-
-impl ManualClock {
-    pub fn new(start: DateTime<Utc>) -> Self {
-        let (tx, _) = tokio::sync::watch::channel(start);
-        Self {
-            now: Arc::new(Mutex::new(start)),
-            changed: Arc::new(tx),
-        }
-    }
-
-    pub fn set(&self, at: DateTime<Utc>) {
-        if let Ok(mut now) = self.now.lock() {
-            *now = at;
-        }
-        self.changed.send_replace(at);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        self.now.lock().map(|t| *t).unwrap_or_else(|_| Utc::now())
-    }
-
-    fn sleep_until(
-        &self,
-        at: DateTime<Utc>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        let mut rx = self.changed.subscribe();
-        Box::pin(async move {
-            let _ = rx.wait_for(|now| *now >= at).await;
-        })
-    }
-}
 
 fn mark_key(binding: &str) -> Vec<u8> {
     let mut key = b"cron\0".to_vec();
@@ -105,10 +32,7 @@ fn mark_key(binding: &str) -> Vec<u8> {
 
 /// The event id of one tick.
 pub fn tick_id(binding: &str, scheduled: DateTime<Utc>) -> String {
-    format!(
-        "cron:{binding}:{}",
-        scheduled.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-    )
+    format!("cron:{binding}:{}", crate::time::format(scheduled))
 }
 
 /// The last fire time recorded for a binding.
@@ -202,7 +126,7 @@ async fn run(binding: Arc<Binding>, reactor: Reactor, clock: Arc<dyn Clock>, now
 /// Records one tick (and its runs) with the new last-fire mark; false when
 /// the engine has stopped.
 async fn fire(binding: &Arc<Binding>, reactor: &Reactor, scheduled: DateTime<Utc>) -> bool {
-    let now = Utc::now().timestamp_millis();
+    let now = crate::time::now_millis();
     let mut event = Event::new(
         tick_id(&binding.name, scheduled),
         format!("cron:{}", binding.name),
@@ -210,7 +134,7 @@ async fn fire(binding: &Arc<Binding>, reactor: &Reactor, scheduled: DateTime<Utc
         now,
     );
     event.datacontenttype = Some("application/json".into());
-    let scheduled_text = scheduled.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let scheduled_text = crate::time::format(scheduled);
     event.data = json!({ "scheduled_time": scheduled_text });
     event
         .switchyard

@@ -90,6 +90,24 @@ struct Pending {
     settle: Duration,
 }
 
+/// Why a watched directory cannot be watched at all (the watcher stops and
+/// says so; a directory it can read but not watch is polled instead).
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot create {}: {source}", .dir.display())]
+    Create {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot resolve {}: {source}", .dir.display())]
+    Resolve {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 impl Pending {
     fn due(&self) -> Instant {
         self.since + self.settle
@@ -136,13 +154,18 @@ impl FileWatch {
         });
     }
 
-    async fn run(mut self, stop: CancellationToken) -> Result<(), String> {
-        if let Err(e) = std::fs::create_dir_all(&self.root) {
-            return Err(format!("cannot create {}: {e}", self.root.display()));
+    async fn run(mut self, stop: CancellationToken) -> Result<(), WatchError> {
+        if let Err(source) = std::fs::create_dir_all(&self.root) {
+            return Err(WatchError::Create {
+                dir: self.root.clone(),
+                source,
+            });
         }
         // The configured root itself may be a symlink; its target is the root.
-        self.root = std::fs::canonicalize(&self.root)
-            .map_err(|e| format!("cannot resolve {}: {e}", self.root.display()))?;
+        self.root = std::fs::canonicalize(&self.root).map_err(|source| WatchError::Resolve {
+            dir: self.root.clone(),
+            source,
+        })?;
         let (tx, mut rx) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
         // Polling: asked for (`poll`, for network filesystems inotify cannot
         // see), or because the kernel watch could not be set up (e.g. the
@@ -500,7 +523,7 @@ impl FileWatch {
         if bindings.is_empty() {
             return None;
         }
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = crate::time::now_millis();
         let mut event = Event::new(
             file_event_id(path, seen.size, seen.mtime_ns),
             format!("file://{}", self.root.display()),

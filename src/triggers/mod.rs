@@ -30,7 +30,7 @@ pub struct Triggers {
     /// Where amqp bindings consume from (or why the URL is unusable).
     broker: Result<lapin::uri::AMQPUri, String>,
     queues: HashMap<String, Group>,
-    clock: Arc<dyn cron::Clock>,
+    clock: Arc<dyn crate::time::Clock>,
     stop: CancellationToken,
     files: HashMap<(PathBuf, bool), Group>,
     crons: HashMap<String, (Arc<Binding>, CancellationToken)>,
@@ -50,7 +50,7 @@ impl Triggers {
     pub fn new(
         reactor: Reactor,
         broker: &crate::amqp::Broker,
-        clock: Arc<dyn cron::Clock>,
+        clock: Arc<dyn crate::time::Clock>,
         stop: CancellationToken,
     ) -> Self {
         Self {

@@ -1,0 +1,245 @@
+//! The `http` task against a local server (axum, on a free port): what it
+//! sends, what it makes of the answer, and each way a request fails.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{any, get};
+use serde_json::{Map, Value, json};
+use switchyard::engine::RunRecord;
+use switchyard::log::RunStatus;
+use switchyard::runtime::{Runtime, RuntimeConfig};
+
+use crate::util::workflow;
+
+#[derive(Clone, Default)]
+struct Seen {
+    requests: Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+/// Echoes what it got: method, query, headers, body.
+async fn echo(
+    State(seen): State<Seen>,
+    method: axum::http::Method,
+    Query(query): Query<std::collections::BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let headers: Map<String, Value> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+        .collect();
+    let request = json!({
+        "method": method.as_str(),
+        "query": query,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    seen.requests.lock().unwrap().push(request.clone());
+    (StatusCode::CREATED, axum::Json(request))
+}
+
+async fn server() -> (SocketAddr, Seen) {
+    let seen = Seen::default();
+    let app = Router::new()
+        .route("/echo", any(echo))
+        .route(
+            "/text",
+            get(|| async { ([(header::CONTENT_TYPE, "text/plain")], "plain words") }),
+        )
+        .route(
+            "/broken",
+            get(|| async {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(json!({"error": "db down"})),
+                )
+            }),
+        )
+        .route("/missing", get(|| async { StatusCode::NOT_FOUND }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                "late"
+            }),
+        )
+        .route("/big", get(|| async { "x".repeat(64 * 1024) }))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
+}
+
+/// Runs a one-task workflow whose task is `task`; returns the run.
+async fn run(dir: &std::path::Path, task: Value) -> RunRecord {
+    let runtime = Runtime::start(RuntimeConfig::new(dir)).unwrap();
+    let wf = workflow(json!({"name": "call", "tasks": [task]}));
+    let record = runtime
+        .handle()
+        .run_to_end(wf, Map::new(), None, |_| {})
+        .await
+        .unwrap();
+    runtime.shutdown().await;
+    record
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_task_sends_what_it_is_given_and_outputs_the_answer() {
+    let (addr, seen) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let record = run(
+        dir.path(),
+        json!({"id": "call", "http": {
+            "method": "post",
+            "url": format!("http://{addr}/echo"),
+            "query": {"day": "2026-12-02", "n": 3},
+            "headers": {"x-campaign": "c-1"},
+            "json": {"campaign": "c-1", "quote": "'; DROP TABLE x; --"},
+            "auth": {"bearer": "t0ken"},
+            "expect_status": [201]},
+         "export": {"echoed": "${output.body.method}"}}),
+    )
+    .await;
+    assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
+    let output = &record.tasks["call"]["output"];
+    assert_eq!(output["status"], 201);
+    assert_eq!(output["headers"]["content-type"], "application/json");
+    let body = &output["body"];
+    assert_eq!(body["method"], "POST");
+    assert_eq!(body["query"], json!({"day": "2026-12-02", "n": "3"}));
+    assert_eq!(body["headers"]["x-campaign"], "c-1");
+    assert_eq!(body["headers"]["authorization"], "Bearer t0ken");
+    assert_eq!(body["headers"]["content-type"], "application/json");
+    let sent: Value = serde_json::from_str(body["body"].as_str().unwrap()).unwrap();
+    assert_eq!(sent["quote"], "'; DROP TABLE x; --");
+    assert_eq!(record.vars["echoed"], "POST");
+
+    // A form body and basic auth; a text answer stays text.
+    let dir = tempfile::tempdir().unwrap();
+    let record = run(
+        dir.path(),
+        json!({"id": "call", "http": {
+            "method": "PUT", "url": format!("http://{addr}/echo"),
+            "form": {"a": "1 2", "b": true}, "auth": {"basic": ["bot", "pw"]}}}),
+    )
+    .await;
+    assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
+    let echoed = seen.requests.lock().unwrap()[1].clone();
+    assert_eq!(echoed["body"], "a=1+2&b=true");
+    assert_eq!(echoed["headers"]["authorization"], "Basic Ym90OnB3");
+    let dir = tempfile::tempdir().unwrap();
+    let record = run(
+        dir.path(),
+        json!({"id": "call", "http": {"url": format!("http://{addr}/text")}}),
+    )
+    .await;
+    assert_eq!(record.tasks["call"]["output"]["body"], "plain words");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_way_an_http_task_fails_says_why() {
+    let (addr, _) = server().await;
+    let refused = {
+        // A port nobody listens on.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        port
+    };
+    let cases = [
+        (
+            json!({"url": format!("http://{addr}/broken")}),
+            None,
+            "answered 500 Internal Server Error, expected 2xx",
+        ),
+        (
+            json!({"url": format!("http://{addr}/missing"), "expect_status": ["2xx", "300-399"]}),
+            None,
+            "answered 404 Not Found, expected 2xx, 300-399",
+        ),
+        (
+            json!({"url": format!("http://127.0.0.1:{refused}/x")}),
+            None,
+            "cannot connect to",
+        ),
+        (
+            json!({"url": format!("http://{addr}/big"), "max_body": 1024}),
+            None,
+            "over max_body (1024 bytes)",
+        ),
+        (
+            json!({"url": format!("http://{addr}/slow")}),
+            Some("300ms"),
+            "timed out after 300ms",
+        ),
+    ];
+    for (config, timeout, reason) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = json!({"id": "call", "http": config});
+        if let Some(timeout) = timeout {
+            task["timeout"] = json!(timeout);
+        }
+        let started = std::time::Instant::now();
+        let record = run(dir.path(), task).await;
+        assert_eq!(record.status, RunStatus::Failed, "{config}: {record:?}");
+        let error = record.tasks["call"]["error"].as_str().unwrap_or_default();
+        assert!(error.contains(reason), "{config}: {error}");
+        assert!(started.elapsed() < Duration::from_secs(8), "{config}");
+    }
+    // The server's answer is kept on failure, for a recovery task to read.
+    let dir = tempfile::tempdir().unwrap();
+    let record = run(
+        dir.path(),
+        json!({"id": "call", "http": {"url": format!("http://{addr}/broken")}}),
+    )
+    .await;
+    assert_eq!(record.tasks["call"]["output"]["body"]["error"], "db down");
+}
+
+#[test]
+fn a_bad_http_config_is_refused_at_load_naming_the_field() {
+    let parse = |http: Value| {
+        let text = json!({"name": "w", "tasks": [{"id": "t", "http": http}]}).to_string();
+        switchyard::spec::Workflow::parse(std::path::Path::new("w.json"), text.as_bytes())
+            .err()
+            .map(|d| d.to_string())
+            .unwrap_or_default()
+    };
+    for (http, expected) in [
+        (json!({"url": "ftp://x"}), "tasks[0].http.url"),
+        (json!({"url": "not a url"}), "is not a URL"),
+        (
+            json!({"url": "http://x", "method": "FETCH"}),
+            "tasks[0].http.method",
+        ),
+        (
+            json!({"url": "http://x", "json": {}, "body": "b"}),
+            "give one of `json`, `body` and `form`",
+        ),
+        (
+            json!({"url": "http://x", "expect_status": "7xx"}),
+            "tasks[0].http.expect_status",
+        ),
+        (
+            json!({"url": "http://x", "auth": {"digest": "x"}}),
+            "tasks[0].http.auth",
+        ),
+        (json!({"url": "http://x", "timeout_ms": 3}), "timeout_ms"),
+        (json!({}), "url"),
+    ] {
+        let error = parse(http.clone());
+        assert!(error.contains(expected), "{http}: {error}");
+    }
+    assert_eq!(
+        parse(json!({"url": "https://${vars.host}/x", "method": "${vars.m}"})),
+        ""
+    );
+}
