@@ -8,7 +8,9 @@
 //! 3. a 40-task chain of `shell` tasks running `true`, against the same 40
 //!    processes started one after another by a plain shell loop (what a cron
 //!    job with a script would do): the difference is switchyard's overhead;
-//! 4. the floor: one sled insert + flush, i.e. the cost of one group commit.
+//! 4. the floor: one sled insert + flush, i.e. the cost of one group commit;
+//! 5. 1,000 `http` GETs to a local server as tasks (ten runs of a 100-task
+//!    chain) against 1,000 GETs from a plain reqwest loop on one client.
 //!
 //! `BENCH_QUICK=1` shrinks the sizes for a smoke run.
 
@@ -90,7 +92,76 @@ fn main() {
             "switchyard's added cost per shell task:         {:>8.3} ms  (durable, retryable, observable)",
             (ms(ours) - ms(plain)) / 40.0
         );
+
+        let (n, rounds) = if quick { (100, 2) } else { (100, 10) };
+        let (ours, plain) = http_chain(n, rounds).await;
+        println!(
+            "{} sequential `http` GETs as tasks:     {:>8.3} ms/task ({rounds} runs of a {n}-task chain)",
+            n * rounds,
+            ours
+        );
+        println!(
+            "{} sequential GETs, a plain reqwest loop:{:>8.3} ms/request (one pooled client, same server)",
+            n * rounds,
+            plain
+        );
+        println!(
+            "switchyard's added cost per http task:          {:>8.3} ms  (target ≤ +0.3 ms; {:.1}× the plain loop's time)",
+            ours - plain,
+            ours / plain
+        );
     });
+}
+
+/// A local HTTP server answering `GET /ok` with a small JSON body.
+async fn http_server() -> std::net::SocketAddr {
+    let app = axum::Router::new().route(
+        "/ok",
+        axum::routing::get(|| async { axum::Json(json!({"ok": true})) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Milliseconds per task of `rounds` runs of an `n`-task chain of `http`
+/// GETs, and per request of as many GETs from a plain reqwest loop.
+async fn http_chain(n: usize, rounds: usize) -> (f64, f64) {
+    let addr = http_server().await;
+    let url = format!("http://{addr}/ok");
+    let dir = data_dir("http");
+    let runtime = start(dir.path());
+    let handle = runtime.handle();
+    let wf = chain("http_chain", n, json!({"http": {"url": url}}));
+    // Warm both up (connections, the engine's first commits).
+    handle
+        .run_to_end(wf.clone(), Map::new(), None, |_| {})
+        .await
+        .expect("run");
+    switchyard::tls::install_provider();
+    let client = reqwest::Client::new();
+    client.get(&url).send().await.expect("get");
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let record = handle
+            .run_to_end(wf.clone(), Map::new(), None, |_| {})
+            .await
+            .expect("run");
+        assert_eq!(record.status, RunStatus::Succeeded);
+    }
+    let ours = ms(started.elapsed()) / (n * rounds) as f64;
+    let started = Instant::now();
+    for _ in 0..n * rounds {
+        let response = client.get(&url).send().await.expect("get");
+        assert!(response.status().is_success());
+        let _ = response.bytes().await.expect("body");
+    }
+    let plain = ms(started.elapsed()) / (n * rounds) as f64;
+    runtime.shutdown().await;
+    (ours, plain)
 }
 
 fn ms(d: Duration) -> f64 {

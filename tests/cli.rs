@@ -646,6 +646,28 @@ fn secret_values_are_redacted_from_what_is_recorded() {
         "{}",
         stderr(&out)
     );
+    // A workflow that names no missing secret runs without it (a binding
+    // elsewhere may be the one that needs it); the readable one is still
+    // redacted.
+    let plain = write_workflow(
+        dir.path(),
+        "plain",
+        &json!({"name": "plain", "tasks": [
+            {"id": "say", "shell": {"script": "echo \"$KEY\"", "env": {"KEY": "${secrets.key}"}}}]}),
+    );
+    let out = switchyard(
+        dir.path(),
+        &[
+            "run",
+            plain.to_str().unwrap(),
+            "--json",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("file-secret-value"), "{text}");
 }
 
 fn process_alive(pid: i32) -> bool {

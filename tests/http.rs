@@ -243,3 +243,69 @@ fn a_bad_http_config_is_refused_at_load_naming_the_field() {
         ""
     );
 }
+
+/// An https server whose certificate a private CA made in the test signed.
+async fn tls_server() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    switchyard::tls::install_provider();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "switchyard test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone(), ca_cert.der().clone()],
+            tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = [0u8; 4096];
+                let _ = tls.read(&mut request).await;
+                let _ = tls
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_to_a_certificate_the_systems_roots_do_not_know_fails_as_a_tls_error() {
+    let addr = tls_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let record = run(
+        dir.path(),
+        json!({"id": "call", "http": {"url": format!("https://localhost:{}/x", addr.port())}}),
+    )
+    .await;
+    assert_eq!(record.status, RunStatus::Failed, "{record:?}");
+    let error = record.tasks["call"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("cannot connect to https://localhost")
+            && error.to_ascii_lowercase().contains("certificate"),
+        "{error}"
+    );
+}

@@ -59,7 +59,10 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return super::fail(e),
     };
-    let secrets = match crate::spec::Secrets::resolve(&config, config_path) {
+    // Only the secrets this workflow names must be readable.
+    let uses = secrets_used(&workflow.source);
+    let needed = |name: &str| uses.dynamic || uses.names.contains(name);
+    let secrets = match crate::spec::Secrets::resolve_for(&config, config_path, needed) {
         Ok(s) => std::sync::Arc::new(s),
         Err(e) => return super::fail(e),
     };
@@ -255,5 +258,75 @@ pub(crate) fn print_summary(record: &RunRecord) {
             })
             .unwrap_or_default();
         println!("  {id:<width$}  {status:<9}  attempts {attempts}{error}");
+    }
+}
+
+/// The secrets a workflow file names (`secrets.NAME`, `secrets["NAME"]`),
+/// and whether it indexes them with something else (then all are needed).
+#[derive(Debug, Default, PartialEq)]
+pub struct SecretsUsed {
+    pub names: std::collections::BTreeSet<String>,
+    pub dynamic: bool,
+}
+
+pub fn secrets_used(source: &[u8]) -> SecretsUsed {
+    let text = String::from_utf8_lossy(source);
+    let mut used = SecretsUsed::default();
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .collect()
+    };
+    let mut rest = text.as_ref();
+    while let Some(at) = rest.find("secrets") {
+        let after = &rest[at + "secrets".len()..];
+        let before_ok = rest[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'));
+        if before_ok {
+            if let Some(name) = after.strip_prefix('.') {
+                let name = ident(name);
+                if !name.is_empty() {
+                    used.names.insert(name);
+                }
+            } else if let Some(index) = after.strip_prefix('[') {
+                // A quoted literal names one secret; anything else could be any.
+                let index = index.trim_start_matches('\\');
+                match index.chars().next() {
+                    Some(q @ ('"' | '\'')) => {
+                        let name = ident(&index[q.len_utf8()..]);
+                        if name.is_empty() {
+                            used.dynamic = true;
+                        } else {
+                            used.names.insert(name);
+                        }
+                    }
+                    _ => used.dynamic = true,
+                }
+            }
+        }
+        rest = after;
+    }
+    used
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secrets_a_workflow_names_are_found() {
+        let used = secrets_used(
+            br#"{"env": {"A": "${secrets.api_token}", "B": "${ secrets[\"db-pass\"] }"},
+                "url": "https://x/${vars.secrets_dir}/${mysecrets.x}"}"#,
+        );
+        assert_eq!(
+            used.names.into_iter().collect::<Vec<_>>(),
+            ["api_token", "db-pass"]
+        );
+        assert!(!used.dynamic);
+        assert!(secrets_used(br#"{"a": "${secrets[vars.which]}"}"#).dynamic);
+        assert_eq!(secrets_used(b"{}"), SecretsUsed::default());
     }
 }

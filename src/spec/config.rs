@@ -279,6 +279,18 @@ pub const REDACTED: &str = "[redacted]";
 impl Secrets {
     /// Reads every secret the config names; a missing variable or file is an error.
     pub fn resolve(config: &Config, file: &Path) -> Result<Self, Diagnostics> {
+        Self::resolve_for(config, file, |_| true)
+    }
+
+    /// Reads every secret it can; only one that `needed` names and that
+    /// cannot be read is an error (a one-off `run` needs what its workflow
+    /// uses, not what a binding elsewhere does). Every secret read is
+    /// redacted, needed or not.
+    pub fn resolve_for(
+        config: &Config,
+        file: &Path,
+        needed: impl Fn(&str) -> bool,
+    ) -> Result<Self, Diagnostics> {
         let mut c = Collector::new(file);
         let mut values = BTreeMap::new();
         for (name, source) in &config.secrets {
@@ -294,7 +306,8 @@ impl Secrets {
                 Ok(value) => {
                     values.insert(name.clone(), value);
                 }
-                Err(message) => c.error(format!("secrets.{name}"), message),
+                Err(message) if needed(name) => c.error(format!("secrets.{name}"), message),
+                Err(_) => {}
             }
         }
         if c.diagnostics.is_empty() {
