@@ -22,7 +22,7 @@ use switchyard::runtime::{Runtime, RuntimeConfig, Submission, SubmitCandidate};
 use crate::util::workflow;
 
 /// Every golden committed so far: each must still replay.
-const GOLDENS: &[u32] = &[3, 4, 5];
+const GOLDENS: &[u32] = &[3, 4, 5, 6];
 
 fn log_file(format: u32) -> String {
     format!("tests/golden/log-v{format}.json")
@@ -114,9 +114,12 @@ fn import(export: &Value, dir: &Path) {
 /// Writes a log touching every record kind: runs that succeed (with an
 /// export), fail after retries, are cancelled, are skipped into, and one
 /// left unfinished with a retry pending; an event with a dedup entry, a
-/// duplicate and a mark.
+/// duplicate and a mark; project vars in every run.
 async fn write_scenario(dir: &Path) {
-    let runtime = Runtime::start(RuntimeConfig::new(dir)).unwrap();
+    let mut config = RuntimeConfig::new(dir);
+    // Project vars (format 6): recorded in every run created.
+    config.project_vars = Map::from_iter([("project".to_string(), json!("golden"))]);
+    let runtime = Runtime::start(config).unwrap();
     let handle = runtime.handle();
     let etl = workflow(
         json!({"name": "etl", "vars": {"region": "eu"}, "timeout": "1h", "tasks": [

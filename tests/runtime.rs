@@ -218,6 +218,7 @@ async fn a_run_whose_definition_is_missing_is_ended_visibly_at_recovery() {
                 version: "0000000000000000".into(),
                 version_label: None,
                 params: Map::new(),
+                project_vars: Default::default(),
                 event: None,
                 event_seq: None,
                 rerun_of: None,
@@ -317,6 +318,7 @@ async fn runs_ended_at_recovery_get_their_run_failed_event_and_a_corrupt_run_doe
                     version: "0000000000000000".into(),
                     version_label: None,
                     params: Map::from_iter([("n".to_string(), json!(7))]),
+                    project_vars: Default::default(),
                     event: None,
                     event_seq: None,
                     rerun_of: None,
@@ -528,6 +530,7 @@ async fn a_run_in_flight_replays_with_its_definition_even_if_validation_got_stri
                 version: version.clone(),
                 version_label: None,
                 params: Map::new(),
+                project_vars: Default::default(),
                 event: None,
                 event_seq: None,
                 rerun_of: None,
@@ -703,4 +706,57 @@ async fn an_event_is_stored_once_and_the_runs_it_starts_refer_to_it() {
         1 + 2,
         "the rerun keeps its own copy: {summaries:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_vars_are_the_lowest_layer_and_a_run_keeps_the_ones_it_started_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = |region: &str| {
+        let mut config = config(dir.path());
+        config.project_vars =
+            serde_json::from_value(json!({"region": region, "tier": "project", "who": "project"}))
+                .unwrap();
+        config
+    };
+    let wf = workflow(
+        json!({"name": "layers", "vars": {"tier": "workflow", "who": "workflow"},
+        "tasks": [
+            {"id": "wait", "sleep": {"duration": "600ms"}},
+            {"id": "see", "after": "wait", "shell": {
+                "script": "printf '{\"region\": \"%s\"}' \"$R\" > \"$SWITCHYARD_OUTPUT\"",
+                "env": {"R": "${vars.region}"}}},
+        ]}),
+    );
+    let params: Map<String, serde_json::Value> =
+        serde_json::from_value(json!({"who": "params"})).unwrap();
+    let run_id = {
+        let runtime = Runtime::start(project("eu")).unwrap();
+        let handle = runtime.handle();
+        let run_id = handle
+            .start_run(wf.clone(), params.clone(), None)
+            .await
+            .unwrap();
+        drop(handle);
+        // In flight while the project's vars change.
+        runtime.shutdown().await;
+        run_id
+    };
+    let runtime = Runtime::start(project("us")).unwrap();
+    let handle = runtime.handle();
+    let record = wait_ended(&handle, run_id).await;
+    assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
+    assert_eq!(
+        serde_json::Value::Object(record.vars.clone()),
+        json!({"region": "eu", "tier": "workflow", "who": "params"}),
+        "params > workflow vars > project vars, as recorded at creation"
+    );
+    assert_eq!(record.tasks["see"]["output"]["region"], "eu");
+    let fresh = handle
+        .run_to_end(wf, Map::new(), None, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(fresh.vars["region"], "us", "a new run gets the vars of now");
+    assert_eq!(fresh.vars["who"], "workflow");
+    drop(handle);
+    runtime.shutdown().await;
 }

@@ -88,6 +88,7 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
             limits,
             recover: false,
             secrets,
+            project_vars: config.vars.clone(),
             chain: None,
             broker: Some(crate::amqp::Broker::from_config(&config)),
         };

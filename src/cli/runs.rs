@@ -94,7 +94,10 @@ fn offline_commit_config(
     config_path: &Path,
     dir: &Path,
 ) -> RuntimeConfig {
-    let secrets = crate::spec::Secrets::resolve(config, config_path).unwrap_or_default();
+    // Every secret that can be read is redacted; none is required here (a
+    // missing one must not leave the others unredacted).
+    let secrets =
+        crate::spec::Secrets::resolve_for(config, config_path, |_| false).unwrap_or_default();
     let secrets = std::sync::Arc::new(secrets);
     let chain = match crate::registry::Registry::load(
         config.workflow_dirs(),
@@ -116,6 +119,7 @@ fn offline_commit_config(
     RuntimeConfig {
         recover: false,
         secrets,
+        project_vars: config.vars.clone(),
         chain,
         broker: Some(crate::amqp::Broker::from_config(config)),
         ..RuntimeConfig::new(dir)

@@ -161,6 +161,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         },
         recover: true,
         secrets: Arc::clone(&secrets),
+        project_vars: config.vars.clone(),
         chain: Some(crate::reactor::chain_hook(Arc::clone(&registry))),
         broker: Some(broker.clone()),
     })?;

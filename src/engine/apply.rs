@@ -41,6 +41,7 @@ impl Engine {
         if let RecordBody::RunCreated {
             version,
             params,
+            project_vars,
             event,
             event_seq,
             rerun_of,
@@ -50,7 +51,8 @@ impl Engine {
         } = &record.body
         {
             let event = (event.clone(), *event_seq);
-            self.on_run_created(record, workflow, version, params, event, *rerun_of, reused);
+            let vars = (project_vars, params);
+            self.on_run_created(record, workflow, version, vars, event, *rerun_of, reused);
             return effects;
         }
         let run_id = record.run_id;
@@ -124,7 +126,7 @@ impl Engine {
         record: &Record,
         workflow: &str,
         version: &str,
-        params: &Map<String, Value>,
+        (project_vars, params): (&Map<String, Value>, &Map<String, Value>),
         (event, event_seq): (Option<Value>, Option<u64>),
         rerun_of: Option<RunId>,
         reused: &[ReusedTask],
@@ -135,7 +137,11 @@ impl Engine {
                 "Run names a definition that is not registered; ignoring it.");
             return;
         };
-        let mut vars = definition.vars.clone();
+        // Project vars < workflow vars < params.
+        let mut vars = project_vars.clone();
+        for (k, v) in &definition.vars {
+            vars.insert(k.clone(), v.clone());
+        }
         for (k, v) in params {
             vars.insert(k.clone(), v.clone());
         }

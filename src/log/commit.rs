@@ -406,16 +406,16 @@ mod tests {
             log.append(run, 1, RecordBody::RunStarted {}).unwrap();
             log.flush().unwrap();
         }
-        assert_eq!(marker(1), Some(5), "a new log is format 5");
+        assert_eq!(marker(1), Some(6), "a new log is format 6");
         {
             let log = Log::open(dir.path()).unwrap();
             assert_eq!(log.run_history(run).unwrap().len(), 1);
         }
-        assert_eq!(marker(6), Some(5), "opening a format 1 log marks it 5");
+        assert_eq!(marker(7), Some(6), "opening a format 1 log marks it 6");
         let error = Log::open(dir.path()).unwrap_err().to_string();
         assert!(
-            error.contains("format 6, written by a newer switchyard")
-                && error.contains("reads formats 1-5"),
+            error.contains("format 7, written by a newer switchyard")
+                && error.contains("reads formats 1-6"),
             "{error}"
         );
     }

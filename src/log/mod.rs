@@ -153,7 +153,9 @@ const FORMAT_KEY: &[u8] = b"format";
 ///    (event id → its latest record) indexes.
 /// 5: an event is stored once: runs it started refer to it by `event_seq`
 ///    (in `run_created` and in their summaries) instead of carrying a copy.
-pub const FORMAT_VERSION: u32 = 5;
+/// 6: `run_created` may carry the project's `vars` (an older binary would
+///    replay such a run without them).
+pub const FORMAT_VERSION: u32 = 6;
 /// Formats this binary reads; an older one is upgraded on open (3 builds
 /// the dedup expiry index) and marked current, so an older binary refuses
 /// the log instead of misreading it.

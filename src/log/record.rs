@@ -34,6 +34,7 @@ impl Record {
             version,
             version_label,
             params,
+            project_vars,
             event: Some(_),
             event_seq: Some(event_seq),
             rerun_of,
@@ -49,6 +50,7 @@ impl Record {
                     version,
                     version_label: *version_label,
                     params,
+                    project_vars,
                     event_seq: *event_seq,
                     rerun_of: *rerun_of,
                     reused,
@@ -84,6 +86,10 @@ pub enum RecordBody {
         version_label: Option<u64>,
         #[serde(default)]
         params: serde_json::Map<String, Value>,
+        /// The project's `vars` when the run was created (format 6): the
+        /// lowest layer of its vars, under the workflow's and the params.
+        #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+        project_vars: serde_json::Map<String, Value>,
         /// The event that started the run. Stored only by runs that have no
         /// `event_seq` (before format 5, or not started by a stored event).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,6 +178,8 @@ struct StoredRunCreatedBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     version_label: Option<u64>,
     params: &'a serde_json::Map<String, Value>,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    project_vars: &'a serde_json::Map<String, Value>,
     event_seq: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     rerun_of: Option<RunId>,
@@ -248,6 +256,10 @@ mod tests {
                 version: "v1".into(),
                 version_label: Some(3),
                 params,
+                project_vars: serde_json::Map::from_iter([(
+                    "region".to_string(),
+                    Value::from("eu"),
+                )]),
                 event: Some(serde_json::json!({"id": "e1", "data": {"big": "body"}})),
                 event_seq,
                 rerun_of: Some(Uuid::now_v7()),

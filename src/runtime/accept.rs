@@ -22,6 +22,7 @@ impl EngineLoop {
             version: workflow.version.clone(),
             version_label: workflow.version_label,
             params: run.params,
+            project_vars: self.project_vars.clone(),
             event: run.event,
             event_seq: run.event_seq,
             rerun_of: run.rerun_of,

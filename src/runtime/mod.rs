@@ -84,6 +84,9 @@ pub struct RuntimeConfig {
     pub recover: bool,
     /// Secrets for `${secrets.*}`; their values are redacted from everything recorded.
     pub secrets: Arc<crate::spec::Secrets>,
+    /// Project-level vars (`switchyard.json` `vars`), recorded in each run
+    /// created, under its workflow's vars and params.
+    pub project_vars: Map<String, Value>,
     /// Run chaining (the reactor's `on.run` bindings); none for one-off runs.
     pub chain: Option<ChainHook>,
     /// The broker for `amqp` tasks; with an events exchange set, lifecycle
@@ -99,6 +102,7 @@ impl RuntimeConfig {
             limits: Limits::default(),
             recover: true,
             secrets: Default::default(),
+            project_vars: Map::new(),
             chain: None,
             broker: None,
         }
@@ -585,6 +589,7 @@ struct EngineLoop {
     broker: Option<crate::amqp::Broker>,
     chain: Option<ChainHook>,
     secrets: Arc<crate::spec::Secrets>,
+    project_vars: Map<String, Value>,
     log: Log,
     rx: mpsc::UnboundedReceiver<Input>,
     tx: mpsc::UnboundedSender<Input>,

@@ -41,6 +41,10 @@ pub struct Config {
     /// How long ended runs, events and task logs are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionConfig>,
+    /// Project-level vars: the lowest layer, under each workflow's own
+    /// `vars` and a run's params. A run keeps the values it started with.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub vars: serde_json::Map<String, serde_json::Value>,
     /// The project directory (where the config file is); relative paths in
     /// bindings resolve against it. Not a key of the file.
     #[serde(skip)]

@@ -45,6 +45,7 @@ impl Harness {
             version: workflow.version.clone(),
             version_label: None,
             params: params.as_object().cloned().unwrap_or_default(),
+            project_vars: Default::default(),
             event: None,
             event_seq: None,
             rerun_of: None,
