@@ -71,6 +71,18 @@ async fn server() -> (SocketAddr, Seen) {
             }),
         )
         .route("/big", get(|| async { "x".repeat(64 * 1024) }))
+        .route(
+            "/hop",
+            get(|| async { axum::response::Redirect::temporary("/echo") }),
+        )
+        .route(
+            "/away",
+            get(
+                |Query(q): Query<std::collections::BTreeMap<String, String>>| async move {
+                    axum::response::Redirect::temporary(&q["to"])
+                },
+            ),
+        )
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -307,5 +319,40 @@ async fn https_to_a_certificate_the_systems_roots_do_not_know_fails_as_a_tls_err
         error.contains("cannot connect to https://localhost")
             && error.to_ascii_lowercase().contains("certificate"),
         "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_followed_within_the_origin_and_never_carry_headers_elsewhere() {
+    let (addr, _) = server().await;
+    let (elsewhere, seen_elsewhere) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let record = run(
+        dir.path(),
+        json!({"id": "call", "http": {"url": format!("http://{addr}/hop"),
+            "headers": {"x-api-key": "k-123"}}}),
+    )
+    .await;
+    assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
+    assert_eq!(record.tasks["call"]["output"]["status"], 201);
+    assert_eq!(
+        record.tasks["call"]["output"]["body"]["headers"]["x-api-key"],
+        "k-123"
+    );
+    // To another origin: not followed; the 307 is the answer.
+    let dir = tempfile::tempdir().unwrap();
+    let record = run(
+        dir.path(),
+        json!({"id": "call", "http": {
+            "url": format!("http://{addr}/away?to=http://{elsewhere}/echo"),
+            "headers": {"x-api-key": "k-123"}}}),
+    )
+    .await;
+    assert_eq!(record.status, RunStatus::Failed, "{record:?}");
+    let error = record.tasks["call"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("answered 307 Temporary Redirect"), "{error}");
+    assert!(
+        seen_elsewhere.requests.lock().unwrap().is_empty(),
+        "the key went elsewhere"
     );
 }

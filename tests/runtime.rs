@@ -757,6 +757,17 @@ async fn project_vars_are_the_lowest_layer_and_a_run_keeps_the_ones_it_started_w
         .unwrap();
     assert_eq!(fresh.vars["region"], "us", "a new run gets the vars of now");
     assert_eq!(fresh.vars["who"], "workflow");
+    // A rerun repeats its source with the source's project vars.
+    let rerun = handle
+        .rerun(
+            run_id,
+            &switchyard::engine::rerun::RerunFrom::Task("see".into()),
+        )
+        .await
+        .unwrap();
+    let rerun = wait_ended(&handle, rerun).await;
+    assert_eq!(rerun.vars["region"], "eu", "{rerun:?}");
+    assert_eq!(rerun.tasks["see"]["output"]["region"], "eu");
     drop(handle);
     runtime.shutdown().await;
 }

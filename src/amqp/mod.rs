@@ -28,6 +28,9 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const HEARTBEAT_SECS: u16 = 10;
 /// A connection attempt that takes longer is abandoned and retried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A batch whose confirms take longer fails (the broker may be blocked by
+/// a resource alarm); the publishing channel is replaced.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The broker URL: `amqp.url`, else env `AMQP_URL`, else [`DEFAULT_URL`].
 pub fn broker_url(config: &crate::spec::Config) -> String {
@@ -487,11 +490,17 @@ impl Broker {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()),
             );
-            if queued.is_empty() {
-                return; // An earlier batch took them.
+            // A caller that stopped waiting (its attempt was cancelled or
+            // timed out) has its messages dropped here, unsent: a retry
+            // must not follow a copy the broker gets late.
+            let (messages, replies): (Vec<_>, Vec<_>) = queued
+                .into_iter()
+                .filter(|q| !q.reply.is_closed())
+                .map(|q| (q.message, q.reply))
+                .unzip();
+            if messages.is_empty() {
+                return; // An earlier batch took them, or nobody waits.
             }
-            let (messages, replies): (Vec<_>, Vec<_>) =
-                queued.into_iter().map(|q| (q.message, q.reply)).unzip();
             let results = broker.publish_batch(messages).await;
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);
@@ -573,8 +582,18 @@ impl Broker {
         }
         let mut returned = Vec::new();
         let mut sent = Vec::with_capacity(confirms.len());
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+        let mut stuck = false;
         for (i, message, confirm) in confirms {
-            results[i] = Some(match confirm.await {
+            let Ok(confirmed) = tokio::time::timeout_at(deadline, confirm).await else {
+                stuck = true;
+                results[i] = Some(Err(PublishError::Broker(format!(
+                    "no confirm from the broker within {}s; whether it took the message is unknown",
+                    CONFIRM_TIMEOUT.as_secs()
+                ))));
+                continue;
+            };
+            results[i] = Some(match confirmed {
                 Ok(Confirmation::Ack(r)) => {
                     returned.extend(r);
                     Ok(())
@@ -591,6 +610,11 @@ impl Broker {
                 ))),
             });
             sent.push((i, message));
+        }
+        if stuck {
+            // A channel that stopped confirming is not used again.
+            *self.inner.session.lock().await = None;
+            self.forget_exchanges();
         }
         // Returns came with whichever confirms; each goes to its message.
         let returns: Vec<Returned> = returned

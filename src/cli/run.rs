@@ -281,17 +281,24 @@ pub fn secrets_used(source: &[u8]) -> SecretsUsed {
     let mut rest = text.as_ref();
     while let Some(at) = rest.find("secrets") {
         let after = &rest[at + "secrets".len()..];
+        let next = after.trim_start();
+        let word_ends = !after
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
         let before_ok = rest[..at]
             .chars()
             .next_back()
             .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'));
-        if before_ok {
-            if let Some(name) = after.strip_prefix('.') {
-                let name = ident(name);
-                if !name.is_empty() {
+        if before_ok && word_ends {
+            if let Some(name) = next.strip_prefix('.') {
+                let name = ident(name.trim_start());
+                if name.is_empty() {
+                    used.dynamic = true;
+                } else {
                     used.names.insert(name);
                 }
-            } else if let Some(index) = after.strip_prefix('[') {
+            } else if let Some(index) = next.strip_prefix('[') {
                 // A quoted literal names one secret; anything else could be any.
                 let index = index.trim_start_matches('\\');
                 match index.chars().next() {
@@ -305,6 +312,10 @@ pub fn secrets_used(source: &[u8]) -> SecretsUsed {
                     }
                     _ => used.dynamic = true,
                 }
+            } else {
+                // `secrets` used whole (`size(secrets)`, `'x' in secrets`),
+                // or in words: any secret may be needed.
+                used.dynamic = true;
             }
         }
         rest = after;
@@ -328,6 +339,9 @@ mod tests {
         );
         assert!(!used.dynamic);
         assert!(secrets_used(br#"{"a": "${secrets[vars.which]}"}"#).dynamic);
+        assert!(secrets_used(br#"{"a": "${size(secrets)}"}"#).dynamic);
+        let spaced = secrets_used(br#"{"a": "${secrets . token}"}"#);
+        assert_eq!(spaced.names.into_iter().collect::<Vec<_>>(), ["token"]);
         assert_eq!(secrets_used(b"{}"), SecretsUsed::default());
     }
 }

@@ -154,6 +154,7 @@ impl Engine {
             params: params.clone(),
             event,
             event_seq,
+            project_vars: project_vars.clone(),
             vars,
             created_at: at,
             started_at: None,

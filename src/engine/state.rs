@@ -112,6 +112,8 @@ pub struct RunState {
     pub event: Option<Value>,
     /// The stored event `event` is, when the run refers to one.
     pub event_seq: Option<u64>,
+    /// The project vars the run was created with (a rerun takes them too).
+    pub project_vars: Map<String, Value>,
     /// Workflow vars, overridden by params, overridden by exports (latest wins).
     pub vars: Map<String, Value>,
     pub created_at: Millis,
@@ -133,6 +135,7 @@ impl PartialEq for RunState {
             && self.params == other.params
             && self.event == other.event
             && self.event_seq == other.event_seq
+            && self.project_vars == other.project_vars
             && self.vars == other.vars
             && self.created_at == other.created_at
             && self.started_at == other.started_at

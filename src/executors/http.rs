@@ -141,17 +141,50 @@ impl ExpectStatus {
     }
 }
 
+/// A connection not made within this fails the attempt (a task `timeout`
+/// bounds the whole request).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A response that sends nothing for this long fails the attempt.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The client every attempt shares: its pool keeps connections alive
-/// between tasks. Redirects are followed (up to 10).
-fn client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        crate::tls::install_provider();
-        reqwest::Client::builder()
-            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default()
-    })
+/// between tasks. Redirects are followed (up to 10) only to the same
+/// origin, or from http to https on the same host: headers the task set
+/// (an API key, say) never go to another server or over cleartext. Any
+/// other redirect is the response, judged by `expect_status`.
+fn client() -> Result<&'static reqwest::Client, String> {
+    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            crate::tls::install_provider();
+            reqwest::Client::builder()
+                .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                    let Some(from) = attempt.previous().last() else {
+                        return attempt.follow();
+                    };
+                    let to = attempt.url();
+                    let same_origin = from.scheme() == to.scheme()
+                        && from.host_str() == to.host_str()
+                        && from.port_or_known_default() == to.port_or_known_default();
+                    let upgrade = from.scheme() == "http"
+                        && to.scheme() == "https"
+                        && from.host_str() == to.host_str();
+                    if attempt.previous().len() > 10 {
+                        attempt.error("more than 10 redirects")
+                    } else if same_origin || upgrade {
+                        attempt.follow()
+                    } else {
+                        attempt.stop()
+                    }
+                }))
+                .build()
+                .map_err(|e| format!("cannot set up the HTTP client: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 impl Kind for Http {
@@ -205,8 +238,12 @@ impl Kind for Http {
             }
         };
         let max_body = self.max_body.unwrap_or(DEFAULT_MAX_BODY);
+        let client = match client() {
+            Ok(client) => client,
+            Err(e) => return AttemptOutcome::permanent_failure(e),
+        };
         let exchange = async {
-            let response = client()
+            let response = client
                 .execute(request)
                 .await
                 .map_err(|e| describe_error(&self.url, &e))?;
@@ -256,7 +293,7 @@ impl Http {
                 )
             })?;
         let url = parse_url(&self.url)?;
-        let mut builder = client().request(method, url);
+        let mut builder = client()?.request(method, url);
         if !self.query.is_empty() {
             let pairs = scalars("query", &self.query)?;
             builder = builder.query(&pairs);

@@ -326,7 +326,8 @@ impl Log {
         let mut record: serde_json::Map<String, Value> =
             serde_json::from_slice(summary).map_err(corrupt(broken()))?;
         record.shift_remove("event_seq");
-        let event = self.stored_event(seq)?.unwrap_or(Value::Null);
+        // An unreadable event shows as null rather than failing the listing.
+        let event = self.stored_event(seq).ok().flatten().unwrap_or(Value::Null);
         record.insert("event".into(), event);
         serde_json::to_vec(&record).map_err(corrupt(broken()))
     }

@@ -171,13 +171,14 @@ impl Log {
         let mut ids = sled::Batch::default();
         let mut n = 0;
         let mut cursor = self.events_cursor()?;
-        for entry in self.events.range(cursor.to_be_bytes()..) {
+        for (visited, entry) in self.events.range(cursor.to_be_bytes()..).enumerate() {
             let (key, value) = entry?;
             let record: Option<EventRecord> = serde_json::from_slice(&value).ok();
             if record.as_ref().is_some_and(|r| r.at >= cutoff) {
                 break; // Events are in the order they were accepted.
             }
-            if n >= limit {
+            // Events stepped over count too: a pass costs what it visits.
+            if n >= limit || visited >= limit.saturating_mul(4) {
                 pruned.more = true;
                 break;
             }
@@ -224,8 +225,10 @@ impl Log {
         for outcome in &record.outcomes {
             if let Outcome::Started { run_id, .. } = outcome
                 && Some(*run_id) != leaving
-                && (self.runs.contains_key(run_id.as_bytes())?
-                    || self.unfinished.contains_key(run_id.as_bytes())?)
+                // `unfinished` first: a run ending now moves from it to
+                // `runs` in one transaction, so this order cannot miss it.
+                && (self.unfinished.contains_key(run_id.as_bytes())?
+                    || self.runs.contains_key(run_id.as_bytes())?)
             {
                 return Ok(true);
             }

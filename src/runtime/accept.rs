@@ -22,7 +22,9 @@ impl EngineLoop {
             version: workflow.version.clone(),
             version_label: workflow.version_label,
             params: run.params,
-            project_vars: self.project_vars.clone(),
+            project_vars: run
+                .project_vars
+                .unwrap_or_else(|| self.project_vars.clone()),
             event: run.event,
             event_seq: run.event_seq,
             rerun_of: run.rerun_of,

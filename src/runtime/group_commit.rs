@@ -505,7 +505,7 @@ impl EngineLoop {
 
 /// The summary as the log stores it: a run started by a stored event
 /// refers to it instead of carrying a copy (the record keeps its event).
-fn stored_summary(record: &mut RunRecord, event_seq: Option<u64>) -> Vec<u8> {
+pub(super) fn stored_summary(record: &mut RunRecord, event_seq: Option<u64>) -> Vec<u8> {
     if event_seq.is_none() {
         return serde_json::to_vec(record).unwrap_or_default();
     }

@@ -210,6 +210,8 @@ pub struct NewRun {
     /// The stored event `event` is (its seq): the run refers to it instead
     /// of storing a copy.
     pub event_seq: Option<u64>,
+    /// The project vars to record; `None`: the project's current ones.
+    pub project_vars: Option<Map<String, Value>>,
     pub rerun_of: Option<RunId>,
     pub reused: Vec<ReusedTask>,
 }
@@ -221,6 +223,7 @@ impl NewRun {
             params,
             event: None,
             event_seq: None,
+            project_vars: None,
             rerun_of: None,
             reused: Vec::new(),
         }
@@ -535,6 +538,9 @@ impl RuntimeHandle {
             // stored event only as long as the runs it started.
             event: source.event.clone(),
             event_seq: None,
+            // The source's, like its version and params: reused outputs
+            // and rerun tasks see the same values.
+            project_vars: Some(source.project_vars.clone()),
             rerun_of: Some(run_id),
             reused,
         })

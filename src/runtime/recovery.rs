@@ -22,8 +22,9 @@ impl EngineLoop {
                     if let Some(run) = self.engine.evict(run_id) {
                         tracing::warn!(run_id = %run_id, status = %run.status,
                             "Run had ended but was still listed as unfinished; finishing it.");
-                        let record = run.into_record();
-                        let summary = serde_json::to_vec(&record).unwrap_or_default();
+                        let event_seq = run.event_seq;
+                        let mut record = run.into_record();
+                        let summary = super::group_commit::stored_summary(&mut record, event_seq);
                         batch
                             .commit
                             .finished(run_id, &record.workflow, record.status, summary);
@@ -41,7 +42,10 @@ impl EngineLoop {
                         error: Some(format!("cannot recover: {e}")),
                     };
                     let record = self.log.next_record(run_id, now, body)?;
-                    let summary = broken_summary(&self.log, run_id, &record);
+                    let (summary, event_seq) = match broken_summary(&self.log, run_id, &record) {
+                        Some((summary, event_seq)) => (Some(summary), event_seq),
+                        None => (None, None),
+                    };
                     let message = match &summary {
                         Some(summary) if self.lifecycle => serde_json::to_vec(
                             &lifecycle::unrecoverable_run_event(&record, summary),
@@ -50,8 +54,8 @@ impl EngineLoop {
                         _ => None,
                     };
                     batch.commit.record(&record, message)?;
-                    if let Some(summary) = summary {
-                        let bytes = serde_json::to_vec(&summary).unwrap_or_default();
+                    if let Some(mut summary) = summary {
+                        let bytes = super::group_commit::stored_summary(&mut summary, event_seq);
                         batch
                             .commit
                             .summary(run_id, &summary.workflow, summary.status, bytes);
@@ -80,7 +84,7 @@ impl EngineLoop {
 /// The stored record of a run recovery had to end without its definition:
 /// what its `run_created` says, so `runs show` and the API still find it.
 /// None when even its history cannot be read (its end is still recorded).
-fn broken_summary(log: &Log, run_id: RunId, ended: &Record) -> Option<RunRecord> {
+fn broken_summary(log: &Log, run_id: RunId, ended: &Record) -> Option<(RunRecord, Option<u64>)> {
     let history = match log.run_history(run_id) {
         Ok(history) => history,
         Err(e) => {
@@ -94,6 +98,7 @@ fn broken_summary(log: &Log, run_id: RunId, ended: &Record) -> Option<RunRecord>
         version_label,
         params,
         event,
+        event_seq,
         ..
     }) = history.first().map(|r| &r.body)
     else {
@@ -116,5 +121,5 @@ fn broken_summary(log: &Log, run_id: RunId, ended: &Record) -> Option<RunRecord>
         error: error.clone(),
         tasks: Map::new(),
     };
-    Some(record)
+    Some((record, *event_seq))
 }
