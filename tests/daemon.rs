@@ -94,6 +94,17 @@ impl Daemon {
     }
 }
 
+/// A test that fails (panics) still ends its daemon: no `serve` child
+/// outlives the test that started it.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
 fn http() -> reqwest::blocking_shim::Client {
     reqwest::blocking_shim::Client
 }
