@@ -32,8 +32,10 @@ fn amqp_binding(name: &str, exchange: &str, queue: &str, extra: Value) -> Value 
 }
 
 async fn metrics(daemon: &Daemon) -> BTreeMap<String, f64> {
-    switchyard::tls::install_provider();
-    let text = reqwest::get(daemon.url("/metrics"))
+    let text = daemon
+        .client
+        .get(daemon.url("/metrics"))
+        .send()
         .await
         .unwrap()
         .text()

@@ -14,9 +14,8 @@ use axum::routing::{any, get};
 use serde_json::{Map, Value, json};
 use switchyard::engine::RunRecord;
 use switchyard::log::RunStatus;
-use switchyard::runtime::{Runtime, RuntimeConfig};
 
-use crate::util::workflow;
+use crate::util::{run_once, workflow};
 
 #[derive(Clone, Default)]
 struct Seen {
@@ -92,15 +91,7 @@ async fn server() -> (SocketAddr, Seen) {
 
 /// Runs a one-task workflow whose task is `task`; returns the run.
 async fn run(dir: &std::path::Path, task: Value) -> RunRecord {
-    let runtime = Runtime::start(RuntimeConfig::new(dir)).unwrap();
-    let wf = workflow(json!({"name": "call", "tasks": [task]}));
-    let record = runtime
-        .handle()
-        .run_to_end(wf, Map::new(), None, |_| {})
-        .await
-        .unwrap();
-    runtime.shutdown().await;
-    record
+    run_once(dir, workflow(json!({"name": "call", "tasks": [task]}))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

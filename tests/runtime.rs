@@ -433,13 +433,7 @@ fn with_old_log(dir: &std::path::Path, edit: impl FnOnce(&sled::Db)) {
 async fn a_run_that_ended_without_its_summary_and_index_removal_is_finished_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let wf = workflow(json!({"name": "done", "tasks": [{"id": "a", "noop": {}}]}));
-    let runtime = Runtime::start(config(dir.path())).unwrap();
-    let record = runtime
-        .handle()
-        .run_to_end(wf, Map::new(), None, |_| {})
-        .await
-        .unwrap();
-    runtime.shutdown().await;
+    let record = crate::util::run_once(dir.path(), wf).await;
     // The crash kept the records (ending in RunEnded) but neither the
     // summary nor the removal from `unfinished`.
     with_old_log(dir.path(), |db| {
@@ -770,4 +764,59 @@ async fn project_vars_are_the_lowest_layer_and_a_run_keeps_the_ones_it_started_w
     assert_eq!(rerun.tasks["see"]["output"]["region"], "eu");
     drop(handle);
     runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_finished_at_recovery_keeps_referring_to_its_stored_event() {
+    use switchyard::runtime::{Submission, SubmitCandidate};
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("marker-{}", uuid::Uuid::now_v7());
+    let wf = workflow(json!({"name": "done", "tasks": [{"id": "a", "noop": {}}]}));
+    let run_id = {
+        let runtime = Runtime::start(config(dir.path())).unwrap();
+        let handle = runtime.handle();
+        let mut accepted = handle
+            .accept(Submission {
+                event: json!({"id": "e-rec", "data": {"marker": marker}}),
+                candidates: vec![SubmitCandidate::Start {
+                    binding: "b".into(),
+                    workflow: wf,
+                    params: Map::new(),
+                    dedup_key: "k".into(),
+                    ttl: std::time::Duration::from_secs(3600),
+                }],
+                marks: Vec::new(),
+                wait: true,
+            })
+            .await
+            .unwrap();
+        accepted.ended.pop().unwrap().await.unwrap();
+        drop(handle);
+        runtime.shutdown().await;
+        accepted.runs[0]
+    };
+    // Ended, but the crash kept neither its summary nor the index removal.
+    with_old_log(dir.path(), |db| {
+        db.open_tree("runs")
+            .unwrap()
+            .remove(run_id.as_bytes())
+            .unwrap();
+        db.open_tree("unfinished")
+            .unwrap()
+            .insert(run_id.as_bytes(), &[])
+            .unwrap();
+    });
+    let runtime = Runtime::start(config(dir.path())).unwrap();
+    assert_eq!(runtime.recovery().runs_finished, 1);
+    let handle = runtime.handle();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&handle.log().run_summary(run_id).unwrap().unwrap()).unwrap();
+    assert_eq!(summary["event"]["data"]["marker"], marker.as_str());
+    drop(handle);
+    runtime.shutdown().await;
+    assert_eq!(
+        stored_copies(dir.path(), &marker).len(),
+        1,
+        "the recovered summary refers to the event instead of copying it"
+    );
 }

@@ -104,7 +104,7 @@ impl Project {
 }
 
 pub(crate) struct Daemon {
-    client: reqwest::Client,
+    pub(crate) client: reqwest::Client,
     running: Option<Running>,
 }
 
@@ -1087,8 +1087,12 @@ async fn while_the_log_cannot_flush_nothing_is_acknowledged_and_afterwards_nothi
     let daemon = project.start(None).await;
     let log = daemon.runtime().log().clone();
     let health = || async {
-        switchyard::tls::install_provider();
-        let response = reqwest::get(daemon.url("/healthz")).await.unwrap();
+        let response = daemon
+            .client
+            .get(daemon.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
         (
             response.status().as_u16(),
             response.json::<Value>().await.unwrap(),
@@ -1224,12 +1228,17 @@ async fn retention_deletes_old_runs_and_events_in_the_background() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    switchyard::tls::install_provider();
-    let response = reqwest::get(daemon.url(&format!("/api/v1/runs/{first}")))
+    let response = daemon
+        .client
+        .get(daemon.url(&format!("/api/v1/runs/{first}")))
+        .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
-    let metrics = reqwest::get(daemon.url("/metrics"))
+    let metrics = daemon
+        .client
+        .get(daemon.url("/metrics"))
+        .send()
         .await
         .unwrap()
         .text()

@@ -330,6 +330,8 @@ struct BrokerInner {
     queued: std::sync::Mutex<Vec<Queued>>,
     /// Held while a batch is published and confirmed.
     publishing: tokio::sync::Mutex<()>,
+    /// Batches sent so far.
+    batches: std::sync::atomic::AtomicU64,
 }
 
 /// A message of the batch in flight, as [`assign_returns`] needs it.
@@ -367,6 +369,7 @@ impl Broker {
                 known: std::sync::Mutex::new(std::collections::HashSet::new()),
                 queued: std::sync::Mutex::new(Vec::new()),
                 publishing: tokio::sync::Mutex::new(()),
+                batches: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -501,6 +504,10 @@ impl Broker {
             if messages.is_empty() {
                 return; // An earlier batch took them, or nobody waits.
             }
+            broker
+                .inner
+                .batches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let results = broker.publish_batch(messages).await;
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);
@@ -783,5 +790,39 @@ mod tests {
             assign_returns(&twice, &same, &[true, true]),
             vec![Some(0), Some(1)]
         );
+    }
+
+    /// A caller that stops waiting before its batch goes out (a cancelled
+    /// or timed-out attempt) publishes nothing: its retry must not follow a
+    /// copy the broker gets late.
+    #[tokio::test]
+    async fn a_publish_whose_caller_gave_up_is_never_sent() {
+        let broker = Broker::new("amqp://guest:guest@127.0.0.1:1/%2f", None);
+        let message = Outgoing {
+            exchange: "x".into(),
+            routing_key: "k".into(),
+            body: b"{}".to_vec(),
+            properties: BasicProperties::default(),
+            mandatory: true,
+        };
+        let busy = broker.inner.publishing.lock().await; // a batch in flight
+        {
+            let publish = broker.publish(message);
+            tokio::pin!(publish);
+            // Queued; then the caller goes away.
+            assert!(
+                futures_lite::future::poll_once(&mut publish)
+                    .await
+                    .is_none()
+            );
+        }
+        drop(busy);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let sent = broker
+            .inner
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(sent, 0, "the abandoned message was published");
+        assert!(broker.inner.queued.lock().unwrap().is_empty());
     }
 }

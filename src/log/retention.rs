@@ -440,4 +440,41 @@ mod tests {
         assert!(log.events(None, 10).unwrap().is_empty());
         assert_eq!(log.prune(cutoffs, 10).unwrap(), Pruned::default());
     }
+
+    #[test]
+    fn events_stepped_over_count_toward_a_pass_and_a_broken_one_reads_as_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let day = 86_400_000;
+        let now = 100 * day;
+        // Ten old events, each referred to by a run that is still kept.
+        let mut seqs = Vec::new();
+        for i in 0..10 {
+            let seq = log.next_seq().unwrap();
+            let run = ended_run_of(&log, now - 10 * day + i, now - day, Some(seq));
+            event_at(&log, &format!("e-{i}"), now - 10 * day + i, &[run], seq);
+            seqs.push((seq, run));
+        }
+        let cutoffs = Cutoffs {
+            runs: now - 30 * day,
+            events: now - 7 * day,
+            task_logs: now - 30 * day,
+        };
+        // A pass with a batch of 1 visits at most four of them, says more
+        // is due, and deletes none (their runs are kept).
+        let pruned = log.prune(cutoffs, 1).unwrap();
+        assert_eq!((pruned.events, pruned.more), (0, true));
+        assert_eq!(log.events_cursor().unwrap(), seqs[3].0 + 1);
+        assert_eq!(log.events(None, 100).unwrap().len(), 10);
+        // An event record that cannot be read shows as null in its run's
+        // summary; the listing still works.
+        let (seq, run) = seqs[9];
+        log.events
+            .insert(seq.to_be_bytes(), &b"{not json"[..])
+            .unwrap();
+        let summary: serde_json::Value =
+            serde_json::from_slice(&log.run_summary(run).unwrap().unwrap()).unwrap();
+        assert!(summary["event"].is_null(), "{summary}");
+        assert_eq!(log.ended_runs(None, 100, |_| true).unwrap().len(), 10);
+    }
 }

@@ -239,3 +239,17 @@ pub fn run_json(dir: &Path, file: &Path, extra: &[&str]) -> (i32, Value) {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Starts a runtime on `dir`, runs `wf` to its end with no params, stops
+/// the runtime; returns the run.
+pub async fn run_once(dir: &Path, wf: Arc<Workflow>) -> switchyard::engine::RunRecord {
+    let runtime =
+        switchyard::runtime::Runtime::start(switchyard::runtime::RuntimeConfig::new(dir)).unwrap();
+    let record = runtime
+        .handle()
+        .run_to_end(wf, serde_json::Map::new(), None, |_| {})
+        .await
+        .unwrap();
+    runtime.shutdown().await;
+    record
+}
