@@ -15,5 +15,6 @@ mod golden;
 mod http;
 mod properties;
 mod runtime;
+mod sql;
 mod triggers;
 mod validation;

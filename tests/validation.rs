@@ -502,3 +502,67 @@ fn an_expression_nesting_without_bound_is_refused_not_a_crash() {
         "brackets inside strings do not count: {text}"
     );
 }
+
+#[test]
+fn sql_text_never_takes_templates_and_its_shape_is_checked() {
+    let text = invalid(json!({"name": "x", "tasks": [
+        {"id": "inject", "sql": {"connection": "db",
+            "query": "select * from t where id = '${event.data.id}'"}},
+        {"id": "script", "sql": {"connection": "db", "script": "delete from ${vars.table}"}},
+        {"id": "both", "sql": {"connection": "db", "url": "sqlite://x.db", "query": "select 1"}},
+        {"id": "neither", "sql": {"connection": "db"}},
+        {"id": "params", "sql": {"connection": "db", "script": "select 1", "params": [1]}},
+        {"id": "url", "sql": {"url": "oracle://u:hunter2@h/db", "query": "select 1"}},
+        {"id": "rows", "sql": {"connection": "db", "query": "select 1", "max_rows": 0}},
+    ]}));
+    assert!(
+        text.contains("tasks[0].sql.query") && text.contains("must not become SQL"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"params\": [\"${vars.id}\"]"),
+        "the hint shows the way: {text}"
+    );
+    assert!(text.contains("tasks[1].sql.script"), "{text}");
+    assert!(
+        text.contains("tasks[2].sql") && text.contains("`connection`") && text.contains("not both"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tasks[3].sql") && text.contains("set `query`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tasks[4].sql.params") && text.contains("takes no params"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tasks[5].sql.url") && text.contains("oracle://u:***@h/db"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "the password leaked: {text}");
+    assert!(text.contains("tasks[6].sql.max_rows"), "{text}");
+}
+
+#[test]
+fn bad_connections_name_the_key_and_hide_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("switchyard.json"),
+        r#"{"connections": {
+            "shop": {"url": "oracle://app:hunter2@db/shop"},
+            "pool": {"url": "postgres://u@h/db", "max_connections": 0},
+            "tpl": {"url": "${secrets.db"},
+            "fine": {"url": "${secrets.db}"}
+        }}"#,
+    )
+    .unwrap();
+    let out = switchyard(dir.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("connections.shop.url"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+    assert!(err.contains("connections.pool.max_connections"), "{err}");
+    assert!(err.contains("connections.tpl.url"), "{err}");
+    assert!(!err.contains("connections.fine"), "{err}");
+}

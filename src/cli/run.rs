@@ -60,12 +60,26 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
         Err(e) => return super::fail(e),
     };
     // Only the secrets this workflow names must be readable.
-    let uses = secrets_used(&workflow.source);
+    let mut uses = secrets_used(&workflow.source);
+    // And those in the URLs of the connections it names.
+    let source = String::from_utf8_lossy(&workflow.source);
+    for (name, connection) in &config.connections {
+        if source.contains(&format!("\"{name}\"")) {
+            let used = secrets_used(connection.url.as_bytes());
+            uses.dynamic |= used.dynamic;
+            uses.names.extend(used.names);
+        }
+    }
     let needed = |name: &str| uses.dynamic || uses.names.contains(name);
     let secrets = match crate::spec::Secrets::resolve_for(&config, config_path, needed) {
-        Ok(s) => std::sync::Arc::new(s),
+        Ok(s) => s,
         Err(e) => return super::fail(e),
     };
+    let databases = match crate::executors::sql::Databases::from_config(&config, &secrets, false) {
+        Ok(d) => d,
+        Err((path, message)) => return super::fail(format!("{path}: {message}")),
+    };
+    let secrets = std::sync::Arc::new(secrets.also_redacting(databases.passwords()));
     if args.max_parallel_tasks == Some(0) {
         return super::fail("--max-parallel-tasks must be at least 1");
     }
@@ -91,6 +105,7 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
             project_vars: config.vars.clone(),
             chain: None,
             broker: Some(crate::amqp::Broker::from_config(&config)),
+            databases,
         };
         let runtime = match Runtime::start(config) {
             Ok(r) => r,

@@ -98,7 +98,9 @@ fn offline_commit_config(
     // missing one must not leave the others unredacted).
     let secrets =
         crate::spec::Secrets::resolve_for(config, config_path, |_| false).unwrap_or_default();
-    let secrets = std::sync::Arc::new(secrets);
+    let databases =
+        crate::executors::sql::Databases::from_config(config, &secrets, false).unwrap_or_default();
+    let secrets = std::sync::Arc::new(secrets.also_redacting(databases.passwords()));
     let chain = match crate::registry::Registry::load(
         config.workflow_dirs(),
         config.binding_dirs(),
@@ -122,6 +124,7 @@ fn offline_commit_config(
         project_vars: config.vars.clone(),
         chain,
         broker: Some(crate::amqp::Broker::from_config(config)),
+        databases,
         ..RuntimeConfig::new(dir)
     }
 }

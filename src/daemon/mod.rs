@@ -114,8 +114,17 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     crate::tls::install_provider();
     let optional = options.config_path == Path::new("switchyard.json");
     let config = Config::load(&options.config_path, optional).map_err(Error::Invalid)?;
-    let secrets =
-        Arc::new(Secrets::resolve(&config, &options.config_path).map_err(Error::Invalid)?);
+    let secrets = Secrets::resolve(&config, &options.config_path).map_err(Error::Invalid)?;
+    let databases = crate::executors::sql::Databases::from_config(&config, &secrets, true)
+        .map_err(|(path, message)| {
+            Error::Invalid(Diagnostics(vec![crate::spec::Diagnostic {
+                file: options.config_path.clone(),
+                path,
+                message,
+            }]))
+        })?;
+    // A password written into a connection URL is redacted like a secret.
+    let secrets = Arc::new(secrets.also_redacting(databases.passwords()));
     for name in secrets.short_ones() {
         tracing::warn!(
             secret = name,
@@ -164,6 +173,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         project_vars: config.vars.clone(),
         chain: Some(crate::reactor::chain_hook(Arc::clone(&registry))),
         broker: Some(broker.clone()),
+        databases,
     })?;
     let metrics = Arc::new(DaemonMetrics::default());
     let handle = runtime.handle();

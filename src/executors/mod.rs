@@ -11,6 +11,7 @@ mod noop;
 pub mod process;
 mod shell;
 mod sleep;
+pub mod sql;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ pub struct AttemptContext {
     /// Redacted from captured output before it is cut to size, so a cut
     /// never leaves part of a secret visible.
     pub secrets: Arc<crate::spec::Secrets>,
+    /// The databases `sql` tasks reach (named connections, shared pools).
+    pub databases: sql::Databases,
 }
 
 /// How an attempt ended.
@@ -159,6 +162,7 @@ macro_rules! kinds {
 kinds! {
     shell::Shell,
     http::Http,
+    sql::Sql,
     amqp::Amqp,
     noop::Noop,
     sleep::Sleep,

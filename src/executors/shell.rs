@@ -261,7 +261,7 @@ fn cannot_start(program: &str, e: &std::io::Error) -> AttemptOutcome {
 }
 
 /// Whether `text` holds a `${…}` template (`$${` is a literal).
-fn has_template(text: &str) -> bool {
+pub(super) fn has_template(text: &str) -> bool {
     text.replace("$${", "").contains("${")
 }
 

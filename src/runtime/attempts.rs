@@ -49,6 +49,7 @@ impl EngineLoop {
                     broker: self.broker.clone(),
                     processes: self.processes.clone(),
                     secrets: Arc::clone(&self.secrets),
+                    databases: self.databases.clone(),
                 };
                 let tokio = self.tokio.clone();
                 let attempt_task = self.tokio.spawn(async move {

@@ -49,6 +49,7 @@ impl EngineLoop {
             broker: config.broker,
             chain: config.chain,
             secrets: config.secrets,
+            databases: config.databases,
             project_vars: config.project_vars,
             engine,
             log,

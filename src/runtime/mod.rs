@@ -92,6 +92,9 @@ pub struct RuntimeConfig {
     /// The broker for `amqp` tasks; with an events exchange set, lifecycle
     /// events are written to the outbox with their records.
     pub broker: Option<crate::amqp::Broker>,
+    /// The databases `sql` tasks reach: `switchyard.json`'s `connections`
+    /// and one pool per URL, shared by every attempt.
+    pub databases: executors::sql::Databases,
 }
 
 impl RuntimeConfig {
@@ -105,6 +108,7 @@ impl RuntimeConfig {
             project_vars: Map::new(),
             chain: None,
             broker: None,
+            databases: Default::default(),
         }
     }
 }
@@ -595,6 +599,7 @@ struct EngineLoop {
     broker: Option<crate::amqp::Broker>,
     chain: Option<ChainHook>,
     secrets: Arc<crate::spec::Secrets>,
+    databases: executors::sql::Databases,
     project_vars: Map<String, Value>,
     log: Log,
     rx: mpsc::UnboundedReceiver<Input>,

@@ -45,6 +45,10 @@ pub struct Config {
     /// `vars` and a run's params. A run keeps the values it started with.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub vars: serde_json::Map<String, serde_json::Value>,
+    /// Named database connections for `sql` tasks (like Airflow
+    /// connections): `{"shop": {"url": "${secrets.shop_db}"}}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub connections: BTreeMap<String, ConnectionConfig>,
     /// The project directory (where the config file is); relative paths in
     /// bindings resolve against it. Not a key of the file.
     #[serde(skip)]
@@ -60,6 +64,19 @@ pub struct AmqpConfig {
     /// Exchange for lifecycle events; none are published without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events_exchange: Option<String>,
+}
+
+/// A named database connection.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// `postgres://`, `mysql://`, `mariadb://` or `sqlite://` URL; a
+    /// template over `secrets` (e.g. `"${secrets.shop_db}"`). TLS is set in
+    /// the URL (`sslmode=require` on PostgreSQL, `ssl-mode=REQUIRED` on MySQL).
+    pub url: String,
+    /// Connections in this connection's pool (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -167,6 +184,24 @@ impl Config {
                 } else if exchange.len() > 255 {
                     c.error("amqp.events_exchange", "is over 255 bytes, AMQP's limit");
                 }
+            }
+        }
+        for (name, connection) in &config.connections {
+            let at = format!("connections.{name}");
+            if name.is_empty() {
+                c.error("connections", "a connection name is empty");
+            }
+            if connection.max_connections == Some(0) {
+                c.error(format!("{at}.max_connections"), "must be at least 1");
+            }
+            match crate::expr::Template::parse(&connection.url) {
+                Err(e) => c.error(format!("{at}.url"), format!("invalid template: {e}")),
+                Ok(t) if !t.has_expressions() => {
+                    if let Err(e) = crate::executors::sql::Databases::check_url(&connection.url) {
+                        c.error(format!("{at}.url"), e);
+                    }
+                }
+                Ok(_) => {}
             }
         }
         if let Err((key, message)) = config.retention() {
@@ -341,6 +376,27 @@ impl Secrets {
         Self { values, matcher }
     }
 
+    /// These secrets, also redacting `values` (the passwords inside
+    /// connection URLs), which expressions do not see as `secrets`.
+    pub fn also_redacting(self, values: impl IntoIterator<Item = String>) -> Self {
+        let extra: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
+        if extra.is_empty() {
+            return self;
+        }
+        let mut patterns: Vec<String> = self.values.values().cloned().chain(extra).collect();
+        patterns.sort_unstable();
+        patterns.dedup();
+        let matcher = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(&patterns)
+            .ok()
+            .map(Arc::new);
+        Self {
+            values: self.values,
+            matcher,
+        }
+    }
+
     /// Secrets so short that redacting them will also hide ordinary text
     /// (they are redacted all the same): the daemon warns about them.
     pub fn short_ones(&self) -> Vec<&str> {
@@ -357,8 +413,9 @@ impl Secrets {
         self.values.values().map(String::len).max().unwrap_or(0)
     }
 
+    /// Nothing to redact.
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.values.is_empty() && self.matcher.is_none()
     }
 
     /// The `secrets` object expressions see.
