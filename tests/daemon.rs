@@ -1168,3 +1168,81 @@ fn serving_off_loopback_without_a_token_is_refused_with_both_ways_out() {
         let _ = child.wait();
     }
 }
+
+#[test]
+fn a_sigkilled_daemon_mid_child_resumes_both_runs_with_one_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = project(dir.path());
+    let marks = dir.path().join("marks");
+    write_workflow(
+        &flows,
+        "child",
+        &json!({"name": "child", "tasks": [
+            {"id": "nap", "sleep": {"duration": "2s"}},
+            {"id": "mark", "after": "nap",
+             "shell": {"script": "echo \"$SWITCHYARD_RUN_ID\" >> \"$MARKS\"; echo '{\"done\": true}' > \"$SWITCHYARD_OUTPUT\"",
+                       "env": {"MARKS": marks.to_str().unwrap()}},
+             "export": {"done": "${output.done}"}},
+        ]}),
+    );
+    write_workflow(
+        &flows,
+        "parent",
+        &json!({"name": "parent", "tasks": [
+            {"id": "call", "workflow": {"name": "child"}, "export": {"child_done": "${output.vars.done}"}},
+        ]}),
+    );
+    let data = dir.path().join("data");
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    let (status, run) = http()
+        .send(
+            "POST",
+            &daemon.url("/api/v1/workflows/parent/runs"),
+            Some(json!({"params": {}})),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{run}");
+    let parent_id = run["id"].as_str().unwrap().to_string();
+    // Kill once the child is sleeping.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let child_id = loop {
+        let (_, run) = http()
+            .send(
+                "GET",
+                &daemon.url(&format!("/api/v1/runs/{parent_id}")),
+                None,
+            )
+            .unwrap();
+        if let Some(child) = run["tasks"]["call"]["child_run_id"].as_str() {
+            let (status, child_run) = http()
+                .send("GET", &daemon.url(&format!("/api/v1/runs/{child}")), None)
+                .unwrap();
+            if status == 200 && child_run["tasks"]["nap"]["status"] == "running" {
+                break child.to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "the child did not start: {run}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    daemon.kill();
+
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    let parent = wait_terminal(&daemon, &parent_id);
+    assert_eq!(parent["status"], "succeeded", "{parent}");
+    assert_eq!(parent["vars"]["child_done"], true);
+    assert_eq!(parent["tasks"]["call"]["attempts"], 1, "{parent}");
+    assert_eq!(
+        parent["tasks"]["call"]["output"]["run_id"],
+        child_id.as_str()
+    );
+    let child = wait_terminal(&daemon, &child_id);
+    assert_eq!(child["status"], "succeeded", "{child}");
+    assert_eq!(child["parent"]["run_id"], parent_id.as_str());
+    // One child run, which did its work once.
+    let (_, runs) = http()
+        .send("GET", &daemon.url("/api/v1/runs?workflow=child"), None)
+        .unwrap();
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+    assert_eq!(std::fs::read_to_string(&marks).unwrap().trim(), child_id);
+    daemon.kill();
+}

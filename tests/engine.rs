@@ -464,6 +464,7 @@ fn slots_are_shared_by_all_runs() {
         event_seq: None,
         rerun_of: None,
         reused: Vec::new(),
+        parent: None,
     });
     assert!(h.started(&effects).is_empty());
     let second = h.run_id;
@@ -641,6 +642,7 @@ fn max_active_runs_queues_runs_in_order() {
             event_seq: None,
             rerun_of: None,
             reused: Vec::new(),
+            parent: None,
         });
         assert!(effects.is_empty());
         assert_eq!(h.run_status(), RunStatus::Queued);
@@ -681,6 +683,7 @@ fn max_active_runs_with_skip_ends_the_extra_run() {
         event_seq: None,
         rerun_of: None,
         reused: Vec::new(),
+        parent: None,
     });
     assert_eq!(h.run_status(), RunStatus::Cancelled);
     let run = h.engine.run(h.run_id).unwrap();
@@ -742,6 +745,7 @@ fn rerun_from_failed_reuses_successes_and_reruns_downstream() {
         event_seq: None,
         rerun_of: Some(source.id),
         reused,
+        parent: None,
     });
     assert_eq!(h.started(&effects), ["publish"]);
     assert_eq!(h.vars()["id"], json!(42));

@@ -22,7 +22,7 @@ use switchyard::runtime::{Runtime, RuntimeConfig, Submission, SubmitCandidate};
 use crate::util::workflow;
 
 /// Every golden committed so far: each must still replay.
-const GOLDENS: &[u32] = &[3, 4, 5, 6];
+const GOLDENS: &[u32] = &[3, 4, 5, 6, 7];
 
 fn log_file(format: u32) -> String {
     format!("tests/golden/log-v{format}.json")
@@ -114,11 +114,24 @@ fn import(export: &Value, dir: &Path) {
 /// Writes a log touching every record kind: runs that succeed (with an
 /// export), fail after retries, are cancelled, are skipped into, and one
 /// left unfinished with a retry pending; an event with a dedup entry, a
-/// duplicate and a mark; project vars in every run.
+/// duplicate and a mark; project vars in every run; a sub-workflow's run.
 async fn write_scenario(dir: &Path) {
     let mut config = RuntimeConfig::new(dir);
     // Project vars (format 6): recorded in every run created.
     config.project_vars = Map::from_iter([("project".to_string(), json!("golden"))]);
+    // A sub-workflow (format 7): its run carries `parent`.
+    let leaf = workflow(json!({"name": "leaf", "tasks": [
+        {"id": "give", "shell": {"script": "echo '{\"n\": 7}' > \"$SWITCHYARD_OUTPUT\""}, "export": {"n": "${output.n}"}},
+    ]}));
+    let nested = workflow(json!({"name": "nested", "tasks": [
+        {"id": "call", "workflow": {"name": "leaf", "params": {"from": "nested"}}, "export": {"n": "${output.vars.n}"}},
+    ]}));
+    {
+        let leaf = Arc::clone(&leaf);
+        config.workflows = Some(Arc::new(move |name: &str| {
+            (name == "leaf").then(|| Arc::clone(&leaf))
+        }));
+    }
     let runtime = Runtime::start(config).unwrap();
     let handle = runtime.handle();
     let etl = workflow(
@@ -139,7 +152,7 @@ async fn write_scenario(dir: &Path) {
     let retrying = workflow(json!({"name": "retrying", "tasks": [
         {"id": "later", "retry": {"max_attempts": 3, "delay": "1h"}, "shell": {"command": ["false"]}},
     ]}));
-    for wf in [&etl, &flaky] {
+    for wf in [&etl, &flaky, &nested] {
         handle
             .run_to_end(Arc::clone(wf), Map::new(), None, |_| {})
             .await

@@ -223,6 +223,7 @@ async fn a_run_whose_definition_is_missing_is_ended_visibly_at_recovery() {
                 event_seq: None,
                 rerun_of: None,
                 reused: Vec::new(),
+                parent: None,
             },
         )
         .unwrap();
@@ -323,6 +324,7 @@ async fn runs_ended_at_recovery_get_their_run_failed_event_and_a_corrupt_run_doe
                     event_seq: None,
                     rerun_of: None,
                     reused: Vec::new(),
+                    parent: None,
                 },
             )
             .unwrap();
@@ -529,6 +531,7 @@ async fn a_run_in_flight_replays_with_its_definition_even_if_validation_got_stri
                 event_seq: None,
                 rerun_of: None,
                 reused: Vec::new(),
+                parent: None,
             },
         )
         .unwrap();

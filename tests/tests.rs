@@ -16,5 +16,6 @@ mod http;
 mod properties;
 mod runtime;
 mod sql;
+mod subworkflows;
 mod triggers;
 mod validation;

@@ -30,6 +30,22 @@ pub struct RunArgs {
     pub max_parallel_tasks: Option<usize>,
 }
 
+/// The project's workflows by name, for `workflow` tasks (the one being
+/// run included, even when it came from a file elsewhere).
+pub(crate) fn project_workflows(
+    config: &crate::spec::Config,
+    running: &std::sync::Arc<crate::spec::Workflow>,
+) -> crate::runtime::WorkflowLookup {
+    let (found, _) = crate::spec::load_workflows(&config.workflow_dirs());
+    let mut by_name: std::collections::HashMap<String, std::sync::Arc<crate::spec::Workflow>> =
+        found
+            .into_iter()
+            .map(|w| (w.name.clone(), std::sync::Arc::new(w)))
+            .collect();
+    by_name.insert(running.name.clone(), std::sync::Arc::clone(running));
+    std::sync::Arc::new(move |name: &str| by_name.get(name).cloned())
+}
+
 /// Parses `--param key=value` arguments.
 pub fn parse_params(params: &[String]) -> Result<Map<String, Value>, String> {
     let mut out = Map::new();
@@ -106,6 +122,7 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
             chain: None,
             broker: Some(crate::amqp::Broker::from_config(&config)),
             databases,
+            workflows: Some(project_workflows(&config, &workflow)),
         };
         let runtime = match Runtime::start(config) {
             Ok(r) => r,
@@ -259,6 +276,12 @@ pub(crate) fn print_summary(record: &RunRecord) {
     if let Some(error) = &record.error {
         println!("  error: {error}");
     }
+    if let Some(parent) = &record.parent {
+        println!(
+            "  started by run {} (task {}, attempt {}; depth {})",
+            parent.run_id, parent.task, parent.attempt, parent.depth
+        );
+    }
     let width = record.tasks.keys().map(String::len).max().unwrap_or(0);
     for (id, task) in &record.tasks {
         let status = task.get("status").and_then(Value::as_str).unwrap_or("?");
@@ -273,7 +296,12 @@ pub(crate) fn print_summary(record: &RunRecord) {
                     .map(|from| format!("  reused from run {from}"))
             })
             .unwrap_or_default();
-        println!("  {id:<width$}  {status:<9}  attempts {attempts}{error}");
+        let child = task
+            .get("child_run_id")
+            .and_then(Value::as_str)
+            .map(|child| format!("  child run {child}"))
+            .unwrap_or_default();
+        println!("  {id:<width$}  {status:<9}  attempts {attempts}{child}{error}");
     }
 }
 

@@ -101,15 +101,20 @@ fn offline_commit_config(
     let databases =
         crate::executors::sql::Databases::from_config(config, &secrets, false).unwrap_or_default();
     let secrets = std::sync::Arc::new(secrets.also_redacting(databases.passwords()));
+    let mut workflows = None;
     let chain = match crate::registry::Registry::load(
         config.workflow_dirs(),
         config.binding_dirs(),
         config.base.clone(),
         std::sync::Arc::clone(&secrets),
     ) {
-        Ok(registry) => Some(crate::reactor::chain_hook(std::sync::Arc::new(
-            std::sync::RwLock::new(registry),
-        ))),
+        Ok(registry) => {
+            let registry = std::sync::Arc::new(std::sync::RwLock::new(registry));
+            workflows = Some(crate::daemon::workflow_lookup(std::sync::Arc::clone(
+                &registry,
+            )));
+            Some(crate::reactor::chain_hook(registry))
+        }
         Err(errors) => {
             eprintln!(
                 "warning: the project's files do not load ({} error(s)); `on.run` bindings will not see this change",
@@ -125,6 +130,7 @@ fn offline_commit_config(
         chain,
         broker: Some(crate::amqp::Broker::from_config(config)),
         databases,
+        workflows,
         ..RuntimeConfig::new(dir)
     }
 }

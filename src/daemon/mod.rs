@@ -98,6 +98,17 @@ pub struct Running {
     pub done: tokio::task::JoinHandle<Result<(), Error>>,
 }
 
+/// Finds a workflow's current definition by name in the served registry
+/// (what `workflow` tasks start).
+pub(crate) fn workflow_lookup(
+    registry: crate::registry::SharedRegistry,
+) -> crate::runtime::WorkflowLookup {
+    Arc::new(move |name: &str| {
+        let registry = registry.read().ok()?;
+        registry.get(name).map(|entry| Arc::clone(&entry.current))
+    })
+}
+
 /// The API's bearer token: `SWITCHYARD_TOKEN`, else the config's
 /// `api.token`. An empty value is no token.
 fn api_token(config: &Config) -> Option<Arc<str>> {
@@ -174,6 +185,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         chain: Some(crate::reactor::chain_hook(Arc::clone(&registry))),
         broker: Some(broker.clone()),
         databases,
+        workflows: Some(workflow_lookup(Arc::clone(&registry))),
     })?;
     let metrics = Arc::new(DaemonMetrics::default());
     let handle = runtime.handle();

@@ -15,7 +15,7 @@ use super::{
     finish_failed, reuse_tasks, unqueue,
 };
 use crate::executors;
-use crate::log::{Millis, Record, RecordBody, ReusedTask, RunId, RunStatus};
+use crate::log::{Millis, ParentRun, Record, RecordBody, ReusedTask, RunId, RunStatus};
 
 /// What a handler did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,12 +47,14 @@ impl Engine {
             rerun_of,
             reused,
             workflow,
+            parent,
             ..
         } = &record.body
         {
             let event = (event.clone(), *event_seq);
             let vars = (project_vars, params);
-            self.on_run_created(record, workflow, version, vars, event, *rerun_of, reused);
+            let origin = (*rerun_of, reused.as_slice(), parent.as_deref().cloned());
+            self.on_run_created(record, workflow, version, vars, event, origin);
             return effects;
         }
         let run_id = record.run_id;
@@ -128,8 +130,7 @@ impl Engine {
         version: &str,
         (project_vars, params): (&Map<String, Value>, &Map<String, Value>),
         (event, event_seq): (Option<Value>, Option<u64>),
-        rerun_of: Option<RunId>,
-        reused: &[ReusedTask],
+        (rerun_of, reused, parent): (Option<RunId>, &[ReusedTask], Option<ParentRun>),
     ) {
         let (run_id, at) = (record.run_id, record.at);
         let Some(definition) = self.definitions.get(version).cloned() else {
@@ -163,6 +164,7 @@ impl Engine {
             cancelling: None,
             error: None,
             tasks,
+            parent,
             dirty: false,
         };
         reuse_tasks(&mut run, reused, rerun_of, at);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::log::{Millis, RunId, RunStatus};
+use crate::log::{Millis, ParentRun, RunId, RunStatus};
 use crate::spec::Workflow;
 
 /// Status of a task (SPEC §7).
@@ -123,6 +123,8 @@ pub struct RunState {
     pub cancelling: Option<Cancelling>,
     pub error: Option<String>,
     pub tasks: Vec<TaskState>,
+    /// A sub-workflow's run: the `workflow` task attempt that started it.
+    pub parent: Option<ParentRun>,
     /// Derived: needs a look from `decide`.
     pub(crate) dirty: bool,
 }
@@ -143,6 +145,7 @@ impl PartialEq for RunState {
             && self.deadline == other.deadline
             && self.cancelling == other.cancelling
             && self.error == other.error
+            && self.parent == other.parent
             && self.tasks.len() == other.tasks.len()
             && self.tasks.iter().zip(&other.tasks).all(|(a, b)| {
                 // `queued` is scheduling state derived after replay, not history.
@@ -173,6 +176,9 @@ pub struct RunRecord {
     pub ended_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A sub-workflow's run: the run, task and attempt that started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRun>,
     pub tasks: Map<String, Value>,
 }
 
@@ -200,8 +206,8 @@ impl RunState {
         event: Option<Value>,
     ) -> RunRecord {
         let mut tasks = Map::new();
-        for (task, state) in self.workflow.tasks.iter().zip(&self.tasks) {
-            tasks.insert(task.id.clone(), {
+        for (task_spec, state) in self.workflow.tasks.iter().zip(&self.tasks) {
+            tasks.insert(task_spec.id.clone(), {
                 let mut task = serde_json::json!({
                     "status": state.status,
                     "attempts": state.attempts,
@@ -212,6 +218,21 @@ impl RunState {
                 });
                 if let Some(from) = state.reused_from {
                     task["reused_from"] = Value::String(from.to_string());
+                }
+                // A sub-workflow task links the child run its latest attempt started.
+                if task_spec.kind
+                    == <crate::executors::workflow::SubWorkflow as crate::executors::Kind>::NAME
+                    && state.attempts > 0
+                    && state.reused_from.is_none()
+                    && let Some(started_at) = state.attempt_started_at
+                {
+                    let child = crate::executors::workflow::child_run_id(
+                        self.id,
+                        &task_spec.id,
+                        state.attempts,
+                        started_at,
+                    );
+                    task["child_run_id"] = Value::String(child.to_string());
                 }
                 task
             });
@@ -228,6 +249,7 @@ impl RunState {
             started_at: self.started_at.map(rfc3339),
             ended_at: self.ended_at.map(rfc3339),
             error: self.error.clone(),
+            parent: self.parent.clone(),
             tasks,
         }
     }

@@ -12,6 +12,7 @@ pub mod process;
 mod shell;
 mod sleep;
 pub mod sql;
+pub mod workflow;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -50,6 +51,8 @@ pub struct AttemptContext {
     pub secrets: Arc<crate::spec::Secrets>,
     /// The databases `sql` tasks reach (named connections, shared pools).
     pub databases: sql::Databases,
+    /// Where `workflow` tasks start and wait for child runs.
+    pub children: Option<Arc<dyn workflow::Children>>,
 }
 
 /// How an attempt ended.
@@ -163,6 +166,7 @@ kinds! {
     shell::Shell,
     http::Http,
     sql::Sql,
+    workflow::SubWorkflow,
     amqp::Amqp,
     noop::Noop,
     sleep::Sleep,

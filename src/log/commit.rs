@@ -406,16 +406,16 @@ mod tests {
             log.append(run, 1, RecordBody::RunStarted {}).unwrap();
             log.flush().unwrap();
         }
-        assert_eq!(marker(1), Some(6), "a new log is format 6");
+        assert_eq!(marker(1), Some(7), "a new log is format 7");
         {
             let log = Log::open(dir.path()).unwrap();
             assert_eq!(log.run_history(run).unwrap().len(), 1);
         }
-        assert_eq!(marker(7), Some(6), "opening a format 1 log marks it 6");
+        assert_eq!(marker(8), Some(7), "opening a format 1 log marks it 7");
         let error = Log::open(dir.path()).unwrap_err().to_string();
         assert!(
-            error.contains("format 7, written by a newer switchyard")
-                && error.contains("reads formats 1-6"),
+            error.contains("format 8, written by a newer switchyard")
+                && error.contains("reads formats 1-7"),
             "{error}"
         );
     }

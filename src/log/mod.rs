@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use commit::Commit;
 pub use events::{DedupEntry, EventRecord, Mark, Outcome, summary_with_event_ref};
-pub use record::{Millis, Record, RecordBody, ReusedTask, RunId, RunStatus};
+pub use record::{Millis, ParentRun, Record, RecordBody, ReusedTask, RunId, RunStatus};
 use serde::{Deserialize, Serialize};
 
 /// Errors of the log. Any of them means the data dir cannot be trusted for
@@ -155,7 +155,9 @@ const FORMAT_KEY: &[u8] = b"format";
 ///    (in `run_created` and in their summaries) instead of carrying a copy.
 /// 6: `run_created` may carry the project's `vars` (an older binary would
 ///    replay such a run without them).
-pub const FORMAT_VERSION: u32 = 6;
+/// 7: `run_created` may carry `parent` (a sub-workflow's run: the `workflow`
+///    task attempt that started it, and its depth).
+pub const FORMAT_VERSION: u32 = 7;
 /// Formats this binary reads; an older one is upgraded on open (3 builds
 /// the dedup expiry index) and marked current, so an older binary refuses
 /// the log instead of misreading it.

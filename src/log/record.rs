@@ -39,6 +39,7 @@ impl Record {
             event_seq: Some(event_seq),
             rerun_of,
             reused,
+            parent,
         } = &self.body
         {
             let stored = StoredRunCreated {
@@ -54,6 +55,7 @@ impl Record {
                     event_seq: *event_seq,
                     rerun_of: *rerun_of,
                     reused,
+                    parent: parent.as_deref(),
                 },
             };
             return serde_json::to_writer(out, &stored);
@@ -105,6 +107,10 @@ pub enum RecordBody {
         /// Tasks that succeeded in `rerun_of` and are not run again.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         reused: Vec<ReusedTask>,
+        /// Set on a sub-workflow's run (format 7): the `workflow` task
+        /// attempt that started it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<Box<ParentRun>>,
     },
     /// The run left `queued` and began executing.
     RunStarted {},
@@ -185,6 +191,19 @@ struct StoredRunCreatedBody<'a> {
     rerun_of: Option<RunId>,
     #[serde(skip_serializing_if = "<[ReusedTask]>::is_empty")]
     reused: &'a [ReusedTask],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: Option<&'a ParentRun>,
+}
+
+/// The `workflow` task attempt a sub-workflow's run was started by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRun {
+    pub run_id: RunId,
+    pub task: String,
+    pub attempt: u32,
+    /// 1 for a child of a top-level run; at most
+    /// [`crate::executors::workflow::MAX_DEPTH`].
+    pub depth: u32,
 }
 
 /// A task whose recorded success a rerun keeps instead of running it again.
@@ -268,6 +287,12 @@ mod tests {
                     output: serde_json::json!({"n": 1}),
                     stdout: "out".into(),
                 }],
+                parent: Some(Box::new(ParentRun {
+                    run_id: Uuid::now_v7(),
+                    task: "call".into(),
+                    attempt: 2,
+                    depth: 3,
+                })),
             },
         }
     }

@@ -29,6 +29,7 @@ impl EngineLoop {
             event_seq: run.event_seq,
             rerun_of: run.rerun_of,
             reused: run.reused,
+            parent: run.parent.map(Box::new),
         })
     }
 

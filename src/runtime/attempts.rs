@@ -50,6 +50,7 @@ impl EngineLoop {
                     processes: self.processes.clone(),
                     secrets: Arc::clone(&self.secrets),
                     databases: self.databases.clone(),
+                    children: Some(Arc::clone(&self.children)),
                 };
                 let tokio = self.tokio.clone();
                 let attempt_task = self.tokio.spawn(async move {

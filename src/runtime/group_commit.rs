@@ -32,6 +32,7 @@ impl EngineLoop {
         let (records, _) = broadcast::channel(4096);
         let fatal = Arc::new(Mutex::new(None));
         let gauges = Arc::new(EngineGauges::default());
+        let shutdown = CancellationToken::new();
         let handle = RuntimeHandle {
             tx: tx.clone(),
             records: records.clone(),
@@ -50,6 +51,11 @@ impl EngineLoop {
             chain: config.chain,
             secrets: config.secrets,
             databases: config.databases,
+            workflows: config.workflows,
+            children: Arc::new(super::children::RuntimeChildren {
+                handle: handle.clone(),
+                shutdown: shutdown.clone(),
+            }),
             project_vars: config.project_vars,
             engine,
             log,
@@ -62,7 +68,7 @@ impl EngineLoop {
             gauges,
             attempts: HashMap::new(),
             waiters: HashMap::new(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             draining: None,
             armed: None,
             running: Vec::new(),
@@ -182,6 +188,10 @@ impl EngineLoop {
                     reply,
                 } => self.on_cancel(&mut batch, run_id, reason, reply, now)?,
                 Input::Snapshot { run_id, reply } => batch.snapshots.push((run_id, reply)),
+                Input::StartChild { request, reply } => {
+                    self.on_start_child(&mut batch, request, reply, now)?
+                }
+                Input::WaitRun { run_id, reply } => self.on_wait_run(run_id, reply)?,
                 Input::Active { filter, reply } => batch.actives.push((filter, reply)),
                 Input::Wake => self.armed = None,
                 Input::Shutdown { grace } => self.on_shutdown(grace, now),
@@ -206,9 +216,9 @@ impl EngineLoop {
             return Ok(());
         }
         let workflow = Arc::clone(&run.workflow);
+        let run_id = run.id.unwrap_or_else(uuid::Uuid::now_v7);
         let body = self.run_created(run, now)?;
         self.engine.register(workflow);
-        let run_id = uuid::Uuid::now_v7();
         self.append(batch, run_id, now, body)?;
         batch.created.push((reply, run_id));
         if let Some(on_end) = on_end {
@@ -352,6 +362,9 @@ impl EngineLoop {
         for (reply, run_id) in batch.created.drain(..) {
             let _ = reply.send(Ok(run_id));
         }
+        for reply in batch.children.drain(..) {
+            let _ = reply.send(Ok(None));
+        }
         for (reply, accepted) in batch.accepted.drain(..) {
             let _ = reply.send(Ok(accepted));
         }
@@ -434,6 +447,9 @@ impl EngineLoop {
             )));
         }
         for (reply, _) in batch.accepted.drain(..) {
+            let _ = reply.send(Err(refusal.clone()));
+        }
+        for reply in batch.children.drain(..) {
             let _ = reply.send(Err(refusal.clone()));
         }
         for reply in batch.cancelled.drain(..) {

@@ -16,7 +16,8 @@
 //! write + flush, then answer and act), `accept.rs` (submissions: an event
 //! with its runs and dedup entries, run chaining), `attempts.rs` (starting
 //! and killing attempts, redaction, the shutdown drain), `recovery.rs`
-//! (folding unfinished runs at start), `lifecycle.rs` (which records are
+//! (folding unfinished runs at start), `children.rs` (sub-workflows: the
+//! `workflow` task's child runs), `lifecycle.rs` (which records are
 //! lifecycle events, for the outbox), `offline.rs` (changes to a data dir
 //! no daemon holds, through the same commit path).
 //!
@@ -26,6 +27,7 @@
 
 mod accept;
 mod attempts;
+mod children;
 mod group_commit;
 mod lifecycle;
 mod offline;
@@ -95,7 +97,13 @@ pub struct RuntimeConfig {
     /// The databases `sql` tasks reach: `switchyard.json`'s `connections`
     /// and one pool per URL, shared by every attempt.
     pub databases: executors::sql::Databases,
+    /// The workflows `workflow` tasks start by name (the daemon's registry;
+    /// the project's files for a one-off run). None: only pinned versions.
+    pub workflows: Option<WorkflowLookup>,
 }
+
+/// Finds the current definition of a workflow by name.
+pub type WorkflowLookup = Arc<dyn Fn(&str) -> Option<Arc<Workflow>> + Send + Sync>;
 
 impl RuntimeConfig {
     /// Default limits, recovery on, no secrets, chaining or broker.
@@ -109,6 +117,7 @@ impl RuntimeConfig {
             chain: None,
             broker: None,
             databases: Default::default(),
+            workflows: None,
         }
     }
 }
@@ -218,6 +227,11 @@ pub struct NewRun {
     pub project_vars: Option<Map<String, Value>>,
     pub rerun_of: Option<RunId>,
     pub reused: Vec<ReusedTask>,
+    /// The run's id; None: a new UUIDv7. (A sub-workflow's child has an id
+    /// fixed by its parent's attempt.)
+    pub id: Option<RunId>,
+    /// Set on a sub-workflow's run.
+    pub parent: Option<crate::log::ParentRun>,
 }
 
 impl NewRun {
@@ -230,6 +244,8 @@ impl NewRun {
             project_vars: None,
             rerun_of: None,
             reused: Vec::new(),
+            id: None,
+            parent: None,
         }
     }
 }
@@ -258,6 +274,16 @@ enum Input {
     Snapshot {
         run_id: RunId,
         reply: oneshot::Sender<Option<RunRecord>>,
+    },
+    /// A `workflow` task's child run.
+    StartChild {
+        request: executors::workflow::ChildRequest,
+        reply: oneshot::Sender<Result<Option<RunStatus>, String>>,
+    },
+    /// Tell `reply` when this run ends (at once if it has).
+    WaitRun {
+        run_id: RunId,
+        reply: oneshot::Sender<RunRecord>,
     },
     Active {
         filter: RunFilter,
@@ -547,6 +573,8 @@ impl RuntimeHandle {
             project_vars: Some(source.project_vars.clone()),
             rerun_of: Some(run_id),
             reused,
+            id: None,
+            parent: None,
         })
         .await
     }
@@ -600,6 +628,9 @@ struct EngineLoop {
     chain: Option<ChainHook>,
     secrets: Arc<crate::spec::Secrets>,
     databases: executors::sql::Databases,
+    workflows: Option<WorkflowLookup>,
+    /// What `workflow` attempts start and wait for child runs through.
+    children: Arc<dyn executors::workflow::Children>,
     project_vars: Map<String, Value>,
     log: Log,
     rx: mpsc::UnboundedReceiver<Input>,
@@ -643,6 +674,8 @@ struct Batch {
     records: Vec<Record>,
     effects: Vec<Effect>,
     created: Vec<(oneshot::Sender<Result<RunId, String>>, RunId)>,
+    /// Child runs of `workflow` tasks created in this batch.
+    children: Vec<oneshot::Sender<Result<Option<RunStatus>, String>>>,
     accepted: Vec<(oneshot::Sender<Result<Accepted, String>>, Accepted)>,
     /// How many `RunEnded` effects run chaining has looked at.
     chained: usize,

@@ -119,6 +119,7 @@ fn broken_summary(log: &Log, run_id: RunId, ended: &Record) -> Option<(RunRecord
         started_at: None,
         ended_at: Some(crate::engine::rfc3339(ended.at)),
         error: error.clone(),
+        parent: None,
         tasks: Map::new(),
     };
     Some((record, *event_seq))

@@ -51,6 +51,7 @@ impl Harness {
             event_seq: None,
             rerun_of: None,
             reused: Vec::new(),
+            parent: None,
         };
         engine.register(workflow);
         let mut harness = Self {
