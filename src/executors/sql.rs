@@ -586,6 +586,20 @@ async fn run_sqlite(
     work: &Work,
     cancel: &CancellationToken,
 ) -> Result<Collected, Failure> {
+    // A new database file gets its directory too (`sqlite://data/shop.db`
+    // on a fresh checkout).
+    let options = pool.connect_options();
+    let file = options.get_filename();
+    if let Some(dir) = file.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        return Err(Failure::Database(format!(
+            "cannot create {} for the SQLite database: {e}",
+            dir.display()
+        )));
+    }
     let mut conn = acquire(pool, cancel).await?;
     // SQLite runs in this process: its progress handler interrupts the
     // statement once the attempt is cancelled.
