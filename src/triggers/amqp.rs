@@ -34,14 +34,13 @@ use lapin::options::{
     BasicRejectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ExchangeKind};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{
-    Backoff, connect, declare_exchange, describe, exchange_exists, field_table_json, percent_vhost,
+    Backoff, Endpoint, connect, declare_exchange, exchange_exists, field_table_json, percent_vhost,
     short,
 };
 use crate::log::Outcome;
@@ -82,16 +81,21 @@ pub struct Consumer {
     queue: String,
     bindings: Arc<Vec<Arc<Binding>>>,
     reactor: Reactor,
-    uri: AMQPUri,
+    endpoint: Endpoint,
 }
 
 impl Consumer {
-    pub fn new(queue: String, bindings: Vec<Arc<Binding>>, reactor: Reactor, uri: AMQPUri) -> Self {
+    pub fn new(
+        queue: String,
+        bindings: Vec<Arc<Binding>>,
+        reactor: Reactor,
+        endpoint: Endpoint,
+    ) -> Self {
         Self {
             queue,
             bindings: Arc::new(bindings),
             reactor,
-            uri,
+            endpoint,
         }
     }
 
@@ -134,7 +138,7 @@ impl Consumer {
             self.metrics().reconnects.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 queue = %self.queue,
-                broker = %describe(&self.uri),
+                broker = %self.endpoint.describe(),
                 error = %outcome.err().map(|e| e.to_string()).unwrap_or_default(),
                 retry_in_ms = delay.as_millis() as u64,
                 "AMQP consumer disconnected; reconnecting."
@@ -155,7 +159,7 @@ impl Consumer {
         let name = format!("consumer {}", self.queue);
         let connection = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            connection = connect(&self.uri, &name) => connection?,
+            connection = connect(&self.endpoint, &name) => connection?,
         };
         let result = self.consume(&connection, stop, consumed).await;
         // Close within a bound: a dead peer must not hold the next session up.
@@ -193,7 +197,7 @@ impl Consumer {
             queue = %self.queue,
             prefetch,
             bindings = self.bindings.len(),
-            broker = %describe(&self.uri),
+            broker = %self.endpoint.describe(),
             "Consuming AMQP queue."
         );
         self.metrics().consuming.fetch_add(1, Ordering::Relaxed);
@@ -369,7 +373,7 @@ impl Consumer {
                 delivery.data.len()
             ))
         } else {
-            decode(&delivery, &self.queue, &self.uri.vhost)
+            decode(&delivery, &self.queue, &self.endpoint.uri.vhost)
         };
         let event = match decoded {
             Ok(event) => event,
@@ -554,11 +558,11 @@ async fn unbind(
 /// (so nothing new arrives), and it is recorded as left without a binding,
 /// for `GET /bindings` and the log. The queue itself, durable and perhaps
 /// holding messages, is the operator's to delete.
-pub async fn release_queue(queue: String, log: crate::log::Log, uri: AMQPUri) {
+pub async fn release_queue(queue: String, log: crate::log::Log, endpoint: Endpoint) {
     let pairs = bound_by_us(&log, &queue);
     if !pairs.is_empty() {
         let result = async {
-            let connection = connect(&uri, &format!("unbind {queue}")).await?;
+            let connection = connect(&endpoint, &format!("unbind {queue}")).await?;
             let channel = open(&connection).await?;
             let outcome = unbind(&connection, channel, &queue, &pairs)
                 .await
