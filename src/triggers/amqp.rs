@@ -82,6 +82,9 @@ pub struct Consumer {
     bindings: Arc<Vec<Arc<Binding>>>,
     reactor: Reactor,
     endpoint: Endpoint,
+    /// Tells this consumer's state apart from a successor's on the same
+    /// queue (`AmqpMetrics::consumers`).
+    id: u64,
 }
 
 impl Consumer {
@@ -91,11 +94,13 @@ impl Consumer {
         reactor: Reactor,
         endpoint: Endpoint,
     ) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
             queue,
             bindings: Arc::new(bindings),
             reactor,
             endpoint,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -121,11 +126,14 @@ impl Consumer {
     /// being down only delays this consumer; nothing else waits for it.
     async fn run(self, stop: CancellationToken) {
         let mut backoff = Backoff::default();
+        self.metrics()
+            .set_consumer(&self.queue, self.id, "connecting", None);
         loop {
             let started = Instant::now();
             let mut consumed = false;
             let outcome = self.session(&stop, &mut consumed).await;
             if stop.is_cancelled() {
+                self.metrics().remove_consumer(&self.queue, self.id);
                 return;
             }
             // A session that consumed was a working connection: a broker
@@ -136,15 +144,21 @@ impl Consumer {
             }
             let delay = backoff.next_delay();
             self.metrics().reconnects.fetch_add(1, Ordering::Relaxed);
+            let error = outcome.err().map(|e| e.to_string()).unwrap_or_default();
             tracing::warn!(
                 queue = %self.queue,
                 broker = %self.endpoint.describe(),
-                error = %outcome.err().map(|e| e.to_string()).unwrap_or_default(),
+                error = %error,
                 retry_in_ms = delay.as_millis() as u64,
                 "AMQP consumer disconnected; reconnecting."
             );
+            self.metrics()
+                .set_consumer(&self.queue, self.id, "reconnecting", Some(error));
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    self.metrics().remove_consumer(&self.queue, self.id);
+                    return;
+                }
                 _ = tokio::time::sleep(delay) => {}
             }
         }
@@ -201,6 +215,8 @@ impl Consumer {
             "Consuming AMQP queue."
         );
         self.metrics().consuming.fetch_add(1, Ordering::Relaxed);
+        self.metrics()
+            .set_consumer(&self.queue, self.id, "consuming", None);
         *consumed = true;
         // Deliveries this session holds unacked.
         let held = Arc::new(AtomicU64::new(0));
