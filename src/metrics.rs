@@ -1,5 +1,6 @@
 //! Counters and gauges for `/metrics`, in one place: every component that
-//! counts gets its struct from here, and `api` renders them. Plain atomics,
+//! counts gets its struct from here, and `api` renders them. Plain atomics
+//! (and, for the AMQP consumers' states, a map held only to copy an entry),
 //! so reading them is O(1) and never waits for the engine.
 
 use std::sync::atomic::AtomicU64;
@@ -80,4 +81,82 @@ pub struct AmqpMetrics {
     pub unacked_max: AtomicU64,
     /// Consumers currently connected and consuming.
     pub consuming: AtomicU64,
+    /// What each queue's consumer is doing, by queue (`GET /bindings`
+    /// shows it beside the queue's bindings). Held only to copy an entry.
+    pub consumers: std::sync::Mutex<std::collections::HashMap<String, ConsumerState>>,
+}
+
+/// One queue's consumer, as `GET /bindings` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerState {
+    /// Which consumer wrote it (numbered in the order they start): a
+    /// consumer replaced by a reload must not overwrite or remove its
+    /// successor's entry as it stops.
+    pub owner: u64,
+    /// `connecting`, `consuming` or `reconnecting`.
+    pub status: &'static str,
+    /// Why the last session ended, while `reconnecting` (a broker that
+    /// cannot be reached, a TLS certificate refused, a channel error).
+    pub error: Option<String>,
+    /// When the status last changed (RFC 3339).
+    pub since: String,
+}
+
+impl AmqpMetrics {
+    /// Records what `queue`'s consumer `owner` is doing, unless a newer
+    /// consumer (a higher `owner`) has taken the queue over: the one it
+    /// replaced may still be winding down.
+    pub fn set_consumer(
+        &self,
+        queue: &str,
+        owner: u64,
+        status: &'static str,
+        error: Option<String>,
+    ) {
+        let state = ConsumerState {
+            owner,
+            status,
+            error,
+            since: crate::time::format(crate::time::now()),
+        };
+        if let Ok(mut consumers) = self.consumers.lock()
+            && consumers.get(queue).is_none_or(|c| c.owner <= owner)
+        {
+            consumers.insert(queue.to_string(), state);
+        }
+    }
+
+    /// Forgets `queue`'s consumer, unless another one has taken its place.
+    pub fn remove_consumer(&self, queue: &str, owner: u64) {
+        if let Ok(mut consumers) = self.consumers.lock()
+            && consumers.get(queue).is_some_and(|c| c.owner == owner)
+        {
+            consumers.remove(queue);
+        }
+    }
+
+    /// What `queue`'s consumer is doing; None when the queue has none.
+    pub fn consumer(&self, queue: &str) -> Option<ConsumerState> {
+        self.consumers.lock().ok()?.get(queue).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reload replaces a queue's consumer while the old one winds down:
+    /// whatever the old one writes late, the queue shows the new one.
+    #[test]
+    fn a_replaced_consumer_never_hides_its_successor() {
+        let amqp = AmqpMetrics::default();
+        amqp.set_consumer("q", 1, "consuming", None);
+        amqp.set_consumer("q", 2, "connecting", None);
+        amqp.set_consumer("q", 1, "reconnecting", Some("closed".into()));
+        amqp.remove_consumer("q", 1);
+        let shown = amqp.consumer("q").map(|c| (c.owner, c.status));
+        assert_eq!(shown, Some((2, "connecting")));
+        amqp.remove_consumer("q", 2);
+        assert_eq!(amqp.consumer("q"), None);
+    }
 }

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::triggers::{Daemon, Project};
 use crate::util::broker;
 
-fn amqp_binding(name: &str, exchange: &str, queue: &str, extra: Value) -> Value {
+pub(crate) fn amqp_binding(name: &str, exchange: &str, queue: &str, extra: Value) -> Value {
     let mut on = json!({"exchange": exchange, "routing_key": "orders.#", "queue": queue});
     if let (Value::Object(on), Value::Object(extra)) = (&mut on, extra) {
         on.extend(extra);
@@ -74,7 +74,12 @@ async fn wait_metric(
 }
 
 /// Waits until `workflow` has `n` runs, all ended; returns them.
-async fn wait_ended(daemon: &Daemon, workflow: &str, n: usize, within: Duration) -> Vec<Value> {
+pub(crate) async fn wait_ended(
+    daemon: &Daemon,
+    workflow: &str,
+    n: usize,
+    within: Duration,
+) -> Vec<Value> {
     let deadline = Instant::now() + within;
     loop {
         let runs = daemon.runs(workflow).await;
@@ -109,7 +114,7 @@ async fn wait_ended(daemon: &Daemon, workflow: &str, n: usize, within: Duration)
 }
 
 /// Asserts every `n` in `0..count` has exactly one run.
-fn exactly_once(runs: &[Value], count: usize) {
+pub(crate) fn exactly_once(runs: &[Value], count: usize) {
     let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
     for run in runs {
         *seen
@@ -128,7 +133,7 @@ fn exactly_once(runs: &[Value], count: usize) {
     assert_eq!(runs.len(), count);
 }
 
-fn json_message(n: usize, id: Option<String>) -> (String, Vec<u8>, BasicProperties) {
+pub(crate) fn json_message(n: usize, id: Option<String>) -> (String, Vec<u8>, BasicProperties) {
     let mut properties = BasicProperties::default().with_content_type("application/json".into());
     if let Some(id) = id {
         properties = properties.with_message_id(id.into());
@@ -438,7 +443,7 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_the_stream_flows_on() {
     broker::delete_queues(&[&queue, &dlq]).await;
 }
 
-fn publishing_workflow(project: &Project, name: &str, task: Value) {
+pub(crate) fn publishing_workflow(project: &Project, name: &str, task: Value) {
     crate::util::write_workflow(
         &project.root().join("workflows"),
         name,
@@ -775,7 +780,7 @@ async fn proxied_daemon(
 }
 
 /// Waits until the daemon's consumer is consuming.
-async fn wait_consuming(daemon: &Daemon, what: &str) {
+pub(crate) async fn wait_consuming(daemon: &Daemon, what: &str) {
     wait_metric(
         daemon,
         "switchyard_amqp_consumers",

@@ -5,6 +5,7 @@
 mod util;
 
 mod amqp;
+mod amqps;
 mod api;
 mod bindings;
 mod cli;

@@ -7,8 +7,12 @@
 //! connection and starts over with backoff. That way recovery re-applies
 //! exactly the state we declared, `basic_qos` included, and the code path
 //! after a reconnect is the same as at start-up.
+//!
+//! An [`Endpoint`] is where and how to connect: the parsed URL and, for
+//! `amqps://`, the TLS settings of `amqp.tls` ([`tls`]).
 
 pub mod outbox;
+pub mod tls;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -16,8 +20,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::uri::AMQPUri;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use serde_json::{Map, Value};
 
@@ -60,10 +65,12 @@ pub fn redact_url(url: &str) -> Option<String> {
     Some(describe(&uri))
 }
 
-/// `amqp://user@host:port/vhost`: where we connect, without the password.
+/// `amqp://user@host:port/vhost` (or `amqps://`): where we connect,
+/// without the password.
 pub fn describe(uri: &AMQPUri) -> String {
     format!(
-        "amqp://{}@{}:{}/{}",
+        "{}://{}@{}:{}/{}",
+        uri.scheme,
         uri.authority.userinfo.username,
         uri.authority.host,
         uri.authority.port,
@@ -76,6 +83,56 @@ pub fn percent_vhost(vhost: &str) -> String {
     vhost.replace('%', "%25").replace('/', "%2f")
 }
 
+/// Where and how to connect: the broker's URL and, used with `amqps://`,
+/// the TLS settings (extra CA certificates, a client certificate).
+#[derive(Clone)]
+pub struct Endpoint {
+    pub uri: AMQPUri,
+    tls: OwnedTLSConfig,
+}
+
+impl std::fmt::Debug for Endpoint {
+    // Not derived: the TLS settings hold the client's private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("broker", &describe(&self.uri))
+            .field("extra_ca", &self.tls.cert_chain.is_some())
+            .field("client_cert", &self.tls.identity.is_some())
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// A URL with no TLS settings of its own (`amqps://` checks the broker
+    /// against the system's roots).
+    pub fn new(url: &str) -> Result<Self, String> {
+        Ok(Self {
+            uri: parse_url(url)?,
+            tls: OwnedTLSConfig::default(),
+        })
+    }
+
+    /// The config's broker ([`broker_url`]) with its `amqp.tls` files.
+    pub fn from_config(config: &crate::spec::Config) -> Result<Self, String> {
+        let mut endpoint = Self::new(&broker_url(config))?;
+        if let Some(files) = config.amqp.as_ref().and_then(|a| a.tls.as_ref()) {
+            endpoint.tls = tls::load(files).map_err(|e| e.to_string())?;
+            if endpoint.uri.scheme != AMQPScheme::AMQPS {
+                tracing::warn!(
+                    broker = %describe(&endpoint.uri),
+                    "amqp.tls is set but the broker URL is not amqps://; connecting without TLS."
+                );
+            }
+        }
+        Ok(endpoint)
+    }
+
+    /// `amqps://user@host:port/vhost`, without the password.
+    pub fn describe(&self) -> String {
+        describe(&self.uri)
+    }
+}
+
 /// Why a connection to the broker could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -85,28 +142,103 @@ pub enum ConnectError {
         #[source]
         source: lapin::Error,
     },
+    /// The broker's certificate was refused: not signed by a trusted CA,
+    /// not for this host, expired.
+    #[error(
+        "cannot connect to {broker}: TLS certificate verification failed for {peer}: {source}{}",
+        certificate_hint(.source)
+    )]
+    Certificate {
+        broker: String,
+        peer: String,
+        #[source]
+        source: rustls::Error,
+    },
+    /// Any other TLS failure: the handshake, or the broker refusing our
+    /// client certificate.
+    #[error("cannot connect to {broker}: TLS with {peer} failed: {source}{}", tls_hint(.source))]
+    Tls {
+        broker: String,
+        peer: String,
+        #[source]
+        source: rustls::Error,
+    },
     #[error("cannot connect to {broker}: no answer within {}s", .after.as_secs())]
     Timeout { broker: String, after: Duration },
 }
 
+fn certificate_hint(error: &rustls::Error) -> &'static str {
+    match error {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+            " (no CA in amqp.tls.ca_file or the system's roots signed it)"
+        }
+        _ => "",
+    }
+}
+
+fn tls_hint(error: &rustls::Error) -> &'static str {
+    use rustls::AlertDescription as Alert;
+    match error {
+        rustls::Error::AlertReceived(Alert::CertificateRequired) => {
+            " (the broker requires a client certificate: amqp.tls.cert_file and key_file)"
+        }
+        rustls::Error::AlertReceived(
+            Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::UnsupportedCertificate,
+        ) => " (the broker refused the client certificate of amqp.tls.cert_file)",
+        _ => "",
+    }
+}
+
 /// Connects once, within [`CONNECT_TIMEOUT`]. `name` shows in the broker's
 /// connection list.
-pub async fn connect(uri: &AMQPUri, name: &str) -> Result<Connection, ConnectError> {
+pub async fn connect(endpoint: &Endpoint, name: &str) -> Result<Connection, ConnectError> {
+    crate::tls::install_provider();
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("switchyard {name} (pid {})", std::process::id()).into());
-    match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        Connection::connect_uri(uri.clone(), properties),
-    )
-    .await
-    {
+    let broker = || endpoint.describe();
+    let connecting = async {
+        let runtime = lapin::runtime::default_runtime()?;
+        Connection::connect_uri_with_config(
+            endpoint.uri.clone(),
+            properties,
+            endpoint.tls.clone(),
+            runtime,
+        )
+        .await
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(source)) => Err(ConnectError::Failed {
-            broker: describe(uri),
-            source,
-        }),
+        Ok(Err(source)) => {
+            let peer = || {
+                format!(
+                    "{}:{}",
+                    endpoint.uri.authority.host, endpoint.uri.authority.port
+                )
+            };
+            Err(match tls::tls_cause(&source) {
+                Some(e @ rustls::Error::InvalidCertificate(_)) => ConnectError::Certificate {
+                    broker: broker(),
+                    peer: peer(),
+                    source: e.clone(),
+                },
+                Some(e) => ConnectError::Tls {
+                    broker: broker(),
+                    peer: peer(),
+                    source: e.clone(),
+                },
+                None => ConnectError::Failed {
+                    broker: broker(),
+                    source,
+                },
+            })
+        }
         Err(_) => Err(ConnectError::Timeout {
-            broker: describe(uri),
+            broker: broker(),
             after: CONNECT_TIMEOUT,
         }),
     }
@@ -319,7 +451,7 @@ pub struct Broker {
 }
 
 struct BrokerInner {
-    uri: Result<AMQPUri, String>,
+    endpoint: Result<Endpoint, String>,
     events_exchange: Option<String>,
     session: tokio::sync::Mutex<Option<(Connection, Channel)>>,
     /// Exchanges seen to exist on this connection. Publishing to a missing
@@ -352,7 +484,12 @@ impl std::fmt::Debug for Broker {
         f.debug_struct("Broker")
             .field(
                 "url",
-                &self.inner.uri.as_ref().map(describe).unwrap_or_default(),
+                &self
+                    .inner
+                    .endpoint
+                    .as_ref()
+                    .map(Endpoint::describe)
+                    .unwrap_or_default(),
             )
             .field("events_exchange", &self.inner.events_exchange)
             .finish()
@@ -360,10 +497,20 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
+    /// A broker at `url`, with no TLS settings of its own.
     pub fn new(url: &str, events_exchange: Option<String>) -> Self {
+        Self::with_endpoint(Endpoint::new(url), events_exchange)
+    }
+
+    /// A broker at `endpoint`; an error (a bad URL, an unusable TLS file)
+    /// is what every publish fails with.
+    pub fn with_endpoint(
+        endpoint: Result<Endpoint, String>,
+        events_exchange: Option<String>,
+    ) -> Self {
         Self {
             inner: Arc::new(BrokerInner {
-                uri: parse_url(url),
+                endpoint,
                 events_exchange: events_exchange.filter(|e| !e.is_empty()),
                 session: tokio::sync::Mutex::new(None),
                 known: std::sync::Mutex::new(std::collections::HashSet::new()),
@@ -374,16 +521,17 @@ impl Broker {
         }
     }
 
-    /// From the config's `amqp` section (or `AMQP_URL`, or the default).
+    /// From the config's `amqp` section (or `AMQP_URL`, or the default),
+    /// with its `amqp.tls` files.
     pub fn from_config(config: &crate::spec::Config) -> Self {
-        Self::new(
-            &broker_url(config),
+        Self::with_endpoint(
+            Endpoint::from_config(config),
             config.amqp.as_ref().and_then(|a| a.events_exchange.clone()),
         )
     }
 
-    pub fn uri(&self) -> Result<&AMQPUri, String> {
-        self.inner.uri.as_ref().map_err(Clone::clone)
+    pub fn endpoint(&self) -> Result<&Endpoint, String> {
+        self.inner.endpoint.as_ref().map_err(Clone::clone)
     }
 
     /// Where lifecycle events go; none are recorded without it.
@@ -409,8 +557,8 @@ impl Broker {
         }
         *session = None;
         self.forget_exchanges();
-        let uri = self.uri().map_err(PublishError::Broker)?;
-        let connection = connect(uri, "publisher")
+        let endpoint = self.endpoint().map_err(PublishError::Broker)?;
+        let connection = connect(endpoint, "publisher")
             .await
             .map_err(|e| PublishError::Broker(e.to_string()))?;
         let channel = confirm_channel(&connection).await?;
@@ -735,10 +883,10 @@ pub async fn exchange_exists(channel: &Channel, name: ShortString) -> lapin::Res
 
 /// Whether a broker answers at this URL (tests and benches use it to skip).
 pub async fn reachable(url: &str) -> bool {
-    let Ok(uri) = parse_url(url) else {
+    let Ok(endpoint) = Endpoint::new(url) else {
         return false;
     };
-    match connect(&uri, "probe").await {
+    match connect(&endpoint, "probe").await {
         Ok(connection) => {
             let _ = connection.close(200, "probe".into()).await;
             true
@@ -750,6 +898,28 @@ pub async fn reachable(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn where_we_connect_is_shown_with_its_scheme_and_without_the_password() {
+        let shown = |url: &str| describe(&parse_url(url).unwrap());
+        assert_eq!(
+            shown("amqps://user:s3cret@broker.example:5671/prod"),
+            "amqps://user@broker.example:5671/prod"
+        );
+        assert_eq!(
+            shown("amqp://guest:guest@localhost/%2f"),
+            "amqp://guest@localhost:5672/%2f"
+        );
+        // amqps without a port: the TLS port.
+        assert_eq!(
+            shown("amqps://u:p@broker.example/%2f"),
+            "amqps://u@broker.example:5671/%2f"
+        );
+        assert_eq!(
+            redact_url("amqps://u:hunter2@h:5671/v").as_deref(),
+            Some("amqps://u@h:5671/v")
+        );
+    }
 
     fn at<'a>(exchange: &'a str, key: &'a str, id: Option<&'a str>) -> Returned<'a> {
         Returned {

@@ -171,7 +171,20 @@ pub fn binding_json(binding: &Binding) -> Value {
 
 pub async fn list_bindings(State(state): State<AppState>) -> Result<Json<Value>, Error> {
     let registry = state.registry()?;
-    let bindings: Vec<Value> = registry.bindings().map(|b| binding_json(b)).collect();
+    let amqp = &state.reactor.metrics().amqp;
+    let bindings: Vec<Value> = registry
+        .bindings()
+        .map(|b| {
+            let mut out = binding_json(b);
+            // An amqp binding's queue consumer: consuming, or why not.
+            if let Trigger::Amqp(a) = &b.trigger {
+                out["consumer"] = amqp.consumer(&a.queue).map_or(Value::Null, |c| {
+                    json!({"queue": a.queue, "status": c.status, "error": c.error, "since": c.since})
+                });
+            }
+            out
+        })
+        .collect();
     let errors = super::diagnostics_json(&registry.errors);
     let in_use: std::collections::HashSet<&str> = registry
         .bindings()

@@ -64,6 +64,30 @@ pub struct AmqpConfig {
     /// Exchange for lifecycle events; none are published without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events_exchange: Option<String>,
+    /// TLS for an `amqps://` URL: a private CA, a client certificate.
+    /// Without it, an `amqps://` broker's certificate is checked against
+    /// the system's roots. Not used with `amqp://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<AmqpTlsConfig>,
+}
+
+/// `amqp.tls`: the files for TLS to the broker (`amqps://` URLs), PEM,
+/// relative paths against the project dir. Read and checked at start-up.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpTlsConfig {
+    /// CA certificates (PEM) trusted for the broker's certificate in
+    /// addition to the system's roots: a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM, the leaf first, then any intermediates)
+    /// for brokers that require mutual TLS; set with `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert_file` (PEM: PKCS#8, PKCS#1 or SEC1,
+    /// unencrypted); set with `cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// A named database connection.
@@ -185,6 +209,19 @@ impl Config {
                     c.error("amqp.events_exchange", "is over 255 bytes, AMQP's limit");
                 }
             }
+            if let Some(tls) = &amqp.tls {
+                match (&tls.cert_file, &tls.key_file) {
+                    (Some(_), None) => c.error(
+                        "amqp.tls.cert_file",
+                        "is set without amqp.tls.key_file: a client certificate needs both",
+                    ),
+                    (None, Some(_)) => c.error(
+                        "amqp.tls.cert_file",
+                        "is missing: amqp.tls.key_file is set, and a client certificate needs both",
+                    ),
+                    _ => {}
+                }
+            }
         }
         for (name, connection) in &config.connections {
             let at = format!("connections.{name}");
@@ -211,7 +248,17 @@ impl Config {
             return Err(Diagnostics(c.diagnostics));
         }
         let base = file.parent().unwrap_or(Path::new("."));
-        Ok(config.resolved(base))
+        let config = config.resolved(base);
+        // The TLS files are checked here (the broker reads them again for
+        // its connections), so a missing or broken one stops `validate`
+        // and `serve` before anything connects.
+        if let Some(tls) = config.amqp.as_ref().and_then(|a| a.tls.as_ref())
+            && let Err(e) = crate::amqp::tls::load(tls)
+        {
+            c.error(e.json_path(), e.detail());
+            return Err(Diagnostics(c.diagnostics));
+        }
+        Ok(config)
     }
 
     /// The retention periods (defaults for what is not set); the key and
@@ -268,6 +315,11 @@ impl Config {
                 .take()
                 .unwrap_or_else(|| PathBuf::from(".switchyard")),
         ));
+        if let Some(tls) = self.amqp.as_mut().and_then(|a| a.tls.as_mut()) {
+            for file in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file] {
+                *file = file.take().map(resolve);
+            }
+        }
         self
     }
 

@@ -34,14 +34,13 @@ use lapin::options::{
     BasicRejectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ExchangeKind};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{
-    Backoff, connect, declare_exchange, describe, exchange_exists, field_table_json, percent_vhost,
+    Backoff, Endpoint, connect, declare_exchange, exchange_exists, field_table_json, percent_vhost,
     short,
 };
 use crate::log::Outcome;
@@ -82,16 +81,26 @@ pub struct Consumer {
     queue: String,
     bindings: Arc<Vec<Arc<Binding>>>,
     reactor: Reactor,
-    uri: AMQPUri,
+    endpoint: Endpoint,
+    /// Tells this consumer's state apart from a successor's on the same
+    /// queue (`AmqpMetrics::consumers`).
+    id: u64,
 }
 
 impl Consumer {
-    pub fn new(queue: String, bindings: Vec<Arc<Binding>>, reactor: Reactor, uri: AMQPUri) -> Self {
+    pub fn new(
+        queue: String,
+        bindings: Vec<Arc<Binding>>,
+        reactor: Reactor,
+        endpoint: Endpoint,
+    ) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
             queue,
             bindings: Arc::new(bindings),
             reactor,
-            uri,
+            endpoint,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -117,11 +126,14 @@ impl Consumer {
     /// being down only delays this consumer; nothing else waits for it.
     async fn run(self, stop: CancellationToken) {
         let mut backoff = Backoff::default();
+        self.metrics()
+            .set_consumer(&self.queue, self.id, "connecting", None);
         loop {
             let started = Instant::now();
             let mut consumed = false;
             let outcome = self.session(&stop, &mut consumed).await;
             if stop.is_cancelled() {
+                self.metrics().remove_consumer(&self.queue, self.id);
                 return;
             }
             // A session that consumed was a working connection: a broker
@@ -132,15 +144,21 @@ impl Consumer {
             }
             let delay = backoff.next_delay();
             self.metrics().reconnects.fetch_add(1, Ordering::Relaxed);
+            let error = outcome.err().map(|e| e.to_string()).unwrap_or_default();
             tracing::warn!(
                 queue = %self.queue,
-                broker = %describe(&self.uri),
-                error = %outcome.err().map(|e| e.to_string()).unwrap_or_default(),
+                broker = %self.endpoint.describe(),
+                error = %error,
                 retry_in_ms = delay.as_millis() as u64,
                 "AMQP consumer disconnected; reconnecting."
             );
+            self.metrics()
+                .set_consumer(&self.queue, self.id, "reconnecting", Some(error));
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    self.metrics().remove_consumer(&self.queue, self.id);
+                    return;
+                }
                 _ = tokio::time::sleep(delay) => {}
             }
         }
@@ -155,7 +173,7 @@ impl Consumer {
         let name = format!("consumer {}", self.queue);
         let connection = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            connection = connect(&self.uri, &name) => connection?,
+            connection = connect(&self.endpoint, &name) => connection?,
         };
         let result = self.consume(&connection, stop, consumed).await;
         // Close within a bound: a dead peer must not hold the next session up.
@@ -193,10 +211,12 @@ impl Consumer {
             queue = %self.queue,
             prefetch,
             bindings = self.bindings.len(),
-            broker = %describe(&self.uri),
+            broker = %self.endpoint.describe(),
             "Consuming AMQP queue."
         );
         self.metrics().consuming.fetch_add(1, Ordering::Relaxed);
+        self.metrics()
+            .set_consumer(&self.queue, self.id, "consuming", None);
         *consumed = true;
         // Deliveries this session holds unacked.
         let held = Arc::new(AtomicU64::new(0));
@@ -369,7 +389,7 @@ impl Consumer {
                 delivery.data.len()
             ))
         } else {
-            decode(&delivery, &self.queue, &self.uri.vhost)
+            decode(&delivery, &self.queue, &self.endpoint.uri.vhost)
         };
         let event = match decoded {
             Ok(event) => event,
@@ -554,11 +574,11 @@ async fn unbind(
 /// (so nothing new arrives), and it is recorded as left without a binding,
 /// for `GET /bindings` and the log. The queue itself, durable and perhaps
 /// holding messages, is the operator's to delete.
-pub async fn release_queue(queue: String, log: crate::log::Log, uri: AMQPUri) {
+pub async fn release_queue(queue: String, log: crate::log::Log, endpoint: Endpoint) {
     let pairs = bound_by_us(&log, &queue);
     if !pairs.is_empty() {
         let result = async {
-            let connection = connect(&uri, &format!("unbind {queue}")).await?;
+            let connection = connect(&endpoint, &format!("unbind {queue}")).await?;
             let channel = open(&connection).await?;
             let outcome = unbind(&connection, channel, &queue, &pairs)
                 .await

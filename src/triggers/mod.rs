@@ -28,7 +28,7 @@ type Group = (Vec<Arc<Binding>>, CancellationToken);
 pub struct Triggers {
     reactor: Reactor,
     /// Where amqp bindings consume from (or why the URL is unusable).
-    broker: Result<lapin::uri::AMQPUri, String>,
+    broker: Result<crate::amqp::Endpoint, String>,
     queues: HashMap<String, Group>,
     clock: Arc<dyn crate::time::Clock>,
     stop: CancellationToken,
@@ -55,7 +55,7 @@ impl Triggers {
     ) -> Self {
         Self {
             reactor,
-            broker: broker.uri().cloned(),
+            broker: broker.endpoint().cloned(),
             queues: HashMap::new(),
             clock,
             stop,
@@ -108,26 +108,26 @@ impl Triggers {
         }
 
         let queues = amqp::groups(&bindings);
-        if let Ok(uri) = &self.broker {
+        if let Ok(endpoint) = &self.broker {
             // Queues switchyard bound that no binding uses now (removed by a
             // reload, or while the daemon was down).
             let log = self.reactor.runtime().log();
             for (queue, pairs) in amqp::queues_bound(log) {
                 if !pairs.is_empty() && !queues.contains_key(&queue) {
-                    tokio::spawn(amqp::release_queue(queue, log.clone(), uri.clone()));
+                    tokio::spawn(amqp::release_queue(queue, log.clone(), endpoint.clone()));
                 }
             }
         }
         for (queue, group) in keep_unchanged(&mut self.queues, queues) {
-            let uri = match &self.broker {
-                Ok(uri) => uri.clone(),
+            let endpoint = match &self.broker {
+                Ok(endpoint) => endpoint.clone(),
                 Err(e) => {
-                    tracing::error!(queue, error = %e, "Cannot consume: the AMQP URL is unusable.");
+                    tracing::error!(queue, error = %e, "Cannot consume: the broker URL or its TLS files are unusable.");
                     continue;
                 }
             };
             let token = self.stop.child_token();
-            amqp::Consumer::new(queue.clone(), group.clone(), self.reactor.clone(), uri)
+            amqp::Consumer::new(queue.clone(), group.clone(), self.reactor.clone(), endpoint)
                 .spawn(token.clone());
             self.queues.insert(queue, (group, token));
         }

@@ -396,6 +396,9 @@ impl SilentProxy {
                             };
                             match read {
                                 Ok(0) | Err(_) => break,
+                                // Silenced while this read waited: what it
+                                // got is swallowed, as by a hung peer.
+                                Ok(_) if number <= quiet.load(Ordering::Relaxed) => continue,
                                 Ok(n) => {
                                     if to.write_all(&buf[..n]).await.is_err() {
                                         break;

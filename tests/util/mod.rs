@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod db;
+pub mod tls_proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
