@@ -11,6 +11,7 @@ mod bindings;
 mod cli;
 mod daemon;
 mod engine;
+mod examples;
 mod fuzz_corpora;
 mod golden;
 mod http;
