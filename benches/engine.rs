@@ -10,7 +10,10 @@
 //!    job with a script would do): the difference is switchyard's overhead;
 //! 4. the floor: one sled insert + flush, i.e. the cost of one group commit;
 //! 5. 1,000 `http` GETs to a local server as tasks (ten runs of a 100-task
-//!    chain) against 1,000 GETs from a plain reqwest loop on one client.
+//!    chain) against 1,000 GETs from a plain reqwest loop on one client;
+//! 6. 1,000 `sql` tasks running `select 1` on the local PostgreSQL (ten runs
+//!    of a 100-task chain) against a plain sqlx loop on one pooled
+//!    connection (skipped, saying so, when PostgreSQL is not reachable).
 //!
 //! `BENCH_QUICK=1` shrinks the sizes for a smoke run.
 
@@ -110,7 +113,90 @@ fn main() {
             ours - plain,
             ours / plain
         );
+
+        match sql_chain(n, rounds).await {
+            Some((ours, plain)) => {
+                println!(
+                    "{} sequential `sql` tasks (select 1):   {:>8.3} ms/task ({rounds} runs of a {n}-task chain, local PostgreSQL)",
+                    n * rounds,
+                    ours
+                );
+                println!(
+                    "{} × select 1, a plain sqlx loop:       {:>8.3} ms/query (one pooled connection)",
+                    n * rounds,
+                    plain
+                );
+                println!(
+                    "switchyard's added cost per sql task:           {:>8.3} ms  (target ≤ +0.3 ms; {:.1}× the plain loop's time)",
+                    ours - plain,
+                    ours / plain
+                );
+            }
+            None => println!("SKIPPED sql tasks: PostgreSQL at {PG_URL} is not reachable"),
+        }
     });
+}
+
+const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Milliseconds per task of `rounds` runs of an `n`-task chain of `sql`
+/// tasks running `select 1`, and per query of as many from a plain sqlx
+/// loop on one pooled connection. None: no PostgreSQL here.
+async fn sql_chain(n: usize, rounds: usize) -> Option<(f64, f64)> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(PG_URL)
+        .await
+        .ok()?;
+    let dir = data_dir("sql");
+    let databases = switchyard::executors::sql::Databases::new(
+        std::collections::BTreeMap::from([(
+            "pg".to_string(),
+            switchyard::executors::sql::Connection {
+                url: PG_URL.to_string(),
+                max_connections: None,
+            },
+        )]),
+        dir.path(),
+    );
+    let runtime = Runtime::start(RuntimeConfig {
+        databases,
+        ..RuntimeConfig::new(dir.path())
+    })
+    .expect("runtime");
+    let handle = runtime.handle();
+    let wf = chain(
+        "sql_chain",
+        n,
+        json!({"sql": {"connection": "pg", "query": "select 1"}}),
+    );
+    // Warm both up (the pools' connections, prepared statements).
+    handle
+        .run_to_end(wf.clone(), Map::new(), None, |_| {})
+        .await
+        .expect("run");
+    let _: i32 = sqlx::query_scalar("select 1").fetch_one(&pool).await.ok()?;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let record = handle
+            .run_to_end(wf.clone(), Map::new(), None, |_| {})
+            .await
+            .expect("run");
+        assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
+    }
+    let ours = ms(started.elapsed()) / (n * rounds) as f64;
+    let started = Instant::now();
+    for _ in 0..n * rounds {
+        let one: i32 = sqlx::query_scalar("select 1")
+            .fetch_one(&pool)
+            .await
+            .expect("select 1");
+        assert_eq!(one, 1);
+    }
+    let plain = ms(started.elapsed()) / (n * rounds) as f64;
+    runtime.shutdown().await;
+    Some((ours, plain))
 }
 
 /// A local HTTP server answering `GET /ok` with a small JSON body.

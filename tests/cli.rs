@@ -703,3 +703,31 @@ fn an_output_over_one_mebibyte_fails_the_attempt_with_a_clear_error() {
     );
     assert_eq!(record["tasks"]["a"]["attempts"], json!(1), "not retried");
 }
+
+#[test]
+fn a_connection_password_is_redacted_like_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = "conn-pw-5c1e7d9a";
+    std::fs::write(
+        dir.path().join("switchyard.json"),
+        format!(
+            r#"{{"connections": {{"shop": {{"url": "postgres://app:{password}@127.0.0.1:1/shop"}}}}}}"#
+        ),
+    )
+    .unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "leak",
+        &json!({"name": "leak", "tasks": [
+            {"id": "echo", "shell": {"script": "echo \"{\\\"said\\\": \\\"$PW\\\"}\" > \"$SWITCHYARD_OUTPUT\"; echo \"$PW\"",
+                                     "env": {"PW": password}}},
+        ]}),
+    );
+    let (_, record) = run_json(dir.path(), &file, &[]);
+    let text = record.to_string();
+    assert!(!text.contains(password), "{text}");
+    assert_eq!(
+        record["tasks"]["echo"]["output"]["said"], "[redacted]",
+        "{record}"
+    );
+}

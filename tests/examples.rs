@@ -22,13 +22,18 @@ use crate::util::db;
 
 fn examples() -> HashMap<String, Arc<Workflow>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/workflows");
-    ["campaign", "publish_promotion", "daily_operations", "notify_failure"]
-        .iter()
-        .map(|name| {
-            let workflow = Workflow::load(&dir.join(format!("{name}.json"))).unwrap();
-            (name.to_string(), Arc::new(workflow))
-        })
-        .collect()
+    [
+        "campaign",
+        "publish_promotion",
+        "daily_operations",
+        "notify_failure",
+    ]
+    .iter()
+    .map(|name| {
+        let workflow = Workflow::load(&dir.join(format!("{name}.json"))).unwrap();
+        (name.to_string(), Arc::new(workflow))
+    })
+    .collect()
 }
 
 /// A local alerting endpoint: every JSON body it was sent.
@@ -56,7 +61,10 @@ async fn alert_server() -> (String, Arc<Mutex<Vec<Value>>>) {
 async fn query(handle: &RuntimeHandle, sql: &str) -> Vec<Value> {
     let wf = crate::util::workflow(json!({"name": "check", "tasks": [
         {"id": "q", "sql": {"connection": "shop", "query": sql}}]}));
-    let run = handle.run_to_end(wf, Map::new(), None, |_| {}).await.unwrap();
+    let run = handle
+        .run_to_end(wf, Map::new(), None, |_| {})
+        .await
+        .unwrap();
     assert_eq!(run.status, RunStatus::Succeeded, "{sql}: {run:?}");
     run.tasks["q"]["output"]["rows"].as_array().unwrap().clone()
 }
@@ -99,9 +107,7 @@ async fn the_examples_end_as_the_seeds_describe(url: String) {
     let (alert_url, alerts) = alert_server().await;
     let cache_dir = dir.path().join("cache");
     let promo_dir = dir.path().join("promotions");
-    let common = |day: &str| {
-        json!({"day": day, "alert_url": alert_url, "cache_dir": cache_dir.to_str().unwrap()})
-    };
+    let common = |day: &str| json!({"day": day, "alert_url": alert_url, "cache_dir": cache_dir.to_str().unwrap()});
 
     // The success path: today's campaign is launched, in order, with its
     // id; the ended autumn campaign is aggregated and archived.
@@ -109,7 +115,13 @@ async fn the_examples_end_as_the_seeds_describe(url: String) {
     assert_eq!(first.status, RunStatus::Succeeded, "{first:?}");
     let id = first.vars["campaign_id"].as_i64().unwrap();
     assert_eq!(id, 2);
-    let order = ["bootstrap_metrics", "update_banners", "warm_cache", "send_notifications", "mark_launched"];
+    let order = [
+        "bootstrap_metrics",
+        "update_banners",
+        "warm_cache",
+        "send_notifications",
+        "mark_launched",
+    ];
     for pair in order.windows(2) {
         let ended = first.tasks[pair[0]]["ended_at"].as_str().unwrap();
         let started = first.tasks[pair[1]]["started_at"].as_str().unwrap();
@@ -120,14 +132,22 @@ async fn the_examples_end_as_the_seeds_describe(url: String) {
     }
     assert!(cache_dir.join(format!("campaign-{id}.json")).exists());
     assert_eq!(
-        query(&handle, "select id, name, status from campaigns order by id").await,
+        query(
+            &handle,
+            "select id, name, status from campaigns order by id"
+        )
+        .await,
         vec![
             json!({"id": 1, "name": "autumn-sale", "status": "archived"}),
             json!({"id": 2, "name": "winter-sale", "status": "launched"}),
         ]
     );
     assert_eq!(
-        query(&handle, "select campaign_id, day, sent, opened from campaign_reports").await,
+        query(
+            &handle,
+            "select campaign_id, day, sent, opened from campaign_reports"
+        )
+        .await,
         vec![json!({"campaign_id": 1, "day": "2026-12-01", "sent": 1200, "opened": 340})]
     );
     assert_eq!(
@@ -135,7 +155,11 @@ async fn the_examples_end_as_the_seeds_describe(url: String) {
         vec![json!({"campaign_id": 2, "slot": "home"})]
     );
     assert_eq!(
-        query(&handle, "select campaign_id, channel, recipients from notifications").await,
+        query(
+            &handle,
+            "select campaign_id, channel, recipients from notifications"
+        )
+        .await,
         vec![json!({"campaign_id": 2, "channel": "email", "recipients": 1000})]
     );
 
@@ -162,7 +186,11 @@ async fn the_examples_end_as_the_seeds_describe(url: String) {
     assert_eq!(sent[0]["data"]["failed"], json!(["warm_cache"]));
     assert_eq!(sent[0]["data"]["run_id"], failed.id.to_string());
     assert_eq!(
-        query(&handle, &format!("select status from campaigns where id = {failed_id}")).await,
+        query(
+            &handle,
+            &format!("select status from campaigns where id = {failed_id}")
+        )
+        .await,
         vec![json!({"status": "failed"})]
     );
     assert_eq!(
@@ -181,9 +209,16 @@ async fn the_examples_end_as_the_seeds_describe(url: String) {
     assert_eq!(promo.status, RunStatus::Succeeded, "{promo:?}");
     let promo_id = promo.vars["promo_id"].as_i64().unwrap();
     assert!(promo_dir.join(format!("{promo_id}.published")).exists());
-    let rows = query(&handle, "select id, published, published_at from promotions").await;
+    let rows = query(
+        &handle,
+        "select id, published, published_at from promotions",
+    )
+    .await;
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!((rows[0]["id"].as_i64(), rows[0]["published"].as_i64()), (Some(promo_id), Some(1)));
+    assert_eq!(
+        (rows[0]["id"].as_i64(), rows[0]["published"].as_i64()),
+        (Some(promo_id), Some(1))
+    );
     assert!(rows[0]["published_at"].is_string());
     // A publish that keeps failing leaves its promotion waiting, recovered.
     let refused = run(
@@ -196,7 +231,11 @@ async fn the_examples_end_as_the_seeds_describe(url: String) {
     assert_eq!(refused.status, RunStatus::Failed);
     assert_eq!(refused.tasks["recover"]["status"], "succeeded");
     assert_eq!(
-        query(&handle, "select count(*) as n from promotions where published = 0").await[0]["n"],
+        query(
+            &handle,
+            "select count(*) as n from promotions where published = 0"
+        )
+        .await[0]["n"],
         1
     );
 
@@ -210,8 +249,14 @@ async fn the_examples_end_as_the_seeds_describe(url: String) {
     .await;
     assert_eq!(parent.status, RunStatus::Succeeded, "{parent:?}");
     assert!(parent.vars["campaign_id"].is_number(), "{parent:?}");
-    let child_id = parent.tasks["campaign"]["output"]["run_id"].as_str().unwrap();
-    let child = handle.run_record(child_id.parse().unwrap()).await.unwrap().unwrap();
+    let child_id = parent.tasks["campaign"]["output"]["run_id"]
+        .as_str()
+        .unwrap();
+    let child = handle
+        .run_record(child_id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(child.parent.as_ref().unwrap().run_id, parent.id);
     assert_eq!(child.workflow, "campaign");
     runtime.shutdown().await;

@@ -56,7 +56,8 @@ async fn connect(test: &str, db: Dialect, dir: &Path) -> Option<(Databases, Stri
         "main".to_string(),
         Connection {
             url: url.clone(),
-            max_connections: None,
+            // One connection: each task gets the one the task before used.
+            max_connections: Some(1),
         },
     )]);
     Some((Databases::new(named, dir), url))
@@ -283,6 +284,16 @@ async fn failures_roll_back_and_say_what_the_database_said(db: Dialect) {
             "query": format!("select count(*) as n, sum(id) as total from {t}")}},
         {"id": "unknown", "after": "count", "allow_failure": true,
             "sql": {"connection": "nope", "query": "select 1"}},
+        // A script that leaves its own transaction broken: the connection
+        // is not handed to the next task in that state.
+        {"id": "broken_tx", "after": "unknown:completion", "allow_failure": true,
+            "sql": {"connection": "main", "script": format!("begin; insert into {t} (id) values (5); insert into {t}_missing (id) values (6)")}},
+        {"id": "next", "after": "broken_tx:completion",
+            "sql": {"connection": "main", "query": format!("select count(*) as n from {t}")}},
+        {"id": "zero", "after": "next", "allow_failure": true,
+            "sql": {"connection": "main", "query": format!("select {} as one", if matches!(db, Dialect::Sqlite) { "$0" } else { "1/0" })}},
+        {"id": "short", "after": "zero:completion", "allow_failure": true,
+            "sql": {"connection": "main", "query": format!("select {} as a, {} as b", db.p(1), db.p(2)), "params": [1]}},
     ]}));
     let record = run(dir.path(), &databases, wf, json!({})).await;
     assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
@@ -313,6 +324,16 @@ async fn failures_roll_back_and_say_what_the_database_said(db: Dialect) {
         error_of(&record, "unknown").contains("no connection named `nope`"),
         "{record:?}"
     );
+    assert_eq!(record.tasks["broken_tx"]["status"], "failed", "{record:?}");
+    assert_eq!(record.tasks["next"]["status"], "succeeded", "{record:?}");
+    if matches!(db, Dialect::Sqlite) {
+        assert!(
+            error_of(&record, "zero").contains("count from 1"),
+            "{record:?}"
+        );
+    }
+    // Too few params is an error, not NULLs bound in silence.
+    assert_eq!(record.tasks["short"]["status"], "failed", "{record:?}");
     if !matches!(db, Dialect::Sqlite) {
         let drop = workflow(json!({"name": "drop", "tasks": [{"id": "drop",
             "sql": {"connection": "main", "script": format!("drop table {t}")}}]}));
@@ -442,7 +463,8 @@ async fn postgres_column_types_map_to_json() {
         '2026-01-02 03:04:05.123456+02'::timestamptz as ts, '2026-01-02 03:04:05'::timestamp as naive, \
         '2026-01-02'::date as d, '03:04:05'::time as tm, '\\x00ff10'::bytea as bytes, \
         null::text as nothing, array[1, null, 3]::int4[] as ints, array['a', 'b']::text[] as texts, \
-        '018f3c2e-7b1a-7000-8000-000000000001'::uuid as id";
+        '018f3c2e-7b1a-7000-8000-000000000001'::uuid as id, 'ab'::char(4) as fixed, \
+        'x'::\"char\" as one_byte, 'Infinity'::numeric as inf";
     let wf = workflow(json!({"name": "types", "tasks": [
         {"id": "q", "sql": {"connection": "main", "query": query}},
         {"id": "nulls", "sql": {"connection": "main",
@@ -461,7 +483,8 @@ async fn postgres_column_types_map_to_json() {
             "ts": "2026-01-02T01:04:05.123456Z", "naive": "2026-01-02T03:04:05",
             "d": "2026-01-02", "tm": "03:04:05", "bytes": "AP8Q", "nothing": null,
             "ints": [1, null, 3], "texts": ["a", "b"],
-            "id": "018f3c2e-7b1a-7000-8000-000000000001"}),
+            "id": "018f3c2e-7b1a-7000-8000-000000000001", "fixed": "ab  ",
+            "one_byte": "x", "inf": "Infinity"}),
         "{record:?}"
     );
     assert_eq!(record.tasks["q"]["output"]["scalar"], 1);
@@ -550,13 +573,71 @@ async fn a_connection_password_never_shows_in_an_error_or_a_record() {
     );
     let wf = workflow(json!({"name": "pw", "tasks": [
         {"id": "named", "allow_failure": true, "sql": {"connection": "shop", "query": "select 1"}},
-        {"id": "inline", "allow_failure": true, "sql": {"url": url, "query": "select 1"}},
     ]}));
     let record = run(dir.path(), &databases, wf, json!({})).await;
-    for task in ["named", "inline"] {
-        let error = error_of(&record, task);
-        assert!(error.contains("sy_no_such_database"), "{error}");
-    }
+    let error = error_of(&record, "named");
+    assert!(error.contains("sy_no_such_database"), "{error}");
     let everything = serde_json::to_string(&record.tasks).unwrap();
     assert!(!everything.contains(password), "{everything}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_asked_for_in_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(url) = db::available("sql::tls(postgres)", POSTGRES).await {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        let ssl: String = sqlx::query_scalar("show ssl")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        let databases = Databases::new(BTreeMap::new(), dir.path());
+        let wf = workflow(json!({"name": "tls", "tasks": [
+            {"id": "required", "allow_failure": true, "sql": {"url": format!("{url}?sslmode=require"),
+                "query": "select ssl from pg_stat_ssl where pid = pg_backend_pid()"}},
+            // The server's certificate is not signed by a root this machine trusts.
+            {"id": "verified", "allow_failure": true, "sql": {"url": format!("{url}?sslmode=verify-full"),
+                "query": "select 1"}},
+        ]}));
+        let record = run(dir.path(), &databases, wf, json!({})).await;
+        if ssl == "on" {
+            assert_eq!(
+                record.tasks["required"]["output"]["scalar"], true,
+                "{record:?}"
+            );
+            let error = error_of(&record, "verified");
+            assert!(error.to_lowercase().contains("certificate"), "{error}");
+        } else {
+            let error = error_of(&record, "required");
+            assert!(
+                error.to_lowercase().contains("ssl") || error.to_lowercase().contains("tls"),
+                "{error}"
+            );
+        }
+    }
+    if let Some(url) = db::available("sql::tls(mariadb)", MARIADB).await {
+        let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+        let have: Option<(String, String)> = sqlx::query_as("show variables like 'have_ssl'")
+            .fetch_optional(&mut c)
+            .await
+            .unwrap();
+        let databases = Databases::new(BTreeMap::new(), dir.path());
+        let wf = workflow(json!({"name": "tls", "tasks": [
+            {"id": "required", "allow_failure": true, "sql": {"url": format!("{url}?ssl-mode=REQUIRED"),
+                "query": "select 1 as one"}},
+        ]}));
+        let record = run(dir.path(), &databases, wf, json!({})).await;
+        if have.is_some_and(|(_, v)| v == "YES") {
+            assert_eq!(
+                record.tasks["required"]["output"]["scalar"], 1,
+                "{record:?}"
+            );
+        } else {
+            // A server without TLS refuses to be required to use it.
+            let error = error_of(&record, "required");
+            assert!(
+                error.to_lowercase().contains("ssl") || error.to_lowercase().contains("tls"),
+                "{error}"
+            );
+        }
+    }
 }

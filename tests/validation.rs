@@ -514,6 +514,10 @@ fn sql_text_never_takes_templates_and_its_shape_is_checked() {
         {"id": "params", "sql": {"connection": "db", "script": "select 1", "params": [1]}},
         {"id": "url", "sql": {"url": "oracle://u:hunter2@h/db", "query": "select 1"}},
         {"id": "rows", "sql": {"connection": "db", "query": "select 1", "max_rows": 0}},
+        {"id": "eventurl", "sql": {"url": "sqlite://${event.data.path}", "query": "select 1"}},
+        {"id": "pwurl", "sql": {"url": "postgres://app:s3cret-pw@db/shop", "query": "select 1"}},
+        {"id": "secreturl", "sql": {"url": "${secrets.shop_db}", "query": "select 1"}},
+        {"id": "child", "workflow": {"name": "other", "params": {"token": "${secrets.api}"}}},
     ]}));
     assert!(
         text.contains("tasks[0].sql.query") && text.contains("must not become SQL"),
@@ -542,6 +546,23 @@ fn sql_text_never_takes_templates_and_its_shape_is_checked() {
     );
     assert!(!text.contains("hunter2"), "the password leaked: {text}");
     assert!(text.contains("tasks[6].sql.max_rows"), "{text}");
+    assert!(
+        text.contains("tasks[7].sql.url") && text.contains("only from secrets"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tasks[8].sql.url") && text.contains("holds a password"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret-pw"), "the password leaked: {text}");
+    assert!(
+        !text.contains("tasks[9]"),
+        "a url from secrets is fine: {text}"
+    );
+    assert!(
+        text.contains("tasks[10].workflow.params.token") && text.contains("secrets are not passed"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -224,6 +224,8 @@ impl RunState {
                     == <crate::executors::workflow::SubWorkflow as crate::executors::Kind>::NAME
                     && state.attempts > 0
                     && state.reused_from.is_none()
+                    // Only once a child can exist: running, or an output naming it.
+                    && (state.status == TaskStatus::Running || state.output.get("run_id").is_some())
                     && let Some(started_at) = state.attempt_started_at
                 {
                     let child = crate::executors::workflow::child_run_id(

@@ -229,7 +229,11 @@ pub async fn execute(
         _ = tokio::time::sleep(timeout) => {
             cancel.cancel();
             let mut outcome = attempt.await;
-            outcome.succeeded = false;
+            // Work that completed as it was being stopped (a statement that
+            // committed) stands: failing it would run it a second time.
+            if outcome.succeeded {
+                return outcome;
+            }
             outcome.retryable = true;
             outcome.error = Some(format!(
                 "timed out after {}",

@@ -12,6 +12,7 @@
 //! Column values map to JSON as the README's "sql column types" table says.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -38,7 +39,7 @@ pub const DEFAULT_MAX_ROWS: usize = 1000;
 /// Connections per pool unless the connection sets `max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// How long an attempt waits for a free connection.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a cancelled statement may take to stop once the server was
 /// asked to stop it.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
@@ -121,11 +122,8 @@ impl Kind for Sql {
         if self.max_rows == Some(0) {
             errors.push((".max_rows".into(), "must be at least 1".into()));
         }
-        if let Some(url) = &self.url
-            && !url.contains("${")
-            && let Err(e) = Target::parse(url, Path::new("."))
-        {
-            errors.push((".url".into(), e));
+        if let Some(url) = &self.url {
+            check_task_url(url, errors);
         }
     }
 
@@ -154,8 +152,8 @@ impl Kind for Sql {
             max_rows: self.max_rows.unwrap_or(DEFAULT_MAX_ROWS),
         };
         let result = match &pool {
-            Pool::Postgres(pool) => run_postgres(pool, &work, &ctx.cancel).await,
-            Pool::MySql(pool) => run_mysql(pool, &work, &ctx.cancel).await,
+            Pool::Postgres(pool) => run_postgres(pool, &work, &ctx.cancel, &url).await,
+            Pool::MySql(pool) => run_mysql(pool, &work, &ctx.cancel, &url).await,
             Pool::Sqlite(pool) => run_sqlite(pool, &work, &ctx.cancel).await,
         };
         match result {
@@ -345,6 +343,40 @@ impl Databases {
     }
 }
 
+/// A task's own `url`: event data must not choose the database (a new pool,
+/// or a new SQLite file, per value), and a password written into a
+/// workflow file would be stored with every run's definition.
+fn check_task_url(url: &str, errors: &mut Vec<(String, String)>) {
+    if url.contains("${") {
+        let only_secrets = url.split("${").skip(1).all(|expr| {
+            let expr = expr.split('}').next().unwrap_or_default().trim();
+            expr.starts_with("secrets.") || expr.starts_with("secrets[")
+        });
+        if !only_secrets {
+            errors.push((
+                ".url".into(),
+                "a task's `url` may be built only from secrets (`${secrets.db_url}`): event \
+                 data must not choose the database. Name a connection from switchyard.json's \
+                 `connections` instead"
+                    .into(),
+            ));
+        }
+        return;
+    }
+    if let Err(e) = Target::parse(url, Path::new(".")) {
+        errors.push((".url".into(), e));
+    } else if password_of(url).is_some() {
+        errors.push((
+            ".url".into(),
+            format!(
+                "`{}` holds a password, which would be stored with the workflow: put the URL \
+                 in a secret (`${{secrets.…}}`) or in switchyard.json's `connections`",
+                redact_url(url)
+            ),
+        ));
+    }
+}
+
 /// Where a URL points, parsed by its driver.
 enum Target {
     Postgres(PgConnectOptions),
@@ -518,67 +550,161 @@ struct Row {
     first: Value,
 }
 
+/// A future raced against the attempt's cancel token.
+enum Raced<T> {
+    Done(T),
+    Cancelled,
+}
+
+async fn race<T>(work: impl Future<Output = T>, cancel: &CancellationToken) -> Raced<T> {
+    tokio::select! {
+        done = work => Raced::Done(done),
+        _ = cancel.cancelled() => Raced::Cancelled,
+    }
+}
+
+/// The server-side id of a connection (PostgreSQL's backend pid, MySQL's
+/// connection id), raced against the cancel token.
+async fn server_id<DB, T>(
+    conn: &mut sqlx::pool::PoolConnection<DB>,
+    query: &'static str,
+    cancel: &CancellationToken,
+) -> Result<T, Failure>
+where
+    DB: Database,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    T: for<'r> Decode<'r, DB> + sqlx::Type<DB> + Send + Unpin,
+    (T,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let asked = race(
+        sqlx::query_scalar::<DB, T>(query).fetch_one(&mut **conn),
+        cancel,
+    )
+    .await;
+    match asked {
+        Raced::Done(Ok(id)) => Ok(id),
+        Raced::Done(Err(e)) => {
+            conn.close_on_drop();
+            Err(e.into())
+        }
+        Raced::Cancelled => {
+            conn.close_on_drop();
+            Err(Failure::Cancelled)
+        }
+    }
+}
+
+/// After a cancel: asks the server to stop the statement (`stop`, bounded),
+/// then gives the work [`CANCEL_GRACE`] to end. Work that completed stands.
+async fn stop_statement(
+    work: impl Future<Output = Result<Collected, Failure>>,
+    stop: impl Future<Output = Result<(), sqlx::Error>>,
+    what: &str,
+    url: &str,
+) -> Result<Collected, Failure> {
+    match tokio::time::timeout(CANCEL_GRACE, stop).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(
+            error = %redact_password(&describe_error(&e), url),
+            "Could not stop a {what} statement."
+        ),
+        Err(_) => tracing::warn!("Could not stop a {what} statement: no answer within 5s."),
+    }
+    match tokio::time::timeout(CANCEL_GRACE, work).await {
+        Ok(Ok(collected)) => Ok(collected),
+        _ => Err(Failure::Cancelled),
+    }
+}
+
+/// What a connection needs before it goes back to the pool: one whose
+/// statement failed or was stopped is closed instead (it may be inside an
+/// aborted transaction, or still busy). After a script, a transaction the
+/// script may have left open is rolled back (`rollback`), or, where a
+/// stray `rollback` would be logged as a warning (PostgreSQL), the
+/// connection is closed.
+async fn release<DB>(
+    conn: &mut sqlx::pool::PoolConnection<DB>,
+    work: &Work,
+    failed: bool,
+    close_after_script: bool,
+) where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    let script = matches!(work.statement, Statement::Script(_)) && !work.transaction;
+    if failed || (script && close_after_script) {
+        conn.close_on_drop();
+    } else if script {
+        let _ = sqlx::raw_sql("rollback").execute(&mut **conn).await;
+    }
+}
+
 async fn run_postgres(
     pool: &PgPool,
     work: &Work,
     cancel: &CancellationToken,
+    url: &str,
 ) -> Result<Collected, Failure> {
     let mut conn = acquire(pool, cancel).await?;
     // The backend's pid, to cancel the statement from another connection:
     // dropping the future would leave it running on the server.
-    let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
-        .fetch_one(&mut *conn)
-        .await?;
-    let work = run_work::<Postgres>(&mut conn, work, pg_arguments, pg_row, |r| r.rows_affected());
-    tokio::pin!(work);
-    tokio::select! {
-        result = &mut work => result,
-        _ = cancel.cancelled() => {
-            let options = pool.connect_options();
-            let cancelled = async {
-                let mut other = options.connect().await?;
-                sqlx::query("select pg_cancel_backend($1)").bind(pid).execute(&mut other).await?;
-                other.close().await
-            };
-            if let Err(e) = cancelled.await {
-                tracing::warn!(pid, error = %describe_error(&e), "Could not cancel a PostgreSQL statement.");
+    let pid: i32 = server_id(&mut conn, "select pg_backend_pid()", cancel).await?;
+    let result = {
+        let running =
+            run_work::<Postgres>(&mut conn, work, pg_arguments, pg_row, |r| r.rows_affected());
+        tokio::pin!(running);
+        match race(&mut running, cancel).await {
+            Raced::Done(result) => result,
+            Raced::Cancelled => {
+                let options = pool.connect_options();
+                let stop = async {
+                    let mut other = options.connect().await?;
+                    sqlx::query("select pg_cancel_backend($1)")
+                        .bind(pid)
+                        .execute(&mut other)
+                        .await?;
+                    other.close().await
+                };
+                stop_statement(running, stop, "PostgreSQL", url).await
             }
-            let _ = tokio::time::timeout(CANCEL_GRACE, work).await;
-            Err(Failure::Cancelled)
         }
-    }
+    };
+    release(&mut conn, work, result.is_err(), true).await;
+    result
 }
 
 async fn run_mysql(
     pool: &MySqlPool,
     work: &Work,
     cancel: &CancellationToken,
+    url: &str,
 ) -> Result<Collected, Failure> {
     let mut conn = acquire(pool, cancel).await?;
-    let id: u64 = sqlx::query_scalar("select connection_id()")
-        .fetch_one(&mut *conn)
-        .await?;
-    let work = run_work::<MySql>(&mut conn, work, mysql_arguments, mysql_row, |r| {
-        r.rows_affected()
-    });
-    tokio::pin!(work);
-    tokio::select! {
-        result = &mut work => result,
-        _ = cancel.cancelled() => {
-            let options = pool.connect_options();
-            let killed = async {
-                let mut other = options.connect().await?;
-                // KILL takes no placeholder; `id` is a number we read.
-                sqlx::raw_sql(AssertSqlSafe(format!("KILL QUERY {id}"))).execute(&mut other).await?;
-                other.close().await
-            };
-            if let Err(e) = killed.await {
-                tracing::warn!(connection_id = id, error = %describe_error(&e), "Could not kill a MySQL statement.");
+    let id: u64 = server_id(&mut conn, "select connection_id()", cancel).await?;
+    let result = {
+        let running = run_work::<MySql>(&mut conn, work, mysql_arguments, mysql_row, |r| {
+            r.rows_affected()
+        });
+        tokio::pin!(running);
+        match race(&mut running, cancel).await {
+            Raced::Done(result) => result,
+            Raced::Cancelled => {
+                let options = pool.connect_options();
+                let stop = async {
+                    let mut other = options.connect().await?;
+                    // KILL takes no placeholder; `id` is a number we read.
+                    sqlx::raw_sql(AssertSqlSafe(format!("KILL QUERY {id}")))
+                        .execute(&mut other)
+                        .await?;
+                    other.close().await
+                };
+                stop_statement(running, stop, "MySQL", url).await
             }
-            let _ = tokio::time::timeout(CANCEL_GRACE, work).await;
-            Err(Failure::Cancelled)
         }
-    }
+    };
+    release(&mut conn, work, result.is_err(), false).await;
+    result
 }
 
 async fn run_sqlite(
@@ -600,7 +726,27 @@ async fn run_sqlite(
             dir.display()
         )));
     }
+    if let Statement::Query { sql, .. } = &work.statement {
+        check_sqlite_placeholders(sql)?;
+    }
     let mut conn = acquire(pool, cancel).await?;
+    if let Statement::Query { sql, params } = &work.statement {
+        // SQLite binds a missing param as NULL without a word: count them.
+        let statement = conn
+            .prepare(sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(sql.as_str())))
+            .await?;
+        let wanted = match sqlx::Statement::parameters(&statement) {
+            Some(Either::Left(types)) => types.len(),
+            Some(Either::Right(n)) => n,
+            None => params.len(),
+        };
+        if wanted != params.len() {
+            return Err(Failure::Permanent(format!(
+                "the query has {wanted} placeholder(s) but params has {} value(s)",
+                params.len()
+            )));
+        }
+    }
     // SQLite runs in this process: its progress handler interrupts the
     // statement once the attempt is cancelled.
     {
@@ -608,17 +754,59 @@ async fn run_sqlite(
         let mut handle = conn.lock_handle().await?;
         handle.set_progress_handler(1000, move || !token.is_cancelled());
     }
-    let result = run_work::<Sqlite>(&mut conn, work, sqlite_arguments, sqlite_row, |r| {
+    let mut result = run_work::<Sqlite>(&mut conn, work, sqlite_arguments, sqlite_row, |r| {
         r.rows_affected()
     })
     .await;
-    if let Ok(mut handle) = conn.lock_handle().await {
-        handle.remove_progress_handler();
+    match conn.lock_handle().await {
+        Ok(mut handle) => handle.remove_progress_handler(),
+        // The statement's worker is gone (it failed inside sqlx): what it
+        // did is unknown, so the attempt cannot count as a success.
+        Err(e) => {
+            result = Err(Failure::Database(format!(
+                "the SQLite connection failed while the statement ran; its outcome is unknown: {}",
+                describe_error(&e)
+            )))
+        }
     }
-    if cancel.is_cancelled() {
-        return Err(Failure::Cancelled);
+    if cancel.is_cancelled() && result.is_err() {
+        result = Err(Failure::Cancelled);
     }
+    release(&mut conn, work, result.is_err(), false).await;
     result
+}
+
+/// `$0` (or `$00`…) names a parameter sqlx cannot bind (it would index
+/// before the first value); refused before SQLite sees it.
+fn check_sqlite_placeholders(sql: &str) -> Result<(), Failure> {
+    let bytes = sql.as_bytes();
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match quote {
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None if b == b'\'' || b == b'"' => quote = Some(b),
+            None if b == b'$' || b == b'?' => {
+                let digits: Vec<u8> = bytes[i + 1..]
+                    .iter()
+                    .copied()
+                    .take_while(u8::is_ascii_digit)
+                    .collect();
+                if !digits.is_empty() && digits.iter().all(|d| *d == b'0') {
+                    return Err(Failure::Permanent(format!(
+                        "placeholder `{}{}` is not valid: placeholders count from 1 ($1, $2, …)",
+                        char::from(b),
+                        String::from_utf8_lossy(&digits)
+                    )));
+                }
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 async fn acquire<DB: Database>(
@@ -638,7 +826,7 @@ fn describe_error(e: &sqlx::Error) -> String {
             None => db.message().to_string(),
         },
         sqlx::Error::PoolTimedOut => format!(
-            "no database connection within {}: the database is unreachable or every connection is busy",
+            "no database connection within {}: the server refused connections, or every connection in the pool is busy",
             humantime::format_duration(ACQUIRE_TIMEOUT)
         ),
         other => other.to_string(),
@@ -787,7 +975,7 @@ fn pg_value(row: &PgRow, i: usize, name: &str) -> Result<Value, Failure> {
         return Ok(Value::Null);
     }
     let info = raw.type_info().into_owned();
-    let type_name = info.name().to_string();
+    let type_name = info.name().to_ascii_uppercase();
     macro_rules! decode {
         ($t:ty) => {
             <$t as Decode<'_, Postgres>>::decode(raw)
@@ -803,10 +991,11 @@ fn pg_value(row: &PgRow, i: usize, name: &str) -> Result<Value, Failure> {
         "FLOAT4" => float(f64::from(decode!(f32))),
         "FLOAT8" => float(decode!(f64)),
         "NUMERIC" => pg_numeric(raw).map_err(|e| bad_column(name, &type_name, e))?,
-        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CITEXT" | "UNKNOWN" => {
+        // sqlx calls `char(n)` (bpchar) CHAR; the one-byte `"char"` keeps its quotes.
+        "TEXT" | "VARCHAR" | "CHAR" | "BPCHAR" | "NAME" | "CITEXT" | "UNKNOWN" => {
             Value::String(decode!(String))
         }
-        "\"CHAR\"" | "CHAR" => Value::String(char::from(decode!(i8) as u8).to_string()),
+        "\"CHAR\"" => Value::String(char::from(decode!(i8) as u8).to_string()),
         "JSON" | "JSONB" => decode!(sqlx::types::Json<Value>).0,
         "TIMESTAMPTZ" => rfc3339(decode!(chrono::DateTime<chrono::Utc>)),
         "TIMESTAMP" => Value::String(
@@ -825,7 +1014,9 @@ fn pg_value(row: &PgRow, i: usize, name: &str) -> Result<Value, Failure> {
         "INT8[]" => json!(decode!(Vec<Option<i64>>)),
         "FLOAT4[]" => json!(decode!(Vec<Option<f32>>)),
         "FLOAT8[]" => json!(decode!(Vec<Option<f64>>)),
-        "TEXT[]" | "VARCHAR[]" | "BPCHAR[]" | "NAME[]" => json!(decode!(Vec<Option<String>>)),
+        "TEXT[]" | "VARCHAR[]" | "CHAR[]" | "BPCHAR[]" | "NAME[]" => {
+            json!(decode!(Vec<Option<String>>))
+        }
         "UUID[]" => json!(decode!(Vec<Option<uuid::Uuid>>)),
         "JSON[]" | "JSONB[]" => Value::Array(
             decode!(Vec<sqlx::types::Json<Value>>)
@@ -855,9 +1046,11 @@ fn pg_numeric(raw: sqlx::postgres::PgValueRef<'_>) -> Result<Value, sqlx::error:
             .get(at..at + 2)
             .map(|b| u16::from_be_bytes([b[0], b[1]]))
     };
-    const NAN: u16 = 0xC000;
-    if field(4) == Some(NAN) {
-        return Ok(Value::String("NaN".into()));
+    match field(4) {
+        Some(0xC000) => return Ok(Value::String("NaN".into())),
+        Some(0xD000) => return Ok(Value::String("Infinity".into())),
+        Some(0xF000) => return Ok(Value::String("-Infinity".into())),
+        _ => {}
     }
     let decimal = <sqlx::types::BigDecimal as Decode<'_, Postgres>>::decode(raw)?;
     let decimal = match field(6) {

@@ -108,6 +108,17 @@ impl Kind for SubWorkflow {
         if self.name.is_empty() {
             errors.push((".name".into(), "name the workflow to run".into()));
         }
+        // A child run's params are recorded (and shown, and published with
+        // lifecycle events): a secret there would leave the vault.
+        for (key, value) in &self.params {
+            if mentions_secrets(value) {
+                errors.push((
+                    format!(".params.{key}"),
+                    "secrets are not passed to a child run (its params are recorded):                      the child workflow can use `${secrets.…}` itself"
+                        .into(),
+                ));
+            }
+        }
     }
 
     async fn execute(self, ctx: AttemptContext) -> AttemptOutcome {
@@ -131,7 +142,12 @@ impl Kind for SubWorkflow {
                 Ok(status) => status.unwrap_or(RunStatus::Queued),
                 Err(e) => return AttemptOutcome::permanent_failure(e),
             },
-            _ = ctx.cancel.cancelled() => return AttemptOutcome::failure("cancelled"),
+            _ = ctx.cancel.cancelled() => {
+                // The child may have been created in the same commit as
+                // the cancel: it goes too (unknown to the engine is fine).
+                let _ = children.cancel(id, "its parent was cancelled".into()).await;
+                return AttemptOutcome::failure("cancelled");
+            }
         };
         if !self.wait {
             return AttemptOutcome::success(json!({
@@ -174,6 +190,19 @@ impl Kind for SubWorkflow {
                 ended.error.map(|e| format!(": {e}")).unwrap_or_default()
             ))
         }
+    }
+}
+
+fn mentions_secrets(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.split("${").skip(1).any(|expr| {
+            expr.split('}')
+                .next()
+                .is_some_and(|e| e.contains("secrets"))
+        }),
+        Value::Array(items) => items.iter().any(mentions_secrets),
+        Value::Object(map) => map.values().any(mentions_secrets),
+        _ => false,
     }
 }
 

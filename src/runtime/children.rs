@@ -88,13 +88,28 @@ impl EngineLoop {
             return Ok(());
         }
         if self.draining.is_some() {
-            let _ = reply.send(Err("switchyard is shutting down".into()));
+            // Not answered: the parent's attempt resumes at the next start
+            // and asks again (its result would not be recorded now anyway).
+            self.held_child_starts.push(reply);
             return Ok(());
         }
         let Some(parent) = self.engine.run(request.parent) else {
             let _ = reply.send(Err(format!("parent run {} is not active", request.parent)));
             return Ok(());
         };
+        // A parent being cancelled starts nothing more; nor does an attempt
+        // that is no longer the task's live one.
+        let live = parent.workflow.task_index(&request.task).is_some_and(|i| {
+            parent.tasks[i].status == TaskStatus::Running
+                && parent.tasks[i].attempts == request.attempt
+        });
+        if parent.cancelling.is_some() || !live {
+            let _ = reply.send(Err(format!(
+                "run {} is being cancelled: no child started",
+                request.parent
+            )));
+            return Ok(());
+        }
         let depth = parent.parent.as_ref().map_or(0, |p| p.depth) + 1;
         if depth > MAX_DEPTH {
             let chain = self.ancestry(request.parent);
@@ -113,6 +128,16 @@ impl EngineLoop {
                 return Ok(());
             }
         };
+        // What a child run records never holds a secret (its params are
+        // rendered in the parent's scope, where secrets are visible).
+        let mut params = request.params;
+        if !self.secrets.is_empty() {
+            let mut value = Value::Object(std::mem::take(&mut params));
+            self.secrets.redact_json(&mut value);
+            if let Value::Object(map) = value {
+                params = map;
+            }
+        }
         let run = NewRun {
             id: Some(request.id),
             parent: Some(ParentRun {
@@ -122,7 +147,7 @@ impl EngineLoop {
                 depth,
             }),
             project_vars: Some(project_vars),
-            ..NewRun::new(Arc::clone(&workflow), request.params)
+            ..NewRun::new(Arc::clone(&workflow), params)
         };
         let body = self.run_created(run, now)?;
         self.engine.register(workflow);

@@ -56,6 +56,7 @@ impl EngineLoop {
                 handle: handle.clone(),
                 shutdown: shutdown.clone(),
             }),
+            held_child_starts: Vec::new(),
             project_vars: config.project_vars,
             engine,
             log,
@@ -449,9 +450,10 @@ impl EngineLoop {
         for (reply, _) in batch.accepted.drain(..) {
             let _ = reply.send(Err(refusal.clone()));
         }
-        for reply in batch.children.drain(..) {
-            let _ = reply.send(Err(refusal.clone()));
-        }
+        // A child run is in the engine already and starts once the log
+        // recovers: its parent's attempt waits for that instead of failing
+        // (which would start a second child on a retry).
+        undurable.children.append(&mut batch.children);
         for reply in batch.cancelled.drain(..) {
             let _ = reply.send(Err(Error::Unavailable(refusal.clone())));
         }
@@ -489,6 +491,8 @@ impl EngineLoop {
         batch.effects = held.effects;
         held.ended.append(ended);
         *ended = held.ended;
+        held.children.append(&mut batch.children);
+        batch.children = held.children;
     }
 
     /// The records of the active runs a listing wants: matched by

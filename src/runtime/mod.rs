@@ -631,6 +631,9 @@ struct EngineLoop {
     workflows: Option<WorkflowLookup>,
     /// What `workflow` attempts start and wait for child runs through.
     children: Arc<dyn executors::workflow::Children>,
+    /// Child starts asked for while draining: never answered (dropped with
+    /// the loop); the attempts resume at the next start.
+    held_child_starts: Vec<oneshot::Sender<Result<Option<RunStatus>, String>>>,
     project_vars: Map<String, Value>,
     log: Log,
     rx: mpsc::UnboundedReceiver<Input>,
@@ -662,6 +665,8 @@ struct Undurable {
     records: Vec<Record>,
     effects: Vec<Effect>,
     ended: Vec<RunRecord>,
+    /// `workflow` tasks waiting to hear that their child run is durable.
+    children: Vec<oneshot::Sender<Result<Option<RunStatus>, String>>>,
     /// Failed flushes in a row (for the retry backoff).
     failures: u32,
 }

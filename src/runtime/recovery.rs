@@ -99,6 +99,7 @@ fn broken_summary(log: &Log, run_id: RunId, ended: &Record) -> Option<(RunRecord
         params,
         event,
         event_seq,
+        parent,
         ..
     }) = history.first().map(|r| &r.body)
     else {
@@ -119,7 +120,7 @@ fn broken_summary(log: &Log, run_id: RunId, ended: &Record) -> Option<(RunRecord
         started_at: None,
         ended_at: Some(crate::engine::rfc3339(ended.at)),
         error: error.clone(),
-        parent: None,
+        parent: parent.as_deref().cloned(),
         tasks: Map::new(),
     };
     Some((record, *event_seq))
