@@ -465,6 +465,7 @@ fn slots_are_shared_by_all_runs() {
         rerun_of: None,
         reused: Vec::new(),
         parent: None,
+        logical_time: None,
     });
     assert!(h.started(&effects).is_empty());
     let second = h.run_id;
@@ -643,6 +644,7 @@ fn max_active_runs_queues_runs_in_order() {
             rerun_of: None,
             reused: Vec::new(),
             parent: None,
+            logical_time: None,
         });
         assert!(effects.is_empty());
         assert_eq!(h.run_status(), RunStatus::Queued);
@@ -684,6 +686,7 @@ fn max_active_runs_with_skip_ends_the_extra_run() {
         rerun_of: None,
         reused: Vec::new(),
         parent: None,
+        logical_time: None,
     });
     assert_eq!(h.run_status(), RunStatus::Cancelled);
     let run = h.engine.run(h.run_id).unwrap();
@@ -746,6 +749,7 @@ fn rerun_from_failed_reuses_successes_and_reruns_downstream() {
         rerun_of: Some(source.id),
         reused,
         parent: None,
+        logical_time: None,
     });
     assert_eq!(h.started(&effects), ["publish"]);
     assert_eq!(h.vars()["id"], json!(42));

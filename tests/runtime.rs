@@ -224,6 +224,7 @@ async fn a_run_whose_definition_is_missing_is_ended_visibly_at_recovery() {
                 rerun_of: None,
                 reused: Vec::new(),
                 parent: None,
+                logical_time: None,
             },
         )
         .unwrap();
@@ -325,6 +326,7 @@ async fn runs_ended_at_recovery_get_their_run_failed_event_and_a_corrupt_run_doe
                     rerun_of: None,
                     reused: Vec::new(),
                     parent: None,
+                    logical_time: None,
                 },
             )
             .unwrap();
@@ -532,6 +534,7 @@ async fn a_run_in_flight_replays_with_its_definition_even_if_validation_got_stri
                 rerun_of: None,
                 reused: Vec::new(),
                 parent: None,
+                logical_time: None,
             },
         )
         .unwrap();
@@ -822,4 +825,87 @@ async fn a_run_finished_at_recovery_keeps_referring_to_its_stored_event() {
         1,
         "the recovered summary refers to the event instead of copying it"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_knows_its_logical_time_and_a_child_and_a_rerun_keep_it() {
+    use switchyard::runtime::{Submission, SubmitCandidate};
+    let dir = tempfile::tempdir().unwrap();
+    let child = workflow(json!({"name": "child", "tasks": [
+        {"id": "t", "noop": {}, "export": {"day": "${run.logical_time.substring(0, 10)}"}}]}));
+    let nightly = workflow(json!({"name": "nightly", "tasks": [
+        {"id": "t", "noop": {}, "export": {"for": "${run.logical_time}"}},
+        {"id": "call", "workflow": {"name": "child"}, "export": {"child_day": "${output.vars.day}"}},
+    ]}));
+    let lookup_child = Arc::clone(&child);
+    let runtime = Runtime::start(RuntimeConfig {
+        workflows: Some(Arc::new(move |name: &str| {
+            (name == "child").then(|| Arc::clone(&lookup_child))
+        })),
+        ..config(dir.path())
+    })
+    .unwrap();
+    let handle = runtime.handle();
+    let start = |event: serde_json::Value| {
+        handle.accept(Submission {
+            event,
+            candidates: vec![SubmitCandidate::Start {
+                binding: "b".into(),
+                workflow: nightly.clone(),
+                params: Map::new(),
+                dedup_key: uuid::Uuid::now_v7().to_string(),
+                ttl: std::time::Duration::from_secs(60),
+            }],
+            marks: Vec::new(),
+            wait: true,
+        })
+    };
+    // A cron tick: its scheduled instant, even though it fires later.
+    let tick = start(json!({"id": "cron:b:1", "type": "switchyard.cron.tick",
+        "time": "2026-12-02T23:31:07Z", "data": {"scheduled_time": "2026-12-01T22:30:00Z"}}))
+    .await
+    .unwrap();
+    let run = wait_ended(&handle, tick.runs[0]).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    assert_eq!(
+        run.logical_time.as_deref(),
+        Some("2026-12-01T22:30:00.000Z")
+    );
+    assert_eq!(run.vars["for"], "2026-12-01T22:30:00.000Z");
+    // The child works on its parent's instant.
+    assert_eq!(run.vars["child_day"], "2026-12-01");
+    let child_id = run.tasks["call"]["output"]["run_id"].as_str().unwrap();
+    let child_run = handle
+        .run_record(child_id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(child_run.logical_time, run.logical_time);
+    // Any other event: its own time.
+    let other =
+        start(json!({"id": "e-2", "type": "order.created", "time": "2026-11-30T08:00:00+01:00"}))
+            .await
+            .unwrap();
+    let other = wait_ended(&handle, other.runs[0]).await;
+    assert_eq!(
+        other.logical_time.as_deref(),
+        Some("2026-11-30T07:00:00.000Z")
+    );
+    // A rerun keeps its source's.
+    let rerun = handle
+        .rerun(
+            run.id,
+            &switchyard::engine::rerun::RerunFrom::Task("t".into()),
+        )
+        .await
+        .unwrap();
+    let rerun = wait_ended(&handle, rerun).await;
+    assert_eq!(rerun.logical_time, run.logical_time);
+    // By hand: when it was created.
+    let manual = handle
+        .run_to_end(nightly.clone(), Map::new(), None, |_| {})
+        .await
+        .unwrap();
+    assert!(manual.logical_time.is_some());
+    runtime.shutdown().await;
 }

@@ -329,13 +329,17 @@ fn print_result(command: &RunsCommand, value: &Value, as_json: bool) {
     match command {
         RunsCommand::List { .. } => {
             let runs = value["runs"].as_array().cloned().unwrap_or_default();
-            println!("{:<36}  {:<24}  {:<9}  STARTED", "ID", "WORKFLOW", "STATUS");
+            println!(
+                "{:<36}  {:<24}  {:<9}  {:<24}  STARTED",
+                "ID", "WORKFLOW", "STATUS", "LOGICAL TIME"
+            );
             for run in &runs {
                 println!(
-                    "{:<36}  {:<24}  {:<9}  {}",
+                    "{:<36}  {:<24}  {:<9}  {:<24}  {}",
                     run["id"].as_str().unwrap_or(""),
                     run["workflow"].as_str().unwrap_or(""),
                     run["status"].as_str().unwrap_or(""),
+                    run["logical_time"].as_str().unwrap_or("-"),
                     run["started_at"].as_str().unwrap_or("-"),
                 );
             }

@@ -48,12 +48,18 @@ impl Engine {
             reused,
             workflow,
             parent,
+            logical_time,
             ..
         } = &record.body
         {
             let event = (event.clone(), *event_seq);
             let vars = (project_vars, params);
-            let origin = (*rerun_of, reused.as_slice(), parent.as_deref().cloned());
+            let origin = (
+                *rerun_of,
+                reused.as_slice(),
+                parent.as_deref().cloned(),
+                *logical_time,
+            );
             self.on_run_created(record, workflow, version, vars, event, origin);
             return effects;
         }
@@ -130,7 +136,12 @@ impl Engine {
         version: &str,
         (project_vars, params): (&Map<String, Value>, &Map<String, Value>),
         (event, event_seq): (Option<Value>, Option<u64>),
-        (rerun_of, reused, parent): (Option<RunId>, &[ReusedTask], Option<ParentRun>),
+        (rerun_of, reused, parent, logical_time): (
+            Option<RunId>,
+            &[ReusedTask],
+            Option<ParentRun>,
+            Option<Millis>,
+        ),
     ) {
         let (run_id, at) = (record.run_id, record.at);
         let Some(definition) = self.definitions.get(version).cloned() else {
@@ -165,6 +176,7 @@ impl Engine {
             error: None,
             tasks,
             parent,
+            logical_time: logical_time.unwrap_or(at),
             dirty: false,
         };
         reuse_tasks(&mut run, reused, rerun_of, at);

@@ -100,6 +100,7 @@ impl Scope for TaskScope<'_> {
                 "id": run.id.to_string(),
                 "workflow": run.workflow.name,
                 "started_at": run.started_at.map(rfc3339),
+                "logical_time": rfc3339(run.logical_time),
             }),
             "secrets" => self
                 .secrets

@@ -125,6 +125,9 @@ pub struct RunState {
     pub tasks: Vec<TaskState>,
     /// A sub-workflow's run: the `workflow` task attempt that started it.
     pub parent: Option<ParentRun>,
+    /// The instant the run is for (`run.logical_time`): a cron tick's
+    /// scheduled time, else its event's time, else when it was created.
+    pub logical_time: Millis,
     /// Derived: needs a look from `decide`.
     pub(crate) dirty: bool,
 }
@@ -146,6 +149,7 @@ impl PartialEq for RunState {
             && self.cancelling == other.cancelling
             && self.error == other.error
             && self.parent == other.parent
+            && self.logical_time == other.logical_time
             && self.tasks.len() == other.tasks.len()
             && self.tasks.iter().zip(&other.tasks).all(|(a, b)| {
                 // `queued` is scheduling state derived after replay, not history.
@@ -169,6 +173,10 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_label: Option<u64>,
     pub status: RunStatus,
+    /// The instant the run is for (RFC 3339): a cron tick's scheduled
+    /// time, else its event's time, else when it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical_time: Option<String>,
     pub params: Map<String, Value>,
     pub vars: Map<String, Value>,
     pub event: Value,
@@ -245,6 +253,7 @@ impl RunState {
             version: self.workflow.version.clone(),
             version_label: self.workflow.version_label,
             status: self.status,
+            logical_time: Some(rfc3339(self.logical_time)),
             params,
             vars,
             event: event.unwrap_or(Value::Null),

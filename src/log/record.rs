@@ -40,6 +40,7 @@ impl Record {
             rerun_of,
             reused,
             parent,
+            logical_time,
         } = &self.body
         {
             let stored = StoredRunCreated {
@@ -56,6 +57,7 @@ impl Record {
                     rerun_of: *rerun_of,
                     reused,
                     parent: parent.as_deref(),
+                    logical_time: *logical_time,
                 },
             };
             return serde_json::to_writer(out, &stored);
@@ -111,6 +113,11 @@ pub enum RecordBody {
         /// attempt that started it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         parent: Option<Box<ParentRun>>,
+        /// The instant the run is for (format 7): a cron tick's or a
+        /// backfill's scheduled time, else its event's time, a parent's
+        /// for a child, the source's for a rerun. None: when it was created.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        logical_time: Option<Millis>,
     },
     /// The run left `queued` and began executing.
     RunStarted {},
@@ -193,6 +200,8 @@ struct StoredRunCreatedBody<'a> {
     reused: &'a [ReusedTask],
     #[serde(skip_serializing_if = "Option::is_none")]
     parent: Option<&'a ParentRun>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logical_time: Option<Millis>,
 }
 
 /// The `workflow` task attempt a sub-workflow's run was started by.
@@ -293,6 +302,7 @@ mod tests {
                     attempt: 2,
                     depth: 3,
                 })),
+                logical_time: Some(1_000),
             },
         }
     }

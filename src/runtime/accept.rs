@@ -17,6 +17,9 @@ impl EngineLoop {
             &workflow.source,
             now,
         )?;
+        let logical_time = run
+            .logical_time
+            .or_else(|| run.event.as_ref().and_then(logical_time_of));
         Ok(RecordBody::RunCreated {
             workflow: workflow.name.clone(),
             version: workflow.version.clone(),
@@ -30,6 +33,7 @@ impl EngineLoop {
             rerun_of: run.rerun_of,
             reused: run.reused,
             parent: run.parent.map(Box::new),
+            logical_time,
         })
     }
 
@@ -170,4 +174,19 @@ impl EngineLoop {
         }
         Ok(())
     }
+}
+
+/// The instant an event stands for: a cron tick's scheduled time, else the
+/// event's own `time` (CloudEvents), when it parses as RFC 3339.
+pub(crate) fn logical_time_of(event: &Value) -> Option<Millis> {
+    let scheduled = event
+        .get("type")
+        .and_then(Value::as_str)
+        .filter(|t| *t == "switchyard.cron.tick")
+        .and_then(|_| event.pointer("/data/scheduled_time"))
+        .and_then(Value::as_str);
+    let text = scheduled.or_else(|| event.get("time").and_then(Value::as_str))?;
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }

@@ -121,6 +121,7 @@ impl EngineLoop {
             return Ok(());
         }
         let project_vars = parent.project_vars.clone();
+        let logical_time = parent.logical_time;
         let workflow = match self.child_workflow(&request) {
             Ok(workflow) => workflow,
             Err(e) => {
@@ -147,6 +148,9 @@ impl EngineLoop {
                 depth,
             }),
             project_vars: Some(project_vars),
+            // A child works on its parent's instant (a nightly run's child
+            // processes the same night).
+            logical_time: Some(logical_time),
             ..NewRun::new(Arc::clone(&workflow), params)
         };
         let body = self.run_created(run, now)?;

@@ -232,6 +232,8 @@ pub struct NewRun {
     pub id: Option<RunId>,
     /// Set on a sub-workflow's run.
     pub parent: Option<crate::log::ParentRun>,
+    /// The instant the run is for; None: its event's (or its creation).
+    pub logical_time: Option<Millis>,
 }
 
 impl NewRun {
@@ -246,6 +248,7 @@ impl NewRun {
             reused: Vec::new(),
             id: None,
             parent: None,
+            logical_time: None,
         }
     }
 }
@@ -575,6 +578,7 @@ impl RuntimeHandle {
             reused,
             id: None,
             parent: None,
+            logical_time: Some(source.logical_time),
         })
         .await
     }

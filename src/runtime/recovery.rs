@@ -100,6 +100,7 @@ fn broken_summary(log: &Log, run_id: RunId, ended: &Record) -> Option<(RunRecord
         event,
         event_seq,
         parent,
+        logical_time,
         ..
     }) = history.first().map(|r| &r.body)
     else {
@@ -114,6 +115,7 @@ fn broken_summary(log: &Log, run_id: RunId, ended: &Record) -> Option<(RunRecord
         version: version.clone(),
         version_label: *version_label,
         status: *status,
+        logical_time: logical_time.map(crate::engine::rfc3339),
         params: params.clone(),
         vars: params.clone(),
         event: event.clone().unwrap_or(Value::Null),

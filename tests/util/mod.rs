@@ -53,6 +53,7 @@ impl Harness {
             rerun_of: None,
             reused: Vec::new(),
             parent: None,
+            logical_time: None,
         };
         engine.register(workflow);
         let mut harness = Self {
