@@ -78,6 +78,9 @@ impl Record {
 }
 
 /// Format version 1 of a record body. Tagged by `type` in the stored JSON.
+// `RunCreated` is the large variant: one per run, moved (not copied) into
+// the commit; boxing its fields would only add an allocation per record.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RecordBody {
