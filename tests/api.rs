@@ -424,6 +424,25 @@ async fn rerun_reuses_successes_and_refuses_what_it_cannot_do() {
         .post(&format!("/api/v1/runs/{id}/rerun"), r#"{"from": 3}"#)
         .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "`from`");
+    // Rerun with changes: params patched over the source's (null removes).
+    let (status, patched) = f
+        .post(
+            &format!("/api/v1/runs/{id}/rerun"),
+            r#"{"from": "probe", "params": {"region": "us", "gone": null}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{patched}");
+    assert_eq!(patched["params"]["region"], "us", "{patched}");
+    assert!(patched["params"].get("gone").is_none(), "{patched}");
+    let (status, body) = f
+        .post(&format!("/api/v1/runs/{id}/rerun"), r#"{"params": [1]}"#)
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "`params` must be an object",
+    );
     let (_, slow) = f.post("/api/v1/workflows/slow/runs", "{}").await;
     let (status, body) = f
         .post(

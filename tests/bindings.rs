@@ -419,6 +419,9 @@ fn cron_bad_expression() {
     assert!(text.contains("out of range"), "{text}");
     let text = invalid(binding("x", json!({"cron": {"schedule": "* * *"}})));
     assert_diag(&text, "on.cron.schedule", "invalid cron schedule");
+    // Parses, but no date matches it.
+    let text = invalid(binding("x", json!({"cron": {"schedule": "0 0 30 2 *"}})));
+    assert_diag(&text, "on.cron.schedule", "it never fires");
 }
 
 #[test]

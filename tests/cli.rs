@@ -731,3 +731,64 @@ fn a_connection_password_is_redacted_like_a_secret() {
         "{record}"
     );
 }
+
+#[test]
+fn schedule_prints_the_next_fire_times_with_dst_as_the_trigger_sees_them() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The demo's nightly binding, in its own time zone.
+    let out = switchyard(
+        root,
+        &[
+            "schedule",
+            "campaign-schedule",
+            "--count",
+            "2",
+            "--after",
+            "2026-12-03T12:00:00Z",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("2026-12-03T22:30:00.000Z  2026-12-03 23:30:00 CET"),
+        "{text}"
+    );
+    assert!(text.contains("2026-12-04T22:30:00.000Z"), "{text}");
+    // An expression across the spring-forward gap: 02:30 does not exist on
+    // 2026-03-29 in Berlin, so that night fires once at 03:00.
+    let out = switchyard(
+        root,
+        &[
+            "schedule",
+            "30 2 * * *",
+            "--timezone",
+            "Europe/Berlin",
+            "--after",
+            "2026-03-28T00:00:00Z",
+            "--count",
+            "3",
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        value["fires"],
+        json!([
+            "2026-03-28T01:30:00.000Z",
+            "2026-03-29T01:00:00.000Z",
+            "2026-03-30T00:30:00.000Z"
+        ])
+    );
+    // One that can never fire, and a binding that is not a schedule.
+    let out = switchyard(root, &["schedule", "0 0 30 2 *"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("never fires"), "{}", stderr(&out));
+    let out = switchyard(root, &["schedule", "campaign-webhook"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("triggered by webhook"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -285,12 +285,21 @@ pub async fn rerun(
         Some(Value::String(from)) => RerunFrom::parse(from),
         Some(_) => return Err(Error::bad_request("`from` must be \"failed\" or a task id")),
     };
-    if let Some(key) = body.keys().find(|k| *k != "from") {
+    let patch = match body.get("params") {
+        None | Some(Value::Null) => serde_json::Map::new(),
+        Some(Value::Object(patch)) => patch.clone(),
+        Some(_) => {
+            return Err(Error::bad_request(
+                "`params` must be an object: the keys to change (null removes one)",
+            ));
+        }
+    };
+    if let Some(key) = body.keys().find(|k| *k != "from" && *k != "params") {
         return Err(Error::bad_request(format!(
-            "unknown key `{key}`; the body is {{\"from\": \"failed\"|\"<task>\"}}"
+            "unknown key `{key}`; the body is {{\"from\": \"failed\"|\"<task>\", \"params\": {{…}}}}"
         )));
     }
-    let new_id = state.runtime.rerun(run_id, &from).await?;
+    let new_id = state.runtime.rerun_with(run_id, &from, patch).await?;
     created(&state, new_id).await
 }
 

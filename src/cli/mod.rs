@@ -5,6 +5,7 @@ pub mod graph;
 mod matching;
 mod run;
 mod runs;
+mod schedule;
 mod schema;
 mod validate;
 
@@ -91,6 +92,8 @@ pub enum Command {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Print the next fire times of a cron binding or a cron expression.
+    Schedule(schedule::ScheduleArgs),
     /// Write the JSON Schemas of the file formats.
     Schema {
         /// Directory to write to.
@@ -113,6 +116,7 @@ pub fn main() -> ExitCode {
             format,
         } => graph::main(&cli.config, workflow, format),
         Command::Schema { ref out, print } => schema::main(out, print),
+        Command::Schedule(ref args) => schedule::main(&cli.config, args),
         Command::Serve {
             ref data_dir,
             ref listen,

@@ -48,8 +48,13 @@ pub enum RunsCommand {
     /// Start a rerun: from the failed tasks, or from `--from TASK`.
     Rerun {
         id: String,
+        /// `failed` (the failed tasks and what follows them) or a task id.
         #[arg(long, default_value = "failed")]
         from: String,
+        /// Change a param for the rerun (`key=value`, the value parsed as
+        /// JSON when it parses; `key=null` removes it).
+        #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+        params: Vec<String>,
     },
     /// Cancel an active run.
     Cancel { id: String },
@@ -185,12 +190,13 @@ async fn online(client: &Client, command: &RunsCommand) -> Result<Value, String>
                 )
                 .await
         }
-        RunsCommand::Rerun { id, from } => {
+        RunsCommand::Rerun { id, from, params } => {
+            let params = super::run::parse_params(params)?;
             client
                 .call(
                     Method::POST,
                     &format!("/runs/{}/rerun", parse_id(id)?),
-                    Some(json!({"from": from})),
+                    Some(json!({"from": from, "params": params})),
                 )
                 .await
         }
@@ -222,18 +228,17 @@ async fn offline(
         .map_err(|e| e.to_string())?;
         return Ok(json!({"id": run_id, "run": record}));
     }
-    if let RunsCommand::Rerun { id, from } = command {
-        // A rerun runs here, to its end, like `switchyard run`.
+    if let RunsCommand::Rerun { id, from, params } = command {
+        // A rerun runs here, to its end, like `switchyard run`, with the
+        // project's secrets, connections and workflows.
         let run_id = parse_id(id)?;
-        let runtime = Runtime::start(RuntimeConfig {
-            recover: false,
-            ..RuntimeConfig::new(dir)
-        })
-        .map_err(|e| e.to_string())?;
+        let patch = super::run::parse_params(params)?;
+        let runtime = Runtime::start(offline_commit_config(config, config_path, dir))
+            .map_err(|e| e.to_string())?;
         let handle = runtime.handle();
         let mut records = handle.subscribe();
         let new_id = handle
-            .rerun(run_id, &RerunFrom::parse(from))
+            .rerun_with(run_id, &RerunFrom::parse(from), patch)
             .await
             .map_err(|e| e.to_string())?;
         eprintln!("rerun {new_id} of {run_id} started");

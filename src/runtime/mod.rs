@@ -540,6 +540,17 @@ impl RuntimeHandle {
 
     /// Starts a rerun of an ended run (SPEC §7).
     pub async fn rerun(&self, run_id: RunId, from: &RerunFrom) -> Result<RunId, Error> {
+        self.rerun_with(run_id, from, Map::new()).await
+    }
+
+    /// A rerun whose params are the source's with `patch` merged over them
+    /// (a key set to null is removed, as in a JSON merge patch).
+    pub async fn rerun_with(
+        &self,
+        run_id: RunId,
+        from: &RerunFrom,
+        patch: Map<String, Value>,
+    ) -> Result<RunId, Error> {
         let log = self.log.clone();
         let source = tokio::task::spawn_blocking(move || replay::fold(&log, run_id))
             .await
@@ -564,9 +575,17 @@ impl RuntimeHandle {
                 Error::Conflict(e)
             }
         })?;
+        let mut params = source.params.clone();
+        for (key, value) in patch {
+            if value.is_null() {
+                params.remove(&key);
+            } else {
+                params.insert(key, value);
+            }
+        }
         self.submit(NewRun {
             workflow: Arc::clone(&source.workflow),
-            params: source.params.clone(),
+            params,
             // A rerun keeps its own copy of the event: retention keeps a
             // stored event only as long as the runs it started.
             event: source.event.clone(),

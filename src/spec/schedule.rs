@@ -109,13 +109,31 @@ impl Schedule {
                 cron::Schedule::from_str(text).map_err(|e| invalid(one_line(&e.to_string())))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Schedule {
+        let schedule = Schedule {
             kind: Kind::Cron(CronSchedule {
                 source: source.to_owned(),
                 tz,
                 parts,
             }),
-        })
+        };
+        // `0 0 30 2 *` parses but no date matches: a binding that could
+        // never fire is a mistake, not a schedule.
+        let epoch = DateTime::<Utc>::from_timestamp(0, 0).unwrap_or_default();
+        if schedule.next_after(epoch).is_none() {
+            return Err(invalid(
+                "it never fires: no date matches it (e.g. February 30, or a year before 1970)"
+                    .into(),
+            ));
+        }
+        Ok(schedule)
+    }
+
+    /// The time zone a cron schedule is in (None for `every`).
+    pub fn timezone(&self) -> Option<Tz> {
+        match &self.kind {
+            Kind::Cron(cron) => Some(cron.tz),
+            Kind::Every(_) => None,
+        }
     }
 
     /// A fixed interval; zero is rejected.
