@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, ExchangeKind};
 use serde_json::{Value, json};
 
@@ -1176,4 +1176,68 @@ async fn concurrent_mandatory_publishes_each_get_their_own_outcome() {
         line.ends_with(&format!("\t{}", routed_per_round * 5)),
         "every routed message is in the queue once: {line:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_over_amqp_keep_their_own_attributes() {
+    let Some(_shared) = broker::shared("cloudevents_over_amqp_keep_their_own_attributes").await
+    else {
+        return;
+    };
+    let exchange = broker::unique("ce");
+    let queue = broker::unique("q");
+    let connection = broker::connect().await;
+    let channel = broker::confirm_channel(&connection).await;
+    broker::declare_exchange(&channel, &exchange, ExchangeKind::Topic).await;
+    broker::declare_queue(&channel, &queue, &exchange, "orders.#", &[]).await;
+    let mut binding = amqp_binding("ce", &exchange, &queue, json!({}));
+    binding["filter"] = json!("event.type == 'order.created'");
+    let project = Project::new(&[binding]);
+    let daemon = project.start(None).await;
+    // Binary mode (the RabbitMQ binding): attributes in ce- headers, the
+    // body is the data and its own `type` key stays data.
+    let mut headers = FieldTable::default();
+    for (k, v) in [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "ce-amqp-binary-1"),
+        ("ce-type", "order.created"),
+        ("ce-source", "/shop"),
+    ] {
+        headers.insert(k.into(), AMQPValue::LongString(v.into()));
+    }
+    let binary = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_headers(headers);
+    // Structured mode: the body is the whole event.
+    let structured =
+        BasicProperties::default().with_content_type("application/cloudevents+json".into());
+    let messages = vec![
+        (
+            "orders.a".to_string(),
+            br#"{"type": "inner", "n": 1}"#.to_vec(),
+            binary,
+        ),
+        (
+            "orders.b".to_string(),
+            br#"{"specversion": "1.0", "id": "ce-amqp-structured-1", "type": "order.created",
+                 "source": "/shop", "subject": "order 9", "data": {"n": 2}}"#
+                .to_vec(),
+            structured,
+        ),
+    ];
+    broker::publish_all(&channel, &exchange, messages).await;
+    let runs = wait_ended(&daemon, "three", 2, Duration::from_secs(30)).await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let binary = daemon.get("/api/v1/events/ce-amqp-binary-1").await;
+    assert_eq!(binary["event"]["type"], "order.created", "{binary}");
+    assert_eq!(binary["event"]["source"], "/shop");
+    assert_eq!(binary["event"]["data"], json!({"type": "inner", "n": 1}));
+    assert_eq!(binary["event"]["switchyard"]["routing_key"], "orders.a");
+    let structured = daemon.get("/api/v1/events/ce-amqp-structured-1").await;
+    assert_eq!(structured["event"]["subject"], "order 9", "{structured}");
+    assert_eq!(structured["event"]["data"], json!({"n": 2}));
+    assert_eq!(structured["outcomes"][0]["outcome"], "started");
+    let _ = connection.close(200, "done".into()).await;
+    daemon.stop().await;
+    broker::delete_queues(&[&queue]).await;
 }

@@ -9,6 +9,7 @@ mod amqps;
 mod api;
 mod bindings;
 mod cli;
+mod cloudevents;
 mod daemon;
 mod engine;
 mod examples;

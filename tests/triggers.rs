@@ -1301,3 +1301,60 @@ async fn the_file_ledger_forgets_files_that_are_gone_while_the_daemon_runs() {
     }
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_encoded_webhook_becomes_an_object_and_githubs_payload_is_parsed() {
+    let secret = "s3cret-value";
+    let project = Project::with_secrets(
+        &[hook(
+            "gh",
+            "/gh",
+            json!({"secret": "${secrets.hook}", "signature": "github"}),
+            json!({"action": "${event.data.payload.action}", "tags": "${event.data.tag}"}),
+        )],
+        &[("hook", secret)],
+    );
+    let daemon = project.start(None).await;
+    // GitHub's form-encoded delivery: `payload` holds the JSON.
+    let body = b"payload=%7B%22action%22%3A%22opened%22%2C%22n%22%3A1%7D&tag=a&tag=b+c";
+    let (status, reply) = daemon
+        .post(
+            "/hooks/gh",
+            body,
+            &[
+                ("x-hub-signature-256", sign_hex(secret, body)),
+                ("x-github-delivery", "form-1".into()),
+                ("content-type", "application/x-www-form-urlencoded".into()),
+            ],
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let event_id = reply["event_id"].as_str().unwrap();
+    let shown = daemon.get(&format!("/api/v1/events/{event_id}")).await;
+    assert_eq!(
+        shown["event"]["data"],
+        json!({"payload": {"action": "opened", "n": 1}, "tag": ["a", "b c"]})
+    );
+    assert_eq!(shown["outcomes"][0]["outcome"], "started", "{shown}");
+    // A payload that is not JSON is a bad body, refused with the reason.
+    let body = b"payload=%7Bnot";
+    let (status, reply) = daemon
+        .post(
+            "/hooks/gh",
+            body,
+            &[
+                ("x-hub-signature-256", sign_hex(secret, body)),
+                ("x-github-delivery", "form-2".into()),
+                ("content-type", "application/x-www-form-urlencoded".into()),
+            ],
+        )
+        .await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`payload` is not JSON")
+    );
+    daemon.stop().await;
+}

@@ -7,24 +7,33 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::{AppState, Error};
+use crate::reactor::cloudevents;
 use crate::reactor::event::rfc3339;
 use crate::spec::binding::{Binding, Trigger};
 
-/// Checks a POSTed CloudEvent and fills the attributes it may leave out
-/// (`id`, `source`, `specversion`, `time`). Extension attributes are kept;
-/// `switchyard` is reserved and dropped.
+/// Checks a POSTed CloudEvent (structured: the body is the event) and
+/// fills the attributes it may leave out (`id`, `source`, `specversion`,
+/// `time`). Extension attributes are kept; `switchyard` is reserved and
+/// dropped.
 pub fn api_event(body: &[u8], now: i64) -> Result<Value, String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
-    let Value::Object(mut event) = value else {
-        return Err("the body must be a CloudEvent: a JSON object with at least `type`".into());
-    };
+    let event = cloudevents::structured(body).map_err(|e| {
+        if serde_json::from_slice::<Value>(body).is_ok() {
+            format!("the body must be a CloudEvent: a JSON object with at least `type` ({e})")
+        } else {
+            format!("invalid JSON body: {e}")
+        }
+    })?;
+    api_event_value(event, now)
+}
+
+/// [`api_event`] on an event already decoded (binary mode, a batch's element).
+pub fn api_event_value(mut event: Map<String, Value>, now: i64) -> Result<Value, String> {
     match event.get("type") {
         Some(Value::String(t)) if t.trim().is_empty() => return Err("`type` is empty".into()),
         Some(Value::String(t)) if t.starts_with("switchyard.") => {
@@ -47,12 +56,24 @@ pub fn api_event(body: &[u8], now: i64) -> Result<Value, String> {
             ));
         }
     }
-    for key in ["id", "source", "subject", "time", "datacontenttype"] {
+    for key in [
+        "id",
+        "source",
+        "subject",
+        "time",
+        "datacontenttype",
+        "dataschema",
+    ] {
         if let Some(v) = event.get(key)
             && !v.is_string()
         {
             return Err(format!("`{key}` must be a string"));
         }
+    }
+    if let Some(Value::String(time)) = event.get("time")
+        && chrono::DateTime::parse_from_rfc3339(time).is_err()
+    {
+        return Err(format!("`time` `{time}` is not an RFC 3339 timestamp"));
     }
     if event
         .get("id")
@@ -70,34 +91,100 @@ pub fn api_event(body: &[u8], now: i64) -> Result<Value, String> {
     Ok(Value::Object(event))
 }
 
+/// `POST /events`: a CloudEvent in the HTTP binding's structured mode
+/// (`application/cloudevents+json`, or plain JSON), binary mode (`ce-`
+/// headers, the body as data) or a batch (`application/cloudevents-batch+json`,
+/// each event recorded and answered on its own).
 pub async fn post_event(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Bytes,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<Response, Error> {
     let now = crate::time::now_millis();
-    let event = api_event(&body, now).map_err(|e| {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let media = content_type.map(cloudevents::media_type);
+    let refused = |e: String| {
         state
             .reactor
             .metrics()
             .rejected
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Error::bad_request(e)
-    })?;
+        e
+    };
+    if media.as_deref() == Some(cloudevents::BATCH) {
+        let items = cloudevents::batch(&body)
+            .map_err(refused)
+            .map_err(Error::bad_request)?;
+        let mut results = Vec::with_capacity(items.len());
+        let mut all_accepted = true;
+        for item in items {
+            match item.and_then(|event| api_event_value(event, now)) {
+                Ok(event) => results.push(submit_api_event(&state, event).await?),
+                Err(e) => {
+                    all_accepted = false;
+                    let e = refused(e);
+                    results.push(
+                        json!({"status": 400, "error": {"code": "bad_request", "message": e}}),
+                    );
+                }
+            }
+        }
+        let status = if all_accepted {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::MULTI_STATUS
+        };
+        return Ok((status, Json(json!({"events": results}))).into_response());
+    }
+    let decoded = if headers.contains_key("ce-specversion") {
+        let ce_headers = headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
+        cloudevents::binary(ce_headers, content_type, &body)
+            .and_then(|event| api_event_value(event, now))
+    } else {
+        api_event(&body, now)
+    };
+    let event = decoded.map_err(refused).map_err(Error::bad_request)?;
+    let answer = submit_api_event(&state, event).await?;
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+/// Records one API event with what each `api` binding did; says so when
+/// none matched (the event is recorded all the same).
+async fn submit_api_event(state: &AppState, event: Value) -> Result<Value, Error> {
     let bindings: Vec<Arc<Binding>> = state
         .reactor
         .bindings_where(|b| matches!(b.trigger, Trigger::Api));
+    let event_type = event
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let accepted = state
         .reactor
         .submit(event, &bindings, Vec::new(), false)
         .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "event_id": accepted.event_id,
-            "runs": accepted.runs,
-            "outcomes": accepted.outcomes,
-        })),
-    ))
+    let mut answer = json!({
+        "status": 202,
+        "event_id": accepted.event_id,
+        "runs": accepted.runs,
+        "outcomes": accepted.outcomes,
+    });
+    if accepted.runs.is_empty() {
+        answer["message"] = Value::String(if bindings.is_empty() {
+            format!(
+                "recorded; no binding listens to API events (`\"on\": {{\"api\": {{}}}}`), so nothing started for type `{event_type}`"
+            )
+        } else {
+            format!(
+                "recorded; no binding started a run for type `{event_type}` (see `outcomes`: each binding's filter or dedup)"
+            )
+        });
+    }
+    Ok(answer)
 }
 
 #[derive(Debug, Deserialize)]

@@ -203,6 +203,9 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<(Value, Option<String>
             .map(|v| (v, Some("application/json".to_string())))
             .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")));
     }
+    if content_type.starts_with("application/x-www-form-urlencoded") {
+        return Ok((form_object(body)?, Some("application/json".to_string())));
+    }
     Ok(match std::str::from_utf8(body) {
         Ok(text) => (Value::String(text.to_string()), Some(content_type)),
         Err(_) => (
@@ -210,6 +213,30 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<(Value, Option<String>
             Some(format!("{content_type};base64")),
         ),
     })
+}
+
+/// A form body as an object: each field a string (a repeated field an
+/// array of them); a `payload` field holding JSON (GitHub's form-encoded
+/// webhooks) is parsed.
+fn form_object(body: &[u8]) -> Result<Value, Error> {
+    let mut fields = serde_json::Map::new();
+    for (key, value) in form_urlencoded::parse(body) {
+        let value = Value::String(value.into_owned());
+        match fields.get_mut(key.as_ref()) {
+            Some(Value::Array(values)) => values.push(value),
+            Some(first) => *first = Value::Array(vec![first.take(), value]),
+            None => {
+                fields.insert(key.into_owned(), value);
+            }
+        }
+    }
+    if let Some(Value::String(payload)) = fields.get("payload") {
+        let parsed = serde_json::from_str::<Value>(payload).map_err(|e| {
+            Error::bad_request(format!("the form field `payload` is not JSON: {e}"))
+        })?;
+        fields.insert("payload".into(), parsed);
+    }
+    Ok(Value::Object(fields))
 }
 
 /// Step 5: the event envelope (CloudEvents attribute names). Its id is the sender's delivery

@@ -208,10 +208,16 @@ pub fn trigger_accepts(binding: &Binding, event: &Value) -> Result<(), String> {
             Ok(())
         }
         Trigger::Amqp(a) => {
-            if EventKind::of(kind) != EventKind::Amqp {
+            // A CloudEvent that came over AMQP keeps its own type and
+            // source; where it came from is in its `switchyard` attribute.
+            let delivered = event
+                .pointer("/switchyard/exchange")
+                .and_then(Value::as_str);
+            if EventKind::of(kind) != EventKind::Amqp && delivered.is_none() {
                 return wrong_kind(AMQP_MESSAGE);
             }
-            let exchange = source.rsplit('/').next().unwrap_or_default();
+            let exchange =
+                delivered.unwrap_or_else(|| source.rsplit('/').next().unwrap_or_default());
             if exchange != a.exchange {
                 return Err(format!(
                     "event came from exchange `{exchange}`, the binding listens on `{}`",
@@ -219,7 +225,8 @@ pub fn trigger_accepts(binding: &Binding, event: &Value) -> Result<(), String> {
                 ));
             }
             let key = event
-                .get("subject")
+                .pointer("/switchyard/routing_key")
+                .or_else(|| event.get("subject"))
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             if !routing_key_matches(a, key) {

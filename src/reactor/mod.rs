@@ -6,6 +6,7 @@
 //! Evaluation ([`evaluate`]) is pure, so `switchyard match` shows exactly what
 //! the daemon would do.
 
+pub mod cloudevents;
 pub mod event;
 
 use std::sync::Arc;

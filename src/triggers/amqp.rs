@@ -46,6 +46,7 @@ use crate::amqp::{
 use crate::log::Outcome;
 use crate::metrics::AmqpMetrics;
 use crate::reactor::Reactor;
+use crate::reactor::cloudevents;
 use crate::reactor::event::{AMQP_MESSAGE, Event, routing_key_matches};
 use crate::spec::binding::{AmqpTrigger, Binding, ExchangeType, Trigger};
 
@@ -733,7 +734,35 @@ pub fn decode_message(delivery: Message<'_>, queue: &str, vhost: &str) -> Result
         .map(|c| c.as_str().to_string());
     let media = content_type.as_deref().map(media_type);
     let body = delivery.data;
+    let headers = props
+        .headers()
+        .as_ref()
+        .map(field_table_json)
+        .unwrap_or_default();
+    // A CloudEvent (structured: the body is the event; binary: `ce-`
+    // headers) keeps its own attributes instead of being wrapped.
+    let cloud_event = if media.as_deref() == Some(cloudevents::STRUCTURED) {
+        Some(cloudevents::structured(body)?)
+    } else if let Some(attributes) = ce_headers(&headers) {
+        let data = if body.is_empty() {
+            Value::Null
+        } else {
+            cloudevents::data_from_bytes(body, media.as_deref())?
+        };
+        let mut event = attributes;
+        if let Some(content_type) = &content_type {
+            event.insert(
+                "datacontenttype".into(),
+                Value::String(content_type.clone()),
+            );
+        }
+        event.insert("data".into(), data);
+        Some(event)
+    } else {
+        None
+    };
     let (data, datacontenttype) = match media.as_deref() {
+        _ if cloud_event.is_some() => (Value::Null, None),
         Some(m) if is_json(m) => match serde_json::from_slice::<Value>(body) {
             Ok(value) => (value, content_type.clone()),
             Err(e) => return Err(format!("the body is declared `{m}` but is not JSON: {e}")),
@@ -760,11 +789,6 @@ pub fn decode_message(delivery: Message<'_>, queue: &str, vhost: &str) -> Result
             },
         },
     };
-    let headers = props
-        .headers()
-        .as_ref()
-        .map(field_table_json)
-        .unwrap_or_default();
     let exchange = delivery.exchange;
     let routing_key = delivery.routing_key;
     let id = match props.message_id().as_ref().map(|m| m.as_str()) {
@@ -830,5 +854,57 @@ pub fn decode_message(delivery: Message<'_>, queue: &str, vhost: &str) -> Result
     .as_object()
     .cloned()
     .unwrap_or_default();
-    Ok(event.into_value())
+    let Some(mut cloud_event) = cloud_event else {
+        return Ok(event.into_value());
+    };
+    // The CloudEvent's own attributes, with what it leaves out taken from
+    // the delivery; where it came from is in `switchyard` as for any message.
+    let Value::Object(wrapped) = event.into_value() else {
+        return Err("cannot build the event".into());
+    };
+    for key in ["specversion", "id", "source", "type", "time", "subject"] {
+        let missing = cloud_event
+            .get(key)
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty);
+        if missing && let Some(value) = wrapped.get(key) {
+            cloud_event.insert(key.into(), value.clone());
+        }
+    }
+    if let Some(Value::String(v)) = cloud_event.get("specversion")
+        && v != "1.0"
+    {
+        return Err(format!(
+            "CloudEvents specversion `{v}` is not supported (use 1.0)"
+        ));
+    }
+    if let Some(switchyard) = wrapped.get("switchyard") {
+        cloud_event.insert("switchyard".into(), switchyard.clone());
+    }
+    Ok(Value::Object(cloud_event))
+}
+
+/// CloudEvents attributes carried in AMQP headers (binary mode): `ce-`
+/// (the RabbitMQ binding), `cloudEvents:` or `cloudEvents_` (the AMQP 1.0
+/// binding's prefixes). None when the message is not a CloudEvent.
+fn ce_headers(headers: &Map<String, Value>) -> Option<Map<String, Value>> {
+    let mut attributes = Map::new();
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        let Some(attribute) = ["ce-", "cloudevents:", "cloudevents_"]
+            .iter()
+            .find_map(|prefix| lower.strip_prefix(prefix))
+        else {
+            continue;
+        };
+        if attribute.is_empty() || attribute == "data" || attribute == "data_base64" {
+            continue;
+        }
+        let text = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        attributes.insert(attribute.to_string(), Value::String(text));
+    }
+    attributes.contains_key("specversion").then_some(attributes)
 }
