@@ -28,6 +28,9 @@ pub fn is_json(media: &str) -> bool {
     media == "application/json" || media == "text/json" || media.ends_with("+json")
 }
 
+/// One event of a batch: its attributes and data, or why it is refused.
+pub type Decoded = Result<Map<String, Value>, String>;
+
 /// One structured-mode event (a JSON object); its `data_base64`, if any,
 /// decoded into `data`.
 pub fn structured(body: &[u8]) -> Result<Map<String, Value>, String> {
@@ -63,7 +66,7 @@ pub fn structured_value(value: Value) -> Result<Map<String, Value>, String> {
 
 /// A batch: a JSON array of structured events, each decoded on its own
 /// (one bad element does not refuse the others).
-pub fn batch(body: &[u8]) -> Result<Vec<Result<Map<String, Value>, String>>, String> {
+pub fn batch(body: &[u8]) -> Result<Vec<Decoded>, String> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| format!("invalid JSON in a CloudEvents batch: {e}"))?;
     let Value::Array(items) = value else {
