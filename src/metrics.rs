@@ -38,6 +38,8 @@ pub struct EventMetrics {
     pub failed: AtomicU64,
     /// AMQP messages that matched none of their queue's bindings.
     pub unrouted: AtomicU64,
+    /// Offered to a paused binding (or one whose workflow is paused).
+    pub paused: AtomicU64,
     /// Refused at the edge (bad signature, bad body, too large, undecodable message).
     pub rejected: AtomicU64,
     /// The AMQP consumers' counters.
@@ -55,6 +57,7 @@ impl EventMetrics {
                 Outcome::Filtered { .. } => self.filtered.fetch_add(1, Relaxed),
                 Outcome::Failed { .. } => self.failed.fetch_add(1, Relaxed),
                 Outcome::Unrouted { .. } => self.unrouted.fetch_add(1, Relaxed),
+                Outcome::Paused { .. } => self.paused.fetch_add(1, Relaxed),
             };
         }
     }

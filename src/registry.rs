@@ -63,6 +63,16 @@ pub struct Registry {
     pub errors: Vec<Diagnostic>,
     /// For checks of rendered secrets (a `whsec_` webhook secret).
     secrets: Arc<Secrets>,
+    /// Paused bindings and workflows (durable: the daemon restores them
+    /// from the log's marks at start). A reload keeps them.
+    paused: Paused,
+}
+
+/// What is paused, by name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Paused {
+    pub bindings: std::collections::BTreeSet<String>,
+    pub workflows: std::collections::BTreeSet<String>,
 }
 
 pub type SharedRegistry = Arc<RwLock<Registry>>;
@@ -125,6 +135,22 @@ impl Registry {
 
     pub fn binding(&self, name: &str) -> Option<&Arc<Binding>> {
         self.bindings.get(name)
+    }
+
+    /// Whether events through `binding` start nothing now: it is paused, or
+    /// its workflow is.
+    pub fn is_paused(&self, binding: &Binding) -> bool {
+        self.paused.bindings.contains(&binding.name)
+            || self.paused.workflows.contains(&binding.workflow)
+    }
+
+    pub fn paused(&self) -> &Paused {
+        &self.paused
+    }
+
+    /// Replaces what is paused (from the log's marks, or after a change).
+    pub fn set_paused(&mut self, paused: Paused) {
+        self.paused = paused;
     }
 
     /// Re-reads every workflow dir and applies what validates.

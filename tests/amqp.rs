@@ -1241,3 +1241,60 @@ async fn cloudevents_over_amqp_keep_their_own_attributes() {
     daemon.stop().await;
     broker::delete_queues(&[&queue]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_amqp_binding_leaves_messages_in_the_queue_until_resumed() {
+    let Some(_shared) =
+        broker::shared("a_paused_amqp_binding_leaves_messages_in_the_queue_until_resumed").await
+    else {
+        return;
+    };
+    let exchange = broker::unique("pause");
+    let queue = broker::unique("q");
+    let connection = broker::connect().await;
+    let channel = broker::confirm_channel(&connection).await;
+    broker::declare_exchange(&channel, &exchange, ExchangeKind::Topic).await;
+    broker::declare_queue(&channel, &queue, &exchange, "orders.#", &[]).await;
+    let project = Project::new(&[amqp_binding("paused", &exchange, &queue, json!({}))]);
+    let daemon = project.start(None).await;
+    let (status, answer) = daemon.post("/api/v1/bindings/paused/pause", b"", &[]).await;
+    assert_eq!(status, 200, "{answer}");
+    // The consumer stops (the queue stays bound): messages wait there.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metrics(&daemon).await["switchyard_amqp_consumers"] != 0.0 {
+        assert!(Instant::now() < deadline, "the consumer did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let json_type = || BasicProperties::default().with_content_type("application/json".into());
+    let messages: Vec<_> = (0..20)
+        .map(|n| {
+            (
+                "orders.a".to_string(),
+                json!({"n": n}).to_string().into_bytes(),
+                json_type().with_message_id(format!("held-{n}").into()),
+            )
+        })
+        .collect();
+    broker::publish_all(&channel, &exchange, messages).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        daemon.runs("three").await.is_empty(),
+        "a paused binding consumed"
+    );
+    let listed = broker::ctl(&["list_queues", "name", "messages"]);
+    let ready = listed
+        .lines()
+        .find(|l| l.starts_with(&queue))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(ready, Some(20), "{listed}");
+    let (status, _) = daemon
+        .post("/api/v1/bindings/paused/resume", b"", &[])
+        .await;
+    assert_eq!(status, 200);
+    let runs = wait_ended(&daemon, "three", 20, Duration::from_secs(30)).await;
+    exactly_once(&runs, 20);
+    let _ = connection.close(200, "done".into()).await;
+    daemon.stop().await;
+    broker::delete_queues(&[&queue]).await;
+}

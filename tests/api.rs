@@ -85,6 +85,7 @@ impl Fixture {
         })
         .unwrap();
         let state = AppState {
+            bindings_changed: Default::default(),
             runtime: runtime.handle(),
             reactor: Reactor::new(runtime.handle(), Arc::clone(&registry)),
             registry,

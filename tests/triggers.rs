@@ -1358,3 +1358,142 @@ async fn a_form_encoded_webhook_becomes_an_object_and_githubs_payload_is_parsed(
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_files_records_hooks_api_and_ticks_survives_a_restart_and_resume_catches_up() {
+    let t0 = utc(2026, 6, 1, 12, 0, 0);
+    let project = Project::new(&[
+        file_binding("files", "inbox", json!({})),
+        hook(
+            "plain",
+            "/plain",
+            json!({}),
+            json!({"order": "${event.data.order}"}),
+        ),
+        json!({"name": "api", "on": {"api": {}}, "workflow": "second"}),
+        json!({"name": "tick", "on": {"cron": {"every": "1m"}}, "workflow": "first"}),
+    ]);
+    let inbox = project.inbox();
+    let clock = ManualClock::new(t0);
+    let daemon = project.start(Some(Arc::new(clock.clone()))).await;
+    let pause = |path: &'static str| daemon.post(path, b"", &[]);
+    let (status, answer) = pause("/api/v1/bindings/files/pause").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["paused"], true);
+    assert!(answer["since"].is_string(), "{answer}");
+    let (status, _) = pause("/api/v1/bindings/plain/pause").await;
+    assert_eq!(status, 200);
+    // A workflow's pause holds every binding that starts it.
+    let (status, _) = pause("/api/v1/workflows/second/pause").await;
+    assert_eq!(status, 200);
+    let (status, _) = pause("/api/v1/workflows/first/pause").await;
+    assert_eq!(status, 200);
+    let (status, answer) = pause("/api/v1/bindings/nope/pause").await;
+    assert_eq!(status, 404, "{answer}");
+    let bindings = daemon.get("/api/v1/bindings").await;
+    let paused: BTreeMap<String, bool> = bindings["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["name"].as_str().unwrap().to_string(), b["paused"] == true))
+        .collect();
+    assert!(paused.values().all(|p| *p), "{paused:?}");
+
+    // Traffic while paused: a file waits, the rest is recorded as paused.
+    std::fs::write(inbox.join("held.csv"), "a,b\n").unwrap();
+    let (status, hooked) = daemon
+        .post(
+            "/hooks/plain",
+            br#"{"order": 5}"#,
+            &[("content-type", "application/json".into())],
+        )
+        .await;
+    assert_eq!(status, 202, "{hooked}");
+    assert_eq!(hooked["outcomes"][0]["outcome"], "paused", "{hooked}");
+    let (status, api) = daemon
+        .post(
+            "/api/v1/events",
+            br#"{"type": "thing.happened", "id": "api-paused-1"}"#,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 202, "{api}");
+    assert_eq!(api["outcomes"][0]["outcome"], "paused");
+    clock.set(t0 + chrono::Duration::minutes(1));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ticks: Vec<Value> = daemon
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e["event"]["type"] == "switchyard.cron.tick")
+            .collect();
+        if let Some(tick) = ticks.first() {
+            assert_eq!(tick["outcomes"][0]["outcome"], "paused", "{tick}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the paused tick was not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        daemon.runs("ingest").await.is_empty(),
+        "a paused file binding started a run"
+    );
+    assert!(daemon.runs("first").await.is_empty());
+    daemon.stop().await;
+
+    // Durable: still paused after a restart, and the file still waits.
+    let daemon = project.start(Some(Arc::new(clock.clone()))).await;
+    let bindings = daemon.get("/api/v1/bindings").await;
+    assert!(
+        bindings["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["paused"] == true),
+        "{bindings}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(daemon.runs("ingest").await.is_empty());
+
+    // Resume: the held file has exactly one run; a paused webhook event is
+    // replayed to the binding as it is now.
+    for path in [
+        "/api/v1/bindings/files/resume",
+        "/api/v1/bindings/plain/resume",
+        "/api/v1/workflows/second/resume",
+    ] {
+        let (status, answer) = daemon.post(path, b"", &[]).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["paused"], false);
+    }
+    let runs = daemon.wait_runs("ingest", 1, Duration::from_secs(20)).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let event_id = hooked["event_id"].as_str().unwrap();
+    let (status, replayed) = daemon
+        .post(&format!("/api/v1/events/{event_id}/replay"), b"", &[])
+        .await;
+    assert_eq!(status, 202, "{replayed}");
+    assert_eq!(replayed["replay_of"], event_id);
+    assert_eq!(replayed["outcomes"][0]["outcome"], "started", "{replayed}");
+    // A replay bypasses dedup: a second one starts a second run.
+    let (_, again) = daemon
+        .post(&format!("/api/v1/events/{event_id}/replay"), b"", &[])
+        .await;
+    assert_eq!(again["outcomes"][0]["outcome"], "started", "{again}");
+    let runs = daemon.wait_runs("ingest", 3, Duration::from_secs(20)).await;
+    assert_eq!(runs.len(), 3);
+    let (status, _) = daemon.post("/api/v1/events/no-such/replay", b"", &[]).await;
+    assert_eq!(status, 404);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        daemon.runs("ingest").await.len(),
+        3,
+        "the held file ran once"
+    );
+    daemon.stop().await;
+}

@@ -263,6 +263,7 @@ pub async fn list_bindings(State(state): State<AppState>) -> Result<Json<Value>,
         .bindings()
         .map(|b| {
             let mut out = binding_json(b);
+            out["paused"] = json!(registry.is_paused(b));
             // An amqp binding's queue consumer: consuming, or why not.
             if let Trigger::Amqp(a) = &b.trigger {
                 out["consumer"] = amqp.consumer(&a.queue).map_or(Value::Null, |c| {

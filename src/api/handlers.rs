@@ -63,7 +63,11 @@ pub async fn list_workflows(State(state): State<AppState>) -> Result<Json<Value>
     let registry = state.registry()?;
     let workflows: Vec<Value> = registry
         .workflows()
-        .map(|e| workflow_summary(&e.current))
+        .map(|e| {
+            let mut summary = workflow_summary(&e.current);
+            summary["paused"] = json!(registry.paused().workflows.contains(&e.current.name));
+            summary
+        })
         .collect();
     let errors = super::diagnostics_json(&registry.errors);
     Ok(Json(json!({"workflows": workflows, "errors": errors})))
@@ -365,6 +369,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
          switchyard_event_outcomes_total{{outcome=\"filtered\"}} {}\n\
          switchyard_event_outcomes_total{{outcome=\"failed\"}} {}\n\
          switchyard_event_outcomes_total{{outcome=\"unrouted\"}} {}\n\
+         switchyard_event_outcomes_total{{outcome=\"paused\"}} {}\n\
          # HELP switchyard_events_rejected_total Events refused at the edge (signature, size, parse).\n\
          # TYPE switchyard_events_rejected_total counter\n\
          switchyard_events_rejected_total {}\n\
@@ -431,6 +436,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         get(&e.filtered),
         get(&e.failed),
         get(&e.unrouted),
+        get(&e.paused),
         get(&e.rejected),
         get(&m.records_missed),
         get(&e.amqp.deliveries),

@@ -7,6 +7,7 @@
 mod events;
 mod handlers;
 mod hooks;
+mod operations;
 
 pub use events::{api_event, binding_json};
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub reactor: crate::reactor::Reactor,
     /// For webhook secrets (`${secrets.name}`) and header redaction.
     pub secrets: Arc<crate::spec::Secrets>,
+    /// Wakes the adapters' reconcile (a pause or resume changes which run).
+    pub bindings_changed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -76,7 +79,15 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}/rerun", post(handlers::rerun))
         .route("/events", post(events::post_event).get(events::list_events))
         .route("/events/{id}", get(events::show_event))
+        .route("/events/{id}/replay", post(operations::replay_event))
         .route("/bindings", get(events::list_bindings))
+        .route("/bindings/{name}/pause", post(operations::pause_binding))
+        .route("/bindings/{name}/resume", post(operations::resume_binding))
+        .route("/workflows/{name}/pause", post(operations::pause_workflow))
+        .route(
+            "/workflows/{name}/resume",
+            post(operations::resume_workflow),
+        )
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -3,6 +3,7 @@
 mod client;
 pub mod graph;
 mod matching;
+mod operations;
 mod run;
 mod runs;
 mod schedule;
@@ -92,6 +93,16 @@ pub enum Command {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Pause a binding (or a workflow's bindings): nothing starts, nothing
+    /// is lost; durable across restarts. On the running server.
+    Pause(operations::PauseArgs),
+    /// Resume a paused binding or workflow.
+    Resume(operations::PauseArgs),
+    /// Recorded events: replay one to the current bindings.
+    Events {
+        #[command(subcommand)]
+        command: operations::EventsCommand,
+    },
     /// Print the next fire times of a cron binding or a cron expression.
     Schedule(schedule::ScheduleArgs),
     /// Write the JSON Schemas of the file formats.
@@ -117,6 +128,9 @@ pub fn main() -> ExitCode {
         } => graph::main(&cli.config, workflow, format),
         Command::Schema { ref out, print } => schema::main(out, print),
         Command::Schedule(ref args) => schedule::main(&cli.config, args),
+        Command::Pause(ref args) => operations::pause(&cli.config, args, true),
+        Command::Resume(ref args) => operations::pause(&cli.config, args, false),
+        Command::Events { ref command } => operations::events(&cli.config, command),
         Command::Serve {
             ref data_dir,
             ref listen,

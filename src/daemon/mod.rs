@@ -189,6 +189,11 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     })?;
     let metrics = Arc::new(DaemonMetrics::default());
     let handle = runtime.handle();
+    // What was paused stays paused across restarts.
+    let paused = crate::reactor::pause::load(handle.log()).map_err(runtime::Error::from)?;
+    if let Ok(mut registry) = registry.write() {
+        registry.set_paused(paused);
+    }
     tokio::spawn(count_records(handle.subscribe(), Arc::clone(&metrics)));
     let stop = CancellationToken::new();
     let reactor = Reactor::new(handle.clone(), Arc::clone(&registry));
@@ -231,10 +236,11 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     watch::spawn(
         Arc::clone(&registry),
         Arc::clone(&metrics),
-        bindings_changed,
+        Arc::clone(&bindings_changed),
         stop.clone(),
     );
     let state = AppState {
+        bindings_changed: Arc::clone(&bindings_changed),
         runtime: handle.clone(),
         reactor,
         secrets,

@@ -44,6 +44,9 @@ pub enum Outcome {
         exchange: String,
         routing_key: String,
     },
+    /// The binding, or its workflow, is paused (format 7): recorded, not
+    /// run; `POST /events/{id}/replay` offers it again.
+    Paused { binding: String },
 }
 
 impl Outcome {
@@ -52,7 +55,8 @@ impl Outcome {
             Outcome::Started { binding, .. }
             | Outcome::Duplicate { binding, .. }
             | Outcome::Filtered { binding, .. }
-            | Outcome::Failed { binding, .. } => binding,
+            | Outcome::Failed { binding, .. }
+            | Outcome::Paused { binding } => binding,
             Outcome::Unrouted { .. } => "",
         }
     }
@@ -64,6 +68,7 @@ impl Outcome {
             Outcome::Filtered { .. } => "filtered",
             Outcome::Failed { .. } => "failed",
             Outcome::Unrouted { .. } => "unrouted",
+            Outcome::Paused { .. } => "paused",
         }
     }
 }

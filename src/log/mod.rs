@@ -156,7 +156,8 @@ const FORMAT_KEY: &[u8] = b"format";
 /// 6: `run_created` may carry the project's `vars` (an older binary would
 ///    replay such a run without them).
 /// 7: `run_created` may carry `parent` (a sub-workflow's run: the `workflow`
-///    task attempt that started it, and its depth) and `logical_time`.
+///    task attempt that started it, and its depth) and `logical_time`;
+///    events may carry the `paused` outcome.
 pub const FORMAT_VERSION: u32 = 7;
 /// Formats this binary reads; an older one is upgraded on open (3 builds
 /// the dedup expiry index) and marked current, so an older binary refuses

@@ -8,6 +8,7 @@
 
 pub mod cloudevents;
 pub mod event;
+pub mod pause;
 
 use std::sync::Arc;
 
@@ -144,17 +145,30 @@ pub fn submission(
     wait: bool,
     now: Millis,
 ) -> Submission {
-    let workflows: Vec<Option<Arc<Workflow>>> = match registry.read() {
+    let (workflows, paused): (Vec<Option<Arc<Workflow>>>, Vec<bool>) = match registry.read() {
         Ok(registry) => bindings
             .iter()
-            .map(|b| registry.get(&b.workflow).map(|e| Arc::clone(&e.current)))
-            .collect(),
-        Err(_) => vec![None; bindings.len()],
+            .map(|b| {
+                (
+                    registry.get(&b.workflow).map(|e| Arc::clone(&e.current)),
+                    registry.is_paused(b),
+                )
+            })
+            .unzip(),
+        Err(_) => (vec![None; bindings.len()], vec![false; bindings.len()]),
     };
     let candidates = bindings
         .iter()
         .zip(workflows)
-        .map(|(binding, workflow)| {
+        .zip(paused)
+        .map(|((binding, workflow), paused)| {
+            // Paused: recorded, nothing evaluated or started (a replay
+            // evaluates it against the bindings of its day).
+            if paused {
+                return SubmitCandidate::Done(Outcome::Paused {
+                    binding: binding.name.clone(),
+                });
+            }
             let evaluation = evaluate(binding, &event, now);
             let outcome = match (evaluation, workflow) {
                 (Evaluation::Matched { params, dedup_key }, Some(workflow)) => {
@@ -205,6 +219,13 @@ impl std::fmt::Debug for Reactor {
 }
 
 impl Reactor {
+    /// Whether `binding` (or its workflow) is paused now.
+    pub fn is_paused(&self, binding: &Binding) -> bool {
+        self.registry
+            .read()
+            .is_ok_and(|registry| registry.is_paused(binding))
+    }
+
     pub fn new(runtime: RuntimeHandle, registry: SharedRegistry) -> Self {
         Self {
             runtime,
@@ -256,6 +277,34 @@ impl Reactor {
                 _ => {}
             }
         }
+        Ok(accepted)
+    }
+
+    /// A replayed event: evaluated like [`Reactor::submit`], its runs
+    /// started with dedup keys of its own (`replay:<event id>:<binding>`),
+    /// so a replay is never taken for a duplicate of the original.
+    pub async fn replay(
+        &self,
+        event: Value,
+        bindings: &[Arc<Binding>],
+    ) -> Result<Accepted, runtime::Error> {
+        let now = crate::time::now_millis();
+        let event_id = event
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut submission = submission(&self.registry, event, bindings, Vec::new(), false, now);
+        for candidate in &mut submission.candidates {
+            if let SubmitCandidate::Start {
+                binding, dedup_key, ..
+            } = candidate
+            {
+                *dedup_key = format!("replay:{event_id}:{binding}");
+            }
+        }
+        let accepted = self.runtime.accept(submission).await?;
+        self.metrics.count(&accepted.outcomes);
         Ok(accepted)
     }
 

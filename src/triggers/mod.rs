@@ -72,7 +72,13 @@ impl Triggers {
             .reactor
             .bindings_where(|b| b.enabled && b.trigger.kind() != "api");
 
-        let groups = file::groups(&bindings);
+        // A paused binding's watcher or consumer stops, so its files and
+        // messages wait at the source; bindings sharing one stop with it
+        // (their source is one: a file or message cannot wait for one
+        // binding and be taken for another).
+        let paused = |group: &Vec<Arc<Binding>>| group.iter().any(|b| self.reactor.is_paused(b));
+        let mut groups = file::groups(&bindings);
+        groups.retain(|_, group| !paused(group));
         for ((path, recursive), group) in keep_unchanged(&mut self.files, groups) {
             let token = self.stop.child_token();
             file::FileWatch::new(path.clone(), recursive, group.clone(), self.reactor.clone())
@@ -107,10 +113,11 @@ impl Triggers {
             self.crons.insert(name, (binding, token));
         }
 
-        let queues = amqp::groups(&bindings);
+        let mut queues = amqp::groups(&bindings);
         if let Ok(endpoint) = &self.broker {
             // Queues switchyard bound that no binding uses now (removed by a
-            // reload, or while the daemon was down).
+            // reload, or while the daemon was down). A paused binding's
+            // queue stays bound: its messages wait there.
             let log = self.reactor.runtime().log();
             for (queue, pairs) in amqp::queues_bound(log) {
                 if !pairs.is_empty() && !queues.contains_key(&queue) {
@@ -118,6 +125,7 @@ impl Triggers {
                 }
             }
         }
+        queues.retain(|_, group| !paused(group));
         for (queue, group) in keep_unchanged(&mut self.queues, queues) {
             let endpoint = match &self.broker {
                 Ok(endpoint) => endpoint.clone(),

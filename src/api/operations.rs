@@ -1,0 +1,117 @@
+//! Operations: pause and resume a binding or a whole workflow (durable),
+//! and replay a recorded event to the current bindings.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{AppState, Error};
+use crate::reactor::pause::{self, Target};
+use crate::reactor::trigger_accepts;
+use crate::spec::binding::Binding;
+
+pub async fn pause_binding(state: State<AppState>, name: Path<String>) -> Result<Response, Error> {
+    set(state, Target::Binding, name, true).await
+}
+
+pub async fn resume_binding(state: State<AppState>, name: Path<String>) -> Result<Response, Error> {
+    set(state, Target::Binding, name, false).await
+}
+
+pub async fn pause_workflow(state: State<AppState>, name: Path<String>) -> Result<Response, Error> {
+    set(state, Target::Workflow, name, true).await
+}
+
+pub async fn resume_workflow(
+    state: State<AppState>,
+    name: Path<String>,
+) -> Result<Response, Error> {
+    set(state, Target::Workflow, name, false).await
+}
+
+/// Pauses or resumes; answers once it is durable and the adapters have
+/// been told (an AMQP consumer stops, a file watcher stops).
+async fn set(
+    State(state): State<AppState>,
+    target: Target,
+    Path(name): Path<String>,
+    paused: bool,
+) -> Result<Response, Error> {
+    {
+        let registry = state.registry()?;
+        let known = match target {
+            Target::Binding => registry.binding(&name).is_some(),
+            Target::Workflow => registry.get(&name).is_some(),
+        };
+        if !known {
+            let what = match target {
+                Target::Binding => "binding",
+                Target::Workflow => "workflow",
+            };
+            return Err(Error::not_found(format!("no {what} named `{name}`")));
+        }
+    }
+    let log = state.runtime.log().clone();
+    let registry = Arc::clone(&state.registry);
+    let key = name.clone();
+    let changed =
+        tokio::task::spawn_blocking(move || pause::set(&log, &registry, target, &key, paused))
+            .await
+            .map_err(super::internal)??;
+    state.bindings_changed.notify_one();
+    let since = pause::since(state.runtime.log(), target, &name);
+    let kind = match target {
+        Target::Binding => "binding",
+        Target::Workflow => "workflow",
+    };
+    tracing::info!(kind, name, paused, changed, "Pause state set.");
+    Ok((
+        StatusCode::OK,
+        Json(json!({kind: name, "paused": paused, "since": since, "changed": changed})),
+    )
+        .into_response())
+}
+
+/// `POST /events/{id}/replay`: the recorded event offered again to the
+/// bindings of its source as they are now, bypassing dedup explicitly (each
+/// run gets the dedup key `replay:<new event id>:<binding>`), recorded as a
+/// new event `<id>#replay-<uuid>` whose `switchyard.replay_of` names the original.
+pub async fn replay_event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    let log = state.runtime.log().clone();
+    let lookup = id.clone();
+    let found = tokio::task::spawn_blocking(move || log.event_by_id(&lookup))
+        .await
+        .map_err(super::internal)??;
+    let Some(record) = found else {
+        return Err(Error::not_found(format!("no event with id `{id}`")));
+    };
+    let original = record.event;
+    let bindings: Vec<Arc<Binding>> = state
+        .reactor
+        .bindings_where(|b| b.enabled && trigger_accepts(b, &original).is_ok());
+    let replay_id = format!("{id}#replay-{}", uuid::Uuid::now_v7().simple());
+    let mut event = original.clone();
+    event["id"] = Value::String(replay_id.clone());
+    if !event.get("switchyard").is_some_and(Value::is_object) {
+        event["switchyard"] = json!({});
+    }
+    event["switchyard"]["replay_of"] = Value::String(id.clone());
+    let accepted = state.reactor.replay(event, &bindings).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "event_id": accepted.event_id,
+            "replay_of": id,
+            "runs": accepted.runs,
+            "outcomes": accepted.outcomes,
+        })),
+    )
+        .into_response())
+}
