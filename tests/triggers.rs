@@ -1497,3 +1497,157 @@ async fn pause_holds_files_records_hooks_api_and_ticks_survives_a_restart_and_re
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_starts_each_instant_the_schedule_fires_once_across_dst_with_its_logical_time() {
+    let project = Project::new(&[
+        json!({"name": "nightly", "on": {"cron": {"schedule": "30 2 * * *", "timezone": "Europe/Berlin"}},
+               "workflow": "ingest", "params": {"at": "${event.data.scheduled_time}"}}),
+        hook("plain", "/plain", json!({}), json!({})),
+    ]);
+    // Clock far from the range: the live schedule fires nothing meanwhile.
+    let clock = ManualClock::new(utc(2026, 6, 1, 12, 0, 0));
+    let daemon = project.start(Some(Arc::new(clock.clone()))).await;
+    let range = br#"{"from": "2026-03-28", "to": "2026-03-30T23:59:59Z", "dry_run": true}"#;
+    let (status, dry) = daemon
+        .post("/api/v1/bindings/nightly/backfill", range, &[])
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    // 02:30 does not exist on 2026-03-29 in Berlin: that night fires once, at 03:00.
+    let expected = json!([
+        "2026-03-28T01:30:00.000Z",
+        "2026-03-29T01:00:00.000Z",
+        "2026-03-30T00:30:00.000Z"
+    ]);
+    assert_eq!(dry["instants"], expected);
+    assert!(
+        daemon.runs("ingest").await.is_empty(),
+        "a dry run started something"
+    );
+    // The same instants the live schedule gives (`switchyard schedule`).
+    let out = crate::util::switchyard(
+        project.root(),
+        &[
+            "schedule",
+            "nightly",
+            "--after",
+            "2026-03-27T23:59:59Z",
+            "--count",
+            "3",
+            "--json",
+        ],
+    );
+    let live: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(live["fires"], expected);
+
+    let range = br#"{"from": "2026-03-28", "to": "2026-03-30T23:59:59Z"}"#;
+    let (status, first) = daemon
+        .post("/api/v1/bindings/nightly/backfill", range, &[])
+        .await;
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(first["started"], 3);
+    let runs = daemon.wait_runs("ingest", 3, Duration::from_secs(20)).await;
+    let mut logical: Vec<String> = runs
+        .iter()
+        .map(|r| r["logical_time"].as_str().unwrap().to_string())
+        .collect();
+    logical.sort();
+    assert_eq!(json!(logical), expected, "each run is for its instant");
+    // Again (a retry after a crash mid-backfill, or a second try): each
+    // instant already ran, so nothing starts twice.
+    let (status, again) = daemon
+        .post("/api/v1/bindings/nightly/backfill", range, &[])
+        .await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(
+        (again["started"].clone(), again["duplicates"].clone()),
+        (json!(0), json!(3))
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(daemon.runs("ingest").await.len(), 3);
+    // The backfill is recorded: shown with its runs.
+    let id = first["backfill"]["id"].as_str().unwrap();
+    let shown = daemon.get(&format!("/api/v1/backfills/{id}")).await;
+    assert_eq!(shown["runs"].as_array().unwrap().len(), 3, "{shown}");
+    // Bad requests name the problem.
+    for (path, body, status_wanted, text) in [
+        (
+            "/api/v1/bindings/plain/backfill",
+            &br#"{"from": "2026-01-01", "to": "2026-01-02"}"#[..],
+            422,
+            "only cron bindings backfill",
+        ),
+        (
+            "/api/v1/bindings/nightly/backfill",
+            &br#"{"from": "2026-01-02", "to": "2026-01-01"}"#[..],
+            422,
+            "is before",
+        ),
+        (
+            "/api/v1/bindings/nightly/backfill",
+            &br#"{"from": "yesterday", "to": "2026-01-01"}"#[..],
+            400,
+            "`from`",
+        ),
+        (
+            "/api/v1/bindings/nightly/backfill",
+            &br#"{"from": "2000-01-01", "to": "2099-01-01"}"#[..],
+            422,
+            "more than 10000",
+        ),
+        (
+            "/api/v1/bindings/nope/backfill",
+            &br#"{"from": "2026-01-01", "to": "2026-01-02"}"#[..],
+            404,
+            "no binding",
+        ),
+    ] {
+        let (status, answer) = daemon.post(path, body, &[]).await;
+        assert_eq!(status, status_wanted, "{path}: {answer}");
+        assert!(
+            answer["error"]["message"].as_str().unwrap().contains(text),
+            "{answer}"
+        );
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_backfill_cancels_what_it_has_not_finished() {
+    let project = Project::new(&[
+        json!({"name": "hourly", "on": {"cron": {"schedule": "0 * * * *"}},
+        "workflow": "slowpoke"}),
+    ]);
+    write_workflow(
+        &project.root().join("workflows"),
+        "slowpoke",
+        &json!({"name": "slowpoke", "max_active_runs": 1,
+                "tasks": [{"id": "nap", "sleep": {"duration": "30s"}}]}),
+    );
+    let clock = ManualClock::new(utc(2026, 6, 1, 12, 30, 0));
+    let daemon = project.start(Some(Arc::new(clock.clone()))).await;
+    let (status, started) = daemon
+        .post(
+            "/api/v1/bindings/hourly/backfill",
+            br#"{"from": "2026-05-01T00:00:00Z", "to": "2026-05-01T03:00:00Z"}"#,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(started["started"], 4);
+    let id = started["backfill"]["id"].as_str().unwrap();
+    let (status, cancelled) = daemon
+        .post(&format!("/api/v1/backfills/{id}/cancel"), b"", &[])
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(
+        cancelled["cancelled"].as_array().unwrap().len(),
+        4,
+        "{cancelled}"
+    );
+    let runs = daemon
+        .wait_runs("slowpoke", 4, Duration::from_secs(20))
+        .await;
+    assert!(runs.iter().all(|r| r["status"] == "cancelled"), "{runs:?}");
+    daemon.stop().await;
+}

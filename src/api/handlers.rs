@@ -37,7 +37,7 @@ fn parse_run_id(text: &str) -> Result<RunId, Error> {
 }
 
 /// Parses an optional JSON object body; empty means `{}`.
-fn json_object(body: &Bytes) -> Result<Map<String, Value>, Error> {
+pub(super) fn json_object(body: &Bytes) -> Result<Map<String, Value>, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }

@@ -81,6 +81,12 @@ pub fn app(state: AppState) -> Router {
         .route("/events/{id}", get(events::show_event))
         .route("/events/{id}/replay", post(operations::replay_event))
         .route("/bindings", get(events::list_bindings))
+        .route(
+            "/bindings/{name}/backfill",
+            post(operations::backfill_binding),
+        )
+        .route("/backfills/{id}", get(operations::show_backfill))
+        .route("/backfills/{id}/cancel", post(operations::cancel_backfill))
         .route("/bindings/{name}/pause", post(operations::pause_binding))
         .route("/bindings/{name}/resume", post(operations::resume_binding))
         .route("/workflows/{name}/pause", post(operations::pause_workflow))
@@ -202,6 +208,11 @@ impl Error {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// Well-formed but not doable (422).
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
     }
 }
 

@@ -13,6 +13,7 @@ use super::{AppState, Error};
 use crate::reactor::pause::{self, Target};
 use crate::reactor::trigger_accepts;
 use crate::spec::binding::Binding;
+use crate::triggers::backfill;
 
 pub async fn pause_binding(state: State<AppState>, name: Path<String>) -> Result<Response, Error> {
     set(state, Target::Binding, name, true).await
@@ -114,4 +115,107 @@ pub async fn replay_event(
         })),
     )
         .into_response())
+}
+
+/// `POST /bindings/{name}/backfill {from, to, dry_run}`: one run per
+/// instant of a cron binding's schedule in `[from, to]`, oldest first; an
+/// instant that already ran is reported as a duplicate. `dry_run` lists the
+/// instants only.
+pub async fn backfill_binding(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let body = super::handlers::json_object(&body)?;
+    if let Some(key) = body
+        .keys()
+        .find(|k| !["from", "to", "dry_run"].contains(&k.as_str()))
+    {
+        return Err(Error::bad_request(format!(
+            "unknown key `{key}`; the body is {{\"from\": T, \"to\": T, \"dry_run\": bool}}"
+        )));
+    }
+    let time = |key: &str| -> Result<chrono::DateTime<chrono::Utc>, Error> {
+        match body.get(key) {
+            Some(Value::String(text)) => {
+                backfill::parse_time(text).map_err(|e| Error::bad_request(format!("`{key}`: {e}")))
+            }
+            _ => Err(Error::bad_request(format!(
+                "`{key}` is required: an RFC 3339 time or a YYYY-MM-DD date"
+            ))),
+        }
+    };
+    let (from, to) = (time("from")?, time("to")?);
+    let dry_run = match body.get("dry_run") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(Error::bad_request("`dry_run` must be true or false")),
+    };
+    let binding = state
+        .registry()?
+        .binding(&name)
+        .cloned()
+        .ok_or_else(|| Error::not_found(format!("no binding named `{name}`")))?;
+    let fires = backfill::instants(&binding, from, to).map_err(Error::unprocessable)?;
+    let times: Vec<String> = fires.iter().map(|t| crate::time::format(*t)).collect();
+    if dry_run {
+        return Ok(
+            Json(json!({"binding": name, "dry_run": true, "instants": times})).into_response(),
+        );
+    }
+    let recorded = backfill::start(&state.reactor, &binding, (from, to), &fires).await?;
+    let started = recorded
+        .instants
+        .iter()
+        .filter(|i| i.outcome == "started")
+        .count();
+    let duplicates = recorded
+        .instants
+        .iter()
+        .filter(|i| i.outcome == "duplicate")
+        .count();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "backfill": recorded,
+            "started": started,
+            "duplicates": duplicates,
+        })),
+    )
+        .into_response())
+}
+
+/// `GET /backfills/{id}`: the backfill with each run's current status.
+pub async fn show_backfill(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Error> {
+    let recorded = backfill::find(&state.reactor, &id)?
+        .ok_or_else(|| Error::not_found(format!("no backfill `{id}`")))?;
+    let mut runs = Vec::new();
+    for fired in &recorded.instants {
+        if let Some(run_id) = fired.run_id {
+            let status = state
+                .runtime
+                .run_record(run_id)
+                .await?
+                .map(|r| r.status.to_string());
+            runs.push(
+                json!({"scheduled_time": fired.scheduled_time, "run_id": run_id, "status": status}),
+            );
+        }
+    }
+    Ok(Json(json!({"backfill": recorded, "runs": runs})))
+}
+
+/// `POST /backfills/{id}/cancel`: cancels what the backfill started and has
+/// not finished.
+pub async fn cancel_backfill(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Error> {
+    let recorded = backfill::find(&state.reactor, &id)?
+        .ok_or_else(|| Error::not_found(format!("no backfill `{id}`")))?;
+    let cancelled = backfill::cancel(&state.reactor, &recorded).await;
+    Ok(Json(json!({"backfill": id, "cancelled": cancelled})))
 }

@@ -98,6 +98,9 @@ pub enum Command {
     Pause(operations::PauseArgs),
     /// Resume a paused binding or workflow.
     Resume(operations::PauseArgs),
+    /// Start a cron binding's runs for every instant in a range (on the
+    /// running server), oldest first; instants that already ran are skipped.
+    Backfill(operations::BackfillArgs),
     /// Recorded events: replay one to the current bindings.
     Events {
         #[command(subcommand)]
@@ -129,6 +132,7 @@ pub fn main() -> ExitCode {
         Command::Schema { ref out, print } => schema::main(out, print),
         Command::Schedule(ref args) => schedule::main(&cli.config, args),
         Command::Pause(ref args) => operations::pause(&cli.config, args, true),
+        Command::Backfill(ref args) => operations::backfill(&cli.config, args),
         Command::Resume(ref args) => operations::pause(&cli.config, args, false),
         Command::Events { ref command } => operations::events(&cli.config, command),
         Command::Serve {

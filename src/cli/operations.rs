@@ -99,3 +99,104 @@ fn segment(name: &str) -> String {
         .collect::<String>()
         .replace('+', "%20")
 }
+
+#[derive(Debug, clap::Args)]
+pub struct BackfillArgs {
+    /// The cron binding to backfill.
+    pub binding: String,
+    /// First instant of the range (RFC 3339, or a YYYY-MM-DD date: midnight UTC).
+    #[arg(long)]
+    pub from: String,
+    /// Last instant of the range (inclusive).
+    #[arg(long)]
+    pub to: String,
+    /// List the instants without starting anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Return once the runs are started instead of following them to the end.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Server address (default: the config's `listen`).
+    #[arg(long)]
+    pub server: Option<String>,
+}
+
+pub fn backfill(config_path: &Path, args: &BackfillArgs) -> ExitCode {
+    let config = match super::load_config(config_path) {
+        Ok(c) => c,
+        Err(e) => return super::fail(e),
+    };
+    let tokio = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(t) => t,
+        Err(e) => return super::fail(format!("cannot start the async runtime: {e}")),
+    };
+    let client = Client::new(args.server.as_deref(), &config);
+    let body = serde_json::json!({"from": args.from, "to": args.to, "dry_run": args.dry_run});
+    let path = format!("/bindings/{}/backfill", segment(&args.binding));
+    let answer = match tokio.block_on(client.call(reqwest::Method::POST, &path, Some(body))) {
+        Ok(answer) => answer,
+        Err(e) => return super::fail(e),
+    };
+    if args.dry_run {
+        let instants = answer["instants"].as_array().cloned().unwrap_or_default();
+        println!(
+            "{} instant(s) of {} would run:",
+            instants.len(),
+            args.binding
+        );
+        for instant in instants {
+            println!("  {}", instant.as_str().unwrap_or_default());
+        }
+        return ExitCode::SUCCESS;
+    }
+    let id = answer["backfill"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    println!(
+        "backfill {id}: {} started, {} already ran (duplicates)",
+        answer["started"], answer["duplicates"]
+    );
+    if args.no_wait {
+        return ExitCode::SUCCESS;
+    }
+    // Follow the runs to their end, printing progress as it changes.
+    let mut last = String::new();
+    loop {
+        let shown = match tokio.block_on(client.call(
+            reqwest::Method::GET,
+            &format!("/backfills/{}", segment(&id)),
+            None,
+        )) {
+            Ok(shown) => shown,
+            Err(e) => return super::fail(e),
+        };
+        let runs = shown["runs"].as_array().cloned().unwrap_or_default();
+        let count = |status: &str| runs.iter().filter(|r| r["status"] == status).count();
+        let done = count("succeeded") + count("failed") + count("cancelled");
+        let line = format!(
+            "{done}/{} done: {} succeeded, {} failed, {} cancelled, {} running, {} queued",
+            runs.len(),
+            count("succeeded"),
+            count("failed"),
+            count("cancelled"),
+            count("running"),
+            count("queued")
+        );
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        if done == runs.len() {
+            return if count("failed") + count("cancelled") == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

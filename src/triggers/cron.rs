@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::log::Mark;
+use crate::log::{Mark, Millis};
 use crate::reactor::Reactor;
 use crate::reactor::event::{CRON_TICK, Event};
 use crate::spec::binding::{Binding, CatchUp, CronTrigger, Trigger};
@@ -125,20 +125,25 @@ async fn run(binding: Arc<Binding>, reactor: Reactor, clock: Arc<dyn Clock>, now
 
 /// Records one tick (and its runs) with the new last-fire mark; false when
 /// the engine has stopped.
-async fn fire(binding: &Arc<Binding>, reactor: &Reactor, scheduled: DateTime<Utc>) -> bool {
-    let now = crate::time::now_millis();
+/// The event of one tick (live, caught up or backfilled: the same event,
+/// so a backfilled instant that already ran is a duplicate).
+pub fn tick_event(binding: &str, scheduled: DateTime<Utc>, now: Millis) -> Event {
     let mut event = Event::new(
-        tick_id(&binding.name, scheduled),
-        format!("cron:{}", binding.name),
+        tick_id(binding, scheduled),
+        format!("cron:{binding}"),
         CRON_TICK,
         now,
     );
     event.datacontenttype = Some("application/json".into());
     let scheduled_text = crate::time::format(scheduled);
     event.data = json!({ "scheduled_time": scheduled_text });
+    event.switchyard.insert("binding".into(), json!(binding));
     event
-        .switchyard
-        .insert("binding".into(), json!(binding.name));
+}
+
+async fn fire(binding: &Arc<Binding>, reactor: &Reactor, scheduled: DateTime<Utc>) -> bool {
+    let now = crate::time::now_millis();
+    let event = tick_event(&binding.name, scheduled, now);
     let mark = Mark {
         key: mark_key(&binding.name),
         value: Some(scheduled.timestamp_millis().to_be_bytes().to_vec()),

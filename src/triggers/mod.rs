@@ -8,6 +8,7 @@
 //! [`Triggers::reconcile`] starts and stops adapters when bindings change.
 
 pub mod amqp;
+pub mod backfill;
 pub mod cron;
 pub mod file;
 pub mod webhook;
