@@ -1281,13 +1281,32 @@ async fn a_paused_amqp_binding_leaves_messages_in_the_queue_until_resumed() {
         daemon.runs("three").await.is_empty(),
         "a paused binding consumed"
     );
-    let listed = broker::ctl(&["list_queues", "name", "messages"]);
-    let ready = listed
-        .lines()
-        .find(|l| l.starts_with(&queue))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse::<u64>().ok());
-    assert_eq!(ready, Some(20), "{listed}");
+    // All 20 wait in the queue (one delivered to the consumer as it was
+    // stopping goes back to it).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = broker::ctl(&["list_queues", "name", "messages"]);
+        let waiting = listed
+            .lines()
+            .find(|l| l.starts_with(&queue))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<u64>().ok());
+        if waiting == Some(20) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let paused_events = daemon
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e["outcomes"][0]["outcome"] == "paused")
+        .count();
+    assert_eq!(
+        paused_events, 0,
+        "a message was taken and recorded as paused"
+    );
     let (status, _) = daemon
         .post("/api/v1/bindings/paused/resume", b"", &[])
         .await;

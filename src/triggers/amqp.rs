@@ -428,6 +428,20 @@ impl Consumer {
             .filter(|b| trigger(b).is_some_and(|a| routes(a, &triggers, exchange, key)))
             .cloned()
             .collect();
+        // Paused between the delivery and now (the consumer is being
+        // stopped): the message goes back to wait in the queue rather than
+        // being recorded as paused and acked.
+        if bindings.iter().any(|b| self.reactor.is_paused(b)) {
+            release();
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+            return Ok(());
+        }
         let submitted = if bindings.is_empty() {
             // Reached the queue through a binding none of ours asked for
             // (left by someone else, or by a binding removed while we were
