@@ -66,6 +66,9 @@ pub struct Registry {
     /// Paused bindings and workflows (durable: the daemon restores them
     /// from the log's marks at start). A reload keeps them.
     paused: Paused,
+    /// Workflows pinned to an earlier version: triggers run it instead of
+    /// the file's current one (durable, like `paused`).
+    pins: BTreeMap<String, Arc<Workflow>>,
 }
 
 /// What is paused, by name.
@@ -146,6 +149,31 @@ impl Registry {
 
     pub fn paused(&self) -> &Paused {
         &self.paused
+    }
+
+    /// The version triggers run: the pinned one, else the current one.
+    pub fn serving(&self, name: &str) -> Option<Arc<Workflow>> {
+        self.pins
+            .get(name)
+            .cloned()
+            .or_else(|| self.workflows.get(name).map(|e| Arc::clone(&e.current)))
+    }
+
+    /// The version `name` is pinned to, if it is.
+    pub fn pinned(&self, name: &str) -> Option<&Arc<Workflow>> {
+        self.pins.get(name)
+    }
+
+    /// Pins `name` to `version` (None: unpins).
+    pub fn set_pin(&mut self, name: &str, version: Option<Arc<Workflow>>) {
+        match version {
+            Some(workflow) => {
+                self.pins.insert(name.to_string(), workflow);
+            }
+            None => {
+                self.pins.remove(name);
+            }
+        }
     }
 
     /// Replaces what is paused (from the log's marks, or after a change).

@@ -1651,3 +1651,130 @@ async fn cancelling_a_backfill_cancels_what_it_has_not_finished() {
     assert!(runs.iter().all(|r| r["status"] == "cancelled"), "{runs:?}");
     daemon.stop().await;
 }
+
+async fn fire(daemon: &Daemon, id: &str) -> String {
+    let body = json!({"type": "go", "id": id}).to_string();
+    let (status, answer) = daemon.post("/api/v1/events", body.as_bytes(), &[]).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["runs"][0].as_str().unwrap().to_string()
+}
+
+async fn wait_done(daemon: &Daemon, id: String) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = daemon.get(&format!("/api/v1/runs/{id}")).await;
+        if run["status"] == "succeeded" || run["status"] == "failed" {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "{run}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_version_serves_triggers_after_the_file_changes_until_unpinned() {
+    let project = Project::new(&[json!({"name": "api", "on": {"api": {}}, "workflow": "first"})]);
+    let daemon = project.start(None).await;
+    let v1_run = wait_done(&daemon, fire(&daemon, "e-1").await).await;
+    let v1 = v1_run["version"].as_str().unwrap().to_string();
+    assert_eq!(v1_run["vars"]["n"], 41);
+    // The file changes: a new current version.
+    write_workflow(
+        &project.root().join("workflows"),
+        "first",
+        &json!({"name": "first", "tasks": [{"id": "a", "shell": {"script": "echo '{\"n\": 42}' > \"$SWITCHYARD_OUTPUT\""}, "export": {"n": "${output.n}"}}]}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v2 = loop {
+        let shown = daemon.get("/api/v1/workflows/first").await;
+        let current = shown["version"].as_str().unwrap().to_string();
+        if current != v1 {
+            break current;
+        }
+        assert!(Instant::now() < deadline, "the edit was not reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let versions = daemon.get("/api/v1/workflows/first/versions").await;
+    let hashes: Vec<&str> = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(hashes, [v1.as_str(), v2.as_str()], "{versions}");
+    assert!(versions["versions"][0]["definition"]["tasks"].is_array());
+    let diff = daemon
+        .get(&format!("/api/v1/workflows/first/versions/{v1}/diff/{v2}"))
+        .await;
+    let patch = diff["patch"].as_array().unwrap();
+    assert!(
+        patch
+            .iter()
+            .any(|op| op["op"] == "replace" && op["path"] == "/tasks/0/shell/script"),
+        "{diff}"
+    );
+    // Pinned: triggers (and runs by hand) use v1 although the file is v2.
+    let (status, pinned) = daemon
+        .post(
+            "/api/v1/workflows/first/pin",
+            json!({"version": v1}).to_string().as_bytes(),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200, "{pinned}");
+    let run = wait_done(&daemon, fire(&daemon, "e-2").await).await;
+    assert_eq!(
+        (run["version"].as_str(), run["vars"]["n"].clone()),
+        (Some(v1.as_str()), json!(41))
+    );
+    let (_, by_hand) = daemon
+        .post("/api/v1/workflows/first/runs", b"{}", &[])
+        .await;
+    assert_eq!(by_hand["version"], v1.as_str());
+    // An explicit version wins.
+    let (_, explicit) = daemon
+        .post(
+            "/api/v1/workflows/first/runs",
+            json!({"version": v2}).to_string().as_bytes(),
+            &[],
+        )
+        .await;
+    assert_eq!(explicit["version"], v2.as_str(), "{explicit}");
+    let (status, unknown) = daemon
+        .post(
+            "/api/v1/workflows/first/pin",
+            br#"{"version": "0000000000000000"}"#,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 404, "{unknown}");
+    daemon.stop().await;
+    // Durable: still pinned after a restart; unpin returns to the file.
+    let daemon = project.start(None).await;
+    let listed = daemon.get("/api/v1/workflows").await;
+    let first = listed["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "first")
+        .unwrap()
+        .clone();
+    assert_eq!(first["pinned"], v1.as_str(), "{listed}");
+    let (status, _) = daemon.post("/api/v1/workflows/first/unpin", b"", &[]).await;
+    assert_eq!(status, 200);
+    let body = json!({"type": "go", "id": "e-3"}).to_string();
+    let (_, answer) = daemon.post("/api/v1/events", body.as_bytes(), &[]).await;
+    let id = answer["runs"][0].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = daemon.get(&format!("/api/v1/runs/{id}")).await;
+        if run["status"] == "succeeded" {
+            assert_eq!(run["version"], v2.as_str());
+            assert_eq!(run["vars"]["n"], 42);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{run}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    daemon.stop().await;
+}

@@ -66,6 +66,7 @@ pub async fn list_workflows(State(state): State<AppState>) -> Result<Json<Value>
         .map(|e| {
             let mut summary = workflow_summary(&e.current);
             summary["paused"] = json!(registry.paused().workflows.contains(&e.current.name));
+            summary["pinned"] = json!(registry.pinned(&e.current.name).map(|w| &w.version));
             summary
         })
         .collect();
@@ -139,12 +140,17 @@ pub async fn start_run(
         Some(Value::Object(params)) => params.clone(),
         Some(_) => return Err(Error::bad_request("`params` must be a JSON object")),
     };
-    if let Some(key) = body.keys().find(|k| *k != "params") {
+    let version = match body.get("version") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(v)) => Some(v.clone()),
+        Some(_) => return Err(Error::bad_request("`version` must be a content hash")),
+    };
+    if let Some(key) = body.keys().find(|k| *k != "params" && *k != "version") {
         return Err(Error::bad_request(format!(
-            "unknown key `{key}`; the body is {{\"params\": {{…}}}}"
+            "unknown key `{key}`; the body is {{\"params\": {{…}}, \"version\": \"<hash>\"}}"
         )));
     }
-    let workflow = state.workflow(&name)?.current;
+    let workflow = super::operations::run_version(&state, &name, version.as_deref())?;
     let run_id = state.runtime.start_run(workflow, params, None).await?;
     created(&state, run_id).await
 }

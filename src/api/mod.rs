@@ -57,6 +57,10 @@ impl AppState {
     }
 
     /// A loaded workflow by name, or 404.
+    fn workflow_entry(&self, name: &str) -> Result<crate::registry::Entry, Error> {
+        self.workflow(name)
+    }
+
     fn workflow(&self, name: &str) -> Result<crate::registry::Entry, Error> {
         self.registry()?
             .get(name)
@@ -90,6 +94,13 @@ pub fn app(state: AppState) -> Router {
         .route("/bindings/{name}/pause", post(operations::pause_binding))
         .route("/bindings/{name}/resume", post(operations::resume_binding))
         .route("/workflows/{name}/pause", post(operations::pause_workflow))
+        .route("/workflows/{name}/versions", get(operations::list_versions))
+        .route(
+            "/workflows/{name}/versions/{from}/diff/{to}",
+            get(operations::diff_versions),
+        )
+        .route("/workflows/{name}/pin", post(operations::pin_workflow))
+        .route("/workflows/{name}/unpin", post(operations::unpin_workflow))
         .route(
             "/workflows/{name}/resume",
             post(operations::resume_workflow),

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::{AppState, Error};
 use crate::reactor::pause::{self, Target};
+use crate::reactor::pins;
 use crate::reactor::trigger_accepts;
 use crate::spec::binding::Binding;
 use crate::triggers::backfill;
@@ -218,4 +219,142 @@ pub async fn cancel_backfill(
         .ok_or_else(|| Error::not_found(format!("no backfill `{id}`")))?;
     let cancelled = backfill::cancel(&state.reactor, &recorded).await;
     Ok(Json(json!({"backfill": id, "cancelled": cancelled})))
+}
+
+/// A version of `name` by hash (`current`: the file's).
+fn version_of(
+    state: &AppState,
+    name: &str,
+    version: &str,
+) -> Result<Arc<crate::spec::Workflow>, Error> {
+    let current = state
+        .registry()?
+        .get(name)
+        .map(|e| Arc::clone(&e.current))
+        .ok_or_else(|| Error::not_found(format!("no workflow named `{name}`")))?;
+    if version == "current" || version == current.version {
+        return Ok(current);
+    }
+    pins::version(state.runtime.log(), name, version).map_err(Error::not_found)
+}
+
+/// `GET /workflows/{name}/versions`: every version runs have used (and the
+/// current one), oldest first: content hash, label, first seen, whether it
+/// is current or pinned, and the definition.
+pub async fn list_versions(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Error> {
+    let (current, pinned) = {
+        let registry = state.registry()?;
+        let current = registry
+            .get(&name)
+            .map(|e| Arc::clone(&e.current))
+            .ok_or_else(|| Error::not_found(format!("no workflow named `{name}`")))?;
+        (current, registry.pinned(&name).map(|w| w.version.clone()))
+    };
+    let log = state.runtime.log();
+    let mut versions = Vec::new();
+    let mut seen_current = false;
+    for info in log.versions(&name)? {
+        seen_current |= info.version == current.version;
+        let definition = log
+            .definition(&info.version)?
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+        versions.push(json!({
+            "version": info.version,
+            "version_label": info.label,
+            "first_seen": crate::time::rfc3339(info.first_run_at),
+            "current": info.version == current.version,
+            "pinned": pinned.as_deref() == Some(info.version.as_str()),
+            "definition": definition,
+        }));
+    }
+    if !seen_current {
+        versions.push(json!({
+            "version": current.version,
+            "version_label": current.version_label,
+            "first_seen": null,
+            "current": true,
+            "pinned": false,
+            "definition": serde_json::from_slice::<Value>(&current.source).ok(),
+        }));
+    }
+    Ok(Json(
+        json!({"workflow": name, "pinned": pinned, "versions": versions}),
+    ))
+}
+
+/// `GET /workflows/{name}/versions/{from}/diff/{to}`: an RFC 6902 JSON
+/// Patch that turns one version's definition into the other's.
+pub async fn diff_versions(
+    State(state): State<AppState>,
+    Path((name, from, to)): Path<(String, String, String)>,
+) -> Result<Json<Value>, Error> {
+    let (a, b) = (
+        version_of(&state, &name, &from)?,
+        version_of(&state, &name, &to)?,
+    );
+    Ok(Json(json!({
+        "workflow": name,
+        "from": a.version,
+        "to": b.version,
+        "patch": pins::diff(&a, &b),
+    })))
+}
+
+/// `POST /workflows/{name}/pin {"version": hash}`: triggers (and runs by
+/// hand, and sub-workflows) use that version until unpinned.
+pub async fn pin_workflow(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, Error> {
+    let body = super::handlers::json_object(&body)?;
+    let Some(Value::String(version)) = body.get("version") else {
+        return Err(Error::bad_request(
+            "`version` is required: a content hash from GET /workflows/{name}/versions",
+        ));
+    };
+    let workflow = version_of(&state, &name, version)?;
+    let pinned = workflow.version.clone();
+    let log = state.runtime.log().clone();
+    let registry = Arc::clone(&state.registry);
+    let key = name.clone();
+    tokio::task::spawn_blocking(move || pins::set(&log, &registry, &key, Some(workflow)))
+        .await
+        .map_err(super::internal)??;
+    tracing::info!(workflow = %name, version = %pinned, "Workflow pinned.");
+    Ok(Json(json!({"workflow": name, "pinned": pinned})))
+}
+
+/// `POST /workflows/{name}/unpin`: back to the file's current version.
+pub async fn unpin_workflow(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Error> {
+    state.workflow_entry(&name)?;
+    let log = state.runtime.log().clone();
+    let registry = Arc::clone(&state.registry);
+    let key = name.clone();
+    tokio::task::spawn_blocking(move || pins::set(&log, &registry, &key, None))
+        .await
+        .map_err(super::internal)??;
+    Ok(Json(json!({"workflow": name, "pinned": null})))
+}
+
+/// The version a run by hand uses: `version` if given, else the pinned
+/// one, else the current one.
+pub fn run_version(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Arc<crate::spec::Workflow>, Error> {
+    if let Some(version) = version {
+        return version_of(state, name, version);
+    }
+    state
+        .registry()?
+        .serving(name)
+        .ok_or_else(|| Error::not_found(format!("no workflow named `{name}`")))
 }

@@ -83,6 +83,10 @@ pub enum Command {
         workflow: String,
         #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
         params: Vec<String>,
+        /// Run this version (a content hash from `versions`) instead of the
+        /// pinned or current one.
+        #[arg(long)]
+        version: Option<String>,
         #[arg(long)]
         server: Option<String>,
         #[arg(long)]
@@ -101,6 +105,25 @@ pub enum Command {
     /// Start a cron binding's runs for every instant in a range (on the
     /// running server), oldest first; instants that already ran are skipped.
     Backfill(operations::BackfillArgs),
+    /// A workflow's versions (content hash, first seen, current, pinned),
+    /// or the JSON Patch between two of them.
+    Versions(operations::VersionsArgs),
+    /// Pin a workflow to a version: triggers run it until unpinned.
+    Pin {
+        workflow: String,
+        /// A content hash from `switchyard versions WORKFLOW`.
+        version: String,
+        /// Server address (default: the config's `listen`).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Unpin a workflow: back to its file's current version.
+    Unpin {
+        workflow: String,
+        /// Server address (default: the config's `listen`).
+        #[arg(long)]
+        server: Option<String>,
+    },
     /// Recorded events: replay one to the current bindings.
     Events {
         #[command(subcommand)]
@@ -157,9 +180,26 @@ pub fn main() -> ExitCode {
         Command::Trigger {
             ref workflow,
             ref params,
+            ref version,
             ref server,
             json,
-        } => runs::trigger(&cli.config, server.as_deref(), workflow, params, json),
+        } => runs::trigger(
+            &cli.config,
+            server.as_deref(),
+            (workflow, version.as_deref()),
+            params,
+            json,
+        ),
+        Command::Versions(ref args) => operations::versions(&cli.config, args),
+        Command::Pin {
+            ref workflow,
+            ref version,
+            ref server,
+        } => operations::pin(&cli.config, server.as_deref(), workflow, Some(version)),
+        Command::Unpin {
+            ref workflow,
+            ref server,
+        } => operations::pin(&cli.config, server.as_deref(), workflow, None),
     }
 }
 

@@ -200,3 +200,117 @@ pub fn backfill(config_path: &Path, args: &BackfillArgs) -> ExitCode {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
+
+#[derive(Debug, clap::Args)]
+pub struct VersionsArgs {
+    pub workflow: String,
+    /// Print the JSON Patch (RFC 6902) from version FROM to version TO
+    /// (hashes, or `current`).
+    #[arg(long, num_args = 2, value_names = ["FROM", "TO"])]
+    pub diff: Option<Vec<String>>,
+    /// Server address (default: the config's `listen`).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn versions(config_path: &Path, args: &VersionsArgs) -> ExitCode {
+    let workflow = segment(&args.workflow);
+    let path = match args.diff.as_deref() {
+        Some([from, to]) => format!(
+            "/workflows/{workflow}/versions/{}/diff/{}",
+            segment(from),
+            segment(to)
+        ),
+        _ => format!("/workflows/{workflow}/versions"),
+    };
+    let answer = match get(config_path, args.server.as_deref(), &path) {
+        Ok(answer) => answer,
+        Err(e) => return super::fail(e),
+    };
+    if args.json || args.diff.is_some() {
+        let shown = if args.diff.is_some() && !args.json {
+            answer["patch"].clone()
+        } else {
+            answer
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&shown).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<18}  {:<6}  {:<26}  STATE",
+        "VERSION", "LABEL", "FIRST SEEN"
+    );
+    for v in answer["versions"].as_array().cloned().unwrap_or_default() {
+        let mut state = Vec::new();
+        if v["current"] == true {
+            state.push("current");
+        }
+        if v["pinned"] == true {
+            state.push("pinned");
+        }
+        println!(
+            "{:<18}  {:<6}  {:<26}  {}",
+            v["version"].as_str().unwrap_or_default(),
+            v["version_label"]
+                .as_u64()
+                .map(|l| l.to_string())
+                .unwrap_or_default(),
+            v["first_seen"].as_str().unwrap_or("-"),
+            state.join(", ")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn pin(
+    config_path: &Path,
+    server: Option<&str>,
+    workflow: &str,
+    version: Option<&String>,
+) -> ExitCode {
+    let config = match super::load_config(config_path) {
+        Ok(c) => c,
+        Err(e) => return super::fail(e),
+    };
+    let tokio = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(t) => t,
+        Err(e) => return super::fail(format!("cannot start the async runtime: {e}")),
+    };
+    let client = Client::new(server, &config);
+    let (path, body) = match version {
+        Some(version) => (
+            format!("/workflows/{}/pin", segment(workflow)),
+            Some(serde_json::json!({"version": version})),
+        ),
+        None => (format!("/workflows/{}/unpin", segment(workflow)), None),
+    };
+    match tokio.block_on(client.call(reqwest::Method::POST, &path, body)) {
+        Ok(answer) => {
+            match answer["pinned"].as_str() {
+                Some(v) => println!("workflow {workflow} pinned to version {v}"),
+                None => println!("workflow {workflow} unpinned: it runs its current version"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => super::fail(e),
+    }
+}
+
+fn get(config_path: &Path, server: Option<&str>, path: &str) -> Result<Value, String> {
+    let config = super::load_config(config_path).map_err(|e| e.to_string())?;
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let client = Client::new(server, &config);
+    tokio.block_on(client.call(reqwest::Method::GET, path, None))
+}

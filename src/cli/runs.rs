@@ -394,7 +394,7 @@ fn print_result(command: &RunsCommand, value: &Value, as_json: bool) {
 pub fn trigger(
     config_path: &Path,
     server: Option<&str>,
-    workflow: &str,
+    (workflow, version): (&str, Option<&str>),
     params: &[String],
     as_json: bool,
 ) -> ExitCode {
@@ -417,7 +417,7 @@ pub fn trigger(
     let result = tokio.block_on(client.call(
         reqwest::Method::POST,
         &format!("/workflows/{workflow}/runs"),
-        Some(json!({"params": params})),
+        Some(json!({"params": params, "version": version})),
     ));
     match result {
         Ok(record) => {

@@ -105,7 +105,7 @@ pub(crate) fn workflow_lookup(
 ) -> crate::runtime::WorkflowLookup {
     Arc::new(move |name: &str| {
         let registry = registry.read().ok()?;
-        registry.get(name).map(|entry| Arc::clone(&entry.current))
+        registry.serving(name)
     })
 }
 
@@ -191,8 +191,12 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     let handle = runtime.handle();
     // What was paused stays paused across restarts.
     let paused = crate::reactor::pause::load(handle.log()).map_err(runtime::Error::from)?;
+    let pins = crate::reactor::pins::load(handle.log()).map_err(runtime::Error::from)?;
     if let Ok(mut registry) = registry.write() {
         registry.set_paused(paused);
+        for (name, workflow) in pins {
+            registry.set_pin(&name, Some(workflow));
+        }
     }
     tokio::spawn(count_records(handle.subscribe(), Arc::clone(&metrics)));
     let stop = CancellationToken::new();

@@ -9,6 +9,7 @@
 pub mod cloudevents;
 pub mod event;
 pub mod pause;
+pub mod pins;
 
 use std::sync::Arc;
 
@@ -148,12 +149,7 @@ pub fn submission(
     let (workflows, paused): (Vec<Option<Arc<Workflow>>>, Vec<bool>) = match registry.read() {
         Ok(registry) => bindings
             .iter()
-            .map(|b| {
-                (
-                    registry.get(&b.workflow).map(|e| Arc::clone(&e.current)),
-                    registry.is_paused(b),
-                )
-            })
+            .map(|b| (registry.serving(&b.workflow), registry.is_paused(b)))
             .unzip(),
         Err(_) => (vec![None; bindings.len()], vec![false; bindings.len()]),
     };
