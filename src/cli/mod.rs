@@ -63,6 +63,10 @@ pub enum Command {
         /// when something in front of switchyard authenticates requests).
         #[arg(long)]
         allow_unauthenticated: bool,
+        /// With no token configured, use `<data dir>/api-token`, generating
+        /// a random one there on first start (the container image does this).
+        #[arg(long)]
+        generate_token: bool,
     },
     /// Show which bindings an event (a CloudEvent JSON file) matches and the
     /// params each would start its workflow with. Exit 0 if any matches, 1 if none.
@@ -163,6 +167,7 @@ pub fn main() -> ExitCode {
             ref listen,
             grace,
             allow_unauthenticated,
+            generate_token,
         } => serve(crate::daemon::ServeOptions {
             config_path: cli.config.clone(),
             data_dir: data_dir.clone(),
@@ -170,6 +175,7 @@ pub fn main() -> ExitCode {
             grace,
             clock: None,
             allow_unauthenticated,
+            generate_token,
         }),
         Command::Match { ref event, json } => matching::main(&cli.config, event, json),
         Command::Health { ref server } => runs::health(&cli.config, server.as_deref()),

@@ -34,6 +34,10 @@ pub struct ServeOptions {
     /// Serve the API without a token on a non-loopback address (something
     /// in front of switchyard authenticates).
     pub allow_unauthenticated: bool,
+    /// With no token configured: use the one in `<data_dir>/api-token`,
+    /// generating it (random, mode 0600) on first start. What a container
+    /// needs to serve off loopback safely with no setup.
+    pub generate_token: bool,
 }
 
 impl ServeOptions {
@@ -48,6 +52,7 @@ impl ServeOptions {
             grace: Duration::from_secs(5),
             clock: None,
             allow_unauthenticated: false,
+            generate_token: false,
         }
     }
 }
@@ -107,6 +112,40 @@ pub(crate) fn workflow_lookup(
         let registry = registry.read().ok()?;
         registry.serving(name)
     })
+}
+
+/// The token in `<data_dir>/api-token`, made (random, 256 bits, readable
+/// by this user only) if there is none yet. Its value is never logged.
+fn generated_token(data_dir: &Path) -> Result<Arc<str>, std::io::Error> {
+    let file = data_dir.join("api-token");
+    if let Ok(text) = std::fs::read_to_string(&file)
+        && !text.trim().is_empty()
+    {
+        tracing::info!(file = %file.display(), "API token read from the data dir.");
+        return Ok(Arc::from(text.trim()));
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write;
+    options.open(&file)?.write_all(token.as_bytes())?;
+    tracing::warn!(
+        file = %file.display(),
+        "No API token was configured: generated one and stored it in this file. Clients send it \
+         as `Authorization: Bearer <token>` (the CLI reads SWITCHYARD_TOKEN); set api.token or \
+         SWITCHYARD_TOKEN to choose your own."
+    );
+    Ok(Arc::from(token.as_str()))
 }
 
 /// The API's bearer token: `SWITCHYARD_TOKEN`, else the config's
@@ -169,7 +208,10 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
             source,
         })?;
     let addr = listener.local_addr().map_err(Error::Serve)?;
-    let token = api_token(&config);
+    let mut token = api_token(&config);
+    if token.is_none() && options.generate_token {
+        token = Some(generated_token(&data_dir).map_err(Error::Serve)?);
+    }
     if token.is_none() && !addr.ip().is_loopback() && !options.allow_unauthenticated {
         return Err(Error::Unauthenticated { addr });
     }
