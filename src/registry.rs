@@ -186,7 +186,13 @@ impl Registry {
         let mut report = ReloadReport::default();
         let files = match crate::spec::json_files(&self.dirs) {
             Ok(files) => files,
-            Err(d) => {
+            Err(mut d) => {
+                if !d.file.exists() {
+                    d.message = "the workflows directory does not exist: it is set by `workflows` \
+                         in switchyard.json (default `[\"workflows\"]`, relative to the project \
+                         directory); create it or point the key at your workflow files"
+                        .into();
+                }
                 report.rejected.push(d);
                 self.errors = report.rejected.clone();
                 return report;

@@ -1246,3 +1246,43 @@ fn a_sigkilled_daemon_mid_child_resumes_both_runs_with_one_child() {
     assert_eq!(std::fs::read_to_string(&marks).unwrap().trim(), child_id);
     daemon.kill();
 }
+
+#[test]
+fn logs_carry_no_colour_codes_when_not_at_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    project(dir.path());
+    let daemon = Daemon::spawn(dir.path(), &dir.path().join("data"), &[]);
+    let (_, output) = daemon.terminate();
+    assert!(output.contains("listening"), "{output}");
+    assert!(
+        !output.contains('\u{1b}'),
+        "ANSI escapes in piped logs: {output:?}"
+    );
+}
+
+#[test]
+fn trigger_wait_follows_the_run_and_exits_with_its_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = project(dir.path());
+    write_workflow(
+        &flows,
+        "broken",
+        &json!({"name": "broken", "tasks": [{"id": "x", "shell": {"command": ["false"]}}]}),
+    );
+    let daemon = Daemon::spawn(dir.path(), &dir.path().join("data"), &[]);
+    let out = switchyard(
+        dir.path(),
+        &["trigger", "quick", "--wait", "--server", &daemon.addr],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("of quick succeeded"), "{text}");
+    assert!(stderr(&out).contains("a succeeded"), "{}", stderr(&out));
+    let out = switchyard(
+        dir.path(),
+        &["trigger", "broken", "--follow", "--server", &daemon.addr],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("x failed"), "{}", stderr(&out));
+    daemon.kill();
+}

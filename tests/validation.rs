@@ -587,3 +587,20 @@ fn bad_connections_name_the_key_and_hide_the_password() {
     assert!(err.contains("connections.tpl.url"), "{err}");
     assert!(!err.contains("connections.fine"), "{err}");
 }
+
+#[test]
+fn a_missing_workflows_directory_names_the_key_that_points_at_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("switchyard.json"),
+        r#"{"workflows": ["flows"]}"#,
+    )
+    .unwrap();
+    let out = switchyard(dir.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("flows") && err.contains("set by `workflows` in switchyard.json"),
+        "{err}"
+    );
+}

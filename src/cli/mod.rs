@@ -91,6 +91,10 @@ pub enum Command {
         /// pinned or current one.
         #[arg(long)]
         version: Option<String>,
+        /// Wait for the run to end, printing tasks as they end; exit 0 only
+        /// if it succeeded.
+        #[arg(long, visible_alias = "follow")]
+        wait: bool,
         #[arg(long)]
         server: Option<String>,
         #[arg(long)]
@@ -189,12 +193,13 @@ pub fn main() -> ExitCode {
             ref version,
             ref server,
             json,
+            wait,
         } => runs::trigger(
             &cli.config,
             server.as_deref(),
             (workflow, version.as_deref()),
             params,
-            json,
+            (json, wait),
         ),
         Command::Versions(ref args) => operations::versions(&cli.config, args),
         Command::Pin {
@@ -234,9 +239,13 @@ fn init_tracing() {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour only for a person at a terminal, never in a file or a pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }
 

@@ -396,7 +396,7 @@ pub fn trigger(
     server: Option<&str>,
     (workflow, version): (&str, Option<&str>),
     params: &[String],
-    as_json: bool,
+    (as_json, wait): (bool, bool),
 ) -> ExitCode {
     let config = match super::load_config(config_path) {
         Ok(c) => c,
@@ -420,6 +420,11 @@ pub fn trigger(
         Some(json!({"params": params, "version": version})),
     ));
     match result {
+        Ok(record) if wait => {
+            let id = record["id"].as_str().unwrap_or_default().to_string();
+            eprintln!("run {id} of {workflow} started; waiting for it to end");
+            follow(&tokio, &client, &id, as_json)
+        }
         Ok(record) => {
             if as_json {
                 println!(
@@ -435,6 +440,49 @@ pub fn trigger(
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Polls a run until it ends, printing each task as it ends; its summary
+/// (or record, with `--json`) at the end. Exit 0 when it succeeded.
+fn follow(tokio: &tokio::runtime::Runtime, client: &Client, id: &str, as_json: bool) -> ExitCode {
+    let mut reported = std::collections::BTreeSet::new();
+    loop {
+        let record =
+            match tokio.block_on(client.call(reqwest::Method::GET, &format!("/runs/{id}"), None)) {
+                Ok(record) => record,
+                Err(e) => return super::fail(e),
+            };
+        if let Some(tasks) = record["tasks"].as_object() {
+            for (task, state) in tasks {
+                let status = state["status"].as_str().unwrap_or_default();
+                let ended = ["succeeded", "failed", "skipped", "cancelled"].contains(&status);
+                if ended && reported.insert(task.clone()) {
+                    let error = state["error"]
+                        .as_str()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default();
+                    eprintln!("  {task} {status}{error}");
+                }
+            }
+        }
+        let status = record["status"].as_str().unwrap_or_default();
+        if ["succeeded", "failed", "cancelled"].contains(&status) {
+            if as_json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&record).unwrap_or_default()
+                );
+            } else if let Ok(record) = serde_json::from_value::<RunRecord>(record.clone()) {
+                super::run::print_summary(&record);
+            }
+            return if status == "succeeded" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }
 
