@@ -128,6 +128,11 @@ impl Registry {
         &self.dirs
     }
 
+    /// The project directory (relative paths in bindings resolve against it).
+    pub fn base(&self) -> &std::path::Path {
+        &self.base
+    }
+
     pub fn binding_dirs(&self) -> &[PathBuf] {
         &self.binding_dirs
     }

@@ -1778,3 +1778,73 @@ async fn a_pinned_version_serves_triggers_after_the_file_changes_until_unpinned(
     }
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backtesting_an_edited_binding_against_recorded_events_starts_nothing() {
+    let project = Project::new(&[
+        json!({"name": "orders", "on": {"api": {}}, "workflow": "first",
+        "filter": "event.type == 'order.created'"}),
+    ]);
+    let daemon = project.start(None).await;
+    for (id, kind, amount) in [
+        ("o-1", "order.created", 5),
+        ("o-2", "order.created", 50),
+        ("o-3", "order.paid", 7),
+    ] {
+        let body = json!({"type": kind, "id": id, "data": {"amount": amount}}).to_string();
+        let (status, _) = daemon.post("/api/v1/events", body.as_bytes(), &[]).await;
+        assert_eq!(status, 202);
+    }
+    daemon.wait_runs("first", 2, Duration::from_secs(20)).await;
+    // An edit: only large orders, with the amount as a param.
+    let edited = json!({"name": "orders", "on": {"api": {}}, "workflow": "second",
+        "filter": "event.type == 'order.created' && event.data.amount > 10",
+        "params": {"amount": "${event.data.amount}"}});
+    let (status, answer) = daemon
+        .post(
+            "/api/v1/bindings/backtest",
+            json!({"binding": edited, "since": "1h"})
+                .to_string()
+                .as_bytes(),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["from_this_trigger"], 3, "{answer}");
+    assert_eq!(answer["would_start"], 1, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    let matched: Vec<&Value> = results.iter().filter(|r| r["verdict"] == "match").collect();
+    assert_eq!(matched[0]["event_id"], "o-2");
+    assert_eq!(matched[0]["params"], json!({"amount": 50}));
+    assert!(
+        results
+            .iter()
+            .any(|r| r["verdict"] == "filtered" && r["event_id"] == "o-1")
+    );
+    // Nothing started by a backtest.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(daemon.runs("second").await.is_empty());
+    // By name, and bad input.
+    let (status, by_name) = daemon
+        .post(
+            "/api/v1/bindings/backtest",
+            br#"{"binding": "orders"}"#,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200, "{by_name}");
+    assert_eq!(by_name["would_start"], 2);
+    let (status, bad) = daemon
+        .post(
+            "/api/v1/bindings/backtest",
+            br#"{"binding": {"name": "x", "on": {"api": {}}, "workflow": "nope"}}"#,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 422, "{bad}");
+    assert!(
+        bad["error"]["message"].as_str().unwrap().contains("nope"),
+        "{bad}"
+    );
+    daemon.stop().await;
+}

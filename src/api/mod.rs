@@ -85,6 +85,7 @@ pub fn app(state: AppState) -> Router {
         .route("/events/{id}", get(events::show_event))
         .route("/events/{id}/replay", post(operations::replay_event))
         .route("/bindings", get(events::list_bindings))
+        .route("/bindings/backtest", post(operations::backtest))
         .route(
             "/bindings/{name}/backfill",
             post(operations::backfill_binding),

@@ -358,3 +358,131 @@ pub fn run_version(
         .serving(name)
         .ok_or_else(|| Error::not_found(format!("no workflow named `{name}`")))
 }
+
+/// `POST /bindings/backtest {"binding": {…} | "<name>", "since": "7d"}`:
+/// what a binding (an edited one too, before it goes live) would have done
+/// with the events recorded in the log since then: for each event its
+/// trigger could have produced, the params it would have started its
+/// workflow with and the dedup key, or why not. Nothing is started.
+pub async fn backtest(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, Error> {
+    let body = super::handlers::json_object(&body)?;
+    if let Some(key) = body
+        .keys()
+        .find(|k| !["binding", "since", "limit"].contains(&k.as_str()))
+    {
+        return Err(Error::bad_request(format!(
+            "unknown key `{key}`; the body is {{\"binding\": {{…}} | \"<name>\", \"since\": \"7d\", \"limit\": 1000}}"
+        )));
+    }
+    let since = match body.get("since") {
+        None | Some(Value::Null) => std::time::Duration::from_secs(7 * 24 * 3600),
+        Some(Value::String(text)) => humantime::parse_duration(text)
+            .map_err(|e| Error::bad_request(format!("`since` `{text}`: {e}")))?,
+        Some(_) => return Err(Error::bad_request("`since` is a duration such as \"7d\"")),
+    };
+    let limit = match body.get("limit") {
+        None | Some(Value::Null) => 1000,
+        Some(v) => {
+            v.as_u64()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| Error::bad_request("`limit` is 1 to 10000"))? as usize
+        }
+    };
+    let binding: Arc<Binding> = match body.get("binding") {
+        Some(Value::String(name)) => state
+            .registry()?
+            .binding(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("no binding named `{name}`")))?,
+        Some(Value::Object(_)) => {
+            let text = serde_json::to_vec(&body["binding"]).map_err(super::internal)?;
+            let registry = state.registry()?;
+            let exists = |name: &str| registry.get(name).is_some();
+            let parsed = Binding::parse(
+                std::path::Path::new("backtest.json"),
+                &text,
+                registry.base(),
+                &exists,
+            )
+            .map_err(|d| Error::unprocessable(d.to_string()))?;
+            let Some(binding) = parsed.into_iter().next() else {
+                return Err(Error::unprocessable("the binding file holds no binding"));
+            };
+            Arc::new(binding)
+        }
+        _ => {
+            return Err(Error::bad_request(
+                "`binding` is required: a binding (as in a binding file) or a binding's name",
+            ));
+        }
+    };
+    let now = crate::time::now_millis();
+    let cutoff = now.saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
+    let log = state.runtime.log().clone();
+    let events = tokio::task::spawn_blocking(
+        move || -> Result<Vec<crate::log::EventRecord>, crate::log::Error> {
+            let mut out = Vec::new();
+            let mut before = None;
+            loop {
+                let page = log.events(before, 500)?;
+                let Some(last) = page.last() else { break };
+                before = Some(last.seq);
+                let done = page.len() < 500;
+                for record in page {
+                    if record.at < cutoff || out.len() >= limit {
+                        return Ok(out);
+                    }
+                    out.push(record);
+                }
+                if done {
+                    break;
+                }
+            }
+            Ok(out)
+        },
+    )
+    .await
+    .map_err(super::internal)??;
+    let examined = events.len();
+    let mut results = Vec::new();
+    for record in events {
+        let event = &record.event;
+        if trigger_accepts(&binding, event).is_err() {
+            continue;
+        }
+        let mut result = json!({
+            "event_id": event.get("id"),
+            "type": event.get("type"),
+            "time": event.get("time"),
+        });
+        match crate::reactor::evaluate(&binding, event, now) {
+            crate::reactor::Evaluation::Matched { params, dedup_key } => {
+                result["verdict"] = json!("match");
+                result["params"] = Value::Object(params);
+                result["dedup_key"] = json!(dedup_key);
+            }
+            crate::reactor::Evaluation::Filtered { reason } => {
+                result["verdict"] = json!("filtered");
+                result["reason"] = json!(reason);
+            }
+            crate::reactor::Evaluation::Failed { error } => {
+                result["verdict"] = json!("failed");
+                result["reason"] = json!(error);
+            }
+        }
+        results.push(result);
+    }
+    let matched = results.iter().filter(|r| r["verdict"] == "match").count();
+    Ok(Json(json!({
+        "binding": binding.name,
+        "workflow": binding.workflow,
+        "since": humantime::format_duration(since).to_string(),
+        "events_examined": examined,
+        "from_this_trigger": results.len(),
+        "would_start": matched,
+        "results": results,
+    })))
+}

@@ -70,10 +70,27 @@ pub enum Command {
     },
     /// Show which bindings an event (a CloudEvent JSON file) matches and the
     /// params each would start its workflow with. Exit 0 if any matches, 1 if none.
+    /// With --recorded: backtest a binding against the events the running
+    /// server recorded.
     Match {
-        event: PathBuf,
+        /// A CloudEvent JSON file; with --recorded, a binding file to backtest.
+        file: Option<PathBuf>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Evaluate a binding (the file, or --binding NAME) against the
+        /// events recorded in the log: what it would have started, with params.
+        #[arg(long)]
+        recorded: bool,
+        /// How far back to look with --recorded.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// A loaded binding to backtest instead of a file.
+        #[arg(long)]
+        binding: Option<String>,
+        /// Server address (default: the config's `listen`).
+        #[arg(long)]
+        server: Option<String>,
     },
     /// Inspect and act on runs, through the server or offline.
     Runs {
@@ -181,7 +198,27 @@ pub fn main() -> ExitCode {
             allow_unauthenticated,
             generate_token,
         }),
-        Command::Match { ref event, json } => matching::main(&cli.config, event, json),
+        Command::Match {
+            ref file,
+            json,
+            recorded,
+            ref since,
+            ref binding,
+            ref server,
+        } => {
+            if recorded {
+                operations::backtest(
+                    &cli.config,
+                    (file.as_deref(), binding.as_deref()),
+                    since,
+                    (server.as_deref(), json),
+                )
+            } else if let Some(event) = file {
+                matching::main(&cli.config, event, json)
+            } else {
+                fail("name an event file (or use --recorded to backtest a binding)")
+            }
+        }
         Command::Health { ref server } => runs::health(&cli.config, server.as_deref()),
         Command::Runs {
             ref target,

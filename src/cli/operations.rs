@@ -314,3 +314,82 @@ fn get(config_path: &Path, server: Option<&str>, path: &str) -> Result<Value, St
     let client = Client::new(server, &config);
     tokio.block_on(client.call(reqwest::Method::GET, path, None))
 }
+
+/// `switchyard match --recorded [BINDING_FILE | --binding NAME] [--since 7d]`.
+pub fn backtest(
+    config_path: &Path,
+    (file, name): (Option<&Path>, Option<&str>),
+    since: &str,
+    (server, as_json): (Option<&str>, bool),
+) -> ExitCode {
+    let binding = match (file, name) {
+        (Some(file), None) => match std::fs::read(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))
+            .and_then(|bytes| {
+                serde_json::from_slice::<Value>(&bytes)
+                    .map_err(|e| format!("{}: invalid JSON: {e}", file.display()))
+            }) {
+            Ok(Value::Array(mut items)) if !items.is_empty() => items.remove(0),
+            Ok(value) => value,
+            Err(e) => return super::fail(e),
+        },
+        (None, Some(name)) => Value::String(name.to_string()),
+        _ => {
+            return super::fail("backtest a binding file, or a loaded binding with --binding NAME");
+        }
+    };
+    let config = match super::load_config(config_path) {
+        Ok(c) => c,
+        Err(e) => return super::fail(e),
+    };
+    let tokio = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(t) => t,
+        Err(e) => return super::fail(format!("cannot start the async runtime: {e}")),
+    };
+    let client = Client::new(server, &config);
+    let body = serde_json::json!({"binding": binding, "since": since});
+    let answer = match tokio.block_on(client.call(
+        reqwest::Method::POST,
+        "/bindings/backtest",
+        Some(body),
+    )) {
+        Ok(answer) => answer,
+        Err(e) => return super::fail(e),
+    };
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&answer).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "binding {} → {}: {} of {} recorded event(s) since {} came from its trigger; it would have started {}",
+            answer["binding"].as_str().unwrap_or_default(),
+            answer["workflow"].as_str().unwrap_or_default(),
+            answer["from_this_trigger"],
+            answer["events_examined"],
+            answer["since"].as_str().unwrap_or_default(),
+            answer["would_start"],
+        );
+        for result in answer["results"].as_array().cloned().unwrap_or_default() {
+            let detail = match result["verdict"].as_str() {
+                Some("match") => format!("params {}", result["params"]),
+                _ => result["reason"].as_str().unwrap_or_default().to_string(),
+            };
+            println!(
+                "  {:<9} {}  {}  {detail}",
+                result["verdict"].as_str().unwrap_or_default(),
+                result["time"].as_str().unwrap_or_default(),
+                result["event_id"].as_str().unwrap_or_default(),
+            );
+        }
+    }
+    if answer["would_start"].as_u64().unwrap_or(0) > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
