@@ -180,17 +180,16 @@ async fn a_query_result_feeds_later_tasks_and_params_are_stored_byte_for_byte(db
     );
     assert_eq!(record.tasks["setup"]["output"]["rows_affected"], 3);
 
-    // What the database holds, read with sqlx directly.
-    let stored: Vec<(i64, String)> = match db {
-        Dialect::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "select k::int8, v from {notes} order by k"
-            )))
-            .fetch_all(&mut c)
-            .await
-            .unwrap();
-            let out = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    // What the database holds, read with sqlx directly (its own connection
+    // type per database), then the tables dropped.
+    macro_rules! read_and_drop {
+        ($connection:ty, $select:expr) => {{
+            let mut c = <$connection>::connect(&url).await.unwrap();
+            let rows = sqlx::query(sqlx::AssertSqlSafe($select))
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
+            let out: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "drop table {t}; drop table {notes}"
             )))
@@ -198,42 +197,21 @@ async fn a_query_result_feeds_later_tasks_and_params_are_stored_byte_for_byte(db
             .await
             .unwrap();
             out
-        }
-        Dialect::MariaDb => {
-            let mut c = sqlx::MySqlConnection::connect(&url).await.unwrap();
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "select cast(k as signed), v from {notes} order by k"
-            )))
-            .fetch_all(&mut c)
-            .await
-            .unwrap();
-            let out = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "drop table {t}; drop table {notes}"
-            )))
-            .execute(&mut c)
-            .await
-            .unwrap();
-            out
-        }
-        Dialect::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "select k, v from {notes} order by k"
-            )))
-            .fetch_all(&mut c)
-            .await
-            .unwrap();
-            // The table a hostile string names as DROP TABLE is still there.
-            let tables: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "select count(*) from sqlite_master where name = '{t}'"
-            )))
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
-            assert_eq!(tables, 1);
-            rows.iter().map(|r| (r.get(0), r.get(1))).collect()
-        }
+        }};
+    }
+    let stored = match db {
+        Dialect::Postgres => read_and_drop!(
+            sqlx::PgConnection,
+            format!("select k::int8, v from {notes} order by k")
+        ),
+        Dialect::MariaDb => read_and_drop!(
+            sqlx::MySqlConnection,
+            format!("select cast(k as signed), v from {notes} order by k")
+        ),
+        Dialect::Sqlite => read_and_drop!(
+            sqlx::SqliteConnection,
+            format!("select k, v from {notes} order by k")
+        ),
     };
     assert_eq!(stored.len(), values.len());
     for (i, value) in values.iter().enumerate() {

@@ -36,18 +36,6 @@ fn parse_run_id(text: &str) -> Result<RunId, Error> {
         .map_err(|_| Error::bad_request(format!("`{text}` is not a run id (a UUID)")))
 }
 
-/// Parses an optional JSON object body; empty means `{}`.
-pub(super) fn json_object(body: &Bytes) -> Result<Map<String, Value>, Error> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(Error::bad_request("the request body must be a JSON object")),
-        Err(e) => Err(Error::bad_request(format!("invalid JSON body: {e}"))),
-    }
-}
-
 fn workflow_summary(workflow: &crate::spec::Workflow) -> Value {
     json!({
         "name": workflow.name,
@@ -134,7 +122,7 @@ pub async fn start_run(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let body = json_object(&body)?;
+    let body = super::json_object(&body)?;
     let params = match body.get("params") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(params)) => params.clone(),
@@ -289,7 +277,7 @@ pub async fn rerun(
     body: Bytes,
 ) -> Result<Response, Error> {
     let run_id = parse_run_id(&id)?;
-    let body = json_object(&body)?;
+    let body = super::json_object(&body)?;
     let from = match body.get("from") {
         None | Some(Value::Null) => RerunFrom::Failed,
         Some(Value::String(from)) => RerunFrom::parse(from),

@@ -57,10 +57,6 @@ impl AppState {
     }
 
     /// A loaded workflow by name, or 404.
-    fn workflow_entry(&self, name: &str) -> Result<crate::registry::Entry, Error> {
-        self.workflow(name)
-    }
-
     fn workflow(&self, name: &str) -> Result<crate::registry::Entry, Error> {
         self.registry()?
             .get(name)
@@ -195,6 +191,20 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         .zip(b.iter())
         .fold(0u8, |acc, (x, y)| acc | (x ^ y))
         == 0
+}
+
+/// Parses an optional JSON object body; empty means `{}`.
+fn json_object(
+    body: &axum::body::Bytes,
+) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Error::bad_request("the request body must be a JSON object")),
+        Err(e) => Err(Error::bad_request(format!("invalid JSON body: {e}"))),
+    }
 }
 
 /// An API error: status, a stable code, and a message for people.

@@ -127,7 +127,7 @@ pub async fn backfill_binding(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let body = super::handlers::json_object(&body)?;
+    let body = super::json_object(&body)?;
     if let Some(key) = body
         .keys()
         .find(|k| !["from", "to", "dry_run"].contains(&k.as_str()))
@@ -310,7 +310,7 @@ pub async fn pin_workflow(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Error> {
-    let body = super::handlers::json_object(&body)?;
+    let body = super::json_object(&body)?;
     let Some(Value::String(version)) = body.get("version") else {
         return Err(Error::bad_request(
             "`version` is required: a content hash from GET /workflows/{name}/versions",
@@ -333,7 +333,7 @@ pub async fn unpin_workflow(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Error> {
-    state.workflow_entry(&name)?;
+    state.workflow(&name)?;
     let log = state.runtime.log().clone();
     let registry = Arc::clone(&state.registry);
     let key = name.clone();
@@ -368,7 +368,7 @@ pub async fn backtest(
     State(state): State<AppState>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Error> {
-    let body = super::handlers::json_object(&body)?;
+    let body = super::json_object(&body)?;
     if let Some(key) = body
         .keys()
         .find(|k| !["binding", "since", "limit"].contains(&k.as_str()))

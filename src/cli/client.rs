@@ -84,3 +84,40 @@ impl Client {
         }
     }
 }
+
+/// A [`Client`] for one command that blocks on its calls: the project's
+/// config loaded, one current-thread runtime.
+#[derive(Debug)]
+pub struct Blocking {
+    tokio: tokio::runtime::Runtime,
+    pub client: Client,
+}
+
+impl Blocking {
+    pub fn new(config_path: &std::path::Path, server: Option<&str>) -> Result<Self, String> {
+        let config = super::load_config(config_path).map_err(|e| e.to_string())?;
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        Ok(Self {
+            tokio,
+            client: Client::new(server, &config),
+        })
+    }
+
+    /// [`Client::call`], waited for.
+    pub fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        self.tokio.block_on(self.client.call(method, path, body))
+    }
+
+    /// [`Client::healthy`], waited for.
+    pub fn healthy(&self) -> bool {
+        self.tokio.block_on(self.client.healthy())
+    }
+}

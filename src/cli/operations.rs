@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::client::Client;
+use super::client::Blocking;
 
 #[derive(Debug, clap::Args)]
 pub struct PauseArgs {
@@ -84,13 +84,7 @@ pub fn events(config_path: &Path, command: &EventsCommand) -> ExitCode {
 }
 
 fn call(config_path: &Path, server: Option<&str>, path: &str) -> Result<Value, String> {
-    let config = super::load_config(config_path).map_err(|e| e.to_string())?;
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let client = Client::new(server, &config);
-    tokio.block_on(client.call(reqwest::Method::POST, path, None))
+    Blocking::new(config_path, server)?.call(reqwest::Method::POST, path, None)
 }
 
 /// A name as one URL path segment.
@@ -122,21 +116,13 @@ pub struct BackfillArgs {
 }
 
 pub fn backfill(config_path: &Path, args: &BackfillArgs) -> ExitCode {
-    let config = match super::load_config(config_path) {
-        Ok(c) => c,
+    let client = match Blocking::new(config_path, args.server.as_deref()) {
+        Ok(client) => client,
         Err(e) => return super::fail(e),
     };
-    let tokio = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(t) => t,
-        Err(e) => return super::fail(format!("cannot start the async runtime: {e}")),
-    };
-    let client = Client::new(args.server.as_deref(), &config);
     let body = serde_json::json!({"from": args.from, "to": args.to, "dry_run": args.dry_run});
     let path = format!("/bindings/{}/backfill", segment(&args.binding));
-    let answer = match tokio.block_on(client.call(reqwest::Method::POST, &path, Some(body))) {
+    let answer = match client.call(reqwest::Method::POST, &path, Some(body)) {
         Ok(answer) => answer,
         Err(e) => return super::fail(e),
     };
@@ -166,11 +152,11 @@ pub fn backfill(config_path: &Path, args: &BackfillArgs) -> ExitCode {
     // Follow the runs to their end, printing progress as it changes.
     let mut last = String::new();
     loop {
-        let shown = match tokio.block_on(client.call(
+        let shown = match client.call(
             reqwest::Method::GET,
             &format!("/backfills/{}", segment(&id)),
             None,
-        )) {
+        ) {
             Ok(shown) => shown,
             Err(e) => return super::fail(e),
         };
@@ -274,18 +260,10 @@ pub fn pin(
     workflow: &str,
     version: Option<&String>,
 ) -> ExitCode {
-    let config = match super::load_config(config_path) {
-        Ok(c) => c,
+    let client = match Blocking::new(config_path, server) {
+        Ok(client) => client,
         Err(e) => return super::fail(e),
     };
-    let tokio = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(t) => t,
-        Err(e) => return super::fail(format!("cannot start the async runtime: {e}")),
-    };
-    let client = Client::new(server, &config);
     let (path, body) = match version {
         Some(version) => (
             format!("/workflows/{}/pin", segment(workflow)),
@@ -293,7 +271,7 @@ pub fn pin(
         ),
         None => (format!("/workflows/{}/unpin", segment(workflow)), None),
     };
-    match tokio.block_on(client.call(reqwest::Method::POST, &path, body)) {
+    match client.call(reqwest::Method::POST, &path, body) {
         Ok(answer) => {
             match answer["pinned"].as_str() {
                 Some(v) => println!("workflow {workflow} pinned to version {v}"),
@@ -306,13 +284,7 @@ pub fn pin(
 }
 
 fn get(config_path: &Path, server: Option<&str>, path: &str) -> Result<Value, String> {
-    let config = super::load_config(config_path).map_err(|e| e.to_string())?;
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let client = Client::new(server, &config);
-    tokio.block_on(client.call(reqwest::Method::GET, path, None))
+    Blocking::new(config_path, server)?.call(reqwest::Method::GET, path, None)
 }
 
 /// `switchyard match --recorded [BINDING_FILE | --binding NAME] [--since 7d]`.
@@ -338,24 +310,12 @@ pub fn backtest(
             return super::fail("backtest a binding file, or a loaded binding with --binding NAME");
         }
     };
-    let config = match super::load_config(config_path) {
-        Ok(c) => c,
+    let client = match Blocking::new(config_path, server) {
+        Ok(client) => client,
         Err(e) => return super::fail(e),
     };
-    let tokio = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(t) => t,
-        Err(e) => return super::fail(format!("cannot start the async runtime: {e}")),
-    };
-    let client = Client::new(server, &config);
     let body = serde_json::json!({"binding": binding, "since": since});
-    let answer = match tokio.block_on(client.call(
-        reqwest::Method::POST,
-        "/bindings/backtest",
-        Some(body),
-    )) {
+    let answer = match client.call(reqwest::Method::POST, "/bindings/backtest", Some(body)) {
         Ok(answer) => answer,
         Err(e) => return super::fail(e),
     };

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
-use super::client::Client;
+use super::client::{Blocking, Client};
 use crate::engine::RunRecord;
 use crate::engine::rerun::RerunFrom;
 use crate::log::{Log, RunId, RunStatus};
@@ -398,32 +398,24 @@ pub fn trigger(
     params: &[String],
     (as_json, wait): (bool, bool),
 ) -> ExitCode {
-    let config = match super::load_config(config_path) {
-        Ok(c) => c,
-        Err(e) => return super::fail(e),
-    };
     let params = match super::run::parse_params(params) {
         Ok(p) => p,
         Err(e) => return super::fail(e),
     };
-    let tokio = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(t) => t,
-        Err(e) => return super::fail(format!("cannot start the async runtime: {e}")),
+    let client = match Blocking::new(config_path, server) {
+        Ok(client) => client,
+        Err(e) => return super::fail(e),
     };
-    let client = Client::new(server, &config);
-    let result = tokio.block_on(client.call(
+    let result = client.call(
         reqwest::Method::POST,
         &format!("/workflows/{workflow}/runs"),
         Some(json!({"params": params, "version": version})),
-    ));
+    );
     match result {
         Ok(record) if wait => {
             let id = record["id"].as_str().unwrap_or_default().to_string();
             eprintln!("run {id} of {workflow} started; waiting for it to end");
-            follow(&tokio, &client, &id, as_json)
+            follow(&client, &id, as_json)
         }
         Ok(record) => {
             if as_json {
@@ -445,14 +437,13 @@ pub fn trigger(
 
 /// Polls a run until it ends, printing each task as it ends; its summary
 /// (or record, with `--json`) at the end. Exit 0 when it succeeded.
-fn follow(tokio: &tokio::runtime::Runtime, client: &Client, id: &str, as_json: bool) -> ExitCode {
+fn follow(client: &Blocking, id: &str, as_json: bool) -> ExitCode {
     let mut reported = std::collections::BTreeSet::new();
     loop {
-        let record =
-            match tokio.block_on(client.call(reqwest::Method::GET, &format!("/runs/{id}"), None)) {
-                Ok(record) => record,
-                Err(e) => return super::fail(e),
-            };
+        let record = match client.call(reqwest::Method::GET, &format!("/runs/{id}"), None) {
+            Ok(record) => record,
+            Err(e) => return super::fail(e),
+        };
         if let Some(tasks) = record["tasks"].as_object() {
             for (task, state) in tasks {
                 let status = state["status"].as_str().unwrap_or_default();
@@ -488,18 +479,11 @@ fn follow(tokio: &tokio::runtime::Runtime, client: &Client, id: &str, as_json: b
 
 /// `switchyard health`: 0 when the server is healthy, 1 otherwise.
 pub fn health(config_path: &Path, server: Option<&str>) -> ExitCode {
-    let config = match super::load_config(config_path) {
-        Ok(c) => c,
+    let client = match Blocking::new(config_path, server) {
+        Ok(client) => client,
         Err(e) => return super::fail(e),
     };
-    let tokio = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(t) => t,
-        Err(e) => return super::fail(format!("cannot start the async runtime: {e}")),
-    };
-    if tokio.block_on(Client::new(server, &config).healthy()) {
+    if client.healthy() {
         ExitCode::SUCCESS
     } else {
         eprintln!("unhealthy: no answer from /healthz");

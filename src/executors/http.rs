@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{AttemptContext, AttemptOutcome, Kind, scalar_text};
+use super::{AttemptContext, AttemptOutcome, Kind, redact_userinfo, scalar_text};
 
 /// Response bodies larger than this fail the attempt unless `max_body` says
 /// otherwise.
@@ -433,37 +433,6 @@ fn describe_error(url: &str, error: &reqwest::Error) -> String {
         format!("{what} {url}: {error}")
     } else {
         format!("{what} {url}: {}", causes.join(": "))
-    }
-}
-
-/// The URL without a password in it.
-fn redact_userinfo(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_string(),
-        // Unparsable: cut a `user:password@` by hand.
-        Err(_) => {
-            let Some(start) = url.find("://").map(|i| i + 3) else {
-                return url.to_string();
-            };
-            let authority = &url[start..];
-            let end = authority.find(['/', '?', '#']).unwrap_or(authority.len());
-            match authority[..end].rfind('@') {
-                Some(at) if authority[..at].contains(':') => {
-                    let colon = authority[..at].find(':').unwrap_or(at);
-                    format!(
-                        "{}{}:***{}",
-                        &url[..start],
-                        &authority[..colon],
-                        &authority[at..]
-                    )
-                }
-                _ => url.to_string(),
-            }
-        }
     }
 }
 

@@ -255,6 +255,38 @@ pub(crate) fn scalar_text(value: Value) -> Result<String, String> {
     }
 }
 
+/// The URL with its password shown as `***` (any scheme: http tasks,
+/// database URLs).
+pub(crate) fn redact_userinfo(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_string(),
+        // Unparsable: cut a `user:password@` by hand.
+        Err(_) => {
+            let Some(start) = url.find("://").map(|i| i + 3) else {
+                return url.to_string();
+            };
+            let authority = &url[start..];
+            let end = authority.find(['/', '?', '#']).unwrap_or(authority.len());
+            match authority[..end].rfind('@') {
+                Some(at) if authority[..at].contains(':') => {
+                    let colon = authority[..at].find(':').unwrap_or(at);
+                    format!(
+                        "{}{}:***{}",
+                        &url[..start],
+                        &authority[..colon],
+                        &authority[at..]
+                    )
+                }
+                _ => url.to_string(),
+            }
+        }
+    }
+}
+
 pub fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",

@@ -32,7 +32,7 @@ use sqlx::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{AttemptContext, AttemptOutcome, Kind};
+use super::{AttemptContext, AttemptOutcome, Kind, redact_userinfo};
 
 /// Rows kept in the output unless `max_rows` says otherwise.
 pub const DEFAULT_MAX_ROWS: usize = 1000;
@@ -371,7 +371,7 @@ fn check_task_url(url: &str, errors: &mut Vec<(String, String)>) {
             format!(
                 "`{}` holds a password, which would be stored with the workflow: put the URL \
                  in a secret (`${{secrets.…}}`) or in switchyard.json's `connections`",
-                redact_url(url)
+                redact_userinfo(url)
             ),
         ));
     }
@@ -387,7 +387,7 @@ enum Target {
 impl Target {
     fn parse(url: &str, base: &Path) -> Result<Self, String> {
         let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
-        let bad = |e: sqlx::Error| format!("`{}` is not a database URL: {e}", redact_url(url));
+        let bad = |e: sqlx::Error| format!("`{}` is not a database URL: {e}", redact_userinfo(url));
         match scheme.as_deref() {
             Some("postgres" | "postgresql") => PgConnectOptions::from_str(url)
                 .map(|o| Target::Postgres(o.application_name("switchyard")))
@@ -415,7 +415,7 @@ impl Target {
             }
             _ => Err(format!(
                 "`{}` is not a database URL: use postgres://, mysql://, mariadb:// or sqlite://",
-                redact_url(url)
+                redact_userinfo(url)
             )),
         }
     }
@@ -1147,44 +1147,19 @@ fn password_of(url: &str) -> Option<String> {
     (!password.is_empty()).then(|| password.to_string())
 }
 
-/// The URL with its password shown as `***`.
-pub fn redact_url(url: &str) -> String {
-    match password_of(url) {
-        Some(password) => url.replacen(&format!(":{password}@"), ":***@", 1),
-        None => url.to_string(),
-    }
-}
-
 /// `text` with the password of `url` (raw and percent-decoded) hidden.
 fn redact_password(text: &str, url: &str) -> String {
     let Some(password) = password_of(url) else {
         return text.to_string();
     };
     let mut text = text.replace(&password, "***");
-    if let Ok(decoded) = percent_decode(&password)
+    if let Ok(decoded) = percent_encoding::percent_decode_str(&password).decode_utf8()
         && decoded != password
         && !decoded.is_empty()
     {
-        text = text.replace(&decoded, "***");
+        text = text.replace(decoded.as_ref(), "***");
     }
     text
-}
-
-fn percent_decode(text: &str) -> Result<String, ()> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3).ok_or(())?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| ())?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| ())
 }
 
 #[cfg(test)]
@@ -1197,7 +1172,10 @@ mod tests {
     fn passwords_are_found_and_hidden_raw_and_decoded() {
         let url = "postgres://app:s%40cret-pw@db.internal:5432/shop";
         assert_eq!(password_of(url).as_deref(), Some("s%40cret-pw"));
-        assert_eq!(redact_url(url), "postgres://app:***@db.internal:5432/shop");
+        assert_eq!(
+            redact_userinfo(url),
+            "postgres://app:***@db.internal:5432/shop"
+        );
         assert_eq!(
             redact_password("auth failed for s@cret-pw and s%40cret-pw", url),
             "auth failed for *** and ***"

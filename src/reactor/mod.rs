@@ -217,9 +217,16 @@ impl std::fmt::Debug for Reactor {
 impl Reactor {
     /// Whether `binding` (or its workflow) is paused now.
     pub fn is_paused(&self, binding: &Binding) -> bool {
-        self.registry
-            .read()
-            .is_ok_and(|registry| registry.is_paused(binding))
+        self.any_paused(std::slice::from_ref(binding))
+    }
+
+    /// Whether any of `bindings` is paused now (one registry read).
+    pub fn any_paused<B: std::borrow::Borrow<Binding>>(&self, bindings: &[B]) -> bool {
+        self.registry.read().is_ok_and(|registry| {
+            bindings
+                .iter()
+                .any(|binding| registry.is_paused(binding.borrow()))
+        })
     }
 
     pub fn new(runtime: RuntimeHandle, registry: SharedRegistry) -> Self {
@@ -253,6 +260,11 @@ impl Reactor {
     ) -> Result<Accepted, runtime::Error> {
         let now = crate::time::now_millis();
         let submission = submission(&self.registry, event, bindings, marks, wait, now);
+        self.accept(submission).await
+    }
+
+    /// Records a submission and counts and logs what it did.
+    async fn accept(&self, submission: Submission) -> Result<Accepted, runtime::Error> {
         let accepted = self.runtime.accept(submission).await?;
         self.metrics.count(&accepted.outcomes);
         for outcome in &accepted.outcomes {
@@ -299,9 +311,7 @@ impl Reactor {
                 *dedup_key = format!("replay:{event_id}:{binding}");
             }
         }
-        let accepted = self.runtime.accept(submission).await?;
-        self.metrics.count(&accepted.outcomes);
-        Ok(accepted)
+        self.accept(submission).await
     }
 
     /// Records an event whose outcomes are already decided (an AMQP

@@ -409,22 +409,7 @@ impl Secrets {
     }
 
     pub fn from_values(values: BTreeMap<String, String>) -> Self {
-        let mut patterns: Vec<&str> = values
-            .values()
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-            .collect();
-        patterns.sort_unstable();
-        patterns.dedup();
-        let matcher = (!patterns.is_empty())
-            .then(|| {
-                aho_corasick::AhoCorasick::builder()
-                    .match_kind(aho_corasick::MatchKind::LeftmostLongest)
-                    .build(&patterns)
-                    .ok()
-            })
-            .flatten()
-            .map(Arc::new);
+        let matcher = matcher(values.values().cloned());
         Self { values, matcher }
     }
 
@@ -435,14 +420,7 @@ impl Secrets {
         if extra.is_empty() {
             return self;
         }
-        let mut patterns: Vec<String> = self.values.values().cloned().chain(extra).collect();
-        patterns.sort_unstable();
-        patterns.dedup();
-        let matcher = aho_corasick::AhoCorasick::builder()
-            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
-            .build(&patterns)
-            .ok()
-            .map(Arc::new);
+        let matcher = matcher(self.values.values().cloned().chain(extra));
         Self {
             values: self.values,
             matcher,
@@ -512,6 +490,22 @@ impl Secrets {
             _ => {}
         }
     }
+}
+
+/// One leftmost-longest matcher over every distinct non-empty value (None
+/// when there are none).
+fn matcher(values: impl Iterator<Item = String>) -> Option<Arc<aho_corasick::AhoCorasick>> {
+    let mut patterns: Vec<String> = values.filter(|v| !v.is_empty()).collect();
+    patterns.sort_unstable();
+    patterns.dedup();
+    if patterns.is_empty() {
+        return None;
+    }
+    aho_corasick::AhoCorasick::builder()
+        .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+        .build(&patterns)
+        .ok()
+        .map(Arc::new)
 }
 
 /// Secrets shorter than this are warned about at start-up.

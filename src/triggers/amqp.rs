@@ -46,7 +46,7 @@ use crate::amqp::{
 use crate::log::Outcome;
 use crate::metrics::AmqpMetrics;
 use crate::reactor::Reactor;
-use crate::reactor::cloudevents;
+use crate::reactor::cloudevents::{self, is_json, media_type};
 use crate::reactor::event::{AMQP_MESSAGE, Event, routing_key_matches};
 use crate::spec::binding::{AmqpTrigger, Binding, ExchangeType, Trigger};
 
@@ -431,15 +431,9 @@ impl Consumer {
         // Paused between the delivery and now (the consumer is being
         // stopped): the message goes back to wait in the queue rather than
         // being recorded as paused and acked.
-        if bindings.iter().any(|b| self.reactor.is_paused(b)) {
+        if self.reactor.any_paused(&bindings) {
             release();
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+            requeue(&delivery).await;
             return Ok(());
         }
         let submitted = if bindings.is_empty() {
@@ -479,17 +473,23 @@ impl Consumer {
             },
             Err(e) => {
                 // Not recorded (shutting down): give it back to the queue.
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
+                requeue(&delivery).await;
                 Err(SessionError::Record(e))
             }
         }
     }
+}
+
+/// Gives a delivery back to its queue (best effort: if the channel is
+/// gone, the broker requeues it anyway).
+async fn requeue(delivery: &Delivery) {
+    let _ = delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await;
 }
 
 /// The (exchange, routing key) pairs the queue is bound with for these
@@ -692,19 +692,6 @@ pub fn routes(a: &AmqpTrigger, all: &[&AmqpTrigger], exchange: &str, key: &str) 
     } else {
         !all.iter().any(|other| other.exchange == exchange)
     }
-}
-
-fn media_type(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
-}
-
-fn is_json(media: &str) -> bool {
-    media == "application/json" || media.ends_with("+json")
 }
 
 /// What of a delivery becomes its event.

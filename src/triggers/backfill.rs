@@ -113,13 +113,18 @@ pub async fn start(
             error,
         });
     }
-    let log = reactor.runtime().log();
-    let value = serde_json::to_vec(&backfill).unwrap_or_default();
-    log.put_marks(&[Mark {
+    // The record, flushed off the async threads (a flush waits on the disk).
+    let log = reactor.runtime().log().clone();
+    let mark = Mark {
         key: [PREFIX, backfill.id.as_bytes()].concat(),
-        value: Some(value),
-    }])?;
-    log.flush()?;
+        value: Some(serde_json::to_vec(&backfill).unwrap_or_default()),
+    };
+    tokio::task::spawn_blocking(move || {
+        log.put_marks(&[mark])?;
+        log.flush()
+    })
+    .await
+    .map_err(|e| crate::runtime::Error::Stopped(e.to_string()))??;
     Ok(backfill)
 }
 

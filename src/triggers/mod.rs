@@ -77,7 +77,7 @@ impl Triggers {
         // messages wait at the source; bindings sharing one stop with it
         // (their source is one: a file or message cannot wait for one
         // binding and be taken for another).
-        let paused = |group: &Vec<Arc<Binding>>| group.iter().any(|b| self.reactor.is_paused(b));
+        let paused = |group: &Vec<Arc<Binding>>| self.reactor.any_paused(group);
         let mut groups = file::groups(&bindings);
         groups.retain(|_, group| !paused(group));
         for ((path, recursive), group) in keep_unchanged(&mut self.files, groups) {
