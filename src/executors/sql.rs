@@ -857,6 +857,9 @@ impl sqlx::Encode<'_, Postgres> for UntypedNull {
     }
 }
 
+// One binder per driver, on purpose: NULL, numbers and JSON bind differently
+// (an untyped NULL and jsonb on PostgreSQL, unsigned integers on MySQL,
+// JSON as text on SQLite).
 fn pg_arguments(params: &[Value]) -> Result<PgArguments, Failure> {
     let mut args = PgArguments::default();
     for (i, value) in params.iter().enumerate() {
