@@ -1317,3 +1317,50 @@ async fn a_paused_amqp_binding_leaves_messages_in_the_queue_until_resumed() {
     daemon.stop().await;
     broker::delete_queues(&[&queue]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absence_alerts_are_published_with_the_lifecycle_events() {
+    let Some(_shared) =
+        broker::shared("absence_alerts_are_published_with_the_lifecycle_events").await
+    else {
+        return;
+    };
+    let events_exchange = broker::unique("alerts");
+    let sink = broker::unique("alert-sink");
+    let connection = broker::connect().await;
+    let channel = broker::confirm_channel(&connection).await;
+    broker::declare_exchange(&channel, &events_exchange, ExchangeKind::Topic).await;
+    broker::declare_queue(&channel, &sink, &events_exchange, "#.binding.missed", &[]).await;
+    let _ = connection.close(200, "setup".into()).await;
+    let project = Project::with_config(
+        &[
+            json!({"name": "feed", "on": {"api": {}}, "workflow": "second", "expect": {"every": "1s"}}),
+        ],
+        &[],
+        json!({"amqp": {"events_exchange": events_exchange}}),
+    );
+    let daemon = project.start(None).await;
+    let got = broker::collect(&sink, Duration::from_secs(30), |got| got.len() >= 2).await;
+    assert!(got.len() >= 2, "{} alerts published", got.len());
+    for delivery in &got {
+        assert_eq!(delivery.routing_key.as_str(), "second.binding.missed");
+        let event: Value = serde_json::from_slice(&delivery.data).unwrap();
+        assert_eq!(event["type"], "switchyard.binding.missed", "{event}");
+        assert_eq!(event["data"]["binding"], "feed");
+        assert!(event.get("switchyard").is_none(), "{event}");
+        assert_eq!(
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string()),
+            event["id"].as_str().map(str::to_string)
+        );
+        // The same event is recorded in the log.
+        let id = event["id"].as_str().unwrap();
+        let recorded = daemon.get(&format!("/api/v1/events/{id}")).await;
+        assert_eq!(recorded["event"]["data"], event["data"]);
+    }
+    daemon.stop().await;
+    broker::delete_queues(&[&sink]).await;
+}

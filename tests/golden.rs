@@ -185,6 +185,7 @@ async fn write_scenario(dir: &Path) {
                 value: Some(b"1".to_vec()),
             }],
             wait: false,
+            publish: None,
         };
         handle.accept(submission).await.unwrap();
     }

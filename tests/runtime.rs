@@ -260,6 +260,7 @@ async fn events_with_one_dedup_key_in_one_commit_start_one_run() {
             }],
             marks: Vec::new(),
             wait: false,
+            publish: None,
         })
     });
     // Polled together, so every send happens before any reply is awaited.
@@ -403,6 +404,7 @@ async fn an_event_that_starts_no_run_is_durable_before_it_is_answered() {
                 value: Some(b"seen".to_vec()),
             }],
             wait: false,
+            publish: None,
         })
         .await
         .unwrap();
@@ -646,6 +648,7 @@ async fn an_event_is_stored_once_and_the_runs_it_starts_refer_to_it() {
                 candidates,
                 marks: Vec::new(),
                 wait: false,
+                publish: None,
             })
             .await
             .unwrap();
@@ -793,6 +796,7 @@ async fn a_run_finished_at_recovery_keeps_referring_to_its_stored_event() {
                 }],
                 marks: Vec::new(),
                 wait: true,
+                publish: None,
             })
             .await
             .unwrap();
@@ -858,6 +862,7 @@ async fn a_run_knows_its_logical_time_and_a_child_and_a_rerun_keep_it() {
             }],
             marks: Vec::new(),
             wait: true,
+            publish: None,
         })
     };
     // A cron tick: its scheduled instant, even though it fires later.

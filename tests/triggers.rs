@@ -1430,6 +1430,14 @@ async fn pause_holds_files_records_hooks_api_and_ticks_survives_a_restart_and_re
             .collect();
         if let Some(tick) = ticks.first() {
             assert_eq!(tick["outcomes"][0]["outcome"], "paused", "{tick}");
+            // …and the binding's occurrence log says so.
+            let log = daemon.get("/api/v1/bindings/tick/occurrences").await;
+            assert_eq!(log["paused"], true, "{log}");
+            assert_eq!(log["occurrences"][0]["status"], "skipped_paused", "{log}");
+            assert_eq!(
+                log["occurrences"][0]["scheduled_time"],
+                "2026-06-01T12:01:00.000Z"
+            );
             break;
         }
         assert!(
@@ -1846,5 +1854,411 @@ async fn backtesting_an_edited_binding_against_recorded_events_starts_nothing() 
         bad["error"]["message"].as_str().unwrap().contains("nope"),
         "{bad}"
     );
+    daemon.stop().await;
+}
+
+/// The `switchyard.binding.missed` events recorded so far, oldest first.
+async fn missed_events(daemon: &Daemon) -> Vec<Value> {
+    let mut missed: Vec<Value> = daemon
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e["event"]["type"] == "switchyard.binding.missed")
+        .collect();
+    missed.reverse();
+    missed
+}
+
+async fn wait_missed(daemon: &Daemon, n: usize, within: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let missed = missed_events(daemon).await;
+        if missed.len() >= n {
+            return missed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} absence alerts, expected {n}",
+            missed.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn millis(text: &Value) -> i64 {
+    DateTime::parse_from_rfc3339(text.as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expectation_alerts_once_per_silent_window_and_never_while_events_arrive() {
+    let project = Project::new(&[
+        json!({"name": "feed", "on": {"api": {}}, "filter": "event.type == 'feed.arrived'",
+               "workflow": "second", "expect": {"every": "2s"}}),
+        json!({"name": "feed-alert", "on": {"missed": {"binding": "feed"}},
+               "workflow": "ingest", "params": {"at": "${event.data.deadline}", "windows": "${event.data.windows}"}}),
+    ]);
+    let daemon = project.start(None).await;
+    let loaded = chrono::Utc::now().timestamp_millis();
+
+    // Silence: one alert per 2 s window, each starting the alert binding.
+    let missed = wait_missed(&daemon, 2, Duration::from_secs(20)).await;
+    let (first, second) = (&missed[0]["event"], &missed[1]["event"]);
+    assert_eq!(first["source"], "/bindings/feed", "{first}");
+    assert_eq!(first["subject"], "feed");
+    assert_eq!(first["data"]["binding"], "feed");
+    assert_eq!(first["data"]["workflow"], "second");
+    assert_eq!(first["data"]["expect"], "every 2s");
+    assert_eq!(first["data"]["last_event_at"], Value::Null);
+    assert_eq!(first["data"]["windows"], 1);
+    let d1 = millis(&first["data"]["deadline"]);
+    assert!(
+        (loaded - 2_000..=loaded + 2_500).contains(&(d1 - 2_000)),
+        "the first window starts when the binding is loaded: deadline {d1}, loaded {loaded}"
+    );
+    assert_eq!(millis(&second["data"]["deadline"]) - d1, 2_000, "{second}");
+    assert_eq!(
+        first["id"],
+        format!(
+            "missed:feed:{}",
+            first["data"]["deadline"].as_str().unwrap()
+        )
+    );
+    assert_eq!(
+        missed[0]["outcomes"][0]["outcome"], "started",
+        "{}",
+        missed[0]
+    );
+    let runs = daemon.wait_runs("ingest", 2, Duration::from_secs(20)).await;
+    let deadlines: BTreeSet<String> = param_values(&runs, "at").into_iter().collect();
+    assert!(
+        deadlines.contains(first["data"]["deadline"].as_str().unwrap()),
+        "{deadlines:?}"
+    );
+
+    // Events arriving (and passing the filter) keep it quiet. One that the
+    // filter drops is not an arrival.
+    let post = |id: String, kind: &'static str| {
+        let daemon = &daemon;
+        async move {
+            let body = json!({"type": kind, "id": id}).to_string();
+            let (status, answer) = daemon.post("/api/v1/events", body.as_bytes(), &[]).await;
+            assert_eq!(status, 202, "{answer}");
+        }
+    };
+    post("feed-0".into(), "feed.arrived").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let quiet_from = missed_events(&daemon).await.len();
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut i = 1;
+    while Instant::now() < until {
+        post(format!("feed-{i}"), "feed.arrived").await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        missed_events(&daemon).await.len(),
+        quiet_from,
+        "an alert while events arrived every 300 ms"
+    );
+    let last_arrival = chrono::Utc::now().timestamp_millis();
+    // Only filtered events now: the binding misses again, 2 s after the last real one.
+    for j in 0..8 {
+        post(format!("other-{j}"), "something.else").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let missed = wait_missed(&daemon, quiet_from + 1, Duration::from_secs(20)).await;
+    let alert = &missed[quiet_from]["event"]["data"];
+    let last_event_at = millis(&alert["last_event_at"]);
+    assert!(last_event_at <= last_arrival, "{alert}");
+    assert_eq!(millis(&alert["deadline"]) - last_event_at, 2_000, "{alert}");
+    daemon.stop().await;
+
+    // A restart neither repeats an alert nor loses the checked deadline.
+    let daemon = project.start(None).await;
+    let before_restart = missed.len();
+    let missed = wait_missed(&daemon, before_restart + 1, Duration::from_secs(20)).await;
+    let ids: Vec<&str> = missed
+        .iter()
+        .map(|e| e["event"]["id"].as_str().unwrap())
+        .collect();
+    let unique: BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(
+        ids.len(),
+        unique.len(),
+        "an alert was recorded twice: {ids:?}"
+    );
+    let deadlines: Vec<i64> = missed
+        .iter()
+        .map(|e| millis(&e["event"]["data"]["deadline"]))
+        .collect();
+    assert!(deadlines.windows(2).all(|w| w[0] < w[1]), "{deadlines:?}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expectation_by_a_schedule_is_met_by_an_event_since_the_previous_instant() {
+    // Six fields: every third second.
+    let project = Project::new(&[
+        json!({"name": "feed", "on": {"api": {}}, "workflow": "second",
+               "expect": {"by": "*/3 * * * * *"}}),
+        json!({"name": "feed-alert", "on": {"missed": {"binding": "feed"}}, "workflow": "ingest"}),
+    ]);
+    let daemon = project.start(None).await;
+    let missed = wait_missed(&daemon, 2, Duration::from_secs(20)).await;
+    let d: Vec<i64> = missed
+        .iter()
+        .map(|e| millis(&e["event"]["data"]["deadline"]))
+        .collect();
+    assert_eq!(d[0] % 3_000, 0, "deadlines are the schedule's instants");
+    assert_eq!(d[1] - d[0], 3_000);
+    assert_eq!(millis(&missed[1]["event"]["data"]["window_start"]), d[0]);
+    // An event every second: every window has one.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut i = 0;
+    let body = |i: i32| json!({"type": "tick", "id": format!("e-{i}")}).to_string();
+    let (status, _) = daemon.post("/api/v1/events", body(i).as_bytes(), &[]).await;
+    assert_eq!(status, 202);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let quiet_from = missed_events(&daemon).await.len();
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        i += 1;
+        let (status, _) = daemon.post("/api/v1/events", body(i).as_bytes(), &[]).await;
+        assert_eq!(status, 202);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    assert_eq!(missed_events(&daemon).await.len(), quiet_from);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_binding_expects_nothing_and_a_missed_trigger_must_name_an_expecting_binding() {
+    let project = Project::new(&[
+        json!({"name": "feed", "on": {"api": {}}, "workflow": "second", "expect": {"every": "1s"}}),
+    ]);
+    let daemon = project.start(None).await;
+    let (status, _) = daemon.post("/api/v1/bindings/feed/pause", b"", &[]).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert!(
+        missed_events(&daemon).await.is_empty(),
+        "alerted while paused"
+    );
+    let (status, _) = daemon.post("/api/v1/bindings/feed/resume", b"", &[]).await;
+    assert_eq!(status, 200);
+    wait_missed(&daemon, 1, Duration::from_secs(20)).await;
+    daemon.stop().await;
+
+    // Validation: `on.missed` names a binding with an `expect`; `expect` is one of by/every.
+    let bad = [
+        (
+            json!({"name": "a", "on": {"missed": {"binding": "nope"}}, "workflow": "ingest"}),
+            "no binding named `nope`",
+        ),
+        (
+            json!({"name": "a", "on": {"missed": {"binding": "plain"}}, "workflow": "ingest"}),
+            "has no `expect`",
+        ),
+        (
+            json!({"name": "a", "on": {"api": {}}, "workflow": "ingest", "expect": {}}),
+            "give `by`",
+        ),
+        (
+            json!({"name": "a", "on": {"api": {}}, "workflow": "ingest", "expect": {"by": "0 6 * * *", "every": "1h"}}),
+            "not both",
+        ),
+        (
+            json!({"name": "a", "on": {"api": {}}, "workflow": "ingest", "expect": {"every": "soon"}}),
+            "expect.every",
+        ),
+        (
+            json!({"name": "a", "on": {"api": {}}, "workflow": "ingest", "expect": {"every": "1h", "timezone": "UTC"}}),
+            "do not use a timezone",
+        ),
+        (
+            json!({"name": "a", "on": {"api": {}}, "workflow": "ingest", "expect": {"by": "0 0 30 2 *"}}),
+            "expect.by",
+        ),
+        (
+            json!({"name": "a", "on": {"api": {}}, "workflow": "ingest", "expect": {"by": "0 6 * * *", "timezone": "Mars/Base"}}),
+            "expect.timezone",
+        ),
+        (
+            json!({"name": "a", "on": {"api": {}}, "workflow": "ingest", "expect": {"after": "1h"}}),
+            "after",
+        ),
+    ];
+    for (binding, want) in bad {
+        let project = Project::new(&[
+            json!({"name": "plain", "on": {"api": {}}, "workflow": "ingest"}),
+            binding.clone(),
+        ]);
+        let out = crate::util::switchyard(project.root(), &["validate"]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{binding} validated: {text}");
+        assert!(text.contains(want), "{binding}: wanted `{want}` in: {text}");
+        assert!(
+            text.contains("b1.json"),
+            "{binding}: the file is named: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_occurrence_log_shows_each_instant_and_what_became_of_it() {
+    let t0 = utc(2026, 6, 1, 12, 0, 0);
+    let minutes = |m: i64| t0 + chrono::Duration::minutes(m);
+    let project = Project::new(&[
+        cron_binding("tick", json!({"every": "1m", "catch_up": "latest"})),
+        json!({"name": "api", "on": {"api": {}}, "workflow": "second"}),
+    ]);
+    let clock = ManualClock::new(t0);
+    let daemon = project.start(Some(Arc::new(clock.clone()))).await;
+    let fired = advance(&daemon, &clock, minutes(1), 1).await;
+    assert_eq!(fired, ["2026-06-01T12:01:00.000Z"]);
+    let (status, _) = daemon.post("/api/v1/bindings/tick/pause", b"", &[]).await;
+    assert_eq!(status, 200);
+    clock.set(minutes(2));
+    let paused_id = "cron:tick:2026-06-01T12:02:00.000Z";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemon
+        .events()
+        .await
+        .iter()
+        .any(|e| e["event"]["id"] == paused_id)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the paused tick was not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (status, _) = daemon.post("/api/v1/bindings/tick/resume", b"", &[]).await;
+    assert_eq!(status, 200);
+    daemon.stop().await;
+
+    // Down until 12:10:30: `latest` fires 12:10, skips 12:03 … 12:09.
+    let clock = ManualClock::new(minutes(10) + chrono::Duration::seconds(30));
+    let daemon = project.start(Some(Arc::new(clock.clone()))).await;
+    daemon.wait_runs("ingest", 2, Duration::from_secs(20)).await;
+    // A backfill over 11:58 … 12:01: three new instants, 12:01 a duplicate.
+    let (status, backfill) = daemon
+        .post(
+            "/api/v1/bindings/tick/backfill",
+            br#"{"from": "2026-06-01T11:58:00Z", "to": "2026-06-01T12:01:00Z"}"#,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 202, "{backfill}");
+    let backfill_id = backfill["backfill"]["id"].as_str().unwrap().to_string();
+    // The paused instant, replayed.
+    let (status, replayed) = daemon
+        .post(&format!("/api/v1/events/{paused_id}/replay"), b"", &[])
+        .await;
+    assert_eq!(status, 202, "{replayed}");
+    let runs = daemon.wait_runs("ingest", 6, Duration::from_secs(20)).await;
+    let original = runs
+        .iter()
+        .find(|r| r["params"]["at"] == "2026-06-01T12:01:00.000Z" && r["rerun_of"].is_null())
+        .unwrap()["id"]
+        .clone();
+
+    let log = daemon.get("/api/v1/bindings/tick/occurrences").await;
+    assert_eq!(log["binding"], "tick");
+    assert_eq!(log["schedule"], "every 1m");
+    assert_eq!(log["catch_up"], "latest");
+    assert_eq!(log["next_fires"].as_array().unwrap().len(), 3, "{log}");
+    let rows: Vec<(String, String)> = log["occurrences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["scheduled_time"].as_str().unwrap()[11..16].to_string(),
+                o["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("12:10", "caught_up"),
+        ("12:03", "skipped_catch_up"),
+        ("12:02", "skipped_paused"),
+        ("12:01", "duplicate"),
+        ("12:00", "backfilled"),
+        ("11:59", "backfilled"),
+        ("11:58", "backfilled"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(rows, want, "{log:#}");
+    let entries = log["occurrences"].as_array().unwrap();
+    let skipped = &entries[1];
+    assert_eq!(skipped["last_scheduled_time"], "2026-06-01T12:09:00.000Z");
+    assert_eq!(skipped["count"], 7);
+    assert!(
+        skipped["detail"].as_str().unwrap().contains("latest"),
+        "{skipped}"
+    );
+    let paused = &entries[2];
+    assert_eq!(paused["replays"][0]["status"], "fired", "{paused}");
+    assert!(paused["replays"][0]["run_id"].is_string(), "{paused}");
+    assert_eq!(
+        entries[3]["run_id"], original,
+        "the duplicate names the run the instant started"
+    );
+    assert_eq!(entries[4]["backfill"], backfill_id.as_str());
+    assert!(entries[0]["run_id"].is_string());
+
+    // Pages: `before` goes back from the last entry of a page.
+    let page = daemon
+        .get("/api/v1/bindings/tick/occurrences?limit=3")
+        .await;
+    assert_eq!(page["occurrences"].as_array().unwrap().len(), 3);
+    let next = page["next"].as_str().unwrap().to_string();
+    assert_eq!(next, "2026-06-01T12:02:00.000Z");
+    let rest = daemon
+        .get(&format!(
+            "/api/v1/bindings/tick/occurrences?limit=3&before={next}"
+        ))
+        .await;
+    let times: Vec<&str> = rest["occurrences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| &o["scheduled_time"].as_str().unwrap()[11..16])
+        .collect();
+    assert_eq!(times, ["12:01", "12:00", "11:59"]);
+
+    // Bad requests name the problem.
+    for (path, status, want) in [
+        (
+            "/api/v1/bindings/nope/occurrences",
+            404,
+            "no binding named `nope`",
+        ),
+        (
+            "/api/v1/bindings/api/occurrences",
+            422,
+            "only cron bindings",
+        ),
+        (
+            "/api/v1/bindings/tick/occurrences?before=yesterday",
+            400,
+            "`before`",
+        ),
+        ("/api/v1/bindings/tick/occurrences?limit=0", 400, "`limit`"),
+    ] {
+        let response = daemon.client.get(daemon.url(path)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let text = response.text().await.unwrap();
+        assert!(text.contains(want), "{path}: {text}");
+    }
     daemon.stop().await;
 }

@@ -86,6 +86,10 @@ pub fn app(state: AppState) -> Router {
             "/bindings/{name}/backfill",
             post(operations::backfill_binding),
         )
+        .route(
+            "/bindings/{name}/occurrences",
+            get(operations::binding_occurrences),
+        )
         .route("/backfills/{id}", get(operations::show_backfill))
         .route("/backfills/{id}/cancel", post(operations::cancel_backfill))
         .route("/bindings/{name}/pause", post(operations::pause_binding))

@@ -486,3 +486,67 @@ pub async fn backtest(
         "results": results,
     })))
 }
+
+#[derive(Debug, serde::Deserialize)]
+pub struct OccurrenceQuery {
+    limit: Option<usize>,
+    before: Option<String>,
+}
+
+/// `GET /bindings/{name}/occurrences`: a cron binding's occurrence log,
+/// newest first (`?limit=`, `?before=<scheduled time>` pages back), with
+/// its next fire times.
+pub async fn binding_occurrences(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<OccurrenceQuery>,
+) -> Result<Json<Value>, Error> {
+    let limit = super::page_limit(query.limit)?;
+    let before = match query.before.as_deref() {
+        None => None,
+        Some(text) => Some(
+            backfill::parse_time(text).map_err(|e| Error::bad_request(format!("`before`: {e}")))?,
+        ),
+    };
+    let (binding, paused) = {
+        let registry = state.registry()?;
+        let binding = registry
+            .binding(&name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("no binding named `{name}`")))?;
+        let paused = registry.is_paused(&binding);
+        (binding, paused)
+    };
+    let crate::spec::binding::Trigger::Cron(cron) = &binding.trigger else {
+        return Err(Error::unprocessable(format!(
+            "binding `{name}` is triggered by {}, not a schedule: only cron bindings have occurrences",
+            binding.trigger.kind()
+        )));
+    };
+    let now = crate::time::now();
+    let next: Vec<String> = cron
+        .schedule
+        .fires_between(now, now + chrono::Duration::days(3660), 3)
+        .into_iter()
+        .map(crate::time::format)
+        .collect();
+    let log = state.runtime.log().clone();
+    let lookup = name.clone();
+    let occurrences = tokio::task::spawn_blocking(move || {
+        crate::triggers::cron::occurrences(&log, &lookup, before, limit)
+    })
+    .await
+    .map_err(super::internal)??;
+    let next_page = (occurrences.len() == limit)
+        .then(|| occurrences.last().map(|o| o.scheduled_time.clone()))
+        .flatten();
+    Ok(Json(json!({
+        "binding": name,
+        "schedule": cron.schedule.describe(),
+        "catch_up": format!("{:?}", cron.catch_up).to_lowercase(),
+        "paused": paused,
+        "next_fires": next,
+        "occurrences": occurrences,
+        "next": next_page,
+    })))
+}

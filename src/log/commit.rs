@@ -34,6 +34,9 @@ pub struct Commit {
     marks: Vec<Mark>,
     /// Ended runs' stored records, with their run index keys.
     summaries: Vec<(RunId, Vec<u8>, [Vec<u8>; 3])>,
+    /// Events published as lifecycle events (an absence alert): outbox key
+    /// (the event's seq) → message.
+    event_outbox: Vec<(u64, Vec<u8>)>,
     /// Runs to drop from `unfinished` without a record of this commit
     /// (recovery finishing a run whose end was recorded earlier).
     finished: Vec<RunId>,
@@ -138,6 +141,12 @@ impl Commit {
         Ok(())
     }
 
+    /// Publishes an event of this commit as a lifecycle event: its outbox
+    /// entry is written in the event's transaction.
+    pub fn publish_event(&mut self, seq: u64, message: Vec<u8>) {
+        self.event_outbox.push((seq, message));
+    }
+
     /// A dedup entry this commit writes.
     pub fn fresh_dedup(&self, binding: &str, key: &str) -> Option<&DedupEntry> {
         self.fresh.get(&dedup_key(binding, key))
@@ -222,7 +231,10 @@ impl Log {
             dedup: slot(&self.dedup, !commit.dedup.is_empty()),
             dedup_expiry: slot(&self.dedup_expiry, !commit.dedup.is_empty()),
             marks: slot(&self.marks, !commit.marks.is_empty()),
-            outbox: slot(&self.outbox, groups.iter().any(|g| !g.outbox.is_empty())),
+            outbox: slot(
+                &self.outbox,
+                groups.iter().any(|g| !g.outbox.is_empty()) || !commit.event_outbox.is_empty(),
+            ),
         };
         if trees.is_empty() {
             return Ok(());
@@ -261,6 +273,9 @@ impl Log {
                             outbox.insert(&seq.to_be_bytes()[..], &message[..])?;
                         }
                     }
+                    for (seq, message) in &commit.event_outbox {
+                        outbox.insert(&seq.to_be_bytes()[..], &message[..])?;
+                    }
                 }
                 if let (Some(events), Some(ids)) = (tree(slots.events), tree(slots.event_ids)) {
                     for (seq, bytes, id) in &commit.events {
@@ -293,7 +308,8 @@ impl Log {
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(transaction_error)?;
-        let outboxed: usize = groups.iter().map(|g| g.outbox.len()).sum();
+        let outboxed: usize =
+            groups.iter().map(|g| g.outbox.len()).sum::<usize>() + commit.event_outbox.len();
         if outboxed > 0 {
             self.outbox_pending
                 .fetch_add(outboxed as u64, std::sync::atomic::Ordering::Relaxed);

@@ -260,6 +260,47 @@ impl Log {
         Ok(out)
     }
 
+    /// The latest records of the events whose id starts with `prefix`, in
+    /// descending id order, with ids below `before` (all when `None`); at
+    /// most `limit`. Cron ticks' ids (`cron:<binding>:<instant>`) sort by
+    /// instant, so this reads a binding's occurrences newest first.
+    pub fn events_with_id_prefix(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, Error> {
+        let start = prefix.as_bytes().to_vec();
+        let end = match before {
+            Some(before) => before.as_bytes().to_vec(),
+            None => {
+                let mut end = start.clone();
+                end.push(0xff);
+                end
+            }
+        };
+        let mut out = Vec::new();
+        if end <= start {
+            return Ok(out);
+        }
+        for entry in self.event_ids.range(start..end).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (id, seq) = entry?;
+            if !id.starts_with(prefix.as_bytes()) {
+                continue;
+            }
+            if let Some(value) = self.events.get(&seq)? {
+                out.push(
+                    serde_json::from_slice(&value)
+                        .map_err(corrupt(format!("event {}", String::from_utf8_lossy(&id))))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// The most recent accepted event with this id: one index lookup.
     pub fn event_by_id(&self, id: &str) -> Result<Option<EventRecord>, Error> {
         let Some(seq) = self.event_ids.get(id.as_bytes())? else {

@@ -33,6 +33,7 @@ pub const WEBHOOK_REQUEST: &str = "switchyard.webhook.request";
 pub const CRON_TICK: &str = "switchyard.cron.tick";
 pub const AMQP_MESSAGE: &str = "switchyard.amqp.message";
 pub const RUN_PREFIX: &str = "switchyard.run.";
+pub const BINDING_MISSED: &str = "switchyard.binding.missed";
 
 /// Which adapter an event's type belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,8 @@ pub enum EventKind {
     Cron,
     Amqp,
     Run,
+    /// An absence alert (`switchyard.binding.missed`).
+    Missed,
     /// Any other type: an event POSTed to `/api/v1/events`.
     Api,
 }
@@ -53,6 +56,7 @@ impl EventKind {
             WEBHOOK_REQUEST => EventKind::Webhook,
             CRON_TICK => EventKind::Cron,
             AMQP_MESSAGE => EventKind::Amqp,
+            BINDING_MISSED => EventKind::Missed,
             k if k.starts_with(RUN_PREFIX) => EventKind::Run,
             _ => EventKind::Api,
         }
@@ -255,6 +259,21 @@ pub fn trigger_accepts(binding: &Binding, event: &Value) -> Result<(), String> {
             if !r.status.iter().any(|s| s.as_str() == status) {
                 return Err(format!(
                     "run status `{status}` is not one the binding watches"
+                ));
+            }
+            Ok(())
+        }
+        Trigger::Missed(target) => {
+            if EventKind::of(kind) != EventKind::Missed {
+                return wrong_kind(BINDING_MISSED);
+            }
+            let missed = event
+                .pointer("/data/binding")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if missed != target {
+                return Err(format!(
+                    "absence alert of binding `{missed}`, the binding watches `{target}`"
                 ));
             }
             Ok(())

@@ -8,6 +8,7 @@
 
 pub mod cloudevents;
 pub mod event;
+pub mod expect;
 pub mod pause;
 pub mod pins;
 
@@ -191,12 +192,15 @@ pub fn submission(
             };
             SubmitCandidate::Done(outcome)
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let mut marks = marks;
+    marks.extend(expect::arrivals(bindings, &candidates, now));
     Submission {
         event,
         candidates,
         marks,
         wait,
+        publish: None,
     }
 }
 
@@ -263,6 +267,21 @@ impl Reactor {
         self.accept(submission).await
     }
 
+    /// Like [`Reactor::submit`], publishing the event itself on the events
+    /// exchange (through the outbox, in its transaction): absence alerts.
+    pub async fn submit_published(
+        &self,
+        event: Value,
+        bindings: &[Arc<Binding>],
+        marks: Vec<Mark>,
+        message: crate::log::outbox::OutboxMessage,
+    ) -> Result<Accepted, runtime::Error> {
+        let now = crate::time::now_millis();
+        let mut submission = submission(&self.registry, event, bindings, marks, false, now);
+        submission.publish = Some(message);
+        self.accept(submission).await
+    }
+
     /// Records a submission and counts and logs what it did.
     async fn accept(&self, submission: Submission) -> Result<Accepted, runtime::Error> {
         let accepted = self.runtime.accept(submission).await?;
@@ -326,6 +345,7 @@ impl Reactor {
             candidates: outcomes.into_iter().map(SubmitCandidate::Done).collect(),
             marks: Vec::new(),
             wait: false,
+            publish: None,
         };
         let accepted = self.runtime.accept(submission).await?;
         self.metrics.count(&accepted.outcomes);

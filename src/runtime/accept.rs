@@ -121,6 +121,15 @@ impl EngineLoop {
             outcomes,
         };
         batch.commit.event(&event, dedup, submission.marks)?;
+        if self.lifecycle
+            && let Some(message) = &submission.publish
+        {
+            let bytes = serde_json::to_vec(message).map_err(|source| log::Error::Corrupt {
+                key: format!("outbox {seq}"),
+                source,
+            })?;
+            batch.commit.publish_event(seq, bytes);
+        }
         let mut ended = Vec::new();
         if submission.wait {
             for run_id in &runs {

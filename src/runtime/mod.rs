@@ -175,6 +175,9 @@ pub struct Submission {
     pub marks: Vec<log::Mark>,
     /// Also return receivers for the started runs' ends.
     pub wait: bool,
+    /// Publish the event itself on `amqp.events_exchange` (an absence
+    /// alert), through the outbox in the event's own transaction.
+    pub publish: Option<log::outbox::OutboxMessage>,
 }
 
 /// What the engine answered for one submitted event, once durable.

@@ -51,6 +51,27 @@ pub struct BindingFile {
     /// (dead-lettered where the queue has a DLX), logged and counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body: Option<usize>,
+    /// An absence alert: when no event came through this binding in time,
+    /// the daemon records a `switchyard.binding.missed` event, which
+    /// bindings with `on.missed` react to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<ExpectFile>,
+}
+
+/// When events are expected through a binding: `by` a schedule's instants
+/// (each needs an event since the previous one) or `every` interval.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectFile {
+    /// Crontab: by each instant, an event must have come since the previous instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// IANA timezone of `by` (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Longest time without an event (humantime, e.g. "26h").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
 }
 
 fn yes() -> bool {
@@ -67,9 +88,10 @@ pub enum TriggerFile {
     Cron(CronTriggerFile),
     Api(ApiTriggerFile),
     Run(RunTriggerFile),
+    Missed(MissedTriggerFile),
 }
 
-const TRIGGER_KINDS: &[&str] = &["amqp", "file", "webhook", "cron", "api", "run"];
+const TRIGGER_KINDS: &[&str] = &["amqp", "file", "webhook", "cron", "api", "run", "missed"];
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -210,6 +232,14 @@ pub struct RunTriggerFile {
     pub status: Option<Vec<RunStatus>>,
 }
 
+/// Absence alerts of another binding (its `expect`).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MissedTriggerFile {
+    /// The binding whose `expect` was not met.
+    pub binding: String,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DedupFile {
@@ -249,6 +279,27 @@ pub struct Binding {
     pub at: String,
     /// The binding as written, for the API.
     pub source: Value,
+    /// Its absence alert, if it has one.
+    pub expect: Option<Expect>,
+}
+
+/// When events are expected through a binding.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    /// By each instant of the schedule, an event since the previous one.
+    By(Schedule),
+    /// At most this long between two events.
+    Every(Duration),
+}
+
+impl Expect {
+    /// For logs and the API: `by "0 6 * * *" in Europe/Berlin`, `every 26h`.
+    pub fn describe(&self) -> String {
+        match self {
+            Expect::By(schedule) => format!("by {}", schedule.describe()),
+            Expect::Every(every) => format!("every {}", humantime::format_duration(*every)),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -259,6 +310,8 @@ pub enum Trigger {
     Cron(CronTrigger),
     Api,
     Run(RunTrigger),
+    /// Absence alerts of the named binding.
+    Missed(String),
 }
 
 impl Trigger {
@@ -270,6 +323,7 @@ impl Trigger {
             Trigger::Cron(_) => "cron",
             Trigger::Api => "api",
             Trigger::Run(_) => "run",
+            Trigger::Missed(_) => "missed",
         }
     }
 }
@@ -466,6 +520,25 @@ pub fn check_shared_sources(bindings: &[&Binding]) -> Vec<Diagnostic> {
             }
         }
     }
+    // `on.missed` names a binding that has an `expect`.
+    for binding in bindings {
+        let Trigger::Missed(target) = &binding.trigger else {
+            continue;
+        };
+        let problem = match names.get(target.as_str()) {
+            None => format!("no binding named `{target}` (its absence alerts are watched here)"),
+            Some(other) if other.expect.is_none() => format!(
+                "binding `{target}` has no `expect`, so it never misses: give it \
+                 `\"expect\": {{\"every\": \"26h\"}}` or `{{\"by\": \"0 6 * * *\"}}`"
+            ),
+            Some(_) => continue,
+        };
+        out.push(Diagnostic {
+            file: binding.file.clone().unwrap_or_default(),
+            path: join_path(&binding.at, "on.missed.binding"),
+            message: problem,
+        });
+    }
     out
 }
 
@@ -614,6 +687,10 @@ fn compile(
         _ => {}
     }
     let trigger = compile_trigger(c, &join_path(at, "on"), &raw, base, workflow_exists);
+    let expect = raw
+        .expect
+        .as_ref()
+        .and_then(|e| compile_expect(c, &join_path(at, "expect"), e));
     if c.diagnostics.len() > before {
         return None;
     }
@@ -630,7 +707,57 @@ fn compile(
         file: None,
         at: at.to_string(),
         source: value,
+        expect,
     })
+}
+
+/// A binding's `expect`.
+fn compile_expect(c: &mut Collector<'_>, at: &str, e: &ExpectFile) -> Option<Expect> {
+    match (&e.by, &e.every) {
+        (Some(_), Some(_)) => {
+            c.error(
+                at,
+                "give either `by` (crontab) or `every` (interval), not both",
+            );
+            None
+        }
+        (None, None) => {
+            c.error(
+                at,
+                "give `by` (a crontab: an event by each instant) or `every` (an interval: \
+                 the longest time without an event)",
+            );
+            None
+        }
+        (Some(expr), None) => {
+            let tz = match e.timezone.as_deref() {
+                Some(name) => parse_timezone(name)
+                    .map_err(|err| c.error(join_path(at, "timezone"), err))
+                    .ok()?,
+                None => chrono_tz::UTC,
+            };
+            Schedule::cron(expr, tz)
+                .map(Expect::By)
+                .map_err(|err| c.error(join_path(at, "by"), err))
+                .ok()
+        }
+        (None, Some(every)) => {
+            if e.timezone.is_some() {
+                c.error(
+                    join_path(at, "timezone"),
+                    "`every` intervals do not use a timezone",
+                );
+            }
+            let every = parse_duration(every, false)
+                .map_err(|err| c.error(join_path(at, "every"), err))
+                .ok()?;
+            if every < Duration::from_secs(1) {
+                c.error(join_path(at, "every"), "must be at least 1s");
+                return None;
+            }
+            Some(Expect::Every(every))
+        }
+    }
 }
 
 /// The binding's trigger, compiled by its kind's own function.
@@ -648,6 +775,7 @@ fn compile_trigger(
         TriggerFile::Cron(cr) => compile_cron(c, at, cr),
         TriggerFile::Api(_) => Some(Trigger::Api),
         TriggerFile::Run(r) => compile_run(c, at, r, workflow_exists),
+        TriggerFile::Missed(m) => Some(Trigger::Missed(m.binding.clone())),
     }
 }
 

@@ -93,7 +93,9 @@ pub async fn start(
     };
     for scheduled in fires {
         let now = crate::time::now_millis();
-        let event = super::cron::tick_event(&binding.name, *scheduled, now).into_value();
+        let mut event = super::cron::tick_event(&binding.name, *scheduled, now);
+        super::cron::Origin::Backfill(&backfill.id).stamp(&mut event);
+        let event = event.into_value();
         let accepted = reactor
             .submit(event, std::slice::from_ref(binding), Vec::new(), false)
             .await?;

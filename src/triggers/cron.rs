@@ -12,13 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::log::{Mark, Millis};
+use crate::log::{Mark, Millis, Outcome};
 use crate::reactor::Reactor;
 use crate::reactor::event::{CRON_TICK, Event};
 use crate::spec::binding::{Binding, CatchUp, CronTrigger, Trigger};
+use crate::spec::schedule::Schedule;
 use crate::time::Clock;
 
 /// Most missed fires `catch_up: "all"` replays after one downtime.
@@ -79,25 +81,16 @@ async fn run(binding: Arc<Binding>, reactor: Reactor, clock: Arc<dyn Clock>, now
         }
     }
     if let Some(from) = last {
-        let replay: Vec<DateTime<Utc>> = match catch_up {
-            CatchUp::None => Vec::new(),
-            // The most recent missed instant, however long the downtime.
-            CatchUp::Latest => schedule.latest_between(from, now).into_iter().collect(),
-            CatchUp::All => {
-                let missed = schedule.fires_between(from, now, MAX_CATCH_UP + 1);
-                if missed.len() > MAX_CATCH_UP {
-                    tracing::warn!(binding = %binding.name, limit = MAX_CATCH_UP,
-                        "More missed cron fires than the catch-up limit; firing the first ones.");
-                }
-                missed.into_iter().take(MAX_CATCH_UP).collect()
-            }
-        };
-        if !replay.is_empty() {
-            tracing::info!(binding = %binding.name, fires = replay.len(), policy = ?catch_up,
+        let plan = catch_up_plan(schedule, *catch_up, from, now);
+        if let Some(skipped) = &plan.skipped {
+            record_skipped(&reactor, &binding.name, skipped, *catch_up);
+        }
+        if !plan.fire.is_empty() {
+            tracing::info!(binding = %binding.name, fires = plan.fire.len(), policy = ?catch_up,
                 "Catching up on cron fires missed while down.");
         }
-        for at in replay {
-            if !fire(&binding, &reactor, at).await {
+        for at in plan.fire {
+            if !fire(&binding, &reactor, at, Origin::CatchUp).await {
                 return;
             }
             last = Some(at);
@@ -116,15 +109,13 @@ async fn run(binding: Arc<Binding>, reactor: Reactor, clock: Arc<dyn Clock>, now
         while clock.now() < next {
             clock.sleep_until(next).await;
         }
-        if !fire(&binding, &reactor, next).await {
+        if !fire(&binding, &reactor, next, Origin::Schedule).await {
             return;
         }
         after = next;
     }
 }
 
-/// Records one tick (and its runs) with the new last-fire mark; false when
-/// the engine has stopped.
 /// The event of one tick (live, caught up or backfilled: the same event,
 /// so a backfilled instant that already ran is a duplicate).
 pub fn tick_event(binding: &str, scheduled: DateTime<Utc>, now: Millis) -> Event {
@@ -141,9 +132,315 @@ pub fn tick_event(binding: &str, scheduled: DateTime<Utc>, now: Millis) -> Event
     event
 }
 
-async fn fire(binding: &Arc<Binding>, reactor: &Reactor, scheduled: DateTime<Utc>) -> bool {
+/// Why a tick fires: on time, caught up after downtime, or backfilled.
+/// Stamped on the tick's event (`switchyard.origin`, and the backfill's id
+/// as `switchyard.backfill`), which the occurrence log reads back.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    Schedule,
+    CatchUp,
+    Backfill(&'a str),
+}
+
+impl Origin<'_> {
+    pub fn stamp(self, event: &mut Event) {
+        let name = match self {
+            Origin::Schedule => "schedule",
+            Origin::CatchUp => "catch_up",
+            Origin::Backfill(id) => {
+                event.switchyard.insert("backfill".into(), json!(id));
+                "backfill"
+            }
+        };
+        event.switchyard.insert("origin".into(), json!(name));
+    }
+}
+
+/// What to do about the instants missed while the daemon was down.
+#[derive(Debug, Default, PartialEq)]
+struct CatchUpPlan {
+    /// Instants to fire now, oldest first.
+    fire: Vec<DateTime<Utc>>,
+    /// Instants `catch_up` leaves unfired.
+    skipped: Option<Skipped>,
+}
+
+/// A run of instants skipped by `catch_up`, as the occurrence log keeps it:
+/// one entry however long the downtime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub first: DateTime<Utc>,
+    pub last: DateTime<Utc>,
+    /// How many instants; a lower bound when `more` is set.
+    pub count: usize,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+    pub catch_up: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+fn catch_up_plan(
+    schedule: &Schedule,
+    policy: CatchUp,
+    from: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> CatchUpPlan {
+    let Some(latest) = schedule.latest_between(from, now) else {
+        return CatchUpPlan::default();
+    };
+    let missed = schedule.fires_between(from, now, MAX_CATCH_UP + 1);
+    let capped = missed.len() > MAX_CATCH_UP;
+    let skipped =
+        |first: Option<DateTime<Utc>>, last: Option<DateTime<Utc>>, count: usize, more| {
+            Some(Skipped {
+                first: first?,
+                last: last?,
+                count,
+                more,
+                catch_up: format!("{policy:?}").to_lowercase(),
+                recorded_at: now,
+            })
+            .filter(|s| s.count > 0)
+        };
+    match policy {
+        CatchUp::None => CatchUpPlan {
+            fire: Vec::new(),
+            skipped: skipped(missed.first().copied(), Some(latest), missed.len(), capped),
+        },
+        // The most recent missed instant, however long the downtime.
+        CatchUp::Latest => {
+            let before = schedule.latest_between(from, latest - chrono::Duration::milliseconds(1));
+            let count = if capped {
+                MAX_CATCH_UP
+            } else {
+                missed.len() - 1
+            };
+            CatchUpPlan {
+                fire: vec![latest],
+                skipped: skipped(missed.first().copied(), before, count, capped),
+            }
+        }
+        CatchUp::All => {
+            if capped {
+                tracing::warn!(
+                    limit = MAX_CATCH_UP,
+                    "More missed cron fires than the catch-up limit; firing the first ones."
+                );
+            }
+            let rest = capped.then(|| missed[MAX_CATCH_UP]);
+            CatchUpPlan {
+                skipped: skipped(rest, Some(latest), 1, capped),
+                fire: missed.into_iter().take(MAX_CATCH_UP).collect(),
+            }
+        }
+    }
+}
+
+const OCCURRENCE_PREFIX: &[u8] = b"occurrence\0";
+/// Skipped runs kept per binding (one per downtime that skipped any).
+const MAX_SKIPPED_KEPT: usize = 1000;
+
+fn skipped_prefix(binding: &str) -> Vec<u8> {
+    [OCCURRENCE_PREFIX, binding.as_bytes(), b"\0"].concat()
+}
+
+/// Keeps a run of skipped instants in the occurrence log (beside the log:
+/// durable with the next group commit, which the first tick brings).
+fn record_skipped(reactor: &Reactor, binding: &str, skipped: &Skipped, policy: CatchUp) {
+    tracing::info!(binding, skipped = skipped.count, more = skipped.more, policy = ?policy,
+        first = %crate::time::format(skipped.first), "Cron instants missed while down are skipped by catch_up.");
+    let log = reactor.runtime().log();
+    let prefix = skipped_prefix(binding);
+    let mut marks = vec![Mark {
+        key: [&prefix[..], &skipped.first.timestamp_millis().to_be_bytes()].concat(),
+        value: serde_json::to_vec(skipped).ok(),
+    }];
+    if let Ok(kept) = log.marks_with_prefix(&prefix)
+        && kept.len() >= MAX_SKIPPED_KEPT
+    {
+        let drop = kept.len() + 1 - MAX_SKIPPED_KEPT;
+        marks.extend(kept.into_iter().take(drop).map(|m| Mark {
+            key: m.key,
+            value: None,
+        }));
+    }
+    if let Err(e) = log.put_marks(&marks) {
+        tracing::warn!(binding, error = %e, "Cannot record skipped cron instants.");
+    }
+}
+
+/// One scheduled instant and what became of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Occurrence {
+    pub scheduled_time: String,
+    /// `fired`, `caught_up`, `backfilled`, `duplicate`, `skipped_paused`,
+    /// `filtered`, `failed` or `skipped_catch_up`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<crate::log::RunId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<String>,
+    /// Why (a filter's reason, an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// For `skipped_catch_up`: the last instant of the run and how many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_scheduled_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+    /// Replays of this instant's event (`POST /events/{id}/replay`), oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replays: Vec<Occurrence>,
+}
+
+impl Occurrence {
+    fn of_event(scheduled_time: String, record: &crate::log::EventRecord) -> Self {
+        let switchyard = record.event.get("switchyard");
+        let stamp = |key: &str| {
+            switchyard
+                .and_then(|s| s.get(key))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string)
+        };
+        let origin = stamp("origin");
+        let outcome = record.outcomes.first();
+        let (status, run_id, detail) = match outcome {
+            Some(Outcome::Started { run_id, .. }) => (
+                match origin.as_deref() {
+                    Some("catch_up") => "caught_up",
+                    Some("backfill") => "backfilled",
+                    _ => "fired",
+                },
+                Some(*run_id),
+                None,
+            ),
+            Some(Outcome::Duplicate {
+                run_id,
+                first_event,
+                ..
+            }) => (
+                "duplicate",
+                Some(*run_id),
+                Some(format!("of event {first_event}")),
+            ),
+            Some(Outcome::Paused { .. }) => ("skipped_paused", None, None),
+            Some(Outcome::Filtered { reason, .. }) => ("filtered", None, Some(reason.clone())),
+            Some(Outcome::Failed { error, .. }) => ("failed", None, Some(error.clone())),
+            Some(Outcome::Unrouted { .. }) | None => ("failed", None, None),
+        };
+        Occurrence {
+            scheduled_time,
+            status,
+            run_id,
+            event_id: Some(record.event_id().to_string()),
+            recorded_at: Some(crate::time::rfc3339(record.at)),
+            backfill: stamp("backfill"),
+            detail,
+            last_scheduled_time: None,
+            count: None,
+            more: false,
+            replays: Vec::new(),
+        }
+    }
+
+    fn of_skipped(skipped: Skipped) -> Self {
+        Occurrence {
+            scheduled_time: crate::time::format(skipped.first),
+            status: "skipped_catch_up",
+            run_id: None,
+            event_id: None,
+            recorded_at: Some(crate::time::format(skipped.recorded_at)),
+            backfill: None,
+            detail: Some(format!("catch_up is `{}`", skipped.catch_up)),
+            last_scheduled_time: Some(crate::time::format(skipped.last)),
+            count: Some(skipped.count),
+            more: skipped.more,
+            replays: Vec::new(),
+        }
+    }
+}
+
+/// A cron binding's occurrence log, newest first: every instant the log
+/// recorded a tick for (fired on time, caught up, backfilled, duplicate,
+/// skipped because paused, filtered, failed) and every run of instants
+/// `catch_up` skipped, with scheduled time before `before` (RFC 3339), at
+/// most `limit` entries.
+pub fn occurrences(
+    log: &crate::log::Log,
+    binding: &str,
+    before: Option<DateTime<Utc>>,
+    limit: usize,
+) -> Result<Vec<Occurrence>, crate::log::Error> {
+    let prefix = format!("cron:{binding}:");
+    let upper = before.map(|b| tick_id(binding, b));
+    // Read a little more than asked: replays sort beside their instant.
+    let mut from_events: Vec<Occurrence> = Vec::new();
+    let mut cursor = upper;
+    // Descending ids: a replay (`<instant>#replay-…`) comes before its
+    // instant's own event, possibly on an earlier page.
+    let mut pending_replays: Vec<Occurrence> = Vec::new();
+    while from_events.len() <= limit {
+        let page = log.events_with_id_prefix(&prefix, cursor.as_deref(), limit.max(16))?;
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.event_id().to_string());
+        let exhausted = page.len() < limit.max(16);
+        for record in &page {
+            let rest = &record.event_id()[prefix.len()..];
+            match rest.split_once("#replay-") {
+                Some((instant, _)) => {
+                    pending_replays.push(Occurrence::of_event(instant.to_string(), record));
+                }
+                None => {
+                    let mut occurrence = Occurrence::of_event(rest.to_string(), record);
+                    pending_replays.retain(|r| {
+                        if r.scheduled_time == occurrence.scheduled_time {
+                            occurrence.replays.push(r.clone());
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                    occurrence.replays.reverse();
+                    from_events.push(occurrence);
+                }
+            }
+        }
+        if exhausted {
+            break;
+        }
+    }
+    let mut all = from_events;
+    let before_millis = before.map(|b| b.timestamp_millis());
+    for mark in log.marks_with_prefix(&skipped_prefix(binding))? {
+        let Some(value) = mark.value else { continue };
+        let Ok(skipped) = serde_json::from_slice::<Skipped>(&value) else {
+            continue;
+        };
+        if before_millis.is_some_and(|b| skipped.first.timestamp_millis() >= b) {
+            continue;
+        }
+        all.push(Occurrence::of_skipped(skipped));
+    }
+    all.sort_by(|a, b| b.scheduled_time.cmp(&a.scheduled_time));
+    all.truncate(limit);
+    Ok(all)
+}
+
+async fn fire(
+    binding: &Arc<Binding>,
+    reactor: &Reactor,
+    scheduled: DateTime<Utc>,
+    origin: Origin<'_>,
+) -> bool {
     let now = crate::time::now_millis();
-    let event = tick_event(&binding.name, scheduled, now);
+    let mut event = tick_event(&binding.name, scheduled, now);
+    origin.stamp(&mut event);
     let mark = Mark {
         key: mark_key(&binding.name),
         value: Some(scheduled.timestamp_millis().to_be_bytes().to_vec()),

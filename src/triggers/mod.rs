@@ -10,6 +10,7 @@
 pub mod amqp;
 pub mod backfill;
 pub mod cron;
+pub mod expect;
 pub mod file;
 pub mod webhook;
 
@@ -35,6 +36,7 @@ pub struct Triggers {
     stop: CancellationToken,
     files: HashMap<(PathBuf, bool), Group>,
     crons: HashMap<String, (Arc<Binding>, CancellationToken)>,
+    expectations: HashMap<String, (Arc<Binding>, CancellationToken)>,
 }
 
 impl std::fmt::Debug for Triggers {
@@ -62,6 +64,7 @@ impl Triggers {
             stop,
             files: HashMap::new(),
             crons: HashMap::new(),
+            expectations: HashMap::new(),
         }
     }
 
@@ -87,31 +90,41 @@ impl Triggers {
             self.files.insert((path, recursive), (group, token));
         }
 
-        let mut crons: HashMap<String, Arc<Binding>> = bindings
+        let crons = bindings
             .iter()
             .filter(|b| matches!(b.trigger, Trigger::Cron(_)))
             .map(|b| (b.name.clone(), Arc::clone(b)))
             .collect();
-        self.crons.retain(|name, (current, token)| {
-            let same = crons
-                .get(name)
-                .is_some_and(|next| Arc::ptr_eq(next, current));
-            if same {
-                crons.remove(name);
-            } else {
-                token.cancel();
-            }
-            same
-        });
-        for (name, binding) in crons {
+        for (name, binding) in keep_unchanged_one(&mut self.crons, crons) {
             let token = self.stop.child_token();
+            let clock = Arc::clone(&self.clock);
             cron::spawn(
                 Arc::clone(&binding),
                 self.reactor.clone(),
-                Arc::clone(&self.clock),
+                clock,
                 token.clone(),
             );
             self.crons.insert(name, (binding, token));
+        }
+
+        // Absence alerts: api and run bindings too (the filter above
+        // leaves out api bindings, which have no adapter of their own).
+        let expecting = self
+            .reactor
+            .bindings_where(|b| b.enabled && b.expect.is_some())
+            .into_iter()
+            .map(|b| (b.name.clone(), b))
+            .collect();
+        for (name, binding) in keep_unchanged_one(&mut self.expectations, expecting) {
+            let token = self.stop.child_token();
+            let clock = Arc::clone(&self.clock);
+            expect::spawn(
+                Arc::clone(&binding),
+                self.reactor.clone(),
+                clock,
+                token.clone(),
+            );
+            self.expectations.insert(name, (binding, token));
         }
 
         let mut queues = amqp::groups(&bindings);
@@ -147,8 +160,28 @@ impl Triggers {
         self.stop.cancel();
         self.files.clear();
         self.crons.clear();
+        self.expectations.clear();
         self.queues.clear();
     }
+}
+
+/// [`keep_unchanged`] for adapters of one binding each (cron, expect).
+fn keep_unchanged_one(
+    running: &mut HashMap<String, (Arc<Binding>, CancellationToken)>,
+    mut wanted: HashMap<String, Arc<Binding>>,
+) -> HashMap<String, Arc<Binding>> {
+    running.retain(|name, (current, token)| {
+        let same = wanted
+            .get(name)
+            .is_some_and(|next| Arc::ptr_eq(next, current));
+        if same {
+            wanted.remove(name);
+        } else {
+            token.cancel();
+        }
+        same
+    });
+    wanted
 }
 
 /// Keeps the running adapters whose bindings are the same (by pointer: a
