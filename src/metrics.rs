@@ -44,6 +44,68 @@ pub struct EventMetrics {
     pub rejected: AtomicU64,
     /// The AMQP consumers' counters.
     pub amqp: AmqpMetrics,
+    /// Adapters that died and are being restarted.
+    pub adapters: AdapterHealth,
+}
+
+/// Adapters (file watchers, AMQP consumers, cron and expectation timers)
+/// whose task ended without being asked to, or panicked: listed until a
+/// restart has run for a while. `/healthz` answers 503 while any is.
+#[derive(Debug, Default)]
+pub struct AdapterHealth {
+    dead: std::sync::Mutex<std::collections::BTreeMap<String, DeadAdapter>>,
+    owners: AtomicU64,
+}
+
+/// One dead adapter, as `/healthz` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadAdapter {
+    /// Which supervisor wrote it: an adapter replaced by a reload must not
+    /// clear its successor's entry.
+    #[serde(skip)]
+    pub owner: u64,
+    pub error: String,
+    /// When it died last (RFC 3339).
+    pub since: String,
+    /// Restarts so far.
+    pub restarts: u64,
+}
+
+impl AdapterHealth {
+    /// A number for a new supervisor.
+    pub fn owner(&self) -> u64 {
+        self.owners
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+
+    pub fn died(&self, adapter: &str, owner: u64, error: String, restarts: u64) {
+        if let Ok(mut dead) = self.dead.lock() {
+            dead.insert(
+                adapter.to_string(),
+                DeadAdapter {
+                    owner,
+                    error,
+                    since: crate::time::format(crate::time::now()),
+                    restarts,
+                },
+            );
+        }
+    }
+
+    /// Forgets `adapter`'s death, if `owner` recorded it.
+    pub fn recovered(&self, adapter: &str, owner: u64) {
+        if let Ok(mut dead) = self.dead.lock()
+            && dead.get(adapter).is_some_and(|d| d.owner == owner)
+        {
+            dead.remove(adapter);
+        }
+    }
+
+    /// The dead adapters now, by name.
+    pub fn dead(&self) -> std::collections::BTreeMap<String, DeadAdapter> {
+        self.dead.lock().map(|d| d.clone()).unwrap_or_default()
+    }
 }
 
 impl EventMetrics {

@@ -2262,3 +2262,66 @@ async fn the_occurrence_log_shows_each_instant_and_what_became_of_it() {
     }
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_adapter_makes_the_daemon_unhealthy_until_its_restart_holds() {
+    let project = Project::new(&[file_binding("blocked", "blocker/inbox", json!({}))]);
+    // A regular file where the watched directory's parent should be: the
+    // watcher cannot create its directory and dies.
+    let blocker = project.root().join("blocker");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let daemon = project.start(None).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let response = daemon
+            .client
+            .get(daemon.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 503 {
+            break response.json::<Value>().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "never unhealthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let name = format!("file:{}", project.root().join("blocker/inbox").display());
+    let dead = &body["adapters"][&name];
+    assert!(
+        dead["error"].as_str().unwrap().contains("blocker/inbox"),
+        "{body:#}"
+    );
+    assert!(dead["since"].is_string(), "{body}");
+    // The container health check says why.
+    let addr = daemon.url("").trim_start_matches("http://").to_string();
+    let root = project.root().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::util::switchyard(&root, &["health", "--server", &addr])
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let said = crate::util::stderr(&out);
+    assert!(said.contains(&format!("adapter {name} died")), "{said}");
+
+    // Fixed: the next restart holds, the daemon is healthy again, and the
+    // watcher works.
+    std::fs::remove_file(&blocker).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = daemon
+            .client
+            .get(daemon.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never healthy again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::write(project.root().join("blocker/inbox/a.csv"), "x\n").unwrap();
+    daemon.wait_runs("ingest", 1, Duration::from_secs(20)).await;
+    daemon.stop().await;
+}

@@ -19,15 +19,19 @@ pub async fn not_found() -> Error {
     Error::not_found("no such endpoint")
 }
 
-/// 200 when the engine runs and its log flushes; 503 naming the problem
-/// otherwise (while the log cannot be flushed, nothing is acknowledged).
+/// 200 when the engine runs, its log flushes and every trigger adapter
+/// lives; 503 naming the problem otherwise (while the log cannot be
+/// flushed, nothing is acknowledged; a dead adapter is being restarted,
+/// and is listed until a restart has run for a while). An AMQP consumer
+/// waiting for the broker is not dead: it is `GET /bindings`' `consumer`.
 pub async fn healthz(State(state): State<AppState>) -> Response {
     let log = state.runtime.gauges().log_error();
     let engine = state.runtime.fatal();
-    if log.is_none() && engine.is_none() {
+    let dead = state.reactor.metrics().adapters.dead();
+    if log.is_none() && engine.is_none() && dead.is_empty() {
         return Json(json!({"status": "ok"})).into_response();
     }
-    let body = json!({"status": "unhealthy", "log": log, "engine": engine});
+    let body = json!({"status": "unhealthy", "log": log, "engine": engine, "adapters": dead});
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 

@@ -38,14 +38,40 @@ impl Client {
         }
     }
 
-    /// True when `GET /healthz` answers 200 within two seconds.
-    pub async fn healthy(&self) -> bool {
+    /// `GET /healthz` within two seconds: Ok when healthy, else what is
+    /// wrong (no answer, or the server's own account: the log, the
+    /// engine, each dead adapter and its error).
+    pub async fn health(&self) -> Result<(), String> {
         let url = format!("{}/healthz", self.base);
         let request = self
             .http
-            .get(url)
+            .get(&url)
             .timeout(std::time::Duration::from_secs(2));
-        matches!(request.send().await, Ok(r) if r.status().is_success())
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("no answer from {url}: {e}"))?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let mut problems = Vec::new();
+        for key in ["log", "engine"] {
+            if let Some(text) = body.get(key).and_then(Value::as_str) {
+                problems.push(format!("{key}: {text}"));
+            }
+        }
+        if let Some(adapters) = body.get("adapters").and_then(Value::as_object) {
+            for (name, dead) in adapters {
+                let error = dead.get("error").and_then(Value::as_str).unwrap_or("?");
+                problems.push(format!("adapter {name} died: {error}"));
+            }
+        }
+        if problems.is_empty() {
+            problems.push(format!("{url} answered {status}"));
+        }
+        Err(problems.join("; "))
     }
 
     /// Sends a request; returns the JSON body of a 2xx, or the API's error message.
@@ -116,8 +142,8 @@ impl Blocking {
         self.tokio.block_on(self.client.call(method, path, body))
     }
 
-    /// [`Client::healthy`], waited for.
-    pub fn healthy(&self) -> bool {
-        self.tokio.block_on(self.client.healthy())
+    /// [`Client::health`], waited for.
+    pub fn health(&self) -> Result<(), String> {
+        self.tokio.block_on(self.client.health())
     }
 }

@@ -483,10 +483,11 @@ pub fn health(config_path: &Path, server: Option<&str>) -> ExitCode {
         Ok(client) => client,
         Err(e) => return super::fail(e),
     };
-    if client.healthy() {
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("unhealthy: no answer from /healthz");
-        ExitCode::FAILURE
+    match client.health() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(problem) => {
+            eprintln!("unhealthy: {problem}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -119,8 +119,11 @@ impl Consumer {
             .unwrap_or(crate::spec::binding::DEFAULT_PREFETCH)
     }
 
-    pub fn spawn(self, stop: CancellationToken) {
-        tokio::spawn(self.run(stop));
+    /// The consumer's task, until `stop` (run by `triggers::supervise`):
+    /// a broker outage only makes it reconnect, it never ends it.
+    pub async fn task(self, stop: CancellationToken) -> Result<(), String> {
+        self.run(stop).await;
+        Ok(())
     }
 
     /// Sessions until stopped, with backoff between failed ones. The broker

@@ -44,28 +44,29 @@ pub fn last_fire(reactor: &Reactor, binding: &str) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(millis)
 }
 
-/// Runs one cron binding until `stop`.
+/// One cron binding's task, until `stop` (run by `triggers::supervise`).
 ///
 /// The schedule counts from the moment of this call (not from when the task
 /// first runs), so a clock that moves right after start-up is seen moving.
-pub fn spawn(
+pub fn task(
     binding: Arc<Binding>,
     reactor: Reactor,
     clock: Arc<dyn Clock>,
     stop: CancellationToken,
-) {
+) -> impl Future<Output = Result<(), String>> + Send + 'static {
     let now = clock.now();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            () = run(binding, reactor, clock, now) => {}
-        }
-    });
+    super::until_stopped(stop, run(binding, reactor, clock, now))
 }
 
-async fn run(binding: Arc<Binding>, reactor: Reactor, clock: Arc<dyn Clock>, now: DateTime<Utc>) {
+/// Ticks until the schedule ends (Ok) or the engine stops (Err).
+async fn run(
+    binding: Arc<Binding>,
+    reactor: Reactor,
+    clock: Arc<dyn Clock>,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
     let Trigger::Cron(CronTrigger { schedule, catch_up }) = &binding.trigger else {
-        return;
+        return Ok(());
     };
     let mut last = last_fire(&reactor, &binding.name);
     if last.is_none() {
@@ -90,9 +91,7 @@ async fn run(binding: Arc<Binding>, reactor: Reactor, clock: Arc<dyn Clock>, now
                 "Catching up on cron fires missed while down.");
         }
         for at in plan.fire {
-            if !fire(&binding, &reactor, at, Origin::CatchUp).await {
-                return;
-            }
+            fire(&binding, &reactor, at, Origin::CatchUp).await?;
             last = Some(at);
         }
     }
@@ -104,14 +103,12 @@ async fn run(binding: Arc<Binding>, reactor: Reactor, clock: Arc<dyn Clock>, now
     loop {
         let Some(next) = schedule.next_after(after) else {
             tracing::warn!(binding = %binding.name, "Cron schedule has no further fire times.");
-            return;
+            return Ok(());
         };
         while clock.now() < next {
             clock.sleep_until(next).await;
         }
-        if !fire(&binding, &reactor, next, Origin::Schedule).await {
-            return;
-        }
+        fire(&binding, &reactor, next, Origin::Schedule).await?;
         after = next;
     }
 }
@@ -437,7 +434,7 @@ async fn fire(
     reactor: &Reactor,
     scheduled: DateTime<Utc>,
     origin: Origin<'_>,
-) -> bool {
+) -> Result<(), String> {
     let now = crate::time::now_millis();
     let mut event = tick_event(&binding.name, scheduled, now);
     origin.stamp(&mut event);
@@ -457,8 +454,10 @@ async fn fire(
             )
             .await
         {
-            Ok(_) => return true,
-            Err(crate::runtime::Error::Stopped(_)) => return false,
+            Ok(_) => return Ok(()),
+            Err(crate::runtime::Error::Stopped(e)) => {
+                return Err(format!("the engine stopped: {e}"));
+            }
             Err(e) => {
                 tracing::error!(binding = %binding.name, error = %e, "Cannot record cron tick; retrying.");
                 tokio::time::sleep(delay).await;

@@ -25,20 +25,16 @@ use crate::reactor::expect::{self as marks, Missed};
 use crate::spec::binding::{Binding, Expect, Trigger};
 use crate::time::Clock;
 
-/// Runs one binding's expectation until `stop`.
-pub fn spawn(
+/// One binding's expectation watcher, until `stop` (run by
+/// `triggers::supervise`).
+pub fn task(
     binding: Arc<Binding>,
     reactor: Reactor,
     clock: Arc<dyn Clock>,
     stop: CancellationToken,
-) {
+) -> impl Future<Output = Result<(), String>> + Send + 'static {
     let now = clock.now();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            () = run(binding, reactor, clock, now) => {}
-        }
-    });
+    super::until_stopped(stop, run(binding, reactor, clock, now))
 }
 
 /// What the watcher does at a moment: wait for a deadline, or decide one.
@@ -104,9 +100,15 @@ fn step(
     }
 }
 
-async fn run(binding: Arc<Binding>, reactor: Reactor, clock: Arc<dyn Clock>, now: DateTime<Utc>) {
+/// Watches until the schedule ends (Ok) or the engine stops (Err).
+async fn run(
+    binding: Arc<Binding>,
+    reactor: Reactor,
+    clock: Arc<dyn Clock>,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
     let Some(expect) = &binding.expect else {
-        return;
+        return Ok(());
     };
     let log = reactor.runtime().log().clone();
     let mut checked = match marks::last_checked(&log, &binding.name) {
@@ -126,7 +128,7 @@ async fn run(binding: Arc<Binding>, reactor: Reactor, clock: Arc<dyn Clock>, now
         match step(expect, checked, arrived, clock.now()) {
             Step::Done => {
                 tracing::warn!(binding = %binding.name, "The expectation's schedule has no further instants.");
-                return;
+                return Ok(());
             }
             Step::Wait(deadline) => clock.sleep_until(deadline).await,
             Step::Checked(at) => {
@@ -144,9 +146,7 @@ async fn run(binding: Arc<Binding>, reactor: Reactor, clock: Arc<dyn Clock>, now
                 }
             }
             Step::Missed(missed) => {
-                if !alert(&binding, &reactor, &missed).await {
-                    return;
-                }
+                alert(&binding, &reactor, &missed).await?;
                 checked = missed.deadline;
             }
         }
@@ -154,8 +154,8 @@ async fn run(binding: Arc<Binding>, reactor: Reactor, clock: Arc<dyn Clock>, now
 }
 
 /// Records the missed event (with the checked mark, in its transaction);
-/// false when the engine has stopped.
-async fn alert(binding: &Arc<Binding>, reactor: &Reactor, missed: &Missed) -> bool {
+/// an error when the engine has stopped.
+async fn alert(binding: &Arc<Binding>, reactor: &Reactor, missed: &Missed) -> Result<(), String> {
     let (event, message) = crate::reactor::expect::missed_event(binding, missed);
     let watchers = reactor.bindings_where(|b| {
         b.enabled && matches!(&b.trigger, Trigger::Missed(target) if *target == binding.name)
@@ -176,8 +176,10 @@ async fn alert(binding: &Arc<Binding>, reactor: &Reactor, missed: &Missed) -> bo
             )
             .await
         {
-            Ok(_) => return true,
-            Err(crate::runtime::Error::Stopped(_)) => return false,
+            Ok(_) => return Ok(()),
+            Err(crate::runtime::Error::Stopped(e)) => {
+                return Err(format!("the engine stopped: {e}"));
+            }
             Err(e) => {
                 tracing::error!(binding = %binding.name, error = %e, "Cannot record an absence alert; retrying.");
                 tokio::time::sleep(delay).await;

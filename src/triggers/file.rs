@@ -145,13 +145,9 @@ impl FileWatch {
         }
     }
 
-    /// Starts watching; runs until `stop`.
-    pub fn spawn(self, stop: CancellationToken) {
-        tokio::spawn(async move {
-            if let Err(e) = self.run(stop).await {
-                tracing::error!(error = %e, "File watcher stopped.");
-            }
-        });
+    /// The watcher's task, until `stop` (run by `triggers::supervise`).
+    pub async fn task(self, stop: CancellationToken) -> Result<(), String> {
+        self.run(stop).await.map_err(|e| e.to_string())
     }
 
     async fn run(mut self, stop: CancellationToken) -> Result<(), WatchError> {

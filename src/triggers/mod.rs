@@ -17,6 +17,7 @@ pub mod webhook;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -85,8 +86,21 @@ impl Triggers {
         groups.retain(|_, group| !paused(group));
         for ((path, recursive), group) in keep_unchanged(&mut self.files, groups) {
             let token = self.stop.child_token();
-            file::FileWatch::new(path.clone(), recursive, group.clone(), self.reactor.clone())
-                .spawn(token.clone());
+            let (dir, bindings, reactor, stop) = (
+                path.clone(),
+                group.clone(),
+                self.reactor.clone(),
+                token.clone(),
+            );
+            supervise(
+                &self.reactor,
+                format!("file:{}", path.display()),
+                token.clone(),
+                move || {
+                    file::FileWatch::new(dir.clone(), recursive, bindings.clone(), reactor.clone())
+                        .task(stop.clone())
+                },
+            );
             self.files.insert((path, recursive), (group, token));
         }
 
@@ -97,12 +111,24 @@ impl Triggers {
             .collect();
         for (name, binding) in keep_unchanged_one(&mut self.crons, crons) {
             let token = self.stop.child_token();
-            let clock = Arc::clone(&self.clock);
-            cron::spawn(
-                Arc::clone(&binding),
+            let (clock, reactor, stop, b) = (
+                Arc::clone(&self.clock),
                 self.reactor.clone(),
-                clock,
                 token.clone(),
+                Arc::clone(&binding),
+            );
+            supervise(
+                &self.reactor,
+                format!("cron:{name}"),
+                token.clone(),
+                move || {
+                    cron::task(
+                        Arc::clone(&b),
+                        reactor.clone(),
+                        Arc::clone(&clock),
+                        stop.clone(),
+                    )
+                },
             );
             self.crons.insert(name, (binding, token));
         }
@@ -117,12 +143,24 @@ impl Triggers {
             .collect();
         for (name, binding) in keep_unchanged_one(&mut self.expectations, expecting) {
             let token = self.stop.child_token();
-            let clock = Arc::clone(&self.clock);
-            expect::spawn(
-                Arc::clone(&binding),
+            let (clock, reactor, stop, b) = (
+                Arc::clone(&self.clock),
                 self.reactor.clone(),
-                clock,
                 token.clone(),
+                Arc::clone(&binding),
+            );
+            supervise(
+                &self.reactor,
+                format!("expect:{name}"),
+                token.clone(),
+                move || {
+                    expect::task(
+                        Arc::clone(&b),
+                        reactor.clone(),
+                        Arc::clone(&clock),
+                        stop.clone(),
+                    )
+                },
             );
             self.expectations.insert(name, (binding, token));
         }
@@ -149,8 +187,26 @@ impl Triggers {
                 }
             };
             let token = self.stop.child_token();
-            amqp::Consumer::new(queue.clone(), group.clone(), self.reactor.clone(), endpoint)
-                .spawn(token.clone());
+            let (name, bindings, reactor, stop) = (
+                queue.clone(),
+                group.clone(),
+                self.reactor.clone(),
+                token.clone(),
+            );
+            supervise(
+                &self.reactor,
+                format!("amqp:{queue}"),
+                token.clone(),
+                move || {
+                    amqp::Consumer::new(
+                        name.clone(),
+                        bindings.clone(),
+                        reactor.clone(),
+                        endpoint.clone(),
+                    )
+                    .task(stop.clone())
+                },
+            );
             self.queues.insert(queue, (group, token));
         }
     }
@@ -162,6 +218,96 @@ impl Triggers {
         self.crons.clear();
         self.expectations.clear();
         self.queues.clear();
+    }
+}
+
+/// A restarted adapter that has run this long is no longer reported dead.
+const RECOVERED_AFTER: Duration = Duration::from_secs(10);
+/// Longest wait before restarting a dead adapter.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
+
+/// Runs an adapter's task (made by `start`) until `stop`, like a
+/// supervisor: a task that ends without being stopped, or panics, is
+/// reported dead (`EventMetrics::adapters`, so `/healthz` answers 503 and
+/// names it), logged, and started again after a backoff (1 s doubling to
+/// 60 s); once a restart has run for [`RECOVERED_AFTER`] it is healthy
+/// again. The first task is made now, so it sees the clock as of this call.
+fn supervise<F, Fut>(reactor: &Reactor, name: String, stop: CancellationToken, start: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let metrics = Arc::clone(reactor.metrics());
+    let owner = metrics.adapters.owner();
+    let mut next = Some(start());
+    tokio::spawn(async move {
+        let mut delay = Duration::from_secs(1);
+        let mut restarts = 0u64;
+        loop {
+            let mut task = tokio::spawn(next.take().unwrap_or_else(&start));
+            let mut ended = None;
+            if restarts > 0 {
+                tokio::select! {
+                    result = &mut task => ended = Some(result),
+                    _ = tokio::time::sleep(RECOVERED_AFTER) => {
+                        metrics.adapters.recovered(&name, owner);
+                        delay = Duration::from_secs(1);
+                        tracing::info!(adapter = %name, "Adapter recovered.");
+                    }
+                    _ = stop.cancelled() => {}
+                }
+            }
+            let result = match ended {
+                Some(result) => result,
+                None => task.await,
+            };
+            if stop.is_cancelled() {
+                metrics.adapters.recovered(&name, owner);
+                return;
+            }
+            let error = match result {
+                Ok(Ok(())) => "stopped without being asked to".to_string(),
+                Ok(Err(e)) => e,
+                Err(e) if e.is_panic() => {
+                    let payload = e.into_panic();
+                    let text = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into());
+                    format!("panicked: {text}")
+                }
+                Err(e) => e.to_string(),
+            };
+            tracing::error!(adapter = %name, error, restart_in = ?delay, "Adapter died; restarting it.");
+            metrics.adapters.died(&name, owner, error, restarts);
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    metrics.adapters.recovered(&name, owner);
+                    return;
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(MAX_RESTART_DELAY);
+            restarts += 1;
+        }
+    });
+}
+
+/// An adapter's work until `stop`: Ok when stopped; a `work` that
+/// finishes on its own (a schedule with no further instants) waits for
+/// the stop, so only a failure ends it early.
+async fn until_stopped(
+    stop: CancellationToken,
+    work: impl Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    tokio::select! {
+        _ = stop.cancelled() => Ok(()),
+        result = work => {
+            result?;
+            stop.cancelled().await;
+            Ok(())
+        }
     }
 }
 
