@@ -1328,3 +1328,199 @@ fn generate_token_makes_one_token_keeps_it_private_and_reuses_it() {
     assert_eq!(allowed.status.code(), Some(0), "{}", stderr(&allowed));
     daemon.kill();
 }
+
+/// What the live schedule `*/10 1-3 * * *` in Europe/Berlin fires between
+/// two UTC instants, worked out from the time zone rules alone: a local time
+/// that does not exist (the spring gap) fires at the first instant after
+/// the gap, one that happens twice fires once, the first time.
+fn berlin_early_hours(
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> std::collections::BTreeSet<String> {
+    use chrono::{LocalResult, TimeZone};
+    let berlin = chrono_tz::Europe::Berlin;
+    let mut out = std::collections::BTreeSet::new();
+    let mut day = from.with_timezone(&berlin).date_naive() - chrono::Duration::days(1);
+    while day <= to.with_timezone(&berlin).date_naive() {
+        for hour in 1..=3 {
+            for minute in (0..60).step_by(10) {
+                let wall = day.and_hms_opt(hour, minute, 0).unwrap();
+                let instant = match berlin.from_local_datetime(&wall) {
+                    LocalResult::Single(t) => t,
+                    LocalResult::Ambiguous(first, _) => first,
+                    // In the gap: the first instant after it (03:00 local).
+                    LocalResult::None => berlin
+                        .from_local_datetime(&day.and_hms_opt(hour + 1, 0, 0).unwrap())
+                        .earliest()
+                        .unwrap(),
+                };
+                let instant = instant.with_timezone(&chrono::Utc);
+                if instant >= from && instant <= to {
+                    out.insert(instant.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                }
+            }
+        }
+        day += chrono::Duration::days(1);
+    }
+    out
+}
+
+/// Every run of `workflow`, following the list cursor.
+fn every_run(daemon: &Daemon, workflow: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut before = String::new();
+    loop {
+        let (status, page) = http()
+            .send(
+                "GET",
+                &daemon.url(&format!(
+                    "/api/v1/runs?workflow={workflow}&limit=1000{before}"
+                )),
+                None,
+            )
+            .unwrap();
+        assert_eq!(status, 200, "{page}");
+        out.extend(page["runs"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => before = format!("&before={next}"),
+            None => return out,
+        }
+    }
+}
+
+/// POSTs a backfill and waits for the answer (long: it records every instant).
+fn post_backfill(url: String, body: Value) -> Result<(u16, Value), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        switchyard::tls::install_provider();
+        let response = ::reqwest::Client::new()
+            .post(url)
+            .json(&body)
+            .timeout(Duration::from_secs(300))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.map_err(|e| e.to_string())?))
+    })
+}
+
+#[test]
+fn a_backfill_across_dst_cut_by_sigkill_and_asked_again_runs_each_instant_once() {
+    let dir = tempfile::tempdir().unwrap();
+    trigger_project(dir.path());
+    std::fs::write(
+        dir.path().join("bindings/early.json"),
+        json!({"name": "early", "on": {"cron": {"schedule": "*/10 1-3 * * *", "timezone": "Europe/Berlin", "catch_up": "none"}},
+               "workflow": "ingest", "params": {"n": "${event.data.scheduled_time}"}})
+        .to_string(),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    // March and April 2026: the spring change on March 29 (02:00 → 03:00).
+    let range = json!({"from": "2026-03-01T00:00:00Z", "to": "2026-04-30T23:59:59Z"});
+    let from = chrono::DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let to = chrono::DateTime::parse_from_rfc3339("2026-04-30T23:59:59Z")
+        .unwrap()
+        .to_utc();
+    let expected = berlin_early_hours(from, to);
+    // The model itself: 18 instants a local day over 61 days, less the six
+    // of the missing 02:xx hour (its times all fire once, at 03:00 CEST,
+    // which is a slot of its own), plus the six of May 1 01:xx CEST, which
+    // is still April 30 in UTC.
+    assert_eq!(expected.len(), 61 * 18 - 6 + 6);
+    let night: Vec<&str> = expected
+        .range("2026-03-29T00:00".to_string().."2026-03-29T03:00".to_string())
+        .map(|t| &t[11..16])
+        .collect();
+    assert_eq!(
+        night,
+        [
+            "00:00", "00:10", "00:20", "00:30", "00:40", "00:50", "01:00", "01:10", "01:20",
+            "01:30", "01:40", "01:50"
+        ]
+    );
+
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    let (status, dry) = http()
+        .send(
+            "POST",
+            &daemon.url("/api/v1/bindings/early/backfill"),
+            Some(json!({"from": range["from"], "to": range["to"], "dry_run": true})),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{dry}");
+    let listed: std::collections::BTreeSet<String> = dry["instants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        listed, expected,
+        "the dry run lists what the zone rules say"
+    );
+
+    // The backfill, cut by SIGKILL once some of its runs are in.
+    let url = daemon.url("/api/v1/bindings/early/backfill");
+    let body = range.clone();
+    let first = std::thread::spawn(move || post_backfill(url, body));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = all_runs(&daemon).len();
+        if n >= 50 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{n} backfilled runs");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    daemon.kill();
+    let cut = first.join().unwrap();
+    assert!(
+        cut.is_err(),
+        "the backfill finished before the kill: {cut:?}"
+    );
+
+    // Asked again after the restart: what ran is a duplicate, the rest runs.
+    let daemon = Daemon::spawn(dir.path(), &data, &[]);
+    let (status, again) =
+        post_backfill(daemon.url("/api/v1/bindings/early/backfill"), range).unwrap();
+    assert_eq!(status, 202, "{again}");
+    let started = again["started"].as_u64().unwrap();
+    let duplicates = again["duplicates"].as_u64().unwrap();
+    assert_eq!(
+        started + duplicates,
+        expected.len() as u64,
+        "{}",
+        again["backfill"]["id"]
+    );
+    assert!(duplicates >= 50, "{duplicates} duplicates");
+
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let runs = loop {
+        let runs = every_run(&daemon, "ingest");
+        let done = runs.iter().filter(|r| r["status"] == "succeeded").count();
+        if runs.len() >= expected.len() && done == runs.len() {
+            break runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {} runs done",
+            runs.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let times: Vec<String> = runs
+        .iter()
+        .map(|r| r["logical_time"].as_str().unwrap().to_string())
+        .collect();
+    let unique: std::collections::BTreeSet<String> = times.iter().cloned().collect();
+    assert_eq!(times.len(), unique.len(), "an instant ran twice");
+    assert_eq!(unique, expected, "exactly the instants the schedule fires");
+    daemon.kill();
+}
