@@ -1522,5 +1522,21 @@ fn a_backfill_across_dst_cut_by_sigkill_and_asked_again_runs_each_instant_once()
     let unique: std::collections::BTreeSet<String> = times.iter().cloned().collect();
     assert_eq!(times.len(), unique.len(), "an instant ran twice");
     assert_eq!(unique, expected, "exactly the instants the schedule fires");
+    // `runs list` shows each run's logical time beside its id.
+    let out = switchyard(dir.path(), &["runs", "list", "--server", &daemon.addr]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().next().unwrap().contains("LOGICAL TIME"),
+        "{text}"
+    );
+    let newest = &runs[0];
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(newest["id"].as_str().unwrap()))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains(newest["logical_time"].as_str().unwrap()),
+        "{line}"
+    );
     daemon.kill();
 }
