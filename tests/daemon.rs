@@ -226,6 +226,31 @@ fn cli_against_a_live_server_and_offline() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("locked"), "{}", stderr(&out));
+    // So is `run` (the Quickstart beside the demo's server), saying what to
+    // do instead; and both ways out work.
+    let out = switchyard(
+        dir.path(),
+        &["run", "quick", "--data-dir", data.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    let said = stderr(&out);
+    assert!(
+        said.contains("held by a running `switchyard serve`")
+            && said.contains("switchyard trigger quick --wait")
+            && said.contains("--data-dir <dir>"),
+        "{said}"
+    );
+    let out = switchyard(
+        dir.path(),
+        &["trigger", "quick", "--wait", "--server", &daemon.addr],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scratch = dir.path().join("scratch");
+    let out = switchyard(
+        dir.path(),
+        &["run", "quick", "--data-dir", scratch.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
     // A second daemon on the same data dir fails at once.
     let second = Daemon::try_spawn(dir.path(), &data, &[]);
     let message = match second {
@@ -257,7 +282,15 @@ fn cli_against_a_live_server_and_offline() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(list["runs"][0]["id"], json!(id));
+    // Ours and the one `trigger --wait` started.
+    let ids: Vec<&Value> = list["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["id"])
+        .collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    assert!(ids.contains(&&json!(id)), "{list}");
     let out = switchyard(
         dir.path(),
         &["runs", "history", &id, "--data-dir", data.to_str().unwrap()],

@@ -126,6 +126,19 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
         };
         let runtime = match Runtime::start(config) {
             Ok(r) => r,
+            // The data dir belongs to a running server (the demo's `serve`,
+            // say): say how to run the workflow there, or beside it.
+            Err(crate::runtime::Error::Log(crate::log::Error::Locked { dir })) => {
+                return super::fail(format!(
+                    "data dir {} is held by a running `switchyard serve`; run the workflow \
+                     on that server with `switchyard trigger {name} --wait` (add `--server ADDR` \
+                     if it does not listen at the configured address), or here on a data dir \
+                     of its own with `switchyard run {file} --data-dir <dir>`",
+                    dir.display(),
+                    name = workflow.name,
+                    file = args.workflow,
+                ));
+            }
             Err(e) => return super::fail(e),
         };
         let handle = runtime.handle();
