@@ -31,6 +31,7 @@ pub mod log;
 pub mod metrics;
 pub mod reactor;
 pub mod registry;
+pub mod remote;
 pub mod runtime;
 pub mod spec;
 pub mod time;

@@ -92,6 +92,7 @@ impl Fixture {
             token: token.map(Arc::from),
             metrics: Arc::new(DaemonMetrics::default()),
             secrets,
+            remote: None,
         };
         Self {
             _dir: dir,

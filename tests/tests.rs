@@ -22,3 +22,4 @@ mod sql;
 mod subworkflows;
 mod triggers;
 mod validation;
+mod workers;

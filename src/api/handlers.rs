@@ -35,6 +35,15 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
+/// `GET /workers`: the workers heard from (queues, concurrency, running
+/// attempts, last heartbeat) and the remote attempts waiting per queue.
+pub async fn list_workers(State(state): State<AppState>) -> Json<Value> {
+    match &state.remote {
+        Some(remote) => Json(remote.workers_json()),
+        None => Json(json!({"workers": [], "error": "no usable broker URL (amqp.url)"})),
+    }
+}
+
 fn parse_run_id(text: &str) -> Result<RunId, Error> {
     RunId::parse_str(text)
         .map_err(|_| Error::bad_request(format!("`{text}` is not a run id (a UUID)")))

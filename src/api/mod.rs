@@ -40,6 +40,8 @@ pub struct AppState {
     pub secrets: Arc<crate::spec::Secrets>,
     /// Wakes the adapters' reconcile (a pause or resume changes which run).
     pub bindings_changed: Arc<tokio::sync::Notify>,
+    /// Remote workers (`GET /workers`); None without a usable broker URL.
+    pub remote: Option<crate::remote::Remote>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -81,6 +83,7 @@ pub fn app(state: AppState) -> Router {
         .route("/events/{id}", get(events::show_event))
         .route("/events/{id}/replay", post(operations::replay_event))
         .route("/bindings", get(events::list_bindings))
+        .route("/workers", get(handlers::list_workers))
         .route("/bindings/backtest", post(operations::backtest))
         .route(
             "/bindings/{name}/backfill",

@@ -9,6 +9,7 @@ mod runs;
 mod schedule;
 mod schema;
 mod validate;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -117,6 +118,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run remote tasks' jobs from RabbitMQ (tasks with `queue`).
+    Worker(worker::WorkerArgs),
     /// Exit 0 when the server answers `/healthz` (for container health checks).
     Health {
         #[arg(long)]
@@ -220,6 +223,7 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Health { ref server } => runs::health(&cli.config, server.as_deref()),
+        Command::Worker(ref args) => worker::main(&cli.config, args),
         Command::Runs {
             ref target,
             ref command,

@@ -123,6 +123,7 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
             broker: Some(crate::amqp::Broker::from_config(&config)),
             databases,
             workflows: Some(project_workflows(&config, &workflow)),
+            remote: None,
         };
         let runtime = match Runtime::start(config) {
             Ok(r) => r,

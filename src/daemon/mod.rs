@@ -216,6 +216,17 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         return Err(Error::Unauthenticated { addr });
     }
     let broker = crate::amqp::Broker::from_config(&config);
+    // Remote tasks: the service exists when the broker URL is usable; it
+    // connects only once a task needs it.
+    let remote_stop = CancellationToken::new();
+    let remote = match (broker.endpoint(), config.remote()) {
+        (Ok(endpoint), Ok(remote_config)) => Some(crate::remote::Remote::new(
+            endpoint.clone(),
+            remote_config,
+            remote_stop.clone(),
+        )),
+        _ => None,
+    };
     let runtime = Runtime::start(RuntimeConfig {
         data_dir,
         limits: Limits {
@@ -228,7 +239,16 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         broker: Some(broker.clone()),
         databases,
         workflows: Some(workflow_lookup(Arc::clone(&registry))),
+        remote: remote.clone(),
     })?;
+    if let Some(remote) = &remote
+        && registry.read().is_ok_and(|r| {
+            r.workflows()
+                .any(|e| e.current.tasks.iter().any(|t| t.queue.is_some()))
+        })
+    {
+        remote.ensure_consuming();
+    }
     let metrics = Arc::new(DaemonMetrics::default());
     let handle = runtime.handle();
     // What was paused stays paused across restarts.
@@ -293,6 +313,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         registry,
         token,
         metrics,
+        remote,
     };
     let app = api::app(state);
     let grace = options.grace;
@@ -306,6 +327,9 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
             "Shutting down: letting running tasks finish."
         );
         runtime.shutdown_within(grace).await;
+        // After the engine: a result it could not record is given back to
+        // the broker for the next start.
+        remote_stop.cancel();
         served.map_err(Error::Serve)
     });
     tracing::info!(addr = %addr, "Serving.");
@@ -332,7 +356,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         .map_err(|e| Error::Serve(std::io::Error::other(e.to_string())))?
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -58,6 +58,9 @@ pub struct PreparedAttempt {
     pub kind: executors::KindName,
     pub config: Value,
     pub timeout: Option<std::time::Duration>,
+    /// Run on remote workers consuming this queue.
+    pub queue: Option<String>,
+    pub start_timeout: Option<std::time::Duration>,
 }
 
 /// Engine limits.
@@ -315,7 +318,8 @@ impl Engine {
                     continue;
                 }
                 let spec = &run.workflow.tasks[i];
-                if executors::resumable(spec.kind) {
+                // A remote attempt goes on on its worker: re-attached.
+                if spec.queue.is_some() || executors::resumable(spec.kind) {
                     effects.push(Effect::StartAttempt {
                         run_id,
                         task: i,
@@ -387,6 +391,8 @@ impl Engine {
             kind: spec.kind,
             config,
             timeout: spec.timeout,
+            queue: spec.queue.clone(),
+            start_timeout: spec.start_timeout,
         })
     }
 }

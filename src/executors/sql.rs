@@ -272,6 +272,21 @@ impl Databases {
         Target::parse(url, Path::new(".")).map(|_| ())
     }
 
+    /// The URL of a named connection (for a remote `sql` task's job: the
+    /// worker has no `connections` of its own).
+    pub fn url_of(&self, name: &str) -> Result<String, String> {
+        if let Some(reason) = self.inner.unavailable.get(name) {
+            return Err(format!("connection `{name}` is unavailable: {reason}"));
+        }
+        self.inner
+            .named
+            .get(name)
+            .map(|c| c.url.clone())
+            .ok_or_else(|| {
+                format!("no connection named `{name}` in switchyard.json's `connections`")
+            })
+    }
+
     /// The passwords inside the named connections' URLs: redacted wherever
     /// text is recorded, like secrets.
     pub fn passwords(&self) -> Vec<String> {

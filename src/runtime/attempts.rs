@@ -38,6 +38,10 @@ impl EngineLoop {
                 };
                 let token = self.shutdown.child_token();
                 self.attempts.insert((run_id, task, attempt), token.clone());
+                if prepared.queue.is_some() {
+                    self.start_remote(run_id, task, attempt, started_at, prepared, token);
+                    return;
+                }
                 let ctx = AttemptContext {
                     run_id,
                     workflow: prepared.workflow,
@@ -93,6 +97,116 @@ impl EngineLoop {
         }
     }
 
+    /// A task with `queue`: its job goes to the workers through the broker;
+    /// the attempt ends when [`crate::remote::Remote::run`] says so.
+    fn start_remote(
+        &mut self,
+        run_id: RunId,
+        task: usize,
+        attempt: u32,
+        started_at: Millis,
+        prepared: crate::engine::PreparedAttempt,
+        token: CancellationToken,
+    ) {
+        let tx = self.tx.clone();
+        let queue = prepared.queue.clone().unwrap_or_default();
+        let job = match self.job(run_id, attempt, started_at, &prepared) {
+            Ok(job) => job,
+            Err(error) => {
+                let _ = tx.send(Input::AttemptDone {
+                    run_id,
+                    task,
+                    attempt,
+                    outcome: AttemptOutcome::permanent_failure(error),
+                });
+                return;
+            }
+        };
+        let Some(remote) = self.remote.clone() else {
+            let _ = tx.send(Input::AttemptDone {
+                run_id,
+                task,
+                attempt,
+                outcome: AttemptOutcome::permanent_failure(format!(
+                    "task `{}` runs on queue `{queue}`, but this switchyard has no broker \
+                     for remote workers (`switchyard run` runs no remote tasks; use `serve`)",
+                    prepared.task
+                )),
+            });
+            return;
+        };
+        // Started before this process: the worker may still run it.
+        let reattach = started_at < self.opened_at;
+        let attempt_task = self.tokio.spawn(async move {
+            let ended = remote
+                .run(
+                    job,
+                    &queue,
+                    token.child_token(),
+                    prepared.timeout,
+                    prepared.start_timeout,
+                    reattach,
+                )
+                .await;
+            let _ = tx.send(Input::RemoteDone {
+                run_id,
+                task,
+                attempt,
+                end: ended.end,
+                durable: ended.durable,
+            });
+        });
+        self.running.push(attempt_task);
+    }
+
+    /// The job of a remote attempt: the rendered config (a named database
+    /// connection replaced by its URL: workers have no `connections`) and
+    /// the secret values it holds, for the worker to redact.
+    fn job(
+        &self,
+        run_id: RunId,
+        attempt: u32,
+        started_at: Millis,
+        prepared: &crate::engine::PreparedAttempt,
+    ) -> Result<crate::remote::protocol::Job, String> {
+        let mut config = prepared.config.clone();
+        if prepared.kind == "sql"
+            && let Some(map) = config.as_object_mut()
+            && let Some(Value::String(name)) = map.remove("connection")
+        {
+            let url = self.databases.url_of(&name)?;
+            map.insert("url".into(), Value::String(url));
+        }
+        let text = config.to_string();
+        let redact: Vec<String> = self
+            .secrets
+            .values()
+            .chain(self.databases.passwords())
+            .filter(|v| !v.is_empty() && text.contains(v.as_str()))
+            .collect();
+        let (heartbeat, reply_to) = match &self.remote {
+            Some(remote) => (remote.heartbeat(), remote.results_queue().to_string()),
+            None => (Duration::ZERO, String::new()),
+        };
+        Ok(crate::remote::protocol::Job {
+            protocol: crate::remote::protocol::PROTOCOL,
+            job_id: uuid::Uuid::now_v7().to_string(),
+            attempt: crate::remote::protocol::AttemptRef {
+                run_id,
+                task: prepared.task.to_string(),
+                attempt,
+            },
+            workflow: prepared.workflow.to_string(),
+            kind: prepared.kind.to_string(),
+            config,
+            started_at,
+            timeout_ms: prepared.timeout.map(|t| t.as_millis() as u64),
+            heartbeat_ms: heartbeat.as_millis() as u64,
+            reply_to,
+            redact,
+        })
+    }
+
     /// Secret values never reach the log, the API or subscribers.
     pub(super) fn redact(&self, outcome: &mut AttemptOutcome) {
         if self.secrets.is_empty() {
@@ -118,9 +232,11 @@ impl EngineLoop {
             .running_attempts()
             .into_iter()
             .filter(|(run_id, task, _)| {
-                self.engine
-                    .run(*run_id)
-                    .is_some_and(|run| !executors::resumable(run.workflow.tasks[*task].kind))
+                self.engine.run(*run_id).is_some_and(|run| {
+                    let spec = &run.workflow.tasks[*task];
+                    // Remote attempts go on on their workers.
+                    spec.queue.is_none() && !executors::resumable(spec.kind)
+                })
             })
             .collect();
         if running.is_empty() {

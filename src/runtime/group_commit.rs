@@ -52,6 +52,8 @@ impl EngineLoop {
             secrets: config.secrets,
             databases: config.databases,
             workflows: config.workflows,
+            remote: config.remote,
+            opened_at: now_millis(),
             children: Arc::new(super::children::RuntimeChildren {
                 handle: handle.clone(),
                 shutdown: shutdown.clone(),
@@ -183,6 +185,23 @@ impl EngineLoop {
                     attempt,
                     outcome,
                 } => self.on_attempt_done(&mut batch, (run_id, task, attempt), outcome, now)?,
+                Input::RemoteDone {
+                    run_id,
+                    task,
+                    attempt,
+                    end,
+                    durable,
+                } => {
+                    batch.durable.extend(durable);
+                    match end {
+                        crate::remote::RemoteEnd::Finished(outcome) => {
+                            self.on_attempt_done(&mut batch, (run_id, task, attempt), outcome, now)?
+                        }
+                        crate::remote::RemoteEnd::Lost(reason) => {
+                            self.on_attempt_lost(&mut batch, (run_id, task, attempt), reason, now)?
+                        }
+                    }
+                }
                 Input::Cancel {
                     run_id,
                     reason,
@@ -282,6 +301,37 @@ impl EngineLoop {
         self.append(batch, run_id, now, body)
     }
 
+    /// A remote attempt lost (heartbeats stopped, handed back): recorded
+    /// like an attempt lost in a crash, so it is retried if it may be.
+    fn on_attempt_lost(
+        &mut self,
+        batch: &mut Batch,
+        (run_id, task, attempt): (RunId, usize, u32),
+        reason: String,
+        now: Millis,
+    ) -> Result<(), Error> {
+        self.attempts.remove(&(run_id, task, attempt));
+        let Some(run) = self.engine.run(run_id) else {
+            return Ok(());
+        };
+        let live = run
+            .tasks
+            .get(task)
+            .is_some_and(|t| t.status == TaskStatus::Running && t.attempts == attempt);
+        if !live {
+            return Ok(());
+        }
+        tracing::warn!(run = %run_id, task = %run.workflow.tasks[task].id, attempt, reason,
+            "Remote attempt lost.");
+        let body = RecordBody::AttemptLost {
+            task: run.workflow.tasks[task].id.clone(),
+            attempt,
+            reason,
+            shutdown: false,
+        };
+        self.append(batch, run_id, now, body)
+    }
+
     /// A cancel request: recorded for a live run, refused for an ended or
     /// unknown one.
     fn on_cancel(
@@ -365,6 +415,9 @@ impl EngineLoop {
         }
         for reply in batch.children.drain(..) {
             let _ = reply.send(Ok(None));
+        }
+        for durable in batch.durable.drain(..) {
+            let _ = durable.send(());
         }
         for (reply, accepted) in batch.accepted.drain(..) {
             let _ = reply.send(Ok(accepted));
@@ -454,6 +507,7 @@ impl EngineLoop {
         // recovers: its parent's attempt waits for that instead of failing
         // (which would start a second child on a retry).
         undurable.children.append(&mut batch.children);
+        undurable.durable.append(&mut batch.durable);
         for reply in batch.cancelled.drain(..) {
             let _ = reply.send(Err(Error::Unavailable(refusal.clone())));
         }
@@ -493,6 +547,8 @@ impl EngineLoop {
         *ended = held.ended;
         held.children.append(&mut batch.children);
         batch.children = held.children;
+        held.durable.append(&mut batch.durable);
+        batch.durable = held.durable;
     }
 
     /// The records of the active runs a listing wants: matched by

@@ -100,6 +100,9 @@ pub struct RuntimeConfig {
     /// The workflows `workflow` tasks start by name (the daemon's registry;
     /// the project's files for a one-off run). None: only pinned versions.
     pub workflows: Option<WorkflowLookup>,
+    /// Where tasks with `queue` run (remote workers); None: such tasks
+    /// fail, saying there is no broker for them.
+    pub remote: Option<crate::remote::Remote>,
 }
 
 /// Finds the current definition of a workflow by name.
@@ -118,6 +121,7 @@ impl RuntimeConfig {
             broker: None,
             databases: Default::default(),
             workflows: None,
+            remote: None,
         }
     }
 }
@@ -267,6 +271,15 @@ enum Input {
         task: usize,
         attempt: u32,
         outcome: AttemptOutcome,
+    },
+    /// A remote attempt's end; `durable` is told once it is flushed (the
+    /// worker's result message is acked then).
+    RemoteDone {
+        run_id: RunId,
+        task: usize,
+        attempt: u32,
+        end: crate::remote::RemoteEnd,
+        durable: Option<oneshot::Sender<()>>,
     },
     Accept {
         submission: Submission,
@@ -655,6 +668,10 @@ struct EngineLoop {
     secrets: Arc<crate::spec::Secrets>,
     databases: executors::sql::Databases,
     workflows: Option<WorkflowLookup>,
+    remote: Option<crate::remote::Remote>,
+    /// When this loop started: an attempt started before it and started
+    /// again is a resumed one (a remote attempt is re-attached).
+    opened_at: Millis,
     /// What `workflow` attempts start and wait for child runs through.
     children: Arc<dyn executors::workflow::Children>,
     /// Child starts asked for while draining: never answered (dropped with
@@ -693,6 +710,8 @@ struct Undurable {
     ended: Vec<RunRecord>,
     /// `workflow` tasks waiting to hear that their child run is durable.
     children: Vec<oneshot::Sender<Result<Option<RunStatus>, String>>>,
+    /// Remote results waiting to be acked.
+    durable: Vec<oneshot::Sender<()>>,
     /// Failed flushes in a row (for the retry backoff).
     failures: u32,
 }
@@ -707,6 +726,8 @@ struct Batch {
     created: Vec<(oneshot::Sender<Result<RunId, String>>, RunId)>,
     /// Child runs of `workflow` tasks created in this batch.
     children: Vec<oneshot::Sender<Result<Option<RunStatus>, String>>>,
+    /// Remote results recorded in this batch: told once it is durable.
+    durable: Vec<oneshot::Sender<()>>,
     accepted: Vec<(oneshot::Sender<Result<Accepted, String>>, Accepted)>,
     /// How many `RunEnded` effects run chaining has looked at.
     chained: usize,

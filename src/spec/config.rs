@@ -49,6 +49,9 @@ pub struct Config {
     /// connections): `{"shop": {"url": "${secrets.shop_db}"}}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub connections: BTreeMap<String, ConnectionConfig>,
+    /// Remote workers (tasks with `queue`): heartbeat and result queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<WorkersConfig>,
     /// The project directory (where the config file is); relative paths in
     /// bindings resolve against it. Not a key of the file.
     #[serde(skip)]
@@ -88,6 +91,22 @@ pub struct AmqpTlsConfig {
     /// unencrypted); set with `cert_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+}
+
+/// `workers`: how the daemon runs tasks on `switchyard worker` processes.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// How often workers heartbeat each running attempt (humantime,
+    /// default "10s"); an attempt silent for three intervals is lost and
+    /// retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<String>,
+    /// The daemon's durable queue for workers' claims, heartbeats and
+    /// results (default `switchyard.results`). Two daemons on one broker
+    /// need two names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_queue: Option<String>,
 }
 
 /// A named database connection.
@@ -244,6 +263,9 @@ impl Config {
         if let Err((key, message)) = config.retention() {
             c.error(format!("retention.{key}"), message);
         }
+        if let Err((key, message)) = config.remote() {
+            c.error(format!("workers.{key}"), message);
+        }
         if !c.diagnostics.is_empty() {
             return Err(Diagnostics(c.diagnostics));
         }
@@ -278,6 +300,29 @@ impl Config {
             }
         }
         Ok(retention)
+    }
+
+    /// How remote tasks run (defaults for what is not set); the key and
+    /// the error of a bad one.
+    pub fn remote(&self) -> Result<crate::remote::RemoteConfig, (&'static str, String)> {
+        let mut remote = crate::remote::RemoteConfig::default();
+        let Some(raw) = &self.workers else {
+            return Ok(remote);
+        };
+        if let Some(text) = &raw.heartbeat {
+            remote.heartbeat = super::parse_duration(text, false).map_err(|e| ("heartbeat", e))?;
+            if remote.heartbeat < std::time::Duration::from_millis(100) {
+                return Err(("heartbeat", "must be at least 100ms".into()));
+            }
+        }
+        if let Some(queue) = &raw.results_queue {
+            crate::amqp::short("queue name", queue).map_err(|e| ("results_queue", e))?;
+            if queue.trim().is_empty() {
+                return Err(("results_queue", "must not be empty".into()));
+            }
+            remote.results_queue = queue.clone();
+        }
+        Ok(remote)
     }
 
     fn resolved(mut self, base: &Path) -> Self {
@@ -406,6 +451,11 @@ impl Secrets {
         } else {
             Err(Diagnostics(c.diagnostics))
         }
+    }
+
+    /// The secret values (for a remote job's redaction list).
+    pub fn values(&self) -> impl Iterator<Item = String> + '_ {
+        self.values.values().cloned()
     }
 
     pub fn from_values(values: BTreeMap<String, String>) -> Self {

@@ -70,6 +70,12 @@ pub struct TaskDefaults {
     pub retry: Option<RetryFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Run every task (but sub-workflows) on remote workers consuming this queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// For remote tasks: fail an attempt no worker starts within this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout: Option<String>,
 }
 
 /// Retry policy as written. With `retry` present, `max_attempts` defaults to 3.
@@ -147,6 +153,10 @@ pub struct TaskCommon {
     /// Run on remote workers consuming this RabbitMQ queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
+    /// With `queue`: fail an attempt no worker starts within this long
+    /// (humantime; default: wait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout: Option<String>,
 }
 
 const COMMON_KEYS: &[&str] = &[
@@ -159,6 +169,7 @@ const COMMON_KEYS: &[&str] = &[
     "timeout",
     "allow_failure",
     "queue",
+    "start_timeout",
 ];
 
 /// One task as written: the common keys plus exactly one kind key. Parsed by
@@ -235,6 +246,8 @@ pub struct Task {
     pub timeout: Option<Duration>,
     pub allow_failure: bool,
     pub queue: Option<String>,
+    /// With `queue`: how long an attempt may wait for a worker.
+    pub start_timeout: Option<Duration>,
     /// Tasks whose `after` names this one.
     pub dependents: Vec<usize>,
     /// Some task depends on this one's `failure` or `completion`: a failure
@@ -506,11 +519,54 @@ fn compile(c: &mut Collector<'_>, raw: WorkflowFile, source: Arc<[u8]>) -> Optio
                 .ok(),
             None => default_timeout,
         };
-        if let Some(queue) = &common.queue
-            && queue.trim().is_empty()
-        {
-            c.error(format!("{at}.queue"), "queue name must not be empty");
+        // Sub-workflows run on the daemon: a workflow-wide queue leaves them there.
+        let queue = common.queue.clone().or_else(|| {
+            (kind != "workflow")
+                .then(|| defaults.queue.clone())
+                .flatten()
+        });
+        if let Some(queue) = &queue {
+            let at = if common.queue.is_some() {
+                format!("{at}.queue")
+            } else {
+                "defaults.queue".to_string()
+            };
+            if queue.trim().is_empty() {
+                c.error(at, "queue name must not be empty");
+            } else if let Err(e) =
+                crate::amqp::short("queue name", &crate::remote::protocol::task_queue(queue))
+            {
+                c.error(at, e);
+            } else if kind == "workflow" {
+                c.error(
+                    at,
+                    "a `workflow` task runs on the daemon (its child run's tasks may use `queue`)",
+                );
+            }
         }
+        let start_timeout = match common
+            .start_timeout
+            .as_ref()
+            .or(defaults.start_timeout.as_ref())
+        {
+            Some(text) => {
+                let key = if common.start_timeout.is_some() {
+                    format!("{at}.start_timeout")
+                } else {
+                    "defaults.start_timeout".to_string()
+                };
+                if queue.is_none() && common.start_timeout.is_some() {
+                    c.error(
+                        key.clone(),
+                        "applies to remote tasks only: give the task a `queue`",
+                    );
+                }
+                parse_duration(text, false)
+                    .map_err(|e| c.error(key, e))
+                    .ok()
+            }
+            None => None,
+        };
         tasks.push(Task {
             id: common.id,
             kind,
@@ -522,7 +578,8 @@ fn compile(c: &mut Collector<'_>, raw: WorkflowFile, source: Arc<[u8]>) -> Optio
             retry,
             timeout,
             allow_failure: common.allow_failure,
-            queue: common.queue,
+            queue,
+            start_timeout,
             dependents: Vec::new(),
             failure_handled: false,
         });

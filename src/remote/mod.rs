@@ -1,0 +1,888 @@
+//! Remote tasks, the daemon's side (README "Remote workers"): a task with
+//! `queue` runs on `switchyard worker` processes fed through RabbitMQ
+//! ([`protocol`]), while the daemon stays the source of truth: it records
+//! every attempt, owns every deadline, and grants each attempt to exactly
+//! one worker.
+//!
+//! [`Remote::run`] is one remote attempt: it publishes the job (persistent,
+//! confirmed; retried while the broker is away), then waits for the
+//! worker's result, a cancel or timeout (sent to the worker as a `cancel`),
+//! heartbeats stopping (the attempt is lost, and retried like a local
+//! attempt lost in a crash) or `start_timeout` passing with nobody taking
+//! it. [`Remote::spawn`] consumes the result queue: claims are granted to
+//! the first worker that asks and denied to the others; heartbeats keep
+//! attempts alive and tell the daemon which worker runs what; a result is
+//! handed to its attempt and acked only once the attempt's end is flushed
+//! ([`Ended::durable`]), so a daemon crash loses no result; a result for an
+//! attempt that is no longer running (lost, cancelled, timed out, or after
+//! a retry) is late: logged, counted and dropped.
+//!
+//! After a restart the daemon re-attaches to the attempts that were running
+//! remotely (they are not lost: their workers go on) and republishes their
+//! jobs, in case one never reached the broker; a republished job's claim is
+//! denied when the original runs (its worker's heartbeats say so). For one
+//! heartbeat window after the start, claims of re-attached attempts wait,
+//! so the heartbeats of the workers running them are heard first.
+
+pub mod protocol;
+pub mod worker;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::{Backoff, Broker, Endpoint, Outgoing};
+use crate::executors::AttemptOutcome;
+use protocol::{AttemptRef, FromWorker, Job, PROTOCOL, RemoteOutcome, ToWorker, WorkerInfo};
+
+/// Default heartbeat interval of workers (`workers.heartbeat`).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// Heartbeat intervals without one before an attempt is lost.
+pub const LOST_AFTER_INTERVALS: u32 = 3;
+/// How long a cancelled or timed-out attempt's worker has to report it
+/// stopped before the attempt ends without its word.
+const CANCEL_GRACE: Duration = Duration::from_secs(15);
+/// Results handled at once (each waits for its flush before its ack).
+const PREFETCH: u16 = 512;
+
+/// How remote attempts are run (`workers` in switchyard.json).
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    pub heartbeat: Duration,
+    pub results_queue: String,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: DEFAULT_HEARTBEAT,
+            results_queue: protocol::DEFAULT_RESULTS_QUEUE.into(),
+        }
+    }
+}
+
+/// How a remote attempt ended.
+#[derive(Debug)]
+pub enum RemoteEnd {
+    /// The worker's result (or the daemon's verdict: not started in time,
+    /// cancelled without the worker's word).
+    Finished(AttemptOutcome),
+    /// Lost: heartbeats stopped, or the worker handed it back.
+    Lost(String),
+}
+
+/// A remote attempt's end, and where to say once it is durable (the
+/// worker's result message is acked then).
+#[derive(Debug)]
+pub struct Ended {
+    pub end: RemoteEnd,
+    pub durable: Option<oneshot::Sender<()>>,
+}
+
+impl Ended {
+    fn verdict(end: RemoteEnd) -> Self {
+        Self { end, durable: None }
+    }
+}
+
+/// One attempt the daemon waits for.
+struct Tracked {
+    queue: String,
+    /// The worker granted it.
+    owner: Option<String>,
+    /// Last heartbeat (or the grant).
+    seen: Instant,
+    /// Re-attached after a restart: the owner is learnt from heartbeats.
+    reattached: bool,
+    /// Why the daemon stopped it, once it has.
+    stopping: Option<String>,
+    done: Option<oneshot::Sender<Ended>>,
+}
+
+/// A worker, as its heartbeats show it.
+#[derive(Debug, Clone)]
+struct SeenWorker {
+    info: WorkerInfo,
+    running: Vec<AttemptRef>,
+    last: Instant,
+    last_at: String,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RemoteMetrics {
+    pub jobs_published: AtomicU64,
+    pub claims_granted: AtomicU64,
+    pub claims_denied: AtomicU64,
+    pub results: AtomicU64,
+    /// Results for attempts no longer running: dropped.
+    pub late_results: AtomicU64,
+    pub lost: AtomicU64,
+    /// Messages refused: not JSON, another protocol version, bad shape.
+    pub refused: AtomicU64,
+}
+
+/// The daemon's remote-attempt service. Cheap to clone.
+#[derive(Clone)]
+pub struct Remote {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("results_queue", &self.inner.config.results_queue)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    config: RemoteConfig,
+    /// Jobs are published here (confirmed).
+    jobs: Broker,
+    attempts: Mutex<HashMap<AttemptRef, Tracked>>,
+    workers: Mutex<BTreeMap<String, SeenWorker>>,
+    /// The consumer's channel, for declares and control messages.
+    session: tokio::sync::Mutex<Option<Channel>>,
+    declared: Mutex<HashSet<String>>,
+    /// The result queue is being consumed now: heartbeats can be heard.
+    listening: AtomicBool,
+    /// Since when it is, continuously.
+    listening_since: Mutex<Option<Instant>>,
+    started: Instant,
+    metrics: RemoteMetrics,
+    /// The result queue's consumer runs (started by the first remote
+    /// attempt, or at start-up when a workflow has remote tasks).
+    consuming: AtomicBool,
+    stop: CancellationToken,
+}
+
+impl Remote {
+    /// The service; nothing connects until [`Remote::ensure_consuming`]
+    /// (so a project without remote tasks needs no broker). `stop` ends
+    /// the result queue's consumer.
+    pub fn new(endpoint: Endpoint, config: RemoteConfig, stop: CancellationToken) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                jobs: Broker::with_endpoint(Ok(endpoint.clone()), None),
+                endpoint,
+                config,
+                attempts: Mutex::new(HashMap::new()),
+                workers: Mutex::new(BTreeMap::new()),
+                session: tokio::sync::Mutex::new(None),
+                declared: Mutex::new(HashSet::new()),
+                listening: AtomicBool::new(false),
+                listening_since: Mutex::new(None),
+                started: Instant::now(),
+                metrics: RemoteMetrics::default(),
+                consuming: AtomicBool::new(false),
+                stop,
+            }),
+        }
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        self.inner.config.heartbeat
+    }
+
+    pub fn results_queue(&self) -> &str {
+        &self.inner.config.results_queue
+    }
+
+    pub fn metrics(&self) -> &RemoteMetrics {
+        &self.inner.metrics
+    }
+
+    fn lost_after(&self) -> Duration {
+        self.inner.config.heartbeat * LOST_AFTER_INTERVALS
+    }
+
+    /// Workers heard from within the lost window, and jobs in flight, for
+    /// `GET /workers`.
+    pub fn workers_json(&self) -> Value {
+        let window = self.lost_after();
+        let workers: Vec<Value> = self
+            .inner
+            .workers
+            .lock()
+            .map(|workers| {
+                workers
+                    .values()
+                    .map(|w| {
+                        json!({
+                            "worker": w.info.worker,
+                            "host": w.info.host,
+                            "pid": w.info.pid,
+                            "queues": w.info.queues,
+                            "concurrency": w.info.concurrency,
+                            "started_at": w.info.started_at,
+                            "last_heartbeat": w.last_at,
+                            "alive": w.last.elapsed() <= window,
+                            "running": w.running,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut waiting: BTreeMap<String, usize> = BTreeMap::new();
+        let mut running = 0;
+        if let Ok(attempts) = self.inner.attempts.lock() {
+            for tracked in attempts.values() {
+                if tracked.owner.is_some() {
+                    running += 1;
+                } else {
+                    *waiting.entry(tracked.queue.clone()).or_default() += 1;
+                }
+            }
+        }
+        json!({
+            "workers": workers,
+            "results_queue": self.inner.config.results_queue,
+            "heartbeat_ms": self.inner.config.heartbeat.as_millis() as u64,
+            "consuming_results": self.inner.listening.load(Ordering::Relaxed),
+            "attempts_running": running,
+            "attempts_waiting": waiting,
+        })
+    }
+
+    /// Runs one attempt remotely (see the module docs). `timeout` counts
+    /// from the grant (the daemon's clock); `reattach` after a restart.
+    pub async fn run(
+        &self,
+        job: Job,
+        queue: &str,
+        cancel: CancellationToken,
+        timeout: Option<Duration>,
+        start_timeout: Option<Duration>,
+        reattach: bool,
+    ) -> Ended {
+        self.ensure_consuming();
+        let key = job.attempt.clone();
+        let (done, mut finished) = oneshot::channel();
+        if let Ok(mut attempts) = self.inner.attempts.lock() {
+            attempts.insert(
+                key.clone(),
+                Tracked {
+                    queue: queue.to_string(),
+                    owner: None,
+                    seen: Instant::now(),
+                    reattached: reattach,
+                    stopping: None,
+                    done: Some(done),
+                },
+            );
+        }
+        let dispatched = Instant::now();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            let publish = self.publish_job(queue, &job);
+            tokio::select! {
+                result = publish => match result {
+                    Ok(()) => break,
+                    Err(e) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(attempt = %key, queue, error = %e, retry_in = ?delay,
+                            "Cannot publish a remote task's job; retrying.");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = cancel.cancelled() => {
+                                self.forget(&key);
+                                return Ended::verdict(RemoteEnd::Finished(AttemptOutcome::failure(
+                                    format!("cancelled before its job reached the broker ({e})"),
+                                )));
+                            }
+                        }
+                    }
+                },
+                // A re-attached attempt's result may come before the republish.
+                ended = &mut finished => return ended.unwrap_or_else(|_| self.vanished()),
+            }
+        }
+        let tick = (self.inner.config.heartbeat / 4).max(Duration::from_millis(50));
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop_sent: Option<Instant> = None;
+        let mut granted_at: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                ended = &mut finished => {
+                    return ended.unwrap_or_else(|_| self.vanished());
+                }
+                _ = cancel.cancelled(), if stop_sent.is_none() => {
+                    match self.stop(&key, "cancelled").await {
+                        Some(_) => stop_sent = Some(Instant::now()),
+                        None => {
+                            self.forget(&key);
+                            return Ended::verdict(RemoteEnd::Finished(AttemptOutcome::failure(
+                                "cancelled before a worker started it",
+                            )));
+                        }
+                    }
+                }
+                _ = ticker.tick() => {
+                    let (owner, seen) = match self.inner.attempts.lock() {
+                        Ok(attempts) => match attempts.get(&key) {
+                            Some(t) => (t.owner.clone(), t.seen),
+                            None => return self.vanished(),
+                        },
+                        Err(_) => return self.vanished(),
+                    };
+                    if let Some(since) = stop_sent {
+                        if since.elapsed() >= CANCEL_GRACE {
+                            self.forget(&key);
+                            let who = owner.as_deref().unwrap_or("?");
+                            return Ended::verdict(RemoteEnd::Finished(AttemptOutcome::failure(
+                                format!("stopped; worker {who} did not confirm within {}",
+                                    humantime::format_duration(CANCEL_GRACE)),
+                            )));
+                        }
+                        continue;
+                    }
+                    match owner {
+                        Some(owner) => {
+                            let granted = *granted_at.get_or_insert(seen);
+                            if let Some(limit) = timeout
+                                && granted.elapsed() >= limit
+                            {
+                                let reason = format!("timed out after {}", humantime::format_duration(limit));
+                                if self.stop(&key, &reason).await.is_some() {
+                                    stop_sent = Some(Instant::now());
+                                }
+                                continue;
+                            }
+                            if seen.elapsed() >= self.lost_after() && self.hearing_for(self.lost_after()) {
+                                self.forget(&key);
+                                self.inner.metrics.lost.fetch_add(1, Ordering::Relaxed);
+                                return Ended::verdict(RemoteEnd::Lost(format!(
+                                    "no heartbeat from worker {owner} for {}",
+                                    humantime::format_duration(self.lost_after())
+                                )));
+                            }
+                        }
+                        None => {
+                            if let Some(limit) = start_timeout
+                                && dispatched.elapsed() >= limit
+                            {
+                                self.forget(&key);
+                                let mut outcome = AttemptOutcome::permanent_failure(format!(
+                                    "no worker started it within start_timeout {} (queue `{queue}`)",
+                                    humantime::format_duration(limit)
+                                ));
+                                outcome.retryable = false;
+                                return Ended::verdict(RemoteEnd::Finished(outcome));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The attempt's entry was dropped without an end (cannot happen but
+    /// for a poisoned lock): fail it rather than hang.
+    fn vanished(&self) -> Ended {
+        Ended::verdict(RemoteEnd::Finished(AttemptOutcome::failure(
+            "the remote attempt's state was lost",
+        )))
+    }
+
+    fn forget(&self, key: &AttemptRef) {
+        if let Ok(mut attempts) = self.inner.attempts.lock() {
+            attempts.remove(key);
+        }
+    }
+
+    /// Whether the result queue has been consumed without a break for
+    /// `window` (only then does silence mean a worker is gone).
+    fn hearing_for(&self, window: Duration) -> bool {
+        self.inner.listening.load(Ordering::Relaxed)
+            && self
+                .inner
+                .listening_since
+                .lock()
+                .ok()
+                .and_then(|s| *s)
+                .is_some_and(|since| since.elapsed() >= window)
+    }
+
+    /// Marks the attempt stopping and tells its worker; None when no worker
+    /// has it (then nothing runs to stop).
+    async fn stop(&self, key: &AttemptRef, reason: &str) -> Option<String> {
+        let owner = {
+            let mut attempts = self.inner.attempts.lock().ok()?;
+            let tracked = attempts.get_mut(key)?;
+            tracked.stopping = Some(reason.to_string());
+            tracked.owner.clone()
+        }?;
+        self.send_control(
+            &owner,
+            &ToWorker::Cancel {
+                protocol: PROTOCOL,
+                attempt: key.clone(),
+                reason: reason.to_string(),
+            },
+        )
+        .await;
+        Some(owner)
+    }
+
+    async fn publish_job(&self, queue: &str, job: &Job) -> Result<(), String> {
+        let name = protocol::task_queue(queue);
+        self.declare(&name).await?;
+        let body = serde_json::to_vec(job).map_err(|e| e.to_string())?;
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(job.job_id.clone().into())
+            .with_headers(protocol::headers());
+        self.inner
+            .jobs
+            .publish(Outgoing {
+                exchange: String::new(),
+                routing_key: name,
+                body,
+                properties,
+                mandatory: true,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        self.inner
+            .metrics
+            .jobs_published
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Declares a task queue (durable) once per consumer session.
+    async fn declare(&self, queue: &str) -> Result<(), String> {
+        if self.inner.declared.lock().is_ok_and(|d| d.contains(queue)) {
+            return Ok(());
+        }
+        let channel = self
+            .inner
+            .session
+            .lock()
+            .await
+            .clone()
+            .filter(|c| c.status().connected())
+            .ok_or("not connected to the broker yet")?;
+        let name = crate::amqp::short("queue name", queue)?;
+        channel
+            .queue_declare(
+                name,
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("cannot declare queue `{queue}`: {e}"))?;
+        if let Ok(mut declared) = self.inner.declared.lock() {
+            declared.insert(queue.to_string());
+        }
+        Ok(())
+    }
+
+    /// Sends a control message to a worker (not persistent: a worker that
+    /// is gone has no queue, and its attempts are lost anyway).
+    async fn send_control(&self, worker: &str, message: &ToWorker) {
+        let Some(channel) = self.inner.session.lock().await.clone() else {
+            return;
+        };
+        let Ok(body) = serde_json::to_vec(message) else {
+            return;
+        };
+        let Ok(routing_key) = crate::amqp::short("queue name", &protocol::control_queue(worker))
+        else {
+            return;
+        };
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(protocol::headers());
+        if let Err(e) = channel
+            .basic_publish(
+                "".into(),
+                routing_key,
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+        {
+            tracing::warn!(worker, error = %e, "Cannot send a control message to a worker.");
+        }
+    }
+
+    /// Starts consuming the result queue (once), until the service's stop
+    /// token, reconnecting with backoff.
+    pub fn ensure_consuming(&self) {
+        if self.inner.consuming.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let remote = self.clone();
+        let stop = self.inner.stop.clone();
+        tokio::spawn(async move {
+            let mut backoff = Backoff::default();
+            loop {
+                let started = Instant::now();
+                let result = remote.session(&stop).await;
+                remote.inner.listening.store(false, Ordering::Relaxed);
+                *remote.inner.session.lock().await = None;
+                if let Ok(mut declared) = remote.inner.declared.lock() {
+                    declared.clear();
+                }
+                if stop.is_cancelled() {
+                    return;
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, retry_in = ?delay,
+                        "Remote workers' result queue: session ended; reconnecting.");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        });
+    }
+
+    async fn session(&self, stop: &CancellationToken) -> Result<(), String> {
+        let connection: Connection = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            c = crate::amqp::connect(&self.inner.endpoint, "remote tasks") => c.map_err(|e| e.to_string())?,
+        };
+        let result = self.consume(&connection, stop).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            connection.close(200, "switchyard remote session ended".into()),
+        )
+        .await;
+        result
+    }
+
+    async fn consume(
+        &self,
+        connection: &Connection,
+        stop: &CancellationToken,
+    ) -> Result<(), String> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| format!("cannot open a channel: {e}"))?;
+        let queue = crate::amqp::short("queue name", &self.inner.config.results_queue)?;
+        channel
+            .queue_declare(
+                queue.clone(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("cannot declare the result queue: {e}"))?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await
+            .map_err(|e| format!("basic.qos: {e}"))?;
+        let mut consumer = channel
+            .basic_consume(
+                queue,
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("cannot consume the result queue: {e}"))?;
+        *self.inner.session.lock().await = Some(channel.clone());
+        self.inner.listening.store(true, Ordering::Relaxed);
+        if let Ok(mut since) = self.inner.listening_since.lock() {
+            *since = Some(Instant::now());
+        }
+        tracing::info!(queue = %self.inner.config.results_queue, "Consuming remote workers' results.");
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                delivery = consumer.next() => match delivery {
+                    None => return Err("the consumer was cancelled".into()),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Ok(delivery)) => self.handle(delivery).await,
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, delivery: lapin::message::Delivery) {
+        let version = protocol::header_version(&delivery.properties);
+        let message = match protocol::decode::<FromWorker>(&delivery.data, version) {
+            Ok(message) => message,
+            Err(e) => {
+                self.inner.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "Refused a message on the result queue.");
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: false,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+                return;
+            }
+        };
+        match message {
+            FromWorker::Claim {
+                worker,
+                job_id,
+                attempt,
+                ..
+            } => {
+                let answer = self.claim(&worker, &job_id, &attempt);
+                if let Some(answer) = answer {
+                    self.send_control(&worker, &answer).await;
+                }
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+            FromWorker::Heartbeat {
+                worker, running, ..
+            } => {
+                let stale = self.on_heartbeat(worker.clone(), running);
+                for (attempt, reason) in stale {
+                    self.send_control(
+                        &worker.worker,
+                        &ToWorker::Cancel {
+                            protocol: PROTOCOL,
+                            attempt,
+                            reason,
+                        },
+                    )
+                    .await;
+                }
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+            FromWorker::Output { .. } => {
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+            FromWorker::Result {
+                worker,
+                attempt,
+                outcome,
+                ..
+            } => {
+                self.inner.metrics.results.fetch_add(1, Ordering::Relaxed);
+                self.deliver(delivery, &worker, attempt, Report::Result(outcome));
+            }
+            FromWorker::Handback {
+                worker,
+                attempt,
+                reason,
+                ..
+            } => {
+                let reason = format!("handed back by worker {worker}: {reason}");
+                self.deliver(delivery, &worker, attempt, Report::Handback(reason));
+            }
+        }
+    }
+
+    /// Answers a claim: the first worker to ask gets the attempt.
+    fn claim(&self, worker: &str, job_id: &str, attempt: &AttemptRef) -> Option<ToWorker> {
+        let deny = |reason: String| {
+            Some(ToWorker::Deny {
+                protocol: PROTOCOL,
+                job_id: job_id.to_string(),
+                attempt: attempt.clone(),
+                reason,
+            })
+        };
+        let mut attempts = self.inner.attempts.lock().ok()?;
+        let Some(tracked) = attempts.get_mut(attempt) else {
+            self.inner
+                .metrics
+                .claims_denied
+                .fetch_add(1, Ordering::Relaxed);
+            return deny("the attempt is not running (it ended, or was retried)".into());
+        };
+        if let Some(reason) = &tracked.stopping {
+            return deny(format!("the attempt was stopped: {reason}"));
+        }
+        match &tracked.owner {
+            Some(owner) if owner == worker => {}
+            Some(owner) => {
+                self.inner
+                    .metrics
+                    .claims_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                return deny(format!("worker {owner} runs it"));
+            }
+            None => {
+                // Re-attached: wait (no answer; the worker asks again) until
+                // the workers running attempts have had a heartbeat's time.
+                if tracked.reattached
+                    && self.inner.started.elapsed() < self.inner.config.heartbeat * 3 / 2
+                {
+                    return None;
+                }
+                tracked.owner = Some(worker.to_string());
+                tracked.seen = Instant::now();
+            }
+        }
+        self.inner
+            .metrics
+            .claims_granted
+            .fetch_add(1, Ordering::Relaxed);
+        Some(ToWorker::Grant {
+            protocol: PROTOCOL,
+            job_id: job_id.to_string(),
+            attempt: attempt.clone(),
+        })
+    }
+
+    /// Records a heartbeat; returns the attempts this worker runs that are
+    /// not its own (another worker's, or no longer running), to cancel.
+    fn on_heartbeat(
+        &self,
+        info: WorkerInfo,
+        running: Vec<AttemptRef>,
+    ) -> Vec<(AttemptRef, String)> {
+        let mut stale = Vec::new();
+        if let Ok(mut attempts) = self.inner.attempts.lock() {
+            for attempt in &running {
+                match attempts.get_mut(attempt) {
+                    Some(tracked) => match &tracked.owner {
+                        Some(owner) if *owner == info.worker => tracked.seen = Instant::now(),
+                        // A re-attached attempt's worker makes itself known.
+                        None if tracked.reattached => {
+                            tracked.owner = Some(info.worker.clone());
+                            tracked.seen = Instant::now();
+                        }
+                        Some(owner) => {
+                            stale.push((attempt.clone(), format!("worker {owner} runs it")))
+                        }
+                        None => stale.push((attempt.clone(), "not granted".into())),
+                    },
+                    None => stale.push((
+                        attempt.clone(),
+                        "the attempt is no longer running (lost, cancelled or retried)".into(),
+                    )),
+                }
+            }
+        }
+        if let Ok(mut workers) = self.inner.workers.lock() {
+            workers.insert(
+                info.worker.clone(),
+                SeenWorker {
+                    info,
+                    running,
+                    last: Instant::now(),
+                    last_at: crate::time::format(crate::time::now()),
+                },
+            );
+            // Forget workers silent for a long time.
+            let window = self.lost_after() * 20;
+            workers.retain(|_, w| w.last.elapsed() < window);
+        }
+        stale
+    }
+
+    /// Hands a result (or handback) to its attempt and acks the message
+    /// once the attempt's end is durable; a late one is acked and dropped.
+    fn deliver(
+        &self,
+        delivery: lapin::message::Delivery,
+        worker: &str,
+        attempt: AttemptRef,
+        report: Report,
+    ) {
+        let taken = self.inner.attempts.lock().ok().and_then(|mut attempts| {
+            let tracked = attempts.get(&attempt)?;
+            let mine = tracked.owner.as_deref() == Some(worker)
+                || (tracked.owner.is_none() && tracked.reattached);
+            if !mine {
+                return None;
+            }
+            let mut tracked = attempts.remove(&attempt)?;
+            Some((tracked.done.take()?, tracked.stopping))
+        });
+        let Some((done, stopping)) = taken else {
+            self.inner
+                .metrics
+                .late_results
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(attempt = %attempt, worker,
+                "Late result from a remote worker (the attempt is no longer its, or ended): dropped.");
+            tokio::spawn(async move {
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            });
+            return;
+        };
+        let end = match report {
+            Report::Result(outcome) => RemoteEnd::Finished(finished(outcome, stopping)),
+            Report::Handback(reason) => RemoteEnd::Lost(reason),
+        };
+        let (durable, flushed) = oneshot::channel();
+        let _ = done.send(Ended {
+            end,
+            durable: Some(durable),
+        });
+        tokio::spawn(async move {
+            match flushed.await {
+                Ok(()) => {
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                }
+                // The engine stopped first: the broker gives the result
+                // back, to be applied after the restart.
+                Err(_) => {
+                    let _ = delivery
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..BasicNackOptions::default()
+                        })
+                        .await;
+                }
+            }
+        });
+    }
+}
+
+/// What a worker reported about an attempt's end.
+enum Report {
+    Result(RemoteOutcome),
+    Handback(String),
+}
+
+/// An attempt outcome from the worker's report; a failure of an attempt
+/// the daemon stopped says why it was stopped (`timed out after 5s`).
+fn finished(outcome: RemoteOutcome, stopping: Option<String>) -> AttemptOutcome {
+    let mut out = AttemptOutcome {
+        succeeded: outcome.succeeded,
+        output: outcome.output,
+        stdout: outcome.stdout,
+        error: outcome.error,
+        retryable: outcome.retryable,
+        logs: outcome.logs,
+    };
+    if let (false, Some(reason)) = (out.succeeded, stopping) {
+        out.error = Some(match out.error {
+            Some(error) => format!("{reason} ({error})"),
+            None => reason,
+        });
+        out.retryable = true;
+    }
+    out
+}

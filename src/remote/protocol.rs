@@ -1,0 +1,319 @@
+//! The remote-task protocol between the daemon and `switchyard worker`
+//! processes, over RabbitMQ (README "Remote workers" documents it for
+//! people writing their own tooling).
+//!
+//! Queues:
+//! - `switchyard.tasks.<queue>` (durable): [`Job`]s, persistent and
+//!   publisher-confirmed, for the workers consuming `<queue>`.
+//! - the daemon's result queue (durable, `workers.results_queue`, default
+//!   `switchyard.results`): everything a worker says ([`FromWorker`]).
+//! - `switchyard.worker.<worker id>` (exclusive, auto-delete): what the
+//!   daemon says to one worker ([`ToWorker`]).
+//!
+//! Every message is JSON with `"protocol": 1` (and the AMQP header
+//! `x-switchyard-protocol`); a peer refuses a message of another version
+//! with an error naming both.
+//!
+//! One attempt: the daemon records the attempt started, then publishes its
+//! job. A worker takes it and asks for it (`claim`); the daemon grants the
+//! first claim of an attempt and denies the others (a redelivered or
+//! republished job never runs twice), so only a granted worker runs it. The
+//! worker acks the job at once (so a job may run far longer than the
+//! broker's delivery-ack timeout), heartbeats every attempt it runs, and
+//! publishes the `result` (persistent, confirmed), which the daemon acks
+//! only once the attempt's end is flushed to its log. The daemon keeps the
+//! deadlines: no heartbeat for three intervals and the attempt is lost and
+//! retried; a timeout or cancel is a `cancel` to the worker, which kills
+//! the attempt's process group and reports it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::log::{RunId, TaskLogs};
+
+/// The version this build speaks.
+pub const PROTOCOL: u32 = 1;
+/// The AMQP header that carries it too.
+pub const PROTOCOL_HEADER: &str = "x-switchyard-protocol";
+/// Default result queue.
+pub const DEFAULT_RESULTS_QUEUE: &str = "switchyard.results";
+
+/// The durable queue of a task queue name.
+pub fn task_queue(queue: &str) -> String {
+    format!("switchyard.tasks.{queue}")
+}
+
+/// The control queue of one worker.
+pub fn control_queue(worker: &str) -> String {
+    format!("switchyard.worker.{worker}")
+}
+
+/// Which attempt a message is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AttemptRef {
+    pub run_id: RunId,
+    pub task: String,
+    pub attempt: u32,
+}
+
+impl std::fmt::Display for AttemptRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}#{}", self.run_id, self.task, self.attempt)
+    }
+}
+
+/// One attempt to run, as the daemon rendered it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub protocol: u32,
+    /// Unique per publish: a republished job has a new one.
+    pub job_id: String,
+    #[serde(flatten)]
+    pub attempt: AttemptRef,
+    pub workflow: String,
+    /// The task kind (`shell`, `http`, `sql`, `amqp`, `sleep`, `noop`).
+    pub kind: String,
+    /// The kind's config with every template rendered (secrets included:
+    /// they travel only inside jobs).
+    pub config: Value,
+    /// When the attempt was recorded started (ms since the epoch).
+    pub started_at: i64,
+    /// The task's timeout; the daemon enforces it (a `cancel`), the worker
+    /// too, as a backstop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// How often to heartbeat.
+    pub heartbeat_ms: u64,
+    /// Where to send claims, heartbeats, output and the result.
+    pub reply_to: String,
+    /// Secret values to redact from output before it is cut or sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
+}
+
+/// What a worker sends to the daemon's result queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromWorker {
+    /// "May I run this attempt?" (answered by `grant` or `deny`).
+    Claim {
+        protocol: u32,
+        worker: String,
+        job_id: String,
+        #[serde(flatten)]
+        attempt: AttemptRef,
+    },
+    /// Every `heartbeat_ms`: the worker and every attempt it runs.
+    Heartbeat {
+        protocol: u32,
+        #[serde(flatten)]
+        worker: WorkerInfo,
+        running: Vec<AttemptRef>,
+    },
+    /// A chunk of an attempt's output, as it is produced.
+    Output {
+        protocol: u32,
+        worker: String,
+        #[serde(flatten)]
+        attempt: AttemptRef,
+        stream: Stream,
+        text: String,
+    },
+    /// How the attempt ended.
+    Result {
+        protocol: u32,
+        worker: String,
+        #[serde(flatten)]
+        attempt: AttemptRef,
+        outcome: RemoteOutcome,
+    },
+    /// The worker gives the attempt back unfinished (it is shutting down):
+    /// the daemon records it lost and retries it at once.
+    Handback {
+        protocol: u32,
+        worker: String,
+        #[serde(flatten)]
+        attempt: AttemptRef,
+        reason: String,
+    },
+}
+
+impl FromWorker {
+    pub fn protocol(&self) -> u32 {
+        match self {
+            FromWorker::Claim { protocol, .. }
+            | FromWorker::Heartbeat { protocol, .. }
+            | FromWorker::Output { protocol, .. }
+            | FromWorker::Result { protocol, .. }
+            | FromWorker::Handback { protocol, .. } => *protocol,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A worker as it describes itself in heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub worker: String,
+    pub host: String,
+    pub pid: u32,
+    pub queues: Vec<String>,
+    pub concurrency: usize,
+    /// When the worker started (RFC 3339).
+    pub started_at: String,
+}
+
+/// An attempt's end, as the worker saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteOutcome {
+    pub succeeded: bool,
+    #[serde(default)]
+    pub output: Value,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub retryable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<TaskLogs>,
+}
+
+/// What the daemon sends to one worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToWorker {
+    Grant {
+        protocol: u32,
+        job_id: String,
+        #[serde(flatten)]
+        attempt: AttemptRef,
+    },
+    Deny {
+        protocol: u32,
+        job_id: String,
+        #[serde(flatten)]
+        attempt: AttemptRef,
+        reason: String,
+    },
+    /// Stop the attempt (timeout, cancel, or it is not this worker's).
+    Cancel {
+        protocol: u32,
+        #[serde(flatten)]
+        attempt: AttemptRef,
+        reason: String,
+    },
+}
+
+impl ToWorker {
+    pub fn protocol(&self) -> u32 {
+        match self {
+            ToWorker::Grant { protocol, .. }
+            | ToWorker::Deny { protocol, .. }
+            | ToWorker::Cancel { protocol, .. } => *protocol,
+        }
+    }
+}
+
+/// Decodes a message, refusing another protocol version with an error
+/// that names both (checked before the shape, so a future message with
+/// new fields is reported as a version mismatch, not as a parse error).
+pub fn decode<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    header: Option<u32>,
+) -> Result<T, String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("not a JSON message: {e}"))?;
+    let version = value
+        .get("protocol")
+        .and_then(Value::as_u64)
+        .map(|v| v as u32)
+        .or(header);
+    match version {
+        Some(PROTOCOL) => {}
+        Some(other) => {
+            return Err(format!(
+                "protocol version {other}, this switchyard speaks version {PROTOCOL}: \
+                 run the same switchyard release on the daemon and its workers"
+            ));
+        }
+        None => return Err("no `protocol` version in the message".into()),
+    }
+    serde_json::from_value(value).map_err(|e| format!("malformed message: {e}"))
+}
+
+/// The AMQP headers every message carries.
+pub fn headers() -> lapin::types::FieldTable {
+    let mut table = BTreeMap::new();
+    table.insert(
+        lapin::types::ShortString::from(PROTOCOL_HEADER),
+        lapin::types::AMQPValue::LongUInt(PROTOCOL),
+    );
+    lapin::types::FieldTable::from(table)
+}
+
+/// The protocol version in a delivery's headers, if any.
+pub fn header_version(properties: &lapin::BasicProperties) -> Option<u32> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(PROTOCOL_HEADER)? {
+        lapin::types::AMQPValue::LongUInt(v) => Some(*v),
+        lapin::types::AMQPValue::LongInt(v) => u32::try_from(*v).ok(),
+        lapin::types::AMQPValue::ShortInt(v) => u32::try_from(*v).ok(),
+        lapin::types::AMQPValue::LongLongInt(v) => u32::try_from(*v).ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_version_is_refused_naming_both() {
+        let body = br#"{"protocol": 2, "type": "claim", "worker": "w", "job_id": "j",
+                        "run_id": "01890000-0000-7000-8000-000000000000", "task": "a", "attempt": 1}"#;
+        let err = decode::<FromWorker>(body, None).unwrap_err();
+        assert!(
+            err.contains("version 2") && err.contains("version 1"),
+            "{err}"
+        );
+        let err = decode::<FromWorker>(br#"{"type": "claim"}"#, None).unwrap_err();
+        assert!(err.contains("no `protocol`"), "{err}");
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let attempt = AttemptRef {
+            run_id: uuid::Uuid::now_v7(),
+            task: "load".into(),
+            attempt: 2,
+        };
+        let claim = FromWorker::Claim {
+            protocol: PROTOCOL,
+            worker: "w1".into(),
+            job_id: "j1".into(),
+            attempt: attempt.clone(),
+        };
+        let body = serde_json::to_vec(&claim).unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains(r#""type":"claim""#) && text.contains(r#""task":"load""#),
+            "{text}"
+        );
+        assert_eq!(decode::<FromWorker>(&body, None).unwrap(), claim);
+        let cancel = ToWorker::Cancel {
+            protocol: PROTOCOL,
+            attempt,
+            reason: "timed out".into(),
+        };
+        let body = serde_json::to_vec(&cancel).unwrap();
+        assert_eq!(decode::<ToWorker>(&body, Some(PROTOCOL)).unwrap(), cancel);
+    }
+}

@@ -1,0 +1,623 @@
+//! `switchyard worker`: runs remote tasks' jobs with the daemon's own
+//! executors (shell, http, sql, amqp, sleep, noop), following the
+//! [`protocol`](super::protocol): claim, run once granted, heartbeat,
+//! report, obey `cancel`.
+//!
+//! - Jobs are consumed with a prefetch of `--concurrency`, so a worker
+//!   holds at most that many; a job is acked once its claim is answered
+//!   (granted: it runs; denied: it is dropped), never held for the length
+//!   of the task.
+//! - Attempts' processes are spawned as on the daemon: in their own process
+//!   group, killed on cancel or timeout, dying with the worker even after a
+//!   SIGKILL; what a killed worker's scripts left behind is killed when the
+//!   next worker starts on the same `--data-dir`.
+//! - The broker going away ends the session; running attempts go on, their
+//!   results are sent (persistent, confirmed, retried) once it is back, and
+//!   consuming resumes with backoff.
+//! - SIGTERM stops taking jobs, lets running attempts finish within
+//!   `--grace`, then stops the rest and hands them back (the daemon
+//!   retries them at once).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{
+    self, AttemptRef, FromWorker, Job, PROTOCOL, RemoteOutcome, ToWorker, WorkerInfo,
+};
+use crate::amqp::{Backoff, Broker, Endpoint, Outgoing};
+use crate::executors::{self, AttemptContext, AttemptOutcome};
+
+/// How often an unanswered claim is sent again.
+const CLAIM_RETRY: Duration = Duration::from_secs(2);
+/// Heartbeat interval until a job says the daemon's.
+const FIRST_HEARTBEAT: Duration = super::DEFAULT_HEARTBEAT;
+
+/// What `switchyard worker` was asked to do.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub endpoint: Endpoint,
+    pub queues: Vec<String>,
+    pub concurrency: usize,
+    /// Where attempts' process groups are recorded and scratch files go.
+    pub data_dir: PathBuf,
+    /// How long SIGTERM waits for running attempts.
+    pub grace: Duration,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    /// Why it was stopped, and whether to hand it back.
+    stopped: Arc<Mutex<Option<(String, bool)>>>,
+    reply_to: String,
+}
+
+struct Shared {
+    info: WorkerInfo,
+    out: Broker,
+    pending: Mutex<HashMap<String, oneshot::Sender<ToWorker>>>,
+    running: Mutex<HashMap<AttemptRef, Running>>,
+    reply_to: Mutex<BTreeSet<String>>,
+    heartbeat_ms: AtomicU64,
+    processes: executors::process::Processes,
+    scratch_dir: PathBuf,
+    broker: Broker,
+    /// Attempts begun (tests and logs).
+    started: AtomicU64,
+}
+
+impl Shared {
+    fn id(&self) -> &str {
+        &self.info.worker
+    }
+
+    /// Publishes one message to a daemon's result queue; `persistent`
+    /// ones (results, handbacks) are retried until confirmed.
+    async fn send(&self, reply_to: &str, message: &FromWorker, persistent: bool) {
+        let Ok(body) = serde_json::to_vec(message) else {
+            return;
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        loop {
+            let properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(if persistent { 2 } else { 1 })
+                .with_headers(protocol::headers());
+            let result = self
+                .out
+                .publish(Outgoing {
+                    exchange: String::new(),
+                    routing_key: reply_to.to_string(),
+                    body: body.clone(),
+                    properties,
+                    mandatory: true,
+                })
+                .await;
+            match result {
+                Ok(()) => return,
+                Err(e) if !persistent => {
+                    tracing::debug!(error = %e, "Cannot send to the daemon.");
+                    return;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "Cannot send a result to the daemon; retrying.");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+/// A worker id: host, pid and a random part (unique across restarts).
+fn worker_id() -> (String, String) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    let id = format!("{host}-{}-{}", std::process::id(), &random[..8]);
+    (id, host)
+}
+
+/// Runs until `stop` (SIGTERM), then drains within the grace period.
+pub async fn run(options: WorkerOptions, stop: CancellationToken) -> Result<(), String> {
+    if options.queues.is_empty() {
+        return Err("name at least one `--queue`".into());
+    }
+    if options.concurrency == 0 {
+        return Err("`--concurrency` must be at least 1".into());
+    }
+    for queue in &options.queues {
+        crate::amqp::short("queue name", &protocol::task_queue(queue))?;
+    }
+    let (id, host) = worker_id();
+    let own_dir = options.data_dir.join(&id);
+    kill_dead_workers_leftovers(&options.data_dir);
+    std::fs::create_dir_all(&own_dir)
+        .map_err(|e| format!("cannot create {}: {e}", own_dir.display()))?;
+    let lock = std::fs::File::create(own_dir.join("lock"))
+        .map_err(|e| format!("cannot create {}: {e}", own_dir.join("lock").display()))?;
+    lock.try_lock()
+        .map_err(|e| format!("cannot lock {}: {e}", own_dir.display()))?;
+    let processes = executors::process::Processes::start(own_dir.join("attempts"))
+        .map_err(|e| format!("cannot start the process spawner: {e}"))?;
+    let shared = Arc::new(Shared {
+        info: WorkerInfo {
+            worker: id.clone(),
+            host,
+            pid: std::process::id(),
+            queues: options.queues.clone(),
+            concurrency: options.concurrency,
+            started_at: crate::time::format(crate::time::now()),
+        },
+        out: Broker::with_endpoint(Ok(options.endpoint.clone()), None),
+        pending: Mutex::new(HashMap::new()),
+        running: Mutex::new(HashMap::new()),
+        reply_to: Mutex::new(BTreeSet::new()),
+        heartbeat_ms: AtomicU64::new(FIRST_HEARTBEAT.as_millis() as u64),
+        processes,
+        scratch_dir: own_dir.join("scratch"),
+        broker: Broker::with_endpoint(Ok(options.endpoint.clone()), None),
+        started: AtomicU64::new(0),
+    });
+    tracing::info!(worker = %id, queues = ?options.queues, concurrency = options.concurrency,
+        broker = %options.endpoint.describe(), "Worker started.");
+    let heartbeats = CancellationToken::new();
+    tokio::spawn(heartbeat_loop(Arc::clone(&shared), heartbeats.clone()));
+
+    let mut backoff = Backoff::default();
+    while !stop.is_cancelled() {
+        let session = CancellationToken::new();
+        let result = session_run(&shared, &options, &stop, &session).await;
+        session.cancel();
+        if stop.is_cancelled() {
+            break;
+        }
+        let delay = backoff.next_delay();
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, retry_in = ?delay, "Worker session ended; reconnecting.");
+        } else {
+            backoff.reset();
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    drain(&shared, options.grace).await;
+    heartbeats.cancel();
+    tracing::info!(worker = %id, attempts = shared.started.load(Ordering::Relaxed), "Worker stopped.");
+    drop(lock);
+    let _ = std::fs::remove_dir_all(&own_dir);
+    Ok(())
+}
+
+/// Kills what workers that died on this data dir left running (their
+/// directory's lock is free), and removes their directories.
+fn kill_dead_workers_leftovers(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Ok(lock) = std::fs::File::open(dir.join("lock")) else {
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            continue; // A live worker.
+        }
+        let leftovers = executors::process::kill_leftovers(&dir.join("attempts"));
+        if leftovers.killed > 0 {
+            tracing::warn!(dir = %dir.display(), killed = leftovers.killed,
+                "Killed the processes a dead worker left running.");
+        }
+        drop(lock);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// After SIGTERM: running attempts get `grace` to finish; the rest are
+/// stopped and handed back.
+async fn drain(shared: &Arc<Shared>, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        let left = shared.running.lock().map(|r| r.len()).unwrap_or(0);
+        if left == 0 {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Ok(running) = shared.running.lock() {
+        for (attempt, entry) in running.iter() {
+            tracing::warn!(attempt = %attempt, "Handing an unfinished attempt back: the worker is shutting down.");
+            if let Ok(mut stopped) = entry.stopped.lock() {
+                *stopped = Some((
+                    format!(
+                        "worker shutting down (not finished within the {} grace period)",
+                        humantime::format_duration(grace)
+                    ),
+                    true,
+                ));
+            }
+            entry.cancel.cancel();
+        }
+    }
+    // The handbacks are sent as the attempts stop.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while shared
+        .running
+        .lock()
+        .map(|r| !r.is_empty())
+        .unwrap_or(false)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut last = tokio::time::Instant::now();
+    loop {
+        // Re-read often: the first job may shorten the interval.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        let every = Duration::from_millis(shared.heartbeat_ms.load(Ordering::Relaxed).max(100));
+        if last.elapsed() < every {
+            continue;
+        }
+        last = tokio::time::Instant::now();
+        let targets: Vec<String> = shared
+            .reply_to
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default();
+        for reply_to in targets {
+            let running: Vec<AttemptRef> = shared
+                .running
+                .lock()
+                .map(|r| {
+                    r.iter()
+                        .filter(|(_, e)| e.reply_to == reply_to)
+                        .map(|(a, _)| a.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let message = FromWorker::Heartbeat {
+                protocol: PROTOCOL,
+                worker: shared.info.clone(),
+                running,
+            };
+            shared.send(&reply_to, &message, false).await;
+        }
+    }
+}
+
+async fn session_run(
+    shared: &Arc<Shared>,
+    options: &WorkerOptions,
+    stop: &CancellationToken,
+    session: &CancellationToken,
+) -> Result<(), String> {
+    let name = format!("worker {}", shared.id());
+    let connection: Connection = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        c = crate::amqp::connect(&options.endpoint, &name) => c.map_err(|e| e.to_string())?,
+    };
+    let result = consume(shared, options, &connection, stop, session).await;
+    session.cancel();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        connection.close(200, "switchyard worker session ended".into()),
+    )
+    .await;
+    result
+}
+
+async fn consume(
+    shared: &Arc<Shared>,
+    options: &WorkerOptions,
+    connection: &Connection,
+    stop: &CancellationToken,
+    session: &CancellationToken,
+) -> Result<(), String> {
+    let broker = |what: String| move |e: lapin::Error| format!("{what}: {e}");
+    let control = connection
+        .create_channel()
+        .await
+        .map_err(broker("cannot open a channel".into()))?;
+    let control_queue = crate::amqp::short("queue name", &protocol::control_queue(shared.id()))?;
+    control
+        .queue_declare(
+            control_queue.clone(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker("cannot declare the control queue".into()))?;
+    let mut orders = control
+        .basic_consume(
+            control_queue,
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker("cannot consume the control queue".into()))?;
+    let jobs = connection
+        .create_channel()
+        .await
+        .map_err(broker("cannot open a channel".into()))?;
+    let prefetch = u16::try_from(options.concurrency).unwrap_or(u16::MAX);
+    jobs.basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(broker(format!("basic.qos {prefetch}")))?;
+    // Every queue's deliveries into one stream.
+    let (forward, mut deliveries) = tokio::sync::mpsc::channel(options.concurrency.max(1));
+    for queue in &options.queues {
+        let name = crate::amqp::short("queue name", &protocol::task_queue(queue))?;
+        jobs.queue_declare(
+            name.clone(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker(format!("cannot declare queue `{name}`")))?;
+        let consumer = jobs
+            .basic_consume(
+                name.clone(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker(format!("cannot consume queue `{name}`")))?;
+        let forward = forward.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            let mut consumer = consumer;
+            loop {
+                tokio::select! {
+                    _ = session.cancelled() => return,
+                    delivery = consumer.next() => {
+                        let end = !matches!(delivery, Some(Ok(_)));
+                        if forward.send(delivery).await.is_err() || end {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(forward);
+    tracing::info!(worker = %shared.id(), "Consuming jobs.");
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                // Unacked jobs (waiting for a grant) go back to the queue.
+                let _ = jobs.close(200, "worker stopping".into()).await;
+                return Ok(());
+            }
+            order = orders.next() => match order {
+                None => return Err("the control consumer ended".into()),
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(delivery)) => obey(shared, &delivery),
+            },
+            delivery = deliveries.recv() => match delivery.flatten() {
+                None => return Err("a job consumer ended".into()),
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(delivery)) => {
+                    tokio::spawn(take_job(Arc::clone(shared), delivery, session.clone()));
+                }
+            },
+        }
+    }
+}
+
+/// A control message from the daemon.
+fn obey(shared: &Arc<Shared>, delivery: &lapin::message::Delivery) {
+    let version = protocol::header_version(&delivery.properties);
+    let order = match protocol::decode::<ToWorker>(&delivery.data, version) {
+        Ok(order) => order,
+        Err(e) => {
+            tracing::error!(error = %e, "Refused a control message from the daemon.");
+            return;
+        }
+    };
+    match order {
+        ToWorker::Grant { ref job_id, .. } | ToWorker::Deny { ref job_id, .. } => {
+            let waiting = shared
+                .pending
+                .lock()
+                .ok()
+                .and_then(|mut p| p.remove(job_id));
+            if let Some(waiting) = waiting {
+                let _ = waiting.send(order);
+            }
+        }
+        ToWorker::Cancel {
+            attempt, reason, ..
+        } => {
+            if let Ok(running) = shared.running.lock()
+                && let Some(entry) = running.get(&attempt)
+            {
+                tracing::info!(attempt = %attempt, reason, "The daemon stopped an attempt.");
+                if let Ok(mut stopped) = entry.stopped.lock() {
+                    stopped.get_or_insert((reason, false));
+                }
+                entry.cancel.cancel();
+            }
+        }
+    }
+}
+
+/// One job: claim it, then run it if granted.
+async fn take_job(
+    shared: Arc<Shared>,
+    delivery: lapin::message::Delivery,
+    session: CancellationToken,
+) {
+    let version = protocol::header_version(&delivery.properties);
+    let job = match protocol::decode::<Job>(&delivery.data, version) {
+        Ok(job) => job,
+        Err(e) => {
+            // Another version, or not a job: dead-lettered where the queue
+            // has a DLX, never retried here.
+            tracing::error!(error = %e, "Refused a job.");
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+            return;
+        }
+    };
+    if let Ok(mut targets) = shared.reply_to.lock() {
+        targets.insert(job.reply_to.clone());
+    }
+    shared
+        .heartbeat_ms
+        .fetch_min(job.heartbeat_ms.max(100), Ordering::Relaxed);
+    // Claim, and wait for the answer (asking again now and then: a claim
+    // or its answer may be lost, or the daemon may be restarting).
+    let (answer_tx, mut answer) = oneshot::channel();
+    if let Ok(mut pending) = shared.pending.lock() {
+        pending.insert(job.job_id.clone(), answer_tx);
+    }
+    let claim = FromWorker::Claim {
+        protocol: PROTOCOL,
+        worker: shared.id().to_string(),
+        job_id: job.job_id.clone(),
+        attempt: job.attempt.clone(),
+    };
+    let answer = loop {
+        shared.send(&job.reply_to, &claim, false).await;
+        tokio::select! {
+            answer = &mut answer => break answer.ok(),
+            _ = session.cancelled() => break None,
+            _ = tokio::time::sleep(CLAIM_RETRY) => {}
+        }
+    };
+    if let Ok(mut pending) = shared.pending.lock() {
+        pending.remove(&job.job_id);
+    }
+    match answer {
+        // The session ended first: the broker gives the job to someone.
+        None => {}
+        Some(ToWorker::Grant { .. }) => {
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+            run_attempt(shared, job).await;
+        }
+        Some(ToWorker::Deny { reason, .. }) => {
+            tracing::info!(attempt = %job.attempt, reason, "Claim denied; job dropped.");
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        Some(ToWorker::Cancel { .. }) => {}
+    }
+}
+
+async fn run_attempt(shared: Arc<Shared>, job: Job) {
+    shared.started.fetch_add(1, Ordering::Relaxed);
+    let cancel = CancellationToken::new();
+    let stopped = Arc::new(Mutex::new(None));
+    if let Ok(mut running) = shared.running.lock() {
+        running.insert(
+            job.attempt.clone(),
+            Running {
+                cancel: cancel.clone(),
+                stopped: Arc::clone(&stopped),
+                reply_to: job.reply_to.clone(),
+            },
+        );
+    }
+    let outcome = match executors::kind_name(&job.kind) {
+        Some("workflow") | None => AttemptOutcome::permanent_failure(format!(
+            "task kind `{}` cannot run on a worker",
+            job.kind
+        )),
+        Some(kind) => {
+            let secrets = crate::spec::Secrets::from_values(
+                job.redact
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("redact{i}"), v.clone()))
+                    .collect(),
+            );
+            let ctx = AttemptContext {
+                run_id: job.attempt.run_id,
+                workflow: job.workflow.as_str().into(),
+                task: job.attempt.task.as_str().into(),
+                attempt: job.attempt.attempt,
+                started_at: job.started_at,
+                cancel: cancel.clone(),
+                scratch_dir: shared.scratch_dir.clone(),
+                broker: Some(shared.broker.clone()),
+                processes: shared.processes.clone(),
+                secrets: Arc::new(secrets),
+                databases: executors::sql::Databases::new(Default::default(), "."),
+                children: None,
+            };
+            let timeout = job.timeout_ms.map(Duration::from_millis);
+            let execution =
+                tokio::spawn(executors::execute(kind, job.config.clone(), ctx, timeout));
+            match execution.await {
+                Ok(outcome) => outcome,
+                Err(e) => AttemptOutcome::permanent_failure(format!("executor failed: {e}")),
+            }
+        }
+    };
+    let stop = stopped.lock().ok().and_then(|s| s.clone());
+    let message = match stop {
+        Some((reason, true)) => FromWorker::Handback {
+            protocol: PROTOCOL,
+            worker: shared.id().to_string(),
+            attempt: job.attempt.clone(),
+            reason,
+        },
+        _ => FromWorker::Result {
+            protocol: PROTOCOL,
+            worker: shared.id().to_string(),
+            attempt: job.attempt.clone(),
+            outcome: RemoteOutcome {
+                succeeded: outcome.succeeded,
+                output: outcome.output,
+                stdout: outcome.stdout,
+                error: outcome.error,
+                retryable: outcome.retryable,
+                logs: outcome.logs,
+            },
+        },
+    };
+    shared.send(&job.reply_to, &message, true).await;
+    if let Ok(mut running) = shared.running.lock() {
+        running.remove(&job.attempt);
+    }
+}

@@ -1,0 +1,331 @@
+//! Remote tasks on `switchyard worker` processes, against the real broker:
+//! spread over workers with each result recorded once, a worker SIGKILLed
+//! mid-task (lost after the heartbeat window, retried elsewhere), remote
+//! timeout and cancel killing the attempt's process group on the worker.
+//!
+//! Every test needs the broker: without one they print SKIPPED, unless
+//! `SWITCHYARD_REQUIRE_BROKER=1` (CI), where they fail.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::triggers::{Daemon, Project};
+use crate::util::{bin, broker, write_workflow};
+
+/// A `switchyard worker` child process; killed when dropped.
+pub(crate) struct Worker {
+    child: Child,
+}
+
+impl Worker {
+    pub(crate) fn spawn(project: &Path, queue: &str, concurrency: usize) -> Self {
+        let child = Command::new(bin())
+            .current_dir(project)
+            .args([
+                "worker",
+                "--queue",
+                queue,
+                "--concurrency",
+                &concurrency.to_string(),
+                "--data-dir",
+                project.join("workers").to_str().unwrap(),
+                "--grace",
+                "2s",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn remote_project(queue: &str, heartbeat: &str) -> Project {
+    let project = Project::with_config(
+        &[],
+        &[],
+        json!({"workers": {"heartbeat": heartbeat, "results_queue": format!("{queue}.results")}}),
+    );
+    let flows = project.root().join("workflows");
+    // Each task says which worker process ran it (its parent).
+    let task = |id: &str, after: Option<&str>| {
+        let mut task = json!({"id": id, "queue": queue,
+            "shell": {"script": "echo \"{\\\"pid\\\": $PPID}\" > \"$SWITCHYARD_OUTPUT\""},
+            "export": {id: "${output.pid}"}});
+        if let Some(after) = after {
+            task["after"] = json!(after);
+        }
+        task
+    };
+    write_workflow(
+        &flows,
+        "remote3",
+        &json!({"name": "remote3", "tasks": [task("a", None), task("b", Some("a")), task("c", Some("b"))]}),
+    );
+    write_workflow(
+        &flows,
+        "slow",
+        &json!({"name": "slow", "tasks": [{"id": "wait", "queue": queue,
+            "retry": {"max_attempts": 3, "delay": "100ms"},
+            "shell": {"script": "echo $$ > \"$MARK\"; sleep \"$SECS\"; echo done", "env": {"MARK": "${params.mark}", "SECS": "${params.secs}"}}}]}),
+    );
+    write_workflow(
+        &flows,
+        "limited",
+        &json!({"name": "limited", "tasks": [{"id": "wait", "queue": queue, "timeout": "1s",
+            "shell": {"script": "echo $$ > \"$MARK\"; sleep 30", "env": {"MARK": "${params.mark}"}}}]}),
+    );
+    project
+}
+
+async fn start_run(daemon: &Daemon, workflow: &str, params: Value) -> String {
+    let body = json!({"params": params}).to_string();
+    let (status, run) = daemon
+        .post(
+            &format!("/api/v1/workflows/{workflow}/runs"),
+            body.as_bytes(),
+            &[("content-type", "application/json".into())],
+        )
+        .await;
+    assert_eq!(status, 201, "{run}");
+    run["id"].as_str().unwrap().to_string()
+}
+
+async fn wait_run(daemon: &Daemon, id: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let run = daemon.get(&format!("/api/v1/runs/{id}")).await;
+        if matches!(
+            run["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run did not end: {run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn history_kinds(history: &Value) -> Vec<String> {
+    history["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+fn process_alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{}", pid.trim())).exists()
+}
+
+async fn wait_file(path: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && !text.trim().is_empty()
+        {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never written",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_gone(pid: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while process_alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} outlived its attempt"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_runs_of_three_remote_tasks_spread_over_three_workers_each_result_once() {
+    let Some(_shared) = broker::shared("workers_spread").await else {
+        return;
+    };
+    let queue = broker::unique("spread");
+    let project = remote_project(&queue, "1s");
+    let daemon = project.start(None).await;
+    let workers: Vec<Worker> = (0..3)
+        .map(|_| Worker::spawn(project.root(), &queue, 4))
+        .collect();
+    let pids: BTreeSet<u32> = workers.iter().map(Worker::pid).collect();
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids.push(start_run(&daemon, "remote3", json!({})).await);
+    }
+    let mut ran_on: BTreeMap<u64, usize> = BTreeMap::new();
+    for id in &ids {
+        let run = wait_run(&daemon, id, Duration::from_secs(120)).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+        for task in ["a", "b", "c"] {
+            let pid = run["vars"][task]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{run}"));
+            *ran_on.entry(pid).or_default() += 1;
+            assert_eq!(run["tasks"][task]["attempts"], 1, "{run}");
+        }
+    }
+    let used: BTreeSet<u32> = ran_on.keys().map(|p| *p as u32).collect();
+    assert_eq!(
+        used, pids,
+        "every task on one of the workers, and each worker used: {ran_on:?}"
+    );
+    // Each attempt's end recorded once.
+    for id in ids.iter().take(20) {
+        let history = daemon.get(&format!("/api/v1/runs/{id}/history")).await;
+        let finished = history_kinds(&history)
+            .iter()
+            .filter(|k| *k == "attempt_finished")
+            .count();
+        assert_eq!(finished, 3, "{history}");
+    }
+    // The workers are visible.
+    let seen = daemon.get("/api/v1/workers").await;
+    let listed: BTreeSet<u64> = seen["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        pids.iter()
+            .map(|p| u64::from(*p))
+            .collect::<BTreeSet<u64>>(),
+        "{seen}"
+    );
+    daemon.stop().await;
+    drop(workers);
+    broker::delete_queues(&[
+        &format!("switchyard.tasks.{queue}"),
+        &format!("{queue}.results"),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_task_loses_the_attempt_which_succeeds_on_another() {
+    let Some(_shared) = broker::shared("workers_killed").await else {
+        return;
+    };
+    let queue = broker::unique("killed");
+    let project = remote_project(&queue, "300ms");
+    let daemon = project.start(None).await;
+    let mut first = Worker::spawn(project.root(), &queue, 1);
+    let mark = project.root().join("first.pid");
+    let id = start_run(
+        &daemon,
+        "slow",
+        json!({"secs": 3, "mark": mark.to_str().unwrap()}),
+    )
+    .await;
+    let pid = wait_file(&mark).await;
+    let second = Worker::spawn(project.root(), &queue, 1);
+    first.kill(); // SIGKILL, mid-task
+    // The attempt's process died with its worker.
+    wait_gone(&pid).await;
+    let run = wait_run(&daemon, &id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["tasks"]["wait"]["attempts"], 2, "{run}");
+    let history = daemon.get(&format!("/api/v1/runs/{id}/history")).await;
+    let kinds = history_kinds(&history);
+    let lost: Vec<&Value> = history["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == "attempt_lost")
+        .collect();
+    assert_eq!(lost.len(), 1, "{history}");
+    assert!(
+        lost[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no heartbeat from worker"),
+        "{history}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "attempt_finished").count(),
+        1,
+        "{history}"
+    );
+    daemon.stop().await;
+    drop(second);
+    broker::delete_queues(&[
+        &format!("switchyard.tasks.{queue}"),
+        &format!("{queue}.results"),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_timeout_and_cancel_kill_the_attempts_processes_on_the_worker() {
+    let Some(_shared) = broker::shared("workers_stop").await else {
+        return;
+    };
+    let queue = broker::unique("stop");
+    let project = remote_project(&queue, "500ms");
+    let daemon = project.start(None).await;
+    let _worker = Worker::spawn(project.root(), &queue, 2);
+
+    // Timeout: the daemon's deadline, the worker kills the group.
+    let mark = project.root().join("timeout.pid");
+    let id = start_run(&daemon, "limited", json!({"mark": mark.to_str().unwrap()})).await;
+    let pid = wait_file(&mark).await;
+    let run = wait_run(&daemon, &id, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let error = run["tasks"]["wait"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("timed out after 1s"), "{run}");
+    wait_gone(&pid).await;
+
+    // Cancel.
+    let mark = project.root().join("cancel.pid");
+    let id = start_run(
+        &daemon,
+        "slow",
+        json!({"secs": 30, "mark": mark.to_str().unwrap()}),
+    )
+    .await;
+    let pid = wait_file(&mark).await;
+    let (status, answer) = daemon
+        .post(&format!("/api/v1/runs/{id}/cancel"), b"", &[])
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let run = wait_run(&daemon, &id, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    wait_gone(&pid).await;
+    daemon.stop().await;
+    broker::delete_queues(&[
+        &format!("switchyard.tasks.{queue}"),
+        &format!("{queue}.results"),
+    ])
+    .await;
+}
