@@ -13,14 +13,14 @@ use switchyard::log::{Log, RecordBody};
 use crate::util::{bin, stderr, switchyard, write_workflow};
 
 /// A `switchyard serve` child on an ephemeral port.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     output: Arc<Mutex<String>>,
 }
 
 impl Daemon {
-    fn spawn(project: &Path, data: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn spawn(project: &Path, data: &Path, extra: &[&str]) -> Self {
         Self::try_spawn(project, data, extra)
             .unwrap_or_else(|e| panic!("daemon did not start: {e}"))
     }
@@ -68,11 +68,11 @@ impl Daemon {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
     }
@@ -105,7 +105,7 @@ impl Drop for Daemon {
     }
 }
 
-fn http() -> reqwest::blocking_shim::Client {
+pub(crate) fn http() -> reqwest::blocking_shim::Client {
     reqwest::blocking_shim::Client
 }
 

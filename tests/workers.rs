@@ -329,3 +329,95 @@ async fn remote_timeout_and_cancel_kill_the_attempts_processes_on_the_worker() {
     ])
     .await;
 }
+
+#[test]
+fn a_daemon_sigkilled_while_workers_are_busy_applies_every_result_once_after_restart() {
+    use crate::daemon::{Daemon as Child, http};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(_shared) = rt.block_on(broker::shared("workers_daemon_killed")) else {
+        return;
+    };
+    let queue = rt.block_on(async { broker::unique("dkill") });
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("workflows")).unwrap();
+    std::fs::write(
+        root.join("switchyard.json"),
+        json!({"workflows": ["workflows"],
+               "workers": {"heartbeat": "300ms", "results_queue": format!("{queue}.results")}})
+        .to_string(),
+    )
+    .unwrap();
+    // No retries: a lost or doubled attempt shows.
+    let step = |id: &str, after: Option<&str>| {
+        let mut task = json!({"id": id, "queue": queue,
+            "shell": {"script": "sleep 0.4; echo \"{\\\"n\\\": $SWITCHYARD_ATTEMPT}\" > \"$SWITCHYARD_OUTPUT\""}});
+        if let Some(after) = after {
+            task["after"] = json!(after);
+        }
+        task
+    };
+    write_workflow(
+        &root.join("workflows"),
+        "busy",
+        &json!({"name": "busy", "tasks": [step("a", None), step("b", Some("a"))]}),
+    );
+    let data = root.join("data");
+    let daemon = Child::spawn(root, &data, &[]);
+    let _workers: Vec<Worker> = (0..2).map(|_| Worker::spawn(root, &queue, 4)).collect();
+    let mut ids = Vec::new();
+    for _ in 0..16 {
+        let (status, run) = http()
+            .send(
+                "POST",
+                &daemon.url("/api/v1/workflows/busy/runs"),
+                Some(json!({})),
+            )
+            .unwrap();
+        assert_eq!(status, 201, "{run}");
+        ids.push(run["id"].as_str().unwrap().to_string());
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    daemon.kill(); // SIGKILL while attempts run and results are in flight
+    std::thread::sleep(Duration::from_millis(1200));
+    let daemon = Child::spawn(root, &data, &[]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for id in &ids {
+        let run = loop {
+            let (_, run) = http()
+                .send("GET", &daemon.url(&format!("/api/v1/runs/{id}")), None)
+                .unwrap();
+            if matches!(
+                run["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                break run;
+            }
+            assert!(Instant::now() < deadline, "run did not end: {run}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(run["status"], "succeeded", "{run}");
+        let (_, history) = http()
+            .send(
+                "GET",
+                &daemon.url(&format!("/api/v1/runs/{id}/history")),
+                None,
+            )
+            .unwrap();
+        let kinds = history_kinds(&history);
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "attempt_finished").count(),
+            2,
+            "{history}"
+        );
+        assert!(!kinds.iter().any(|k| k == "attempt_lost"), "{history}");
+    }
+    daemon.kill();
+    rt.block_on(broker::delete_queues(&[
+        &format!("switchyard.tasks.{queue}"),
+        &format!("{queue}.results"),
+    ]));
+}

@@ -97,6 +97,12 @@ impl Ended {
     }
 }
 
+/// A tracked attempt's end, for [`Remote::run`].
+#[derive(Debug)]
+pub struct Tracking {
+    finished: oneshot::Receiver<Ended>,
+}
+
 /// One attempt the daemon waits for.
 struct Tracked {
     queue: String,
@@ -258,23 +264,14 @@ impl Remote {
         })
     }
 
-    /// Runs one attempt remotely (see the module docs). `timeout` counts
-    /// from the grant (the daemon's clock); `reattach` after a restart.
-    pub async fn run(
-        &self,
-        job: Job,
-        queue: &str,
-        cancel: CancellationToken,
-        timeout: Option<Duration>,
-        start_timeout: Option<Duration>,
-        reattach: bool,
-    ) -> Ended {
-        self.ensure_consuming();
-        let key = job.attempt.clone();
-        let (done, mut finished) = oneshot::channel();
+    /// Registers an attempt before anything can report on it (called in
+    /// the engine thread, so after a restart every re-attached attempt is
+    /// known before the first result is read); [`Remote::run`] goes on.
+    pub fn track(&self, attempt: AttemptRef, queue: &str, reattach: bool) -> Tracking {
+        let (done, finished) = oneshot::channel();
         if let Ok(mut attempts) = self.inner.attempts.lock() {
             attempts.insert(
-                key.clone(),
+                attempt,
                 Tracked {
                     queue: queue.to_string(),
                     owner: None,
@@ -285,6 +282,23 @@ impl Remote {
                 },
             );
         }
+        Tracking { finished }
+    }
+
+    /// Runs one attempt remotely (see the module docs). `timeout` counts
+    /// from the grant (the daemon's clock).
+    pub async fn run(
+        &self,
+        job: Job,
+        queue: &str,
+        tracking: Tracking,
+        cancel: CancellationToken,
+        timeout: Option<Duration>,
+        start_timeout: Option<Duration>,
+    ) -> Ended {
+        self.ensure_consuming();
+        let key = job.attempt.clone();
+        let mut finished = tracking.finished;
         let dispatched = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
@@ -333,12 +347,16 @@ impl Remote {
                     }
                 }
                 _ = ticker.tick() => {
-                    let (owner, seen) = match self.inner.attempts.lock() {
-                        Ok(attempts) => match attempts.get(&key) {
-                            Some(t) => (t.owner.clone(), t.seen),
-                            None => return self.vanished(),
-                        },
-                        Err(_) => return self.vanished(),
+                    let state = self
+                        .inner
+                        .attempts
+                        .lock()
+                        .ok()
+                        .and_then(|attempts| attempts.get(&key).map(|t| (t.owner.clone(), t.seen)));
+                    let Some((owner, seen)) = state else {
+                        // Taken by a result this very moment: its end is
+                        // in `finished` (or it was dropped).
+                        return (&mut finished).await.unwrap_or_else(|_| self.vanished());
                     };
                     if let Some(since) = stop_sent {
                         if since.elapsed() >= CANCEL_GRACE {

@@ -137,15 +137,16 @@ impl EngineLoop {
         };
         // Started before this process: the worker may still run it.
         let reattach = started_at < self.opened_at;
+        let tracking = remote.track(job.attempt.clone(), &queue, reattach);
         let attempt_task = self.tokio.spawn(async move {
             let ended = remote
                 .run(
                     job,
                     &queue,
+                    tracking,
                     token.child_token(),
                     prepared.timeout,
                     prepared.start_timeout,
-                    reattach,
                 )
                 .await;
             let _ = tx.send(Input::RemoteDone {
