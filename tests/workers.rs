@@ -421,3 +421,170 @@ fn a_daemon_sigkilled_while_workers_are_busy_applies_every_result_once_after_res
         &format!("{queue}.results"),
     ]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_with_jobs_and_results_in_flight_finishes_every_run_once() {
+    let Some(_exclusive) = broker::exclusive("workers_broker_restart").await else {
+        return;
+    };
+    let queue = broker::unique("brestart");
+    let project = remote_project(&queue, "500ms");
+    // No retries: a lost or doubled attempt shows.
+    write_workflow(
+        &project.root().join("workflows"),
+        "busy",
+        &json!({"name": "busy", "tasks": [
+            {"id": "a", "queue": queue, "shell": {"script": "sleep 0.3"}},
+            {"id": "b", "after": "a", "queue": queue, "shell": {"script": "sleep 0.3"}}]}),
+    );
+    let daemon = project.start(None).await;
+    let _workers: Vec<Worker> = (0..2)
+        .map(|_| Worker::spawn(project.root(), &queue, 3))
+        .collect();
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        ids.push(start_run(&daemon, "busy", json!({})).await);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let stopped = tokio::task::spawn_blocking(broker::StoppedBroker::stop)
+        .await
+        .unwrap();
+    // More runs while the broker is away: their jobs wait to be published.
+    for _ in 0..5 {
+        ids.push(start_run(&daemon, "busy", json!({})).await);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::spawn_blocking(move || stopped.start())
+        .await
+        .unwrap();
+    for id in &ids {
+        let run = wait_run(&daemon, id, Duration::from_secs(120)).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+        let history = daemon.get(&format!("/api/v1/runs/{id}/history")).await;
+        let kinds = history_kinds(&history);
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "attempt_finished").count(),
+            2,
+            "{history}"
+        );
+        assert!(!kinds.iter().any(|k| k == "attempt_lost"), "{history}");
+    }
+    daemon.stop().await;
+    broker::delete_queues(&[
+        &format!("switchyard.tasks.{queue}"),
+        &format!("{queue}.results"),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_unfinished_attempts_back_and_they_finish_elsewhere() {
+    let Some(_shared) = broker::shared("workers_sigterm").await else {
+        return;
+    };
+    let queue = broker::unique("term");
+    let project = remote_project(&queue, "500ms");
+    // The first attempt would take a minute; the next is quick.
+    write_workflow(
+        &project.root().join("workflows"),
+        "handback",
+        &json!({"name": "handback", "tasks": [{"id": "t", "queue": queue,
+            "retry": {"max_attempts": 2, "delay": "100ms"},
+            "shell": {"script": "echo $$ > \"$MARK\"; if [ \"$SWITCHYARD_ATTEMPT\" = 1 ]; then sleep 60; fi",
+                      "env": {"MARK": "${params.mark}"}}}]}),
+    );
+    let daemon = project.start(None).await;
+    let mut first = Worker::spawn(project.root(), &queue, 1);
+    let mark = project.root().join("first.pid");
+    let id = start_run(&daemon, "handback", json!({"mark": mark.to_str().unwrap()})).await;
+    let pid = wait_file(&mark).await;
+    let _second = Worker::spawn(project.root(), &queue, 1);
+    let stopped_at = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    // The worker exits after its 2 s grace, having stopped the attempt.
+    let status = loop {
+        if let Some(status) = first.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(20),
+            "worker did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        !process_alive(&pid),
+        "the attempt's process outlived its worker"
+    );
+    let run = wait_run(&daemon, &id, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let history = daemon.get(&format!("/api/v1/runs/{id}/history")).await;
+    let lost: Vec<&Value> = history["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == "attempt_lost")
+        .collect();
+    assert_eq!(lost.len(), 1, "{history}");
+    assert!(
+        lost[0]["reason"].as_str().unwrap().contains("handed back"),
+        "{history}"
+    );
+    // Handed back at once, not after the heartbeat window.
+    assert!(stopped_at.elapsed() < Duration::from_secs(10));
+    daemon.stop().await;
+    broker::delete_queues(&[
+        &format!("switchyard.tasks.{queue}"),
+        &format!("{queue}.results"),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_outlasting_many_heartbeat_windows_completes_once() {
+    let Some(_shared) = broker::shared("workers_long").await else {
+        return;
+    };
+    let queue = broker::unique("long");
+    let project = remote_project(&queue, "200ms");
+    let daemon = project.start(None).await;
+    let _worker = Worker::spawn(project.root(), &queue, 1);
+    let mark = project.root().join("long.pid");
+    // 4 s: twenty heartbeat intervals, nearly seven lost windows. The job
+    // was acked at its grant, so no broker ack timeout applies either.
+    let id = start_run(
+        &daemon,
+        "slow",
+        json!({"secs": 4, "mark": mark.to_str().unwrap()}),
+    )
+    .await;
+    wait_file(&mark).await;
+    // While it runs, the broker holds no unacked job for it.
+    let queues = tokio::task::spawn_blocking(|| {
+        broker::ctl(&["list_queues", "name", "messages_unacknowledged"])
+    })
+    .await
+    .unwrap();
+    let line = queues
+        .lines()
+        .find(|l| l.starts_with(&format!("switchyard.tasks.{queue}")))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.split_whitespace().nth(1) == Some("0"),
+        "a job held unacked: {line}"
+    );
+    let run = wait_run(&daemon, &id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["tasks"]["wait"]["attempts"], 1, "{run}");
+    daemon.stop().await;
+    broker::delete_queues(&[
+        &format!("switchyard.tasks.{queue}"),
+        &format!("{queue}.results"),
+    ])
+    .await;
+}

@@ -106,6 +106,12 @@ pub struct Tracking {
 /// One attempt the daemon waits for.
 struct Tracked {
     queue: String,
+    /// When the owner got it (grant, or a re-attached attempt's heartbeat).
+    granted: Option<Instant>,
+    /// The owner's heartbeats stopped listing it although it lives: the
+    /// grant never reached it (a broker restart took its control queue),
+    /// so the job is published again for whoever claims it.
+    republish: bool,
     /// The worker granted it.
     owner: Option<String>,
     /// Last heartbeat (or the grant).
@@ -276,6 +282,8 @@ impl Remote {
                     queue: queue.to_string(),
                     owner: None,
                     seen: Instant::now(),
+                    granted: None,
+                    republish: false,
                     reattached: reattach,
                     stopping: None,
                     done: Some(done),
@@ -352,8 +360,12 @@ impl Remote {
                         .attempts
                         .lock()
                         .ok()
-                        .and_then(|attempts| attempts.get(&key).map(|t| (t.owner.clone(), t.seen)));
-                    let Some((owner, seen)) = state else {
+                        .and_then(|mut attempts| {
+                            attempts.get_mut(&key).map(|t| {
+                                (t.owner.clone(), t.seen, std::mem::take(&mut t.republish))
+                            })
+                        });
+                    let Some((owner, seen, republish)) = state else {
                         // Taken by a result this very moment: its end is
                         // in `finished` (or it was dropped).
                         return (&mut finished).await.unwrap_or_else(|_| self.vanished());
@@ -391,6 +403,19 @@ impl Remote {
                             }
                         }
                         None => {
+                            granted_at = None;
+                            if republish {
+                                let mut again = job.clone();
+                                again.job_id = uuid::Uuid::now_v7().to_string();
+                                if let Err(e) = self.publish_job(queue, &again).await {
+                                    tracing::warn!(attempt = %key, error = %e, "Cannot publish a job again; retrying.");
+                                    if let Ok(mut attempts) = self.inner.attempts.lock()
+                                        && let Some(t) = attempts.get_mut(&key)
+                                    {
+                                        t.republish = true;
+                                    }
+                                }
+                            }
                             if let Some(limit) = start_timeout
                                 && dispatched.elapsed() >= limit
                             {
@@ -758,6 +783,7 @@ impl Remote {
                 }
                 tracked.owner = Some(worker.to_string());
                 tracked.seen = Instant::now();
+                tracked.granted = Some(Instant::now());
             }
         }
         self.inner
@@ -788,6 +814,7 @@ impl Remote {
                         None if tracked.reattached => {
                             tracked.owner = Some(info.worker.clone());
                             tracked.seen = Instant::now();
+                            tracked.granted = Some(Instant::now());
                         }
                         Some(owner) => {
                             stale.push((attempt.clone(), format!("worker {owner} runs it")))
@@ -798,6 +825,24 @@ impl Remote {
                         attempt.clone(),
                         "the attempt is no longer running (lost, cancelled or retried)".into(),
                     )),
+                }
+            }
+        }
+        // Granted to this worker a while ago, yet not in its heartbeat: it
+        // never got the grant. Free the attempt and publish its job again.
+        let settled = self.inner.config.heartbeat * 2;
+        if let Ok(mut attempts) = self.inner.attempts.lock() {
+            for (attempt, tracked) in attempts.iter_mut() {
+                if tracked.owner.as_deref() == Some(info.worker.as_str())
+                    && tracked.stopping.is_none()
+                    && tracked.granted.is_some_and(|g| g.elapsed() >= settled)
+                    && !running.contains(attempt)
+                {
+                    tracing::warn!(attempt = %attempt, worker = %info.worker,
+                        "A granted attempt is not running on its worker (the grant was lost); publishing its job again.");
+                    tracked.owner = None;
+                    tracked.granted = None;
+                    tracked.republish = true;
                 }
             }
         }
