@@ -588,3 +588,98 @@ async fn a_task_outlasting_many_heartbeat_windows_completes_once() {
     ])
     .await;
 }
+
+async fn metric(daemon: &Daemon, line_start: &str) -> f64 {
+    let response = daemon
+        .client
+        .get(daemon.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no `{line_start}` in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_another_protocol_version_are_refused_on_both_sides() {
+    let Some(_shared) = broker::shared("workers_protocol").await else {
+        return;
+    };
+    let queue = broker::unique("proto");
+    let project = remote_project(&queue, "500ms");
+    let daemon = project.start(None).await;
+    let _worker = Worker::spawn(project.root(), &queue, 1);
+    // A first run declares the queues and shows the worker works.
+    let id = start_run(&daemon, "remote3", json!({})).await;
+    assert_eq!(
+        wait_run(&daemon, &id, Duration::from_secs(30)).await["status"],
+        "succeeded"
+    );
+    let connection = broker::connect().await;
+    let channel = broker::confirm_channel(&connection).await;
+    let future = |kind: &str| {
+        json!({"protocol": 2, "type": kind, "worker": "from-the-future", "job_id": "j",
+               "run_id": "01890000-0000-7000-8000-000000000000", "task": "a", "attempt": 1,
+               "workflow": "remote3", "kind": "shell", "config": {}, "started_at": 0,
+               "heartbeat_ms": 1000, "reply_to": format!("{queue}.results")})
+        .to_string()
+    };
+    for (routing_key, body) in [
+        (format!("{queue}.results"), future("claim")),
+        (format!("{queue}.results"), "not json".to_string()),
+        (format!("switchyard.tasks.{queue}"), future("job")),
+    ] {
+        channel
+            .basic_publish(
+                "".into(),
+                routing_key.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                body.as_bytes(),
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let _ = connection.close(200, "done".into()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&daemon, "switchyard_remote_refused_total").await < 2.0 {
+        assert!(Instant::now() < deadline, "the daemon did not refuse them");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The worker refused the future job (not requeued) and goes on.
+    let id = start_run(&daemon, "remote3", json!({})).await;
+    assert_eq!(
+        wait_run(&daemon, &id, Duration::from_secs(30)).await["status"],
+        "succeeded"
+    );
+    let queues = tokio::task::spawn_blocking(|| broker::ctl(&["list_queues", "name", "messages"]))
+        .await
+        .unwrap();
+    let line = queues
+        .lines()
+        .find(|l| l.starts_with(&format!("switchyard.tasks.{queue}")))
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    assert_eq!(metric(&daemon, "switchyard_workers ").await, 1.0);
+    assert!(
+        metric(
+            &daemon,
+            "switchyard_remote_claims_total{answer=\"granted\"}"
+        )
+        .await
+            >= 6.0
+    );
+    daemon.stop().await;
+    broker::delete_queues(&[
+        &format!("switchyard.tasks.{queue}"),
+        &format!("{queue}.results"),
+    ])
+    .await;
+}

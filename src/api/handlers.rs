@@ -462,6 +462,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         get(&state.runtime.gauges().runs),
         get(&state.runtime.gauges().timers),
     );
+    let mut text = text;
+    if let Some(remote) = &state.remote {
+        text.push_str(&remote.prometheus());
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

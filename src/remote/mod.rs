@@ -270,6 +270,92 @@ impl Remote {
         })
     }
 
+    /// The remote section of `/metrics` (Prometheus text).
+    pub fn prometheus(&self) -> String {
+        let m = &self.inner.metrics;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let window = self.lost_after();
+        let mut workers = String::new();
+        let mut alive = 0;
+        if let Ok(seen) = self.inner.workers.lock() {
+            for w in seen.values().filter(|w| w.last.elapsed() <= window) {
+                alive += 1;
+                workers.push_str(&format!(
+                    "switchyard_worker_running{{worker=\"{}\"}} {}\n\
+                     switchyard_worker_concurrency{{worker=\"{}\"}} {}\n\
+                     switchyard_worker_heartbeat_age_seconds{{worker=\"{}\"}} {:.3}\n",
+                    w.info.worker,
+                    w.running.len(),
+                    w.info.worker,
+                    w.info.concurrency,
+                    w.info.worker,
+                    w.last.elapsed().as_secs_f64(),
+                ));
+            }
+        }
+        let mut waiting: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        if let Ok(attempts) = self.inner.attempts.lock() {
+            for t in attempts.values() {
+                let entry = waiting.entry(t.queue.clone()).or_default();
+                if t.owner.is_some() {
+                    entry.1 += 1;
+                } else {
+                    entry.0 += 1;
+                }
+            }
+        }
+        let mut queues = String::new();
+        for (queue, (waiting, running)) in &waiting {
+            queues.push_str(&format!(
+                "switchyard_remote_jobs_waiting{{queue=\"{queue}\"}} {waiting}\n\
+                 switchyard_remote_attempts_running{{queue=\"{queue}\"}} {running}\n"
+            ));
+        }
+        format!(
+            "# HELP switchyard_remote_jobs_published_total Remote jobs published (confirmed).\n\
+             # TYPE switchyard_remote_jobs_published_total counter\n\
+             switchyard_remote_jobs_published_total {}\n\
+             # HELP switchyard_remote_claims_total Workers' claims, by answer.\n\
+             # TYPE switchyard_remote_claims_total counter\n\
+             switchyard_remote_claims_total{{answer=\"granted\"}} {}\n\
+             switchyard_remote_claims_total{{answer=\"denied\"}} {}\n\
+             # HELP switchyard_remote_results_total Results received from workers.\n\
+             # TYPE switchyard_remote_results_total counter\n\
+             switchyard_remote_results_total {}\n\
+             # HELP switchyard_remote_late_results_total Results for attempts no longer running, dropped.\n\
+             # TYPE switchyard_remote_late_results_total counter\n\
+             switchyard_remote_late_results_total {}\n\
+             # HELP switchyard_remote_lost_total Remote attempts lost (heartbeats stopped).\n\
+             # TYPE switchyard_remote_lost_total counter\n\
+             switchyard_remote_lost_total {}\n\
+             # HELP switchyard_remote_refused_total Messages on the result queue refused (bad JSON, another protocol version).\n\
+             # TYPE switchyard_remote_refused_total counter\n\
+             switchyard_remote_refused_total {}\n\
+             # HELP switchyard_workers Workers heard from within the lost window.\n\
+             # TYPE switchyard_workers gauge\n\
+             switchyard_workers {alive}\n\
+             # HELP switchyard_worker_running Attempts a worker runs, by its last heartbeat.\n\
+             # TYPE switchyard_worker_running gauge\n\
+             # HELP switchyard_worker_concurrency A worker's --concurrency.\n\
+             # TYPE switchyard_worker_concurrency gauge\n\
+             # HELP switchyard_worker_heartbeat_age_seconds Time since a worker's last heartbeat.\n\
+             # TYPE switchyard_worker_heartbeat_age_seconds gauge\n\
+             {workers}\
+             # HELP switchyard_remote_jobs_waiting Remote attempts published and not yet started, by queue.\n\
+             # TYPE switchyard_remote_jobs_waiting gauge\n\
+             # HELP switchyard_remote_attempts_running Remote attempts started and not ended, by queue.\n\
+             # TYPE switchyard_remote_attempts_running gauge\n\
+             {queues}",
+            get(&m.jobs_published),
+            get(&m.claims_granted),
+            get(&m.claims_denied),
+            get(&m.results),
+            get(&m.late_results),
+            get(&m.lost),
+            get(&m.refused),
+        )
+    }
+
     /// Registers an attempt before anything can report on it (called in
     /// the engine thread, so after a restart every re-attached attempt is
     /// known before the first result is read); [`Remote::run`] goes on.
