@@ -23,7 +23,17 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) fn spawn(project: &Path, queue: &str, concurrency: usize) -> Self {
+        Self::spawn_with_env(project, queue, concurrency, &[])
+    }
+
+    pub(crate) fn spawn_with_env(
+        project: &Path,
+        queue: &str,
+        concurrency: usize,
+        env: &[(&str, &str)],
+    ) -> Self {
         let child = Command::new(bin())
+            .envs(env.iter().copied())
             .current_dir(project)
             .args([
                 "worker",
@@ -675,6 +685,62 @@ async fn messages_of_another_protocol_version_are_refused_on_both_sides() {
         )
         .await
             >= 6.0
+    );
+    daemon.stop().await;
+    broker::delete_queues(&[
+        &format!("switchyard.tasks.{queue}"),
+        &format!("{queue}.results"),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_read_on_the_worker_never_reaches_the_daemon() {
+    let Some(_shared) = broker::shared("workers_secret").await else {
+        return;
+    };
+    let queue = broker::unique("secret");
+    let project = Project::with_config(
+        &[],
+        &[],
+        json!({"workers": {"heartbeat": "500ms", "results_queue": format!("{queue}.results")},
+               "secrets": {"token": {"worker": "SY_WORKER_TOKEN"}}}),
+    );
+    let flows = project.root().join("workflows");
+    let out = project.root().join("seen.txt");
+    write_workflow(
+        &flows,
+        "uses_token",
+        &json!({"name": "uses_token", "tasks": [
+            {"id": "remote", "queue": queue,
+             "shell": {"script": "printf '%s' \"$TOKEN\" > \"$OUT\"; echo \"token=$TOKEN\"",
+                       "env": {"TOKEN": "${secrets.token}", "OUT": out.to_str().unwrap()}}},
+            {"id": "local", "after": "remote",
+             "shell": {"command": ["echo", "${secrets.token}"]}}]}),
+    );
+    let value = "worker-only-4f9c2b7e1d";
+    let daemon = project.start(None).await;
+    let _worker = Worker::spawn_with_env(project.root(), &queue, 1, &[("SY_WORKER_TOKEN", value)]);
+    let id = start_run(&daemon, "uses_token", json!({})).await;
+    let run = wait_run(&daemon, &id, Duration::from_secs(30)).await;
+    // The worker used the real value...
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), value);
+    assert_eq!(run["tasks"]["remote"]["status"], "succeeded", "{run}");
+    // ...and it is in nothing the daemon recorded.
+    let logs = daemon
+        .get(&format!("/api/v1/runs/{id}/tasks/remote/logs"))
+        .await;
+    let history = daemon.get(&format!("/api/v1/runs/{id}/history")).await;
+    for text in [logs.to_string(), history.to_string(), run.to_string()] {
+        assert!(!text.contains(value), "{text}");
+    }
+    assert!(logs.to_string().contains("token="), "{logs}");
+    // A task on the daemon cannot use it, and says why.
+    assert_eq!(run["tasks"]["local"]["status"], "failed", "{run}");
+    let error = run["tasks"]["local"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("secret `token` is read by remote workers only"),
+        "{error}"
     );
     daemon.stop().await;
     broker::delete_queues(&[

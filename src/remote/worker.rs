@@ -558,19 +558,27 @@ async fn run_attempt(shared: Arc<Shared>, job: Job) {
             },
         );
     }
-    let outcome = match executors::kind_name(&job.kind) {
-        Some("workflow") | None => AttemptOutcome::permanent_failure(format!(
+    // Secrets this worker reads itself, and redacts like the others.
+    let mut config = job.config.clone();
+    let mut redact = job.redact.clone();
+    let resolved = crate::spec::config::resolve_worker_secrets(&mut config);
+    if let Ok(values) = &resolved {
+        redact.extend(values.iter().cloned());
+    }
+    let secrets = Arc::new(crate::spec::Secrets::from_values(
+        redact
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("redact{i}"), v.clone()))
+            .collect(),
+    ));
+    let outcome = match (executors::kind_name(&job.kind), resolved) {
+        (_, Err(e)) => AttemptOutcome::permanent_failure(e),
+        (Some("workflow") | None, _) => AttemptOutcome::permanent_failure(format!(
             "task kind `{}` cannot run on a worker",
             job.kind
         )),
-        Some(kind) => {
-            let secrets = crate::spec::Secrets::from_values(
-                job.redact
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| (format!("redact{i}"), v.clone()))
-                    .collect(),
-            );
+        (Some(kind), Ok(_)) => {
             let ctx = AttemptContext {
                 run_id: job.attempt.run_id,
                 workflow: job.workflow.as_str().into(),
@@ -581,19 +589,27 @@ async fn run_attempt(shared: Arc<Shared>, job: Job) {
                 scratch_dir: shared.scratch_dir.clone(),
                 broker: Some(shared.broker.clone()),
                 processes: shared.processes.clone(),
-                secrets: Arc::new(secrets),
+                secrets: Arc::clone(&secrets),
                 databases: executors::sql::Databases::new(Default::default(), "."),
                 children: None,
             };
             let timeout = job.timeout_ms.map(Duration::from_millis);
-            let execution =
-                tokio::spawn(executors::execute(kind, job.config.clone(), ctx, timeout));
+            let execution = tokio::spawn(executors::execute(kind, config, ctx, timeout));
             match execution.await {
                 Ok(outcome) => outcome,
                 Err(e) => AttemptOutcome::permanent_failure(format!("executor failed: {e}")),
             }
         }
     };
+    // What leaves the worker never holds a secret it read.
+    let mut outcome = outcome;
+    secrets.redact_json(&mut outcome.output);
+    outcome.stdout = secrets.redact(&outcome.stdout);
+    outcome.error = outcome.error.map(|e| secrets.redact(&e));
+    if let Some(logs) = &mut outcome.logs {
+        logs.stdout = secrets.redact(&logs.stdout);
+        logs.stderr = secrets.redact(&logs.stderr);
+    }
     let stop = stopped.lock().ok().and_then(|s| s.clone());
     let message = match stop {
         Some((reason, true)) => FromWorker::Handback {

@@ -42,6 +42,19 @@ impl EngineLoop {
                     self.start_remote(run_id, task, attempt, started_at, prepared, token);
                     return;
                 }
+                if let Some(secret) = crate::spec::config::worker_secret_used(&prepared.config) {
+                    self.attempts.remove(&(run_id, task, attempt));
+                    let _ = tx.send(Input::AttemptDone {
+                        run_id,
+                        task,
+                        attempt,
+                        outcome: AttemptOutcome::permanent_failure(format!(
+                            "secret `{secret}` is read by remote workers only (`{{\"worker\": …}}` \
+                             in switchyard.json): give the task a `queue`"
+                        )),
+                    });
+                    return;
+                }
                 let ctx = AttemptContext {
                     run_id,
                     workflow: prepared.workflow,

@@ -129,6 +129,56 @@ pub enum SecretSource {
     Env(String),
     /// Read from this file (trailing newline trimmed).
     File(PathBuf),
+    /// Read by the remote worker that runs the task, from this environment
+    /// variable of its own: the daemon never holds the value. Only tasks
+    /// with a `queue` can use it.
+    Worker(String),
+}
+
+/// What a worker-resolved secret renders to on the daemon: a marker the
+/// worker replaces with the value of its environment variable `var`.
+pub fn worker_secret_marker(name: &str, var: &str) -> String {
+    format!("\u{1}sy-secret:{name}:{var}\u{1}")
+}
+
+/// The first worker-resolved secret a rendered config uses, if any (a task
+/// running on the daemon cannot use one).
+pub fn worker_secret_used(config: &serde_json::Value) -> Option<String> {
+    let text = config.to_string();
+    let start = text.find("\\u0001sy-secret:")? + "\\u0001sy-secret:".len();
+    let name = text[start..].split(':').next()?;
+    Some(name.to_string())
+}
+
+/// Replaces the worker-secret markers in a rendered config with the
+/// values of this process's environment; returns the values (to redact).
+pub fn resolve_worker_secrets(config: &mut serde_json::Value) -> Result<Vec<String>, String> {
+    fn walk(value: &mut serde_json::Value, found: &mut Vec<String>) -> Result<(), String> {
+        match value {
+            serde_json::Value::String(text) => {
+                while let Some(start) = text.find("\u{1}sy-secret:") {
+                    let rest = &text[start + "\u{1}sy-secret:".len()..];
+                    let end = rest.find('\u{1}').ok_or("a malformed secret marker")?;
+                    let (name, var) = rest[..end]
+                        .split_once(':')
+                        .ok_or("a malformed secret marker")?;
+                    let secret = std::env::var(var).map_err(|_| {
+                        format!("secret `{name}`: environment variable `{var}` is not set on this worker")
+                    })?;
+                    let marker_len = "\u{1}sy-secret:".len() + end + 1;
+                    text.replace_range(start..start + marker_len, &secret);
+                    found.push(secret);
+                }
+                Ok(())
+            }
+            serde_json::Value::Array(items) => items.iter_mut().try_for_each(|v| walk(v, found)),
+            serde_json::Value::Object(map) => map.values_mut().try_for_each(|v| walk(v, found)),
+            _ => Ok(()),
+        }
+    }
+    let mut found = Vec::new();
+    walk(config, &mut found)?;
+    Ok(found)
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -437,6 +487,7 @@ impl Secrets {
                 SecretSource::File(path) => std::fs::read_to_string(path)
                     .map(|text| text.trim_end_matches(['\n', '\r']).to_string())
                     .map_err(|e| format!("secret `{name}`: cannot read {}: {e}", path.display())),
+                SecretSource::Worker(var) => Ok(worker_secret_marker(name, var)),
             };
             match value {
                 Ok(value) => {
