@@ -660,3 +660,65 @@ fn the_reference_names_every_key_kind_and_command() {
     }
     assert!(missing.is_empty(), "not in docs/REFERENCE.md: {missing:?}");
 }
+
+#[test]
+fn remote_task_keys_are_checked_where_they_are_written() {
+    let text = invalid(json!({"name": "wf", "tasks": [
+        {"id": "child", "queue": "etl", "workflow": {"name": "other"}},
+    ]}));
+    assert!(
+        text.contains("tasks[0].queue") && text.contains("runs on the daemon"),
+        "{text}"
+    );
+    let text = invalid(json!({"name": "wf", "tasks": [
+        {"id": "a", "start_timeout": "1m", "shell": {"command": ["true"]}},
+    ]}));
+    assert!(
+        text.contains("tasks[0].start_timeout") && text.contains("give the task a `queue`"),
+        "{text}"
+    );
+    let text = invalid(
+        json!({"name": "wf", "defaults": {"queue": "etl", "start_timeout": "soon"}, "tasks": [
+            {"id": "a", "shell": {"command": ["true"]}},
+        ]}),
+    );
+    assert!(text.contains("defaults.start_timeout"), "{text}");
+    let long = "q".repeat(250);
+    let text = invalid(json!({"name": "wf", "tasks": [
+        {"id": "a", "queue": long, "shell": {"command": ["true"]}},
+    ]}));
+    assert!(
+        text.contains("tasks[0].queue") && text.contains("255"),
+        "{text}"
+    );
+    let text = invalid(json!({"name": "wf", "tasks": [
+        {"id": "a", "queue": " ", "shell": {"command": ["true"]}},
+    ]}));
+    assert!(text.contains("must not be empty"), "{text}");
+}
+
+#[test]
+fn a_bad_workers_section_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    for (config, want) in [
+        (
+            json!({"workers": {"heartbeat": "10ms"}}),
+            "workers.heartbeat",
+        ),
+        (
+            json!({"workers": {"heartbeat": "often"}}),
+            "workers.heartbeat",
+        ),
+        (
+            json!({"workers": {"results_queue": ""}}),
+            "workers.results_queue",
+        ),
+        (json!({"workers": {"results": "x"}}), "results"),
+    ] {
+        std::fs::write(dir.path().join("switchyard.json"), config.to_string()).unwrap();
+        let out = switchyard(dir.path(), &["validate"]);
+        assert_eq!(out.status.code(), Some(2), "{config}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{config}: {}", stderr(&out));
+    }
+}
