@@ -362,9 +362,13 @@ fn a_daemon_sigkilled_while_workers_are_busy_applies_every_result_once_after_res
     )
     .unwrap();
     // No retries: a lost or doubled attempt shows.
+    let executions = root.join("executions.log");
     let step = |id: &str, after: Option<&str>| {
         let mut task = json!({"id": id, "queue": queue,
-            "shell": {"script": "sleep 0.4; echo \"{\\\"n\\\": $SWITCHYARD_ATTEMPT}\" > \"$SWITCHYARD_OUTPUT\""}});
+            "shell": {"script": "echo \"$SWITCHYARD_RUN_ID $SWITCHYARD_TASK $SWITCHYARD_ATTEMPT\" >> \"$EXECUTIONS\"; sleep \"$SECS\"",
+                      // The first task still runs when the daemon is back.
+                      "env": {"EXECUTIONS": executions.to_str().unwrap(),
+                              "SECS": if after.is_none() { "3" } else { "0.4" }}}});
         if let Some(after) = after {
             task["after"] = json!(after);
         }
@@ -425,6 +429,19 @@ fn a_daemon_sigkilled_while_workers_are_busy_applies_every_result_once_after_res
         );
         assert!(!kinds.iter().any(|k| k == "attempt_lost"), "{history}");
     }
+    // Republished jobs (after the restart) had time to be claimed: every
+    // attempt's script still ran exactly once.
+    std::thread::sleep(Duration::from_secs(4));
+    let log = std::fs::read_to_string(&executions).unwrap();
+    let mut seen = BTreeMap::new();
+    for line in log.lines() {
+        *seen.entry(line.to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), ids.len() * 2, "{log}");
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "an attempt ran twice: {seen:?}"
+    );
     daemon.kill();
     rt.block_on(broker::delete_queues(&[
         &format!("switchyard.tasks.{queue}"),

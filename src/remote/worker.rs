@@ -503,6 +503,18 @@ async fn take_job(
     if let Ok(mut targets) = shared.reply_to.lock() {
         targets.insert(job.reply_to.clone());
     }
+    // A job published again (after a daemon restart) for an attempt this
+    // worker already runs: the attempt is not started twice.
+    let runs_it = || {
+        shared
+            .running
+            .lock()
+            .is_ok_and(|running| running.contains_key(&job.attempt))
+    };
+    if runs_it() {
+        let _ = delivery.ack(BasicAckOptions::default()).await;
+        return;
+    }
     shared
         .heartbeat_ms
         .fetch_min(job.heartbeat_ms.max(100), Ordering::Relaxed);
@@ -545,10 +557,17 @@ async fn take_job(
 }
 
 async fn run_attempt(shared: Arc<Shared>, job: Job) {
-    shared.started.fetch_add(1, Ordering::Relaxed);
     let cancel = CancellationToken::new();
     let stopped = Arc::new(Mutex::new(None));
-    if let Ok(mut running) = shared.running.lock() {
+    {
+        let Ok(mut running) = shared.running.lock() else {
+            return;
+        };
+        // Checked and taken at once: an attempt granted twice to this
+        // worker (two copies of its job) runs once.
+        if running.contains_key(&job.attempt) {
+            return;
+        }
         running.insert(
             job.attempt.clone(),
             Running {
@@ -558,6 +577,7 @@ async fn run_attempt(shared: Arc<Shared>, job: Job) {
             },
         );
     }
+    shared.started.fetch_add(1, Ordering::Relaxed);
     // Secrets this worker reads itself, and redacts like the others.
     let mut config = job.config.clone();
     let mut redact = job.redact.clone();
