@@ -766,3 +766,59 @@ async fn a_secret_read_on_the_worker_never_reaches_the_daemon() {
     ])
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_at_most_its_concurrency_at_once() {
+    let Some(_shared) = broker::shared("workers_concurrency").await else {
+        return;
+    };
+    let queue = broker::unique("conc");
+    let project = remote_project(&queue, "200ms");
+    let daemon = project.start(None).await;
+    let _worker = Worker::spawn(project.root(), &queue, 2);
+    let marks = project.root().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let mark = marks.join(format!("{i}.pid"));
+        ids.push(
+            start_run(
+                &daemon,
+                "slow",
+                json!({"secs": 1, "mark": mark.to_str().unwrap()}),
+            )
+            .await,
+        );
+    }
+    let started = Instant::now();
+    let mut most = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let workers = daemon.get("/api/v1/workers").await;
+        if let Some(worker) = workers["workers"].as_array().unwrap().first() {
+            most = most.max(worker["running"].as_array().unwrap().len());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &ids {
+        assert_eq!(
+            wait_run(&daemon, id, Duration::from_secs(60)).await["status"],
+            "succeeded"
+        );
+    }
+    assert_eq!(
+        most, 2,
+        "at most --concurrency attempts at once, and that many"
+    );
+    // Six one-second tasks two at a time: three rounds.
+    assert!(
+        started.elapsed() >= Duration::from_millis(2800),
+        "{:?}",
+        started.elapsed()
+    );
+    daemon.stop().await;
+    broker::delete_queues(&[
+        &format!("switchyard.tasks.{queue}"),
+        &format!("{queue}.results"),
+    ])
+    .await;
+}

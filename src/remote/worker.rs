@@ -65,7 +65,16 @@ struct Running {
 
 struct Shared {
     info: WorkerInfo,
+    /// Results and handbacks (persistent): their confirms wait for the
+    /// broker's disk.
     out: Broker,
+    /// Claims and heartbeats, on a connection of their own, so they never
+    /// queue behind a result's confirm.
+    chatter: Broker,
+    /// `--concurrency`: a job is claimed only with a permit, held until its
+    /// attempt is reported (jobs are acked at the grant, so the broker's
+    /// prefetch alone would not bound them).
+    slots: Arc<tokio::sync::Semaphore>,
     pending: Mutex<HashMap<String, oneshot::Sender<ToWorker>>>,
     running: Mutex<HashMap<AttemptRef, Running>>,
     reply_to: Mutex<BTreeSet<String>>,
@@ -89,13 +98,13 @@ impl Shared {
             return;
         };
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let broker = if persistent { &self.out } else { &self.chatter };
         loop {
             let properties = BasicProperties::default()
                 .with_content_type("application/json".into())
                 .with_delivery_mode(if persistent { 2 } else { 1 })
                 .with_headers(protocol::headers());
-            let result = self
-                .out
+            let result = broker
                 .publish(Outgoing {
                     exchange: String::new(),
                     routing_key: reply_to.to_string(),
@@ -164,6 +173,8 @@ pub async fn run(options: WorkerOptions, stop: CancellationToken) -> Result<(), 
             started_at: crate::time::format(crate::time::now()),
         },
         out: Broker::with_endpoint(Ok(options.endpoint.clone()), None),
+        chatter: Broker::with_endpoint(Ok(options.endpoint.clone()), None),
+        slots: Arc::new(tokio::sync::Semaphore::new(options.concurrency)),
         pending: Mutex::new(HashMap::new()),
         running: Mutex::new(HashMap::new()),
         reply_to: Mutex::new(BTreeSet::new()),
@@ -518,6 +529,15 @@ async fn take_job(
     shared
         .heartbeat_ms
         .fetch_min(job.heartbeat_ms.max(100), Ordering::Relaxed);
+    // A free slot first (waiting here keeps the job unacked, so the broker
+    // may give it to an idle worker when this session ends).
+    let permit = tokio::select! {
+        permit = Arc::clone(&shared.slots).acquire_owned() => match permit {
+            Ok(permit) => permit,
+            Err(_) => return,
+        },
+        _ = session.cancelled() => return,
+    };
     // Claim, and wait for the answer (asking again now and then: a claim
     // or its answer may be lost, or the daemon may be restarting).
     let (answer_tx, mut answer) = oneshot::channel();
@@ -547,6 +567,7 @@ async fn take_job(
         Some(ToWorker::Grant { .. }) => {
             let _ = delivery.ack(BasicAckOptions::default()).await;
             run_attempt(shared, job).await;
+            drop(permit);
         }
         Some(ToWorker::Deny { reason, .. }) => {
             tracing::info!(attempt = %job.attempt, reason, "Claim denied; job dropped.");
