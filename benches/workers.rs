@@ -180,6 +180,25 @@ fn main() {
             rates.push((processes, concurrency, rate));
         }
 
+        // The same backlog run by the daemon itself: what spawning the
+        // process costs on this machine, with no broker in the way.
+        let started = Instant::now();
+        let mut ends = Vec::new();
+        for _ in 0..BACKLOG {
+            let handle = handle.clone();
+            let wf = Arc::clone(&local1);
+            ends.push(tokio::spawn(async move {
+                handle.run_to_end(wf, Map::new(), None, |_| {}).await
+            }));
+        }
+        for end in ends {
+            assert_eq!(end.await.unwrap().unwrap().status.as_str(), "succeeded");
+        }
+        println!(
+            "  local (in the daemon, max_parallel_tasks 64): {:>7.0} tasks/s",
+            BACKLOG as f64 / started.elapsed().as_secs_f64()
+        );
+
         println!("latency, {SEQUENTIAL} runs one after another (start to end, as the caller sees it):");
         let workers = vec![worker(root, &queue, 1)];
         tokio::time::sleep(Duration::from_secs(1)).await;
