@@ -5,6 +5,7 @@
 //! mapping ([`Error`]); 5xx bodies carry no internals.
 
 mod events;
+mod follow;
 mod handlers;
 mod hooks;
 mod operations;
