@@ -40,7 +40,9 @@ pub fn follow(state: AppState, run_id: RunId, task: String) -> Response {
         }
     });
     let events = futures_lite::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|event| (Ok::<_, Infallible>(event), rx))
+        rx.recv()
+            .await
+            .map(|event| (Ok::<_, Infallible>(event), rx))
     });
     Sse::new(events)
         .keep_alive(KeepAlive::default())

@@ -102,10 +102,12 @@ impl Client {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the server at {}: {e} (is `switchyard serve` running? use --server)", self.base))?;
+        let mut response = request.send().await.map_err(|e| {
+            format!(
+                "cannot reach the server at {}: {e} (is `switchyard serve` running? use --server)",
+                self.base
+            )
+        })?;
         let status = response.status();
         if !status.is_success() {
             let body: Value = response.json().await.unwrap_or_default();
@@ -164,7 +166,11 @@ impl SseParser {
                         data.pop();
                     }
                     let name = std::mem::take(&mut self.event);
-                    let name = if name.is_empty() { "message".into() } else { name };
+                    let name = if name.is_empty() {
+                        "message".into()
+                    } else {
+                        name
+                    };
                     events.push((name, data));
                 }
                 self.event.clear();

@@ -280,7 +280,12 @@ impl OutputPrinter {
         let mut lines: Vec<&str> = text.split('\n').collect();
         let last = lines.pop().unwrap_or_default().to_string();
         for line in lines {
-            self.line(&key.0, key.1, key.2, line.strip_suffix('\r').unwrap_or(line));
+            self.line(
+                &key.0,
+                key.1,
+                key.2,
+                line.strip_suffix('\r').unwrap_or(line),
+            );
         }
         if !last.is_empty() {
             self.partial.insert(key, last);

@@ -458,7 +458,9 @@ async fn follow_logs(client: &Client, id: &str, task: &str, as_json: bool) -> Ex
                     let info: Value = serde_json::from_str(data).unwrap_or_default();
                     match info["bytes"].as_u64() {
                         Some(bytes) => eprintln!("[switchyard] {bytes} bytes of output not shown"),
-                        None => eprintln!("[switchyard] earlier output was cut (only the tail is kept)"),
+                        None => {
+                            eprintln!("[switchyard] earlier output was cut (only the tail is kept)")
+                        }
                     }
                 }
                 "end" => {
@@ -482,7 +484,9 @@ async fn follow_logs(client: &Client, id: &str, task: &str, as_json: bool) -> Ex
     if !as_json {
         let attempts = end["attempts"].as_u64().unwrap_or(0);
         match end["error"].as_str() {
-            Some(error) => eprintln!("[switchyard] task {task} {status} after {attempts} attempt(s): {error}"),
+            Some(error) => {
+                eprintln!("[switchyard] task {task} {status} after {attempts} attempt(s): {error}")
+            }
             None => eprintln!("[switchyard] task {task} {status} after {attempts} attempt(s)"),
         }
     }

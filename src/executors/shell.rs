@@ -210,8 +210,7 @@ impl Kind for Shell {
         let (stdout, stdout_truncated) = take_tail(&stdout_buf);
         let (mut stderr, stderr_truncated) = take_tail(&stderr_buf);
         if leftover {
-            let note =
-                "\n[switchyard] killed processes left holding stdout/stderr after the task exited\n";
+            let note = "\n[switchyard] killed processes left holding stdout/stderr after the task exited\n";
             stderr.push_str(note);
             if let Some(live) = &ctx.live {
                 live.note(Stream::Stderr, note);

@@ -481,13 +481,17 @@ impl Secrets {
                 .rev()
                 .find(|&k| {
                     let end = &bytes[bytes.len() - k..];
-                    self.patterns.iter().any(|p| p.len() > k && p.as_bytes().starts_with(end))
+                    self.patterns
+                        .iter()
+                        .any(|p| p.len() > k && p.as_bytes().starts_with(end))
                 })
                 .unwrap_or(0);
             cut = bytes.len() - held;
             // Never inside a character: a sequence still incomplete at the
             // cut waits for its last bytes.
-            if let Some(lead) = (cut.saturating_sub(3)..cut).rev().find(|&i| bytes[i] & 0xC0 != 0x80)
+            if let Some(lead) = (cut.saturating_sub(3)..cut)
+                .rev()
+                .find(|&i| bytes[i] & 0xC0 != 0x80)
                 && std::str::from_utf8(&bytes[lead..cut]).is_err_and(|e| e.error_len().is_none())
             {
                 cut = lead;
