@@ -878,3 +878,48 @@ fn run_output_streams_each_tasks_lines_live_prefixed_and_redacted() {
     );
     assert!(text.starts_with("run "), "{text}");
 }
+
+/// Every subcommand and argument of every command says what it is for in
+/// `--help` (clap's own `--help` / `--version` aside).
+#[test]
+fn every_command_and_argument_has_help() {
+    use clap::CommandFactory;
+    fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") || arg.is_hide_set() {
+                continue;
+            }
+            let said = arg
+                .get_help()
+                .or(arg.get_long_help())
+                .is_some_and(|h| !h.to_string().trim().is_empty());
+            if !said {
+                missing.push(format!("{path} <{id}>"));
+            }
+        }
+        for sub in command.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            let here = format!("{path} {}", sub.get_name());
+            let said = sub
+                .get_about()
+                .or(sub.get_long_about())
+                .is_some_and(|h| !h.to_string().trim().is_empty());
+            if !said {
+                missing.push(here.clone());
+            }
+            walk(sub, &here, missing);
+        }
+    }
+    let mut missing = Vec::new();
+    let mut command = switchyard::cli::Cli::command();
+    command.build();
+    walk(&command, "switchyard", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "without a help text:\n  {}",
+        missing.join("\n  ")
+    );
+}

@@ -29,10 +29,13 @@ pub struct Target {
 pub enum RunsCommand {
     /// Runs, newest first.
     List {
+        /// Only runs of this workflow.
         #[arg(long)]
         workflow: Option<String>,
+        /// Only runs in this status: queued, running, succeeded, failed, cancelled.
         #[arg(long)]
         status: Option<String>,
+        /// At most this many runs (the server allows 1 to 1000).
         #[arg(long, default_value_t = 20)]
         limit: usize,
         /// Only runs older than this run id (paging).
@@ -40,9 +43,15 @@ pub enum RunsCommand {
         before: Option<String>,
     },
     /// One run's record.
-    Show { id: String },
+    Show {
+        /// The run's id.
+        id: String,
+    },
     /// A run's transitions, as recorded.
-    History { id: String },
+    History {
+        /// The run's id.
+        id: String,
+    },
     /// The captured stdout/stderr of a task, per attempt.
     Logs {
         /// The run's id.
@@ -57,6 +66,7 @@ pub enum RunsCommand {
     },
     /// Start a rerun: from the failed tasks, or from `--from TASK`.
     Rerun {
+        /// The id of the run to rerun.
         id: String,
         /// `failed` (the failed tasks and what follows them) or a task id.
         #[arg(long, default_value = "failed")]
@@ -67,7 +77,10 @@ pub enum RunsCommand {
         params: Vec<String>,
     },
     /// Cancel an active run.
-    Cancel { id: String },
+    Cancel {
+        /// The run's id.
+        id: String,
+    },
 }
 
 pub fn main(config_path: &Path, target: &Target, command: &RunsCommand) -> ExitCode {
