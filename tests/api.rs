@@ -671,3 +671,36 @@ async fn following_an_ended_tasks_logs_streams_them_as_server_sent_events() {
     }
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_typed_query_and_body_values_are_named_without_rust_types() {
+    let f = Fixture::new(None).await;
+    for uri in [
+        "/api/v1/runs?limit=abc",
+        "/api/v1/runs?limit=-5",
+        "/api/v1/events?limit=ten",
+    ] {
+        let (status, body) = f.get(uri).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "limit");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("expected a whole number ≥ 0") && !message.contains("usize"),
+            "{message}"
+        );
+    }
+    // A binding in a request body is read like a binding file.
+    let (status, body) = f
+        .post(
+            "/api/v1/bindings/backtest",
+            r#"{"binding": {"name": "x", "on": {"api": {}}, "workflow": "quick", "max_body": "big"}}"#,
+        )
+        .await;
+    assert!(status.is_client_error(), "{status} {body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("max_body: invalid type: string \"big\", expected a whole number ≥ 0"),
+        "{message}"
+    );
+    assert!(!message.contains("usize"), "{message}");
+    f.shutdown().await;
+}

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -154,7 +154,7 @@ pub struct ListQuery {
 
 pub async fn list_runs(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    super::ApiQuery(query): super::ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, Error> {
     let limit = super::page_limit(query.limit)?;
     let status: Option<RunStatus> = match &query.status {
@@ -244,7 +244,7 @@ pub struct LogsQuery {
 pub async fn task_logs(
     State(state): State<AppState>,
     Path((id, task)): Path<(String, String)>,
-    Query(query): Query<LogsQuery>,
+    super::ApiQuery(query): super::ApiQuery<LogsQuery>,
 ) -> Result<Response, Error> {
     let follow = match query.follow.as_deref() {
         None | Some("false" | "0") => false,

@@ -220,7 +220,7 @@ async fn run<K: Kind>(config: Value, ctx: AttemptContext) -> AttemptOutcome {
             "invalid {} config after rendering templates at `{}`: {}",
             K::NAME,
             e.path(),
-            e.inner()
+            crate::spec::in_user_words(&e.inner().to_string())
         )),
     }
 }
