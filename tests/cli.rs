@@ -923,3 +923,25 @@ fn every_command_and_argument_has_help() {
         missing.join("\n  ")
     );
 }
+
+#[test]
+fn numeric_arguments_say_what_they_expect() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["schedule", "@daily", "--count", "ten"][..],
+        &["runs", "list", "--limit=-1", "--data-dir", "d"][..],
+        &["run", "x", "--max-parallel-tasks", "2.5"][..],
+    ] {
+        let out = switchyard(dir.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let text = stderr(&out);
+        assert!(
+            text.contains("expected a whole number ≥ 0, got `"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("invalid digit") && !text.contains("usize"),
+            "{text}"
+        );
+    }
+}

@@ -18,6 +18,14 @@ use clap::{Parser, Subcommand};
 
 use crate::spec::{Config, Diagnostics, Workflow};
 
+/// A numeric argument, its error in words (clap's own says "invalid digit
+/// found in string").
+pub(crate) fn whole_number(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("expected a whole number ≥ 0, got `{text}`"))
+}
+
 /// Exit code for invalid input (files, arguments).
 pub const EXIT_INVALID: u8 = 2;
 

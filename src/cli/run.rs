@@ -27,7 +27,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
     /// Override `max_parallel_tasks`.
-    #[arg(long)]
+    #[arg(long, value_parser = super::whole_number)]
     pub max_parallel_tasks: Option<usize>,
     /// Print the tasks' output live as it is produced, each line prefixed
     /// with its task id (`task | line`; `task#2 | …` for a retry): stdout

@@ -36,7 +36,7 @@ pub enum RunsCommand {
         #[arg(long)]
         status: Option<String>,
         /// At most this many runs (the server allows 1 to 1000).
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = super::whole_number)]
         limit: usize,
         /// Only runs older than this run id (paging).
         #[arg(long)]

@@ -21,7 +21,7 @@ pub struct ScheduleArgs {
     #[arg(long)]
     pub timezone: Option<String>,
     /// How many fire times to print.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = super::whole_number)]
     pub count: usize,
     /// Start after this instant (RFC 3339; default now).
     #[arg(long)]
