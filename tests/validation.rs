@@ -785,3 +785,44 @@ fn serde_messages_are_rewritten_in_one_place() {
         assert_eq!(in_user_words(own), own);
     }
 }
+
+#[test]
+fn a_configured_bindings_directory_that_is_missing_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("workflows");
+    std::fs::create_dir(&flows).unwrap();
+    write_workflow(&flows, "wf", &json!({"name": "wf", "tasks": [shell("a")]}));
+    // No `bindings` key and no `bindings` dir: a project without bindings.
+    let out = switchyard(dir.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 binding(s)"));
+
+    // Named in switchyard.json but not there: validate and serve say so.
+    std::fs::write(
+        dir.path().join("switchyard.json"),
+        json!({"bindings": ["triggers"]}).to_string(),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    for args in [
+        &["validate"][..],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ][..],
+    ] {
+        let out = switchyard(dir.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let text = stderr(&out);
+        assert!(
+            text.contains("triggers: the bindings directory does not exist: it is set by `bindings` in switchyard.json"),
+            "{args:?}: {text}"
+        );
+    }
+    std::fs::create_dir(dir.path().join("triggers")).unwrap();
+    let out = switchyard(dir.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

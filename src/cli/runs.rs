@@ -145,10 +145,8 @@ fn offline_commit_config(
         crate::executors::sql::Databases::from_config(config, &secrets, false).unwrap_or_default();
     let secrets = std::sync::Arc::new(secrets.also_redacting(databases.passwords()));
     let mut workflows = None;
-    let chain = match crate::registry::Registry::load(
-        config.workflow_dirs(),
-        config.binding_dirs(),
-        config.base.clone(),
+    let chain = match crate::registry::Registry::load_project(
+        config,
         std::sync::Arc::clone(&secrets),
     ) {
         Ok(registry) => {

@@ -183,13 +183,8 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
              ordinary text in logs and outputs. Use a longer secret."
         );
     }
-    let registry = Registry::load(
-        config.workflow_dirs(),
-        config.binding_dirs(),
-        config.base.clone(),
-        Arc::clone(&secrets),
-    )
-    .map_err(|d| Error::Invalid(Diagnostics(d)))?;
+    let registry = Registry::load_project(&config, Arc::clone(&secrets))
+        .map_err(|d| Error::Invalid(Diagnostics(d)))?;
     let registry = Arc::new(RwLock::new(registry));
     let data_dir = options
         .data_dir

@@ -53,6 +53,11 @@ pub struct Config {
     /// bindings resolve against it. Not a key of the file.
     #[serde(skip)]
     pub base: PathBuf,
+    /// `bindings` was set in the file: its directories must exist (the
+    /// default `bindings` may be missing: a project without bindings).
+    /// Not a key of the file.
+    #[serde(skip)]
+    pub bindings_configured: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -302,6 +307,7 @@ impl Config {
                 .map(resolve)
                 .collect(),
         );
+        self.bindings_configured |= self.bindings.is_some();
         self.bindings = Some(
             self.bindings
                 .take()
