@@ -20,6 +20,10 @@ use crate::spec::Secrets;
 /// Bytes of shown output kept per attempt for followers that join late.
 pub const LIVE_CAP: usize = 256 * 1024;
 
+/// What a kept piece costs beyond its text (counted against [`LIVE_CAP`],
+/// so a task writing many tiny pieces stays within it too).
+const PIECE_OVERHEAD: usize = 64;
+
 /// Which stream a piece of output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stream {
@@ -88,7 +92,7 @@ pub struct LiveAttempt {
 #[derive(Default)]
 struct State {
     pieces: VecDeque<Piece>,
-    /// Bytes of text in `pieces`.
+    /// Bytes `pieces` take: their text plus [`PIECE_OVERHEAD`] each.
     kept: usize,
     /// Bytes of text dropped from the front, per piece seq (for `missed`).
     dropped: VecDeque<(u64, usize)>,
@@ -175,7 +179,7 @@ impl LiveAttempt {
         let text: Arc<str> = text.into();
         let seq = state.next_seq;
         state.next_seq += 1;
-        state.kept += text.len();
+        state.kept += text.len() + PIECE_OVERHEAD;
         if let Some(tap) = &self.tap {
             let _ = tap.send(Tapped {
                 run_id: self.run_id,
@@ -188,7 +192,7 @@ impl LiveAttempt {
         state.pieces.push_back(Piece { seq, stream, text });
         while state.kept > LIVE_CAP && state.pieces.len() > 1 {
             if let Some(old) = state.pieces.pop_front() {
-                state.kept -= old.text.len();
+                state.kept -= old.text.len() + PIECE_OVERHEAD;
                 state.dropped.push_back((old.seq, old.text.len()));
                 if state.dropped.len() > 4096 {
                     state.dropped.pop_front();

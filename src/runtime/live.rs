@@ -12,10 +12,13 @@ use tokio::sync::{mpsc, watch};
 use crate::executors::live::{LiveAttempt, Tapped};
 use crate::log::RunId;
 
+/// Run, task, attempt.
+type AttemptKey = (RunId, Arc<str>, u32);
+
 /// Running attempts' output by run, task and attempt.
 #[derive(Default)]
 pub struct LiveOutputs {
-    attempts: Mutex<HashMap<(RunId, Arc<str>, u32), Arc<LiveAttempt>>>,
+    attempts: Mutex<HashMap<AttemptKey, Arc<LiveAttempt>>>,
     /// Bumped whenever an attempt is added or removed.
     changed: watch::Sender<u64>,
     /// Where every attempt's output also goes (`switchyard run --output`).

@@ -504,7 +504,7 @@ impl Secrets {
             }
         }
         if let Some(matcher) = &self.matcher {
-            for found in matcher.find_iter(&bytes[..]) {
+            for found in matcher.find_iter(bytes) {
                 if found.start() >= cut {
                     break;
                 }
