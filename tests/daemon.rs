@@ -1288,48 +1288,6 @@ fn trigger_wait_follows_the_run_and_exits_with_its_outcome() {
 }
 
 #[test]
-fn generate_token_makes_one_token_keeps_it_private_and_reuses_it() {
-    let dir = tempfile::tempdir().unwrap();
-    project(dir.path());
-    let data = dir.path().join("data");
-    let list = |addr: &str, token: Option<&str>| {
-        let mut command = Command::new(bin());
-        command
-            .current_dir(dir.path())
-            .args(["runs", "list", "--server", addr])
-            .env_remove("SWITCHYARD_TOKEN");
-        if let Some(token) = token {
-            command.env("SWITCHYARD_TOKEN", token);
-        }
-        command.output().unwrap()
-    };
-    let daemon = Daemon::spawn(dir.path(), &data, &["--generate-token"]);
-    let file = data.join("api-token");
-    let token = std::fs::read_to_string(&file).unwrap();
-    assert_eq!(token.len(), 64, "{token}");
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    let (_, output) = {
-        let refused = list(&daemon.addr, None);
-        assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
-        assert!(stderr(&refused).contains("token"), "{}", stderr(&refused));
-        let allowed = list(&daemon.addr, Some(&token));
-        assert_eq!(allowed.status.code(), Some(0), "{}", stderr(&allowed));
-        daemon.terminate()
-    };
-    assert!(!output.contains(&token), "the token was logged");
-    // The next start uses the same token.
-    let daemon = Daemon::spawn(dir.path(), &data, &["--generate-token"]);
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), token);
-    let allowed = list(&daemon.addr, Some(&token));
-    assert_eq!(allowed.status.code(), Some(0), "{}", stderr(&allowed));
-    daemon.kill();
-}
-
-#[test]
 fn runs_logs_follow_shows_a_tasks_output_live_across_retries_until_it_ends() {
     let dir = tempfile::tempdir().unwrap();
     let flows = project(dir.path());
@@ -1474,5 +1432,47 @@ fn runs_logs_follow_shows_a_tasks_output_live_across_retries_until_it_ends() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("drop --data-dir"), "{}", stderr(&out));
+    daemon.kill();
+}
+
+#[test]
+fn generate_token_makes_one_token_keeps_it_private_and_reuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    project(dir.path());
+    let data = dir.path().join("data");
+    let list = |addr: &str, token: Option<&str>| {
+        let mut command = Command::new(bin());
+        command
+            .current_dir(dir.path())
+            .args(["runs", "list", "--server", addr])
+            .env_remove("SWITCHYARD_TOKEN");
+        if let Some(token) = token {
+            command.env("SWITCHYARD_TOKEN", token);
+        }
+        command.output().unwrap()
+    };
+    let daemon = Daemon::spawn(dir.path(), &data, &["--generate-token"]);
+    let file = data.join("api-token");
+    let token = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(token.len(), 64, "{token}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (_, output) = {
+        let refused = list(&daemon.addr, None);
+        assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+        assert!(stderr(&refused).contains("token"), "{}", stderr(&refused));
+        let allowed = list(&daemon.addr, Some(&token));
+        assert_eq!(allowed.status.code(), Some(0), "{}", stderr(&allowed));
+        daemon.terminate()
+    };
+    assert!(!output.contains(&token), "the token was logged");
+    // The next start uses the same token.
+    let daemon = Daemon::spawn(dir.path(), &data, &["--generate-token"]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), token);
+    let allowed = list(&daemon.addr, Some(&token));
+    assert_eq!(allowed.status.code(), Some(0), "{}", stderr(&allowed));
     daemon.kill();
 }
