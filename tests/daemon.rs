@@ -1436,6 +1436,64 @@ fn runs_logs_follow_shows_a_tasks_output_live_across_retries_until_it_ends() {
 }
 
 #[test]
+fn an_open_follow_stream_does_not_hold_up_the_daemons_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = project(dir.path());
+    write_workflow(
+        &flows,
+        "long",
+        &json!({"name": "long", "tasks": [{"id": "nap",
+            "shell": {"script": "echo napping; sleep 120"}}]}),
+    );
+    let daemon = Daemon::spawn(dir.path(), &dir.path().join("data"), &["--grace", "300ms"]);
+    let (_, run) = http()
+        .send(
+            "POST",
+            &daemon.url("/api/v1/workflows/long/runs"),
+            Some(json!({})),
+        )
+        .unwrap();
+    let id = run["id"].as_str().unwrap().to_string();
+    let mut follower = Command::new(bin())
+        .current_dir(dir.path())
+        .args([
+            "runs",
+            "logs",
+            &id,
+            "nap",
+            "--follow",
+            "--server",
+            &daemon.addr,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(follower.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "napping\n");
+    let asked = Instant::now();
+    let (code, output) = daemon.terminate();
+    assert_eq!(code, Some(0), "{output}");
+    // Well before the task would have ended.
+    assert!(
+        asked.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        asked.elapsed()
+    );
+    let status = follower.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut follower.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the server is shutting down before task `nap` ended"),
+        "{err}"
+    );
+}
+
+#[test]
 fn generate_token_makes_one_token_keeps_it_private_and_reuses_it() {
     let dir = tempfile::tempdir().unwrap();
     project(dir.path());

@@ -8,8 +8,9 @@
 //!   newlines as SSE `data:` lines (a CR LF arrives as LF);
 //! - `missed` `{"attempt", "bytes"}`: output dropped before it was sent
 //!   (a follower that fell far behind, or stored logs cut to their tail);
-//! - `end` `{"task", "status", "attempts", "error"}` once the task is in a
-//!   final state (then the stream closes).
+//! - `end` `{"task", "status", "attempts", "error", "run_status"}` once
+//!   the task is in a final state (then the stream closes);
+//! - `closed` `{"reason"}` when the server stops before that.
 //!
 //! It starts with what is already captured (stored logs of ended attempts,
 //! the kept output of the running one) and goes on across retries.
@@ -34,9 +35,21 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// The event stream of one task (the run and task are known to exist).
 pub fn follow(state: AppState, run_id: RunId, task: String) -> Response {
     let (tx, rx) = mpsc::channel::<Event>(64);
+    let closing = state.runtime.live().closing();
     tokio::spawn(async move {
-        if let Err(Stop::Failed(e)) = pump(&state, run_id, &task, &tx).await {
-            tracing::error!(run = %run_id, task = %task, error = %e, "Following task output failed.");
+        let followed = tokio::select! {
+            followed = pump(&state, run_id, &task, &tx) => followed,
+            _ = closing.cancelled() => Err(Stop::Closing),
+        };
+        match followed {
+            Err(Stop::Closing) => {
+                let data = json!({"reason": "the server is shutting down"});
+                let _ = tx.send(json_event("closed", data)).await;
+            }
+            Err(Stop::Failed(e)) => {
+                tracing::warn!(run = %run_id, task = %task, error = %e, "Following task output failed.");
+            }
+            Ok(()) | Err(Stop::Gone) => {}
         }
     });
     let events = futures_lite::stream::unfold(rx, |mut rx| async move {
@@ -52,6 +65,8 @@ pub fn follow(state: AppState, run_id: RunId, task: String) -> Response {
 enum Stop {
     /// The client went away.
     Gone,
+    /// The server is stopping.
+    Closing,
     Failed(String),
 }
 

@@ -437,6 +437,7 @@ async fn follow_logs(client: &Client, id: &str, task: &str, as_json: bool) -> Ex
         Err(e) => return super::fail(e),
     };
     let mut end: Option<Value> = None;
+    let mut closed: Option<String> = None;
     let path = format!("/runs/{run_id}/tasks/{task}/logs?follow=true");
     let result = client
         .events(&path, |event, data| {
@@ -478,6 +479,11 @@ async fn follow_logs(client: &Client, id: &str, task: &str, as_json: bool) -> Ex
                     end = serde_json::from_str(data).ok();
                     return false;
                 }
+                "closed" => {
+                    let info: Value = serde_json::from_str(data).unwrap_or_default();
+                    closed = info["reason"].as_str().map(str::to_string);
+                    return false;
+                }
                 _ => {}
             }
             true
@@ -488,7 +494,8 @@ async fn follow_logs(client: &Client, id: &str, task: &str, as_json: bool) -> Ex
         return ExitCode::FAILURE;
     }
     let Some(end) = end else {
-        eprintln!("error: the server closed the stream before task `{task}` ended");
+        let why = closed.unwrap_or_else(|| "the server closed the stream".into());
+        eprintln!("error: {why} before task `{task}` ended");
         return ExitCode::FAILURE;
     };
     let status = end["status"].as_str().unwrap_or("unknown");

@@ -292,9 +292,15 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     let app = api::app(state);
     let grace = options.grace;
     let stopping = stop.clone();
+    let followed = handle.clone();
     let done = tokio::spawn(async move {
         let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stopping.cancelled().await })
+            .with_graceful_shutdown(async move {
+                stopping.cancelled().await;
+                // Streams of task output end now, or the graceful
+                // shutdown would wait for the tasks they follow.
+                followed.live().close_followers();
+            })
             .await;
         tracing::info!(
             grace_ms = grace.as_millis() as u64,

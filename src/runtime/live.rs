@@ -23,6 +23,10 @@ pub struct LiveOutputs {
     changed: watch::Sender<u64>,
     /// Where every attempt's output also goes (`switchyard run --output`).
     tap: Mutex<Option<mpsc::UnboundedSender<Tapped>>>,
+    /// Cancelled when the server stops: followers end their streams (an
+    /// open stream would otherwise hold the HTTP server's graceful
+    /// shutdown until the task it follows ends).
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for LiveOutputs {
@@ -84,6 +88,16 @@ impl LiveOutputs {
             attempts.remove(&(live.run_id, Arc::clone(&live.task), live.attempt));
         }
         self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Tells every follower to end its stream now (the server is stopping).
+    pub fn close_followers(&self) {
+        self.closing.cancel();
+    }
+
+    /// Cancelled once followers must end their streams.
+    pub fn closing(&self) -> tokio_util::sync::CancellationToken {
+        self.closing.clone()
     }
 
     /// Attempts registered now (for tests and gauges).
