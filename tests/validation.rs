@@ -607,60 +607,6 @@ fn a_missing_workflows_directory_names_the_key_that_points_at_it() {
 
 /// Every key of every JSON Schema, every task kind and every command is
 /// named in docs/REFERENCE.md (the reference cannot fall behind the types).
-#[test]
-fn the_reference_names_every_key_kind_and_command() {
-    fn keys(node: &Value, out: &mut std::collections::BTreeSet<String>) {
-        match node {
-            Value::Object(map) => {
-                if let Some(Value::Object(props)) = map.get("properties") {
-                    for (k, v) in props {
-                        out.insert(k.clone());
-                        keys(v, out);
-                    }
-                }
-                for (k, v) in map {
-                    if k != "properties" {
-                        keys(v, out);
-                    }
-                }
-            }
-            Value::Array(items) => items.iter().for_each(|v| keys(v, out)),
-            _ => {}
-        }
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let reference = std::fs::read_to_string(root.join("docs/REFERENCE.md")).unwrap();
-    let mut missing = Vec::new();
-    for schema in ["workflow", "binding", "config", "event"] {
-        let text =
-            std::fs::read_to_string(root.join(format!("schemas/{schema}.schema.json"))).unwrap();
-        let mut found = std::collections::BTreeSet::new();
-        keys(&serde_json::from_str(&text).unwrap(), &mut found);
-        for key in found {
-            if !reference.contains(&format!("`{key}`")) {
-                missing.push(format!("{schema}: {key}"));
-            }
-        }
-    }
-    let help = switchyard(root, &["--help"]);
-    let help = String::from_utf8_lossy(&help.stdout).into_owned();
-    let commands: Vec<&str> = help
-        .lines()
-        .skip_while(|l| !l.starts_with("Commands:"))
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| *c != "help")
-        .collect();
-    assert!(commands.len() > 10, "{help}");
-    for command in commands {
-        if !reference.contains(&format!("`{command}`")) {
-            missing.push(format!("command: {command}"));
-        }
-    }
-    assert!(missing.is_empty(), "not in docs/REFERENCE.md: {missing:?}");
-}
-
 /// No Rust type name (`u32`, `usize`, `i64`, `f64`, "a sequence", "a
 /// map") reaches a user: the message says what JSON value is wanted.
 fn assert_in_user_words(text: &str) {
@@ -825,4 +771,58 @@ fn a_configured_bindings_directory_that_is_missing_names_its_key() {
     std::fs::create_dir(dir.path().join("triggers")).unwrap();
     let out = switchyard(dir.path(), &["validate"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn the_reference_names_every_key_kind_and_command() {
+    fn keys(node: &Value, out: &mut std::collections::BTreeSet<String>) {
+        match node {
+            Value::Object(map) => {
+                if let Some(Value::Object(props)) = map.get("properties") {
+                    for (k, v) in props {
+                        out.insert(k.clone());
+                        keys(v, out);
+                    }
+                }
+                for (k, v) in map {
+                    if k != "properties" {
+                        keys(v, out);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| keys(v, out)),
+            _ => {}
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let reference = std::fs::read_to_string(root.join("docs/REFERENCE.md")).unwrap();
+    let mut missing = Vec::new();
+    for schema in ["workflow", "binding", "config", "event"] {
+        let text =
+            std::fs::read_to_string(root.join(format!("schemas/{schema}.schema.json"))).unwrap();
+        let mut found = std::collections::BTreeSet::new();
+        keys(&serde_json::from_str(&text).unwrap(), &mut found);
+        for key in found {
+            if !reference.contains(&format!("`{key}`")) {
+                missing.push(format!("{schema}: {key}"));
+            }
+        }
+    }
+    let help = switchyard(root, &["--help"]);
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() > 10, "{help}");
+    for command in commands {
+        if !reference.contains(&format!("`{command}`")) {
+            missing.push(format!("command: {command}"));
+        }
+    }
+    assert!(missing.is_empty(), "not in docs/REFERENCE.md: {missing:?}");
 }

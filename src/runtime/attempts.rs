@@ -38,17 +38,6 @@ impl EngineLoop {
                 };
                 let token = self.shutdown.child_token();
                 self.attempts.insert((run_id, task, attempt), token.clone());
-                let live = executors::captures_output(prepared.kind).then(|| {
-                    let live = self.live.start(
-                        run_id,
-                        Arc::clone(&prepared.task),
-                        attempt,
-                        Arc::clone(&self.secrets),
-                    );
-                    self.live_attempts
-                        .insert((run_id, task, attempt), Arc::clone(&live));
-                    live
-                });
                 let ctx = AttemptContext {
                     run_id,
                     workflow: prepared.workflow,
@@ -62,7 +51,7 @@ impl EngineLoop {
                     secrets: Arc::clone(&self.secrets),
                     databases: self.databases.clone(),
                     children: Some(Arc::clone(&self.children)),
-                    live,
+                    live: self.start_live(run_id, task, attempt, prepared.kind),
                 };
                 let tokio = self.tokio.clone();
                 let attempt_task = self.tokio.spawn(async move {

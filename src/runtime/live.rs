@@ -109,3 +109,26 @@ impl LiveOutputs {
         self.len() == 0
     }
 }
+
+impl super::EngineLoop {
+    /// Registers the live output of an attempt about to start, for a kind
+    /// that captures output (None for the others).
+    pub(super) fn start_live(
+        &mut self,
+        run_id: RunId,
+        task: usize,
+        attempt: u32,
+        kind: crate::executors::KindName,
+    ) -> Option<Arc<LiveAttempt>> {
+        if !crate::executors::captures_output(kind) {
+            return None;
+        }
+        let id: Arc<str> = Arc::from(self.engine.run(run_id)?.workflow.tasks[task].id.as_str());
+        let live = self
+            .live
+            .start(run_id, id, attempt, Arc::clone(&self.secrets));
+        self.live_attempts
+            .insert((run_id, task, attempt), Arc::clone(&live));
+        Some(live)
+    }
+}
