@@ -51,6 +51,9 @@ impl ReloadReport {
 pub struct Registry {
     dirs: Vec<PathBuf>,
     binding_dirs: Vec<PathBuf>,
+    /// The binding dirs were named in switchyard.json (`bindings`): one
+    /// that does not exist is an error, not a project without bindings.
+    binding_dirs_configured: bool,
     /// Relative paths inside bindings resolve against this (the project dir).
     base: PathBuf,
     bindings: BTreeMap<String, Arc<Binding>>,
@@ -93,6 +96,24 @@ pub fn reload_shared(registry: &SharedRegistry) -> Option<ReloadReport> {
 use crate::time::now_millis;
 
 impl Registry {
+    /// Loads the project `config` names: its workflow and binding dirs,
+    /// relative paths against its directory. A binding dir the config's
+    /// `bindings` key names must exist; the default one may be missing.
+    pub fn load_project(
+        config: &crate::spec::Config,
+        secrets: Arc<Secrets>,
+    ) -> Result<Self, Vec<Diagnostic>> {
+        Self {
+            dirs: config.workflow_dirs(),
+            binding_dirs: config.binding_dirs(),
+            binding_dirs_configured: config.bindings_configured,
+            base: config.base.clone(),
+            secrets,
+            ..Self::default()
+        }
+        .loaded()
+    }
+
     /// Loads the dirs; any invalid file is an error here (start-up refuses it).
     /// A binding dir that does not exist holds no bindings.
     pub fn load(
@@ -101,16 +122,20 @@ impl Registry {
         base: PathBuf,
         secrets: Arc<Secrets>,
     ) -> Result<Self, Vec<Diagnostic>> {
-        let mut registry = Self {
+        Self {
             dirs,
             binding_dirs,
             base,
             secrets,
             ..Self::default()
-        };
-        let report = registry.reload();
+        }
+        .loaded()
+    }
+
+    fn loaded(mut self) -> Result<Self, Vec<Diagnostic>> {
+        let report = self.reload();
         if report.rejected.is_empty() {
-            Ok(registry)
+            Ok(self)
         } else {
             Err(report.rejected)
         }
@@ -266,6 +291,19 @@ impl Registry {
     }
 
     fn reload_bindings(&mut self, report: &mut ReloadReport) {
+        if self.binding_dirs_configured {
+            for dir in self.binding_dirs.iter().filter(|d| !d.exists()) {
+                report.rejected.push(Diagnostic {
+                    file: dir.clone(),
+                    path: String::new(),
+                    message: "the bindings directory does not exist: it is set by `bindings` in \
+                              switchyard.json (relative to the project directory); create it or \
+                              point the key at your binding files (without the key, a missing \
+                              default `bindings` directory just means no bindings)"
+                        .into(),
+                });
+            }
+        }
         let dirs: Vec<PathBuf> = self
             .binding_dirs
             .iter()

@@ -573,3 +573,135 @@ fn a_reload_compiles_outside_the_registry_lock() {
         eprintln!("reload took only {took:?}; lock wait {longest:?} not judged");
     }
 }
+
+/// The body of a streamed response, read to its end (the stream of a
+/// task already ended closes by itself).
+async fn sse(f: &Fixture, uri: &str, token: Option<&str>) -> (StatusCode, String, String) {
+    let mut request = Request::builder().method("GET").uri(uri);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request.body(Body::empty()).unwrap();
+    let response = app(f.state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = tokio::time::timeout(
+        Duration::from_secs(30),
+        axum::body::to_bytes(response.into_body(), 10 << 20),
+    )
+    .await
+    .expect("the stream of an ended task ends")
+    .unwrap();
+    (
+        status,
+        content_type,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_an_ended_tasks_logs_streams_them_as_server_sent_events() {
+    let f = Fixture::with(Some("t0ken"), &[], &[("who", "top-secret-name")]).await;
+    let (status, run) = f
+        .call(
+            "POST",
+            "/api/v1/workflows/quick/runs",
+            Some(r#"{"params": {"who": "top-secret-name"}}"#),
+            Some("t0ken"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let id = run["id"].as_str().unwrap().to_string();
+    for _ in 0..400 {
+        let (_, run) = f
+            .call("GET", &format!("/api/v1/runs/{id}"), None, Some("t0ken"))
+            .await;
+        if run["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let uri = format!("/api/v1/runs/{id}/tasks/a/logs?follow=true");
+    let (status, content_type, body) = sse(&f, &uri, Some("t0ken")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(content_type, "text/event-stream");
+    assert!(
+        body.contains("event: attempt\ndata: {\"attempt\":1,\"live\":false}\n\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("event: stdout\ndata: hello [redacted]\ndata: \n\n"),
+        "{body}"
+    );
+    assert!(body.contains("event: end\ndata: {"), "{body}");
+    assert!(body.contains("\"status\":\"succeeded\""), "{body}");
+    assert!(!body.contains("top-secret"), "{body}");
+
+    // The noop task has no output: only its end.
+    let uri = format!("/api/v1/runs/{id}/tasks/b/logs?follow=true");
+    let (_, _, body) = sse(&f, &uri, Some("t0ken")).await;
+    assert!(body.starts_with("event: end\n"), "{body}");
+
+    // Behind the token, and the usual errors before any stream starts.
+    let (status, _, _) = sse(&f, &uri, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let missing = uuid::Uuid::now_v7();
+    for (uri, expected, needle) in [
+        (
+            format!("/api/v1/runs/{id}/tasks/zzz/logs?follow=true"),
+            StatusCode::NOT_FOUND,
+            "no task `zzz`",
+        ),
+        (
+            format!("/api/v1/runs/{missing}/tasks/a/logs?follow=true"),
+            StatusCode::NOT_FOUND,
+            "not found",
+        ),
+        (
+            format!("/api/v1/runs/{id}/tasks/a/logs?follow=maybe"),
+            StatusCode::BAD_REQUEST,
+            "`follow` must be true or false",
+        ),
+    ] {
+        let (status, body) = f.call("GET", &uri, None, Some("t0ken")).await;
+        assert_error(status, &body, expected, needle);
+    }
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_typed_query_and_body_values_are_named_without_rust_types() {
+    let f = Fixture::new(None).await;
+    for uri in [
+        "/api/v1/runs?limit=abc",
+        "/api/v1/runs?limit=-5",
+        "/api/v1/events?limit=ten",
+    ] {
+        let (status, body) = f.get(uri).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "limit");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("expected a whole number ≥ 0") && !message.contains("usize"),
+            "{message}"
+        );
+    }
+    // A binding in a request body is read like a binding file.
+    let (status, body) = f
+        .post(
+            "/api/v1/bindings/backtest",
+            r#"{"binding": {"name": "x", "on": {"api": {}}, "workflow": "quick", "max_body": "big"}}"#,
+        )
+        .await;
+    assert!(status.is_client_error(), "{status} {body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("max_body: invalid type: string \"big\", expected a whole number ≥ 0"),
+        "{message}"
+    );
+    assert!(!message.contains("usize"), "{message}");
+    f.shutdown().await;
+}

@@ -792,3 +792,156 @@ fn schedule_prints_the_next_fire_times_with_dst_as_the_trigger_sees_them() {
         stderr(&out)
     );
 }
+
+/// Reads a child's stdout line by line on a thread, each line with the
+/// moment it arrived.
+fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<(String, Instant)> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send((line, Instant::now())).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn run_output_streams_each_tasks_lines_live_prefixed_and_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tok.txt"), "s3cr3t-live-value\n").unwrap();
+    std::fs::write(
+        dir.path().join("switchyard.json"),
+        json!({"secrets": {"tok": {"file": "tok.txt"}}}).to_string(),
+    )
+    .unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "talky",
+        &json!({"name": "talky", "tasks": [
+            {"id": "talk", "shell": {
+                "script": "echo \"first $TOK\"; sleep 3; echo second; echo to-stderr >&2",
+                "env": {"TOK": "${secrets.tok}"}}},
+            {"id": "then", "after": "talk", "shell": {"script": "printf 'no newline'"}},
+        ]}),
+    );
+    let data = dir.path().join("data");
+    let mut child = std::process::Command::new(crate::util::bin())
+        .current_dir(dir.path())
+        .args(["run", file.to_str().unwrap(), "--output", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(child.stdout.take().unwrap());
+    let (first, _) = lines.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(first, "talk | first [redacted]");
+    // The task is still sleeping: the line came live, not at the end.
+    assert!(child.try_wait().unwrap().is_none(), "the run already ended");
+    let mut rest = Vec::new();
+    while let Ok((line, _)) = lines.recv_timeout(Duration::from_secs(60)) {
+        rest.push(line);
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(
+        rest[..2],
+        ["talk | second", "then | no newline"],
+        "{rest:?}"
+    );
+    assert!(rest[2].starts_with("run "), "{rest:?}");
+    assert!(err.contains("talk | to-stderr"), "{err}");
+    assert!(!err.contains("s3cr3t") && !rest.concat().contains("s3cr3t"));
+
+    // Without the flag the output is what it always was.
+    let out = switchyard(
+        dir.path(),
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("talk |") && !stderr(&out).contains("talk |"),
+        "{text}"
+    );
+    assert!(text.starts_with("run "), "{text}");
+}
+
+/// Every subcommand and argument of every command says what it is for in
+/// `--help` (clap's own `--help` / `--version` aside).
+#[test]
+fn every_command_and_argument_has_help() {
+    use clap::CommandFactory;
+    fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") || arg.is_hide_set() {
+                continue;
+            }
+            let said = arg
+                .get_help()
+                .or(arg.get_long_help())
+                .is_some_and(|h| !h.to_string().trim().is_empty());
+            if !said {
+                missing.push(format!("{path} <{id}>"));
+            }
+        }
+        for sub in command.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            let here = format!("{path} {}", sub.get_name());
+            let said = sub
+                .get_about()
+                .or(sub.get_long_about())
+                .is_some_and(|h| !h.to_string().trim().is_empty());
+            if !said {
+                missing.push(here.clone());
+            }
+            walk(sub, &here, missing);
+        }
+    }
+    let mut missing = Vec::new();
+    let mut command = switchyard::cli::Cli::command();
+    command.build();
+    walk(&command, "switchyard", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "without a help text:\n  {}",
+        missing.join("\n  ")
+    );
+}
+
+#[test]
+fn numeric_arguments_say_what_they_expect() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["schedule", "@daily", "--count", "ten"][..],
+        &["runs", "list", "--limit=-1", "--data-dir", "d"][..],
+        &["run", "x", "--max-parallel-tasks", "2.5"][..],
+    ] {
+        let out = switchyard(dir.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let text = stderr(&out);
+        assert!(
+            text.contains("expected a whole number ≥ 0, got `"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("invalid digit") && !text.contains("usize"),
+            "{text}"
+        );
+    }
+}

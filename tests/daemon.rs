@@ -1321,6 +1321,212 @@ fn trigger_wait_follows_the_run_and_exits_with_its_outcome() {
 }
 
 #[test]
+fn runs_logs_follow_shows_a_tasks_output_live_across_retries_until_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = project(dir.path());
+    std::fs::write(dir.path().join("tok.txt"), "hunter2-follow-secret\n").unwrap();
+    std::fs::write(
+        dir.path().join("switchyard.json"),
+        json!({"secrets": {"tok": {"file": "tok.txt"}}}).to_string(),
+    )
+    .unwrap();
+    // Attempt 1 prints a line, sleeps, prints another and fails; attempt 2
+    // succeeds at once.
+    write_workflow(
+        &flows,
+        "talky",
+        &json!({"name": "talky", "tasks": [{"id": "talk",
+            "retry": {"max_attempts": 2, "delay": "100ms"},
+            "shell": {
+                "script": "echo \"first token=$TOK\"; if [ \"$SWITCHYARD_ATTEMPT\" = 1 ]; then sleep 4; echo second; echo boom >&2; exit 3; fi; echo second",
+                "env": {"TOK": "${secrets.tok}"}}}]}),
+    );
+    write_workflow(
+        &flows,
+        "broken",
+        &json!({"name": "broken", "tasks": [{"id": "x",
+            "shell": {"script": "echo out; echo bad >&2; exit 1"}}]}),
+    );
+    let daemon = Daemon::spawn(dir.path(), &dir.path().join("data"), &[]);
+    let (status, run) = http()
+        .send(
+            "POST",
+            &daemon.url("/api/v1/workflows/talky/runs"),
+            Some(json!({})),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{run}");
+    let id = run["id"].as_str().unwrap().to_string();
+
+    let mut follower = Command::new(bin())
+        .current_dir(dir.path())
+        .args([
+            "runs",
+            "logs",
+            &id,
+            "talk",
+            "--follow",
+            "--server",
+            &daemon.addr,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = lines.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(first, "first token=[redacted]");
+    // Seen while the first attempt still sleeps.
+    let (_, live) = http()
+        .send("GET", &daemon.url(&format!("/api/v1/runs/{id}")), None)
+        .unwrap();
+    assert_eq!(live["tasks"]["talk"]["status"], "running", "{live}");
+    assert_eq!(live["tasks"]["talk"]["attempts"], 1, "{live}");
+    assert!(follower.try_wait().unwrap().is_none());
+    let mut rest = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(60)) {
+        rest.push(line);
+    }
+    let code = follower.wait().unwrap().code();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut follower.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        rest,
+        ["second", "first token=[redacted]", "second"],
+        "{err}"
+    );
+    assert!(err.contains("boom\n[switchyard] attempt 2\n"), "{err}");
+    assert!(
+        err.contains("task talk succeeded after 2 attempt(s)"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+
+    // A task that already ended: its stored logs, then its outcome.
+    let (_, run) = http()
+        .send(
+            "POST",
+            &daemon.url("/api/v1/workflows/broken/runs"),
+            Some(json!({})),
+        )
+        .unwrap();
+    let broken = run["id"].as_str().unwrap().to_string();
+    wait_terminal(&daemon, &broken);
+    let follow = |id: &str, task: &str| {
+        switchyard(
+            dir.path(),
+            &["runs", "logs", id, task, "-f", "--server", &daemon.addr],
+        )
+    };
+    let out = follow(&broken, "x");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(stderr(&out).contains("bad\n"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("task x failed after 1 attempt(s): exit status 1: bad"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Unknown runs and tasks are a clear error, not an endless wait.
+    let out = follow(&broken, "nope");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("404 Not Found: run"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("has no task `nope`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = follow(&uuid::Uuid::now_v7().to_string(), "x");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    let out = switchyard(
+        dir.path(),
+        &[
+            "runs",
+            "logs",
+            &broken,
+            "x",
+            "--follow",
+            "--data-dir",
+            "data",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("drop --data-dir"), "{}", stderr(&out));
+    daemon.kill();
+}
+
+#[test]
+fn an_open_follow_stream_does_not_hold_up_the_daemons_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = project(dir.path());
+    write_workflow(
+        &flows,
+        "long",
+        &json!({"name": "long", "tasks": [{"id": "nap",
+            "shell": {"script": "echo napping; sleep 120"}}]}),
+    );
+    let daemon = Daemon::spawn(dir.path(), &dir.path().join("data"), &["--grace", "300ms"]);
+    let (_, run) = http()
+        .send(
+            "POST",
+            &daemon.url("/api/v1/workflows/long/runs"),
+            Some(json!({})),
+        )
+        .unwrap();
+    let id = run["id"].as_str().unwrap().to_string();
+    let mut follower = Command::new(bin())
+        .current_dir(dir.path())
+        .args([
+            "runs",
+            "logs",
+            &id,
+            "nap",
+            "--follow",
+            "--server",
+            &daemon.addr,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(follower.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "napping\n");
+    let asked = Instant::now();
+    let (code, output) = daemon.terminate();
+    assert_eq!(code, Some(0), "{output}");
+    // Well before the task would have ended.
+    assert!(
+        asked.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        asked.elapsed()
+    );
+    let status = follower.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut follower.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the server is shutting down before task `nap` ended"),
+        "{err}"
+    );
+}
+
+#[test]
 fn generate_token_makes_one_token_keeps_it_private_and_reuses_it() {
     let dir = tempfile::tempdir().unwrap();
     project(dir.path());

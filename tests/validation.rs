@@ -607,6 +607,172 @@ fn a_missing_workflows_directory_names_the_key_that_points_at_it() {
 
 /// Every key of every JSON Schema, every task kind and every command is
 /// named in docs/REFERENCE.md (the reference cannot fall behind the types).
+/// No Rust type name (`u32`, `usize`, `i64`, `f64`, "a sequence", "a
+/// map") reaches a user: the message says what JSON value is wanted.
+fn assert_in_user_words(text: &str) {
+    for rust in [
+        "u8",
+        "u16",
+        "u32",
+        "u64",
+        "usize",
+        "i32",
+        "i64",
+        "isize",
+        "f64",
+        "a sequence",
+        "a map",
+        "untagged enum",
+        "variant",
+    ] {
+        let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let found = text.match_indices(rust).any(|(at, _)| {
+            !text[..at].ends_with(word) && !text[at + rust.len()..].starts_with(word)
+        });
+        assert!(!found, "`{rust}` in: {text}");
+    }
+}
+
+#[test]
+fn wrong_typed_values_are_named_in_json_words_not_rust_types() {
+    let text = invalid(json!({"name": "wf", "max_active_runs": "5", "tasks": [shell("a")]}));
+    assert!(
+        text.contains(
+            "max_active_runs: invalid type: string \"5\", expected a whole number from 0 to 4294967295"
+        ),
+        "{text}"
+    );
+    assert_in_user_words(&text);
+    let text = invalid(json!({"name": "wf", "tasks": [
+        {"id": "a", "retry": {"max_attempts": -1}, "shell": {"command": ["true"]}},
+        {"id": "b", "timeout": 30, "shell": {"command": "true"}},
+        {"id": "c", "sql": {"url": "sqlite://x.db", "query": "select 1", "max_rows": 1.5}},
+        {"id": "d", "http": {"url": "http://x", "expect_status": true, "auth": {"basic": "x"}}},
+        {"id": "e", "amqp": {"exchange": "x", "routing_key": "r", "body": "b", "persistent": "yes"}},
+    ]}));
+    for expected in [
+        "tasks[0].retry.max_attempts: task `a`: invalid value: integer `-1`, expected a whole number from 0 to 4294967295",
+        "tasks[1].timeout: task `b`: invalid type: integer `30`, expected a string",
+        "tasks[1].shell.command: task `b`: invalid type: string \"true\", expected a list",
+        "tasks[2].sql.max_rows: task `c`: invalid type: number `1.5`, expected a whole number ≥ 0",
+        "tasks[3].http.expect_status: task `d`: expected a status code (200), a class (\"2xx\")",
+        "tasks[4].amqp.persistent: task `e`: invalid type: string \"yes\", expected true or false",
+    ] {
+        assert!(text.contains(expected), "`{expected}` not in: {text}");
+    }
+    assert_in_user_words(&text);
+
+    // A binding and switchyard.json read the same way.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b.json");
+    std::fs::write(
+        &file,
+        json!({"name": "b", "on": {"amqp": {"exchange": "x", "prefetch": "ten"}},
+               "workflow": "w", "max_body": -1, "params": [1]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = switchyard(dir.path(), &["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = stderr(&out);
+    for expected in [
+        "on.amqp.prefetch: invalid type: string \"ten\", expected a whole number from 0 to 65535",
+        "max_body: invalid value: integer `-1`, expected a whole number ≥ 0",
+        "params: invalid type: a list, expected an object",
+    ] {
+        assert!(text.contains(expected), "`{expected}` not in: {text}");
+    }
+    assert_in_user_words(&text);
+    std::fs::write(
+        dir.path().join("switchyard.json"),
+        json!({"max_parallel_tasks": "8", "workflows": "flows",
+               "connections": {"db": {"url": "sqlite://x", "max_connections": -1}}})
+        .to_string(),
+    )
+    .unwrap();
+    let out = switchyard(dir.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = stderr(&out);
+    for expected in [
+        "switchyard.json: max_parallel_tasks: invalid type: string \"8\", expected a whole number ≥ 0",
+        "switchyard.json: workflows: invalid type: string \"flows\", expected a list",
+        "connections.db.max_connections: invalid value: integer `-1`, expected a whole number from 0 to 4294967295",
+    ] {
+        assert!(text.contains(expected), "`{expected}` not in: {text}");
+    }
+    assert_in_user_words(&text);
+}
+
+#[test]
+fn serde_messages_are_rewritten_in_one_place() {
+    use switchyard::spec::in_user_words;
+    assert_eq!(
+        in_user_words("invalid type: floating point `1.5`, expected i64 at line 3 column 9"),
+        "invalid type: number `1.5`, expected a whole number at line 3 column 9"
+    );
+    assert_eq!(
+        in_user_words("invalid type: map, expected f64"),
+        "invalid type: an object, expected a number"
+    );
+    assert_eq!(
+        in_user_words("invalid length 1, expected a tuple of size 2"),
+        "invalid length 1, expected a list of 2 items"
+    );
+    assert_eq!(
+        in_user_words("limit: invalid digit found in string"),
+        "limit: expected a whole number ≥ 0"
+    );
+    // Messages of our own pass unchanged.
+    for own in [
+        "unknown field `x`, expected one of `a`, `b`",
+        "unknown variant `x`, expected `queue` or `skip`",
+        "--param `x`: expected KEY=VALUE",
+    ] {
+        assert_eq!(in_user_words(own), own);
+    }
+}
+
+#[test]
+fn a_configured_bindings_directory_that_is_missing_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("workflows");
+    std::fs::create_dir(&flows).unwrap();
+    write_workflow(&flows, "wf", &json!({"name": "wf", "tasks": [shell("a")]}));
+    // No `bindings` key and no `bindings` dir: a project without bindings.
+    let out = switchyard(dir.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 binding(s)"));
+
+    // Named in switchyard.json but not there: validate and serve say so.
+    std::fs::write(
+        dir.path().join("switchyard.json"),
+        json!({"bindings": ["triggers"]}).to_string(),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    for args in [
+        &["validate"][..],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ][..],
+    ] {
+        let out = switchyard(dir.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let text = stderr(&out);
+        assert!(
+            text.contains("triggers: the bindings directory does not exist: it is set by `bindings` in switchyard.json"),
+            "{args:?}: {text}"
+        );
+    }
+    std::fs::create_dir(dir.path().join("triggers")).unwrap();
+    let out = switchyard(dir.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
 #[test]
 fn the_reference_names_every_key_kind_and_command() {
     fn keys(node: &Value, out: &mut std::collections::BTreeSet<String>) {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -195,7 +195,7 @@ pub struct EventQuery {
 
 pub async fn list_events(
     State(state): State<AppState>,
-    Query(query): Query<EventQuery>,
+    super::ApiQuery(query): super::ApiQuery<EventQuery>,
 ) -> Result<Json<Value>, Error> {
     let limit = super::page_limit(query.limit)?;
     let log = state.runtime.log().clone();

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -167,7 +167,7 @@ pub struct ListQuery {
 
 pub async fn list_runs(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    super::ApiQuery(query): super::ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, Error> {
     let limit = super::page_limit(query.limit)?;
     let status: Option<RunStatus> = match &query.status {
@@ -246,10 +246,28 @@ pub async fn run_history(
     Ok(Json(json!({"run_id": run_id, "records": records})))
 }
 
+#[derive(Debug, Deserialize)]
+pub struct LogsQuery {
+    /// Stream the output as it is produced (server-sent events) until the
+    /// task ends.
+    #[serde(default)]
+    follow: Option<String>,
+}
+
 pub async fn task_logs(
     State(state): State<AppState>,
     Path((id, task)): Path<(String, String)>,
-) -> Result<Json<Value>, Error> {
+    super::ApiQuery(query): super::ApiQuery<LogsQuery>,
+) -> Result<Response, Error> {
+    let follow = match query.follow.as_deref() {
+        None | Some("false" | "0") => false,
+        Some("true" | "1" | "") => true,
+        Some(other) => {
+            return Err(Error::bad_request(format!(
+                "`follow` must be true or false, not `{other}`"
+            )));
+        }
+    };
     let run_id = parse_run_id(&id)?;
     let record = state
         .runtime
@@ -261,10 +279,11 @@ pub async fn task_logs(
             "run {run_id} has no task `{task}`"
         )));
     }
+    if follow {
+        return Ok(super::follow::follow(state, run_id, task));
+    }
     let logs = state.runtime.log().task_logs(run_id, &task)?;
-    Ok(Json(
-        json!({"run_id": run_id, "task": task, "attempts": logs}),
-    ))
+    Ok(Json(json!({"run_id": run_id, "task": task, "attempts": logs})).into_response())
 }
 
 pub async fn cancel_run(

@@ -5,6 +5,7 @@
 //! mapping ([`Error`]); 5xx bodies carry no internals.
 
 mod events;
+mod follow;
 mod handlers;
 mod hooks;
 mod operations;
@@ -198,6 +199,38 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         .zip(b.iter())
         .fold(0u8, |acc, (x, y)| acc | (x ^ y))
         == 0
+}
+
+/// A query string, its errors in the API's error shape and in user words
+/// (axum's own `Query` answers a plain-text 400).
+#[derive(Debug)]
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Error> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                let text = rejection.body_text();
+                let detail = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text);
+                Err(Error::bad_request(format!(
+                    "invalid query string: {}",
+                    crate::spec::in_user_words(detail)
+                )))
+            }
+        }
+    }
 }
 
 /// Parses an optional JSON object body; empty means `{}`.

@@ -111,6 +111,115 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Reads a server-sent event stream (`GET`), calling `on_event(name,
+    /// data)` for each event until it returns false or the stream ends. A
+    /// non-2xx answer is the API's error message.
+    pub async fn events(
+        &self,
+        path: &str,
+        mut on_event: impl FnMut(&str, &str) -> bool,
+    ) -> Result<(), String> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut request = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let mut response = request.send().await.map_err(|e| {
+            format!(
+                "cannot reach the server at {}: {e} (is `switchyard serve` running? use --server)",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body: Value = response.json().await.unwrap_or_default();
+            let message = body["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed");
+            return Err(format!("{status}: {message}"));
+        }
+        let mut parser = SseParser::default();
+        loop {
+            let chunk = response
+                .chunk()
+                .await
+                .map_err(|e| format!("the stream from {} broke: {e}", self.base))?;
+            let Some(chunk) = chunk else {
+                return Ok(());
+            };
+            for (name, data) in parser.feed(&chunk) {
+                if !on_event(&name, &data) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Splits a `text/event-stream` into `(event, data)` pairs (the fields the
+/// API sends: `event`, multi-line `data`; comments and `id`/`retry`
+/// ignored).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buffer: Vec<u8>,
+    event: String,
+    data: Option<String>,
+}
+
+impl SseParser {
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
+        self.buffer.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n' || *b == b'\r') {
+            // A CR LF is one line end; wait for the LF after a final CR.
+            let mut next = end + 1;
+            if self.buffer[end] == b'\r' {
+                match self.buffer.get(end + 1) {
+                    Some(b'\n') => next += 1,
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            let line = String::from_utf8_lossy(&self.buffer[..end]).into_owned();
+            self.buffer.drain(..next);
+            if line.is_empty() {
+                if let Some(mut data) = self.data.take() {
+                    if data.ends_with('\n') {
+                        data.pop();
+                    }
+                    let name = std::mem::take(&mut self.event);
+                    let name = if name.is_empty() {
+                        "message".into()
+                    } else {
+                        name
+                    };
+                    events.push((name, data));
+                }
+                self.event.clear();
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+                None => (line.as_str(), ""),
+            };
+            match field {
+                "event" => self.event = value.to_string(),
+                "data" => {
+                    let data = self.data.get_or_insert_with(String::new);
+                    data.push_str(value);
+                    data.push('\n');
+                }
+                _ => {}
+            }
+        }
+        events
+    }
+}
+
 /// A [`Client`] for one command that blocks on its calls: the project's
 /// config loaded, one current-thread runtime.
 #[derive(Debug)]

@@ -53,12 +53,7 @@ pub fn main(config_path: &Path, event_file: &Path, as_json: bool) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let registry = match Registry::load(
-        config.workflow_dirs(),
-        config.binding_dirs(),
-        config.base.clone(),
-        Default::default(),
-    ) {
+    let registry = match Registry::load_project(&config, Default::default()) {
         Ok(registry) => registry,
         Err(found) => {
             for d in &found {

@@ -19,6 +19,14 @@ use clap::{Parser, Subcommand};
 
 use crate::spec::{Config, Diagnostics, Workflow};
 
+/// A numeric argument, its error in words (clap's own says "invalid digit
+/// found in string").
+pub(crate) fn whole_number(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("expected a whole number ≥ 0, got `{text}`"))
+}
+
 /// Exit code for invalid input (files, arguments).
 pub const EXIT_INVALID: u8 = 2;
 
@@ -39,13 +47,18 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate workflow and binding files (default: the project's dirs). Exit 2 on any error.
-    Validate { paths: Vec<PathBuf> },
+    Validate {
+        /// Workflow or binding files, or directories of them (default: the
+        /// config's `workflows` and `bindings` dirs).
+        paths: Vec<PathBuf>,
+    },
     /// Run a workflow locally, in this process, to its end.
     Run(run::RunArgs),
     /// Print a workflow's graph as mermaid or dot.
     Graph {
         /// Workflow name or file.
         workflow: String,
+        /// Output format: a Mermaid flowchart or a Graphviz DOT graph.
         #[arg(long, value_enum, default_value = "mermaid")]
         format: graph::Format,
     },
@@ -102,7 +115,9 @@ pub enum Command {
     },
     /// Start a run of WORKFLOW on the running server.
     Trigger {
+        /// The workflow's name.
         workflow: String,
+        /// Run parameter `key=value`; the value is JSON if it parses, else a string.
         #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
         params: Vec<String>,
         /// Run this version (a content hash from `versions`) instead of the
@@ -113,8 +128,10 @@ pub enum Command {
         /// if it succeeded.
         #[arg(long, visible_alias = "follow")]
         wait: bool,
+        /// Server address (default: the config's `listen`).
         #[arg(long)]
         server: Option<String>,
+        /// Print the run record as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -122,6 +139,7 @@ pub enum Command {
     Worker(worker::WorkerArgs),
     /// Exit 0 when the server answers `/healthz` (for container health checks).
     Health {
+        /// Server address (default: the config's `listen`).
         #[arg(long)]
         server: Option<String>,
     },
@@ -138,6 +156,7 @@ pub enum Command {
     Versions(operations::VersionsArgs),
     /// Pin a workflow to a version: triggers run it until unpinned.
     Pin {
+        /// The workflow's name.
         workflow: String,
         /// A content hash from `switchyard versions WORKFLOW`.
         version: String,
@@ -147,6 +166,7 @@ pub enum Command {
     },
     /// Unpin a workflow: back to its file's current version.
     Unpin {
+        /// The workflow's name.
         workflow: String,
         /// Server address (default: the config's `listen`).
         #[arg(long)]

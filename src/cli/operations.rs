@@ -189,6 +189,7 @@ pub fn backfill(config_path: &Path, args: &BackfillArgs) -> ExitCode {
 
 #[derive(Debug, clap::Args)]
 pub struct VersionsArgs {
+    /// The workflow's name.
     pub workflow: String,
     /// Print the JSON Patch (RFC 6902) from version FROM to version TO
     /// (hashes, or `current`).

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use serde_json::{Map, Value};
 
 use crate::engine::{Limits, RunRecord};
+use crate::executors::live::{Stream, Tapped};
 use crate::log::{RecordBody, RunStatus};
 use crate::runtime::{Runtime, RuntimeConfig};
 
@@ -26,8 +27,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
     /// Override `max_parallel_tasks`.
-    #[arg(long)]
+    #[arg(long, value_parser = super::whole_number)]
     pub max_parallel_tasks: Option<usize>,
+    /// Print the tasks' output live as it is produced, each line prefixed
+    /// with its task id (`task | line`; `task#2 | …` for a retry): stdout
+    /// to stdout, stderr to stderr (both to stderr with --json).
+    #[arg(long, visible_alias = "stream")]
+    pub output: bool,
 }
 
 /// The project's workflows by name, for `workflow` tasks (the one being
@@ -149,6 +155,18 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
         let progress = std::io::stderr()
             .is_terminal()
             .then(|| tokio::spawn(print_progress(handle.subscribe(), progress_stop)));
+        // The tap sees every piece of output before the attempt's end is
+        // applied, so all of it is in the channel once the run has ended.
+        let (output_done, output_stop) = tokio::sync::oneshot::channel::<()>();
+        let output = args.output.then(|| {
+            let width = workflow.tasks.iter().map(|t| t.id.len()).max().unwrap_or(0);
+            let printer = OutputPrinter {
+                width,
+                all_to_stderr: args.json,
+                partial: HashMap::new(),
+            };
+            tokio::spawn(printer.run(handle.live().tap(), output_stop))
+        });
         let (created_tx, created_rx) = tokio::sync::oneshot::channel();
         let run = handle.run_to_end(workflow, params, None, move |run_id| {
             let _ = created_tx.send(run_id);
@@ -177,6 +195,10 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
         let _ = progress_done.send(());
         if let Some(progress) = progress {
             let _ = progress.await;
+        }
+        let _ = output_done.send(());
+        if let Some(output) = output {
+            let _ = output.await;
         }
         runtime.shutdown().await;
         match outcome {
@@ -222,6 +244,82 @@ async fn print_progress(
         };
         if let Some(line) = progress_line(&record, &mut started) {
             eprintln!("{line}");
+        }
+    }
+}
+
+/// `run --output`: prints the tasks' output line by line, each line
+/// prefixed with its task (a line still being written waits for its end,
+/// or for the run's end).
+struct OutputPrinter {
+    width: usize,
+    all_to_stderr: bool,
+    /// The unfinished last line of each attempt's stream.
+    partial: HashMap<(String, u32, Stream), String>,
+}
+
+impl OutputPrinter {
+    async fn run(
+        mut self,
+        mut pieces: tokio::sync::mpsc::UnboundedReceiver<Tapped>,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                piece = pieces.recv() => match piece {
+                    Some(piece) => self.piece(&piece),
+                    None => break,
+                },
+                _ = &mut stop => {
+                    while let Ok(piece) = pieces.try_recv() {
+                        self.piece(&piece);
+                    }
+                    break;
+                }
+            }
+        }
+        let rest: Vec<_> = self.partial.drain().collect();
+        for ((task, attempt, stream), line) in rest {
+            if !line.is_empty() {
+                self.line(&task, attempt, stream, &line);
+            }
+        }
+    }
+
+    fn piece(&mut self, piece: &Tapped) {
+        let key = (piece.task.to_string(), piece.attempt, piece.stream);
+        let mut text = self.partial.remove(&key).unwrap_or_default();
+        text.push_str(&piece.text);
+        let mut lines: Vec<&str> = text.split('\n').collect();
+        let last = lines.pop().unwrap_or_default().to_string();
+        for line in lines {
+            self.line(
+                &key.0,
+                key.1,
+                key.2,
+                line.strip_suffix('\r').unwrap_or(line),
+            );
+        }
+        if !last.is_empty() {
+            self.partial.insert(key, last);
+        }
+    }
+
+    fn line(&self, task: &str, attempt: u32, stream: Stream, line: &str) {
+        use std::io::Write;
+        let label = if attempt > 1 {
+            format!("{task}#{attempt}")
+        } else {
+            task.to_string()
+        };
+        let text = format!("{label:<width$} | {line}\n", width = self.width);
+        if stream == Stream::Stdout && !self.all_to_stderr {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        } else {
+            let _ = std::io::stderr().lock().write_all(text.as_bytes());
         }
     }
 }

@@ -29,24 +29,44 @@ pub struct Target {
 pub enum RunsCommand {
     /// Runs, newest first.
     List {
+        /// Only runs of this workflow.
         #[arg(long)]
         workflow: Option<String>,
+        /// Only runs in this status: queued, running, succeeded, failed, cancelled.
         #[arg(long)]
         status: Option<String>,
-        #[arg(long, default_value_t = 20)]
+        /// At most this many runs (the server allows 1 to 1000).
+        #[arg(long, default_value_t = 20, value_parser = super::whole_number)]
         limit: usize,
         /// Only runs older than this run id (paging).
         #[arg(long)]
         before: Option<String>,
     },
     /// One run's record.
-    Show { id: String },
+    Show {
+        /// The run's id.
+        id: String,
+    },
     /// A run's transitions, as recorded.
-    History { id: String },
+    History {
+        /// The run's id.
+        id: String,
+    },
     /// The captured stdout/stderr of a task, per attempt.
-    Logs { id: String, task: String },
+    Logs {
+        /// The run's id.
+        id: String,
+        /// The task's id in the workflow.
+        task: String,
+        /// Print the output as it is produced, across retries, until the
+        /// task ends (needs the server); the exit code says whether the
+        /// task succeeded.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Start a rerun: from the failed tasks, or from `--from TASK`.
     Rerun {
+        /// The id of the run to rerun.
         id: String,
         /// `failed` (the failed tasks and what follows them) or a task id.
         #[arg(long, default_value = "failed")]
@@ -57,7 +77,10 @@ pub enum RunsCommand {
         params: Vec<String>,
     },
     /// Cancel an active run.
-    Cancel { id: String },
+    Cancel {
+        /// The run's id.
+        id: String,
+    },
 }
 
 pub fn main(config_path: &Path, target: &Target, command: &RunsCommand) -> ExitCode {
@@ -72,6 +95,21 @@ pub fn main(config_path: &Path, target: &Target, command: &RunsCommand) -> ExitC
         Ok(t) => t,
         Err(e) => return super::fail(format!("cannot start the async runtime: {e}")),
     };
+    if let RunsCommand::Logs {
+        id,
+        task,
+        follow: true,
+    } = command
+    {
+        if target.data_dir.is_some() {
+            return super::fail(
+                "`runs logs --follow` follows a task on the running server; drop --data-dir \
+                 (without --follow it prints the stored logs offline)",
+            );
+        }
+        let client = Client::new(target.server.as_deref(), &config);
+        return tokio.block_on(follow_logs(&client, id, task, target.json));
+    }
     let result = tokio.block_on(async {
         match &target.data_dir {
             Some(dir) => offline(&config, config_path, dir, command).await,
@@ -107,10 +145,8 @@ fn offline_commit_config(
         crate::executors::sql::Databases::from_config(config, &secrets, false).unwrap_or_default();
     let secrets = std::sync::Arc::new(secrets.also_redacting(databases.passwords()));
     let mut workflows = None;
-    let chain = match crate::registry::Registry::load(
-        config.workflow_dirs(),
-        config.binding_dirs(),
-        config.base.clone(),
+    let chain = match crate::registry::Registry::load_project(
+        config,
         std::sync::Arc::clone(&secrets),
     ) {
         Ok(registry) => {
@@ -181,7 +217,7 @@ async fn online(client: &Client, command: &RunsCommand) -> Result<Value, String>
                 )
                 .await
         }
-        RunsCommand::Logs { id, task } => {
+        RunsCommand::Logs { id, task, .. } => {
             client
                 .call(
                     Method::GET,
@@ -314,7 +350,7 @@ async fn offline(
             let records: Vec<Value> = history.iter().map(crate::log::Record::to_json).collect();
             Ok(json!({"run_id": run_id, "records": records}))
         }
-        RunsCommand::Logs { id, task } => {
+        RunsCommand::Logs { id, task, .. } => {
             let run_id = parse_id(id)?;
             let logs = log.task_logs(run_id, task).map_err(|e| e.to_string())?;
             Ok(json!({"run_id": run_id, "task": task, "attempts": logs}))
@@ -387,6 +423,95 @@ fn print_result(command: &RunsCommand, value: &Value, as_json: bool) {
                 ),
             }
         }
+    }
+}
+
+/// `runs logs ID TASK --follow`: the task's output as the server streams
+/// it (`GET …/logs?follow=true`), stdout to stdout and stderr to stderr,
+/// until the task ends; 0 when it succeeded. With `--json`, one JSON
+/// object per event (`{"event", "data"}`).
+async fn follow_logs(client: &Client, id: &str, task: &str, as_json: bool) -> ExitCode {
+    use std::io::Write;
+    let run_id = match parse_id(id) {
+        Ok(id) => id,
+        Err(e) => return super::fail(e),
+    };
+    let mut end: Option<Value> = None;
+    let mut closed: Option<String> = None;
+    let path = format!("/runs/{run_id}/tasks/{task}/logs?follow=true");
+    let result = client
+        .events(&path, |event, data| {
+            if as_json {
+                let data = match event {
+                    "stdout" | "stderr" => Value::String(data.to_string()),
+                    _ => serde_json::from_str(data).unwrap_or(Value::String(data.to_string())),
+                };
+                println!("{}", json!({"event": event, "data": data}));
+            }
+            match event {
+                "stdout" if !as_json => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(data.as_bytes());
+                    let _ = out.flush();
+                }
+                "stderr" if !as_json => {
+                    let mut err = std::io::stderr().lock();
+                    let _ = err.write_all(data.as_bytes());
+                    let _ = err.flush();
+                }
+                "attempt" if !as_json => {
+                    let info: Value = serde_json::from_str(data).unwrap_or_default();
+                    let attempt = info["attempt"].as_u64().unwrap_or(0);
+                    if attempt > 1 {
+                        eprintln!("[switchyard] attempt {attempt}");
+                    }
+                }
+                "missed" if !as_json => {
+                    let info: Value = serde_json::from_str(data).unwrap_or_default();
+                    match info["bytes"].as_u64() {
+                        Some(bytes) => eprintln!("[switchyard] {bytes} bytes of output not shown"),
+                        None => {
+                            eprintln!("[switchyard] earlier output was cut (only the tail is kept)")
+                        }
+                    }
+                }
+                "end" => {
+                    end = serde_json::from_str(data).ok();
+                    return false;
+                }
+                "closed" => {
+                    let info: Value = serde_json::from_str(data).unwrap_or_default();
+                    closed = info["reason"].as_str().map(str::to_string);
+                    return false;
+                }
+                _ => {}
+            }
+            true
+        })
+        .await;
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let Some(end) = end else {
+        let why = closed.unwrap_or_else(|| "the server closed the stream".into());
+        eprintln!("error: {why} before task `{task}` ended");
+        return ExitCode::FAILURE;
+    };
+    let status = end["status"].as_str().unwrap_or("unknown");
+    if !as_json {
+        let attempts = end["attempts"].as_u64().unwrap_or(0);
+        match end["error"].as_str() {
+            Some(error) => {
+                eprintln!("[switchyard] task {task} {status} after {attempts} attempt(s): {error}")
+            }
+            None => eprintln!("[switchyard] task {task} {status} after {attempts} attempt(s)"),
+        }
+    }
+    if status == "succeeded" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

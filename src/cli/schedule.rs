@@ -21,7 +21,7 @@ pub struct ScheduleArgs {
     #[arg(long)]
     pub timezone: Option<String>,
     /// How many fire times to print.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = super::whole_number)]
     pub count: usize,
     /// Start after this instant (RFC 3339; default now).
     #[arg(long)]
@@ -90,13 +90,7 @@ fn resolve(config_path: &Path, args: &ScheduleArgs) -> Result<Schedule, String> 
     let looks_like_a_name = !what.contains(' ') && !what.starts_with('@');
     if looks_like_a_name {
         let config = super::load_config(config_path).map_err(|e| e.to_string())?;
-        let registry = Registry::load(
-            config.workflow_dirs(),
-            config.binding_dirs(),
-            config.base.clone(),
-            Default::default(),
-        )
-        .map_err(|found| {
+        let registry = Registry::load_project(&config, Default::default()).map_err(|found| {
             found
                 .iter()
                 .map(ToString::to_string)

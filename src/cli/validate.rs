@@ -34,12 +34,7 @@ pub fn main(config_path: &Path, paths: &[PathBuf]) -> ExitCode {
     };
     let (workflows, bindings) = if paths.is_empty() {
         match &config {
-            Some(config) => match Registry::load(
-                config.workflow_dirs(),
-                config.binding_dirs(),
-                config.base.clone(),
-                Default::default(),
-            ) {
+            Some(config) => match Registry::load_project(config, Default::default()) {
                 Ok(registry) => (registry.workflows().count(), registry.bindings().count()),
                 Err(found) => {
                     diagnostics.extend(found);

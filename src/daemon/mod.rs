@@ -183,13 +183,8 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
              ordinary text in logs and outputs. Use a longer secret."
         );
     }
-    let registry = Registry::load(
-        config.workflow_dirs(),
-        config.binding_dirs(),
-        config.base.clone(),
-        Arc::clone(&secrets),
-    )
-    .map_err(|d| Error::Invalid(Diagnostics(d)))?;
+    let registry = Registry::load_project(&config, Arc::clone(&secrets))
+        .map_err(|d| Error::Invalid(Diagnostics(d)))?;
     let registry = Arc::new(RwLock::new(registry));
     let data_dir = options
         .data_dir
@@ -318,9 +313,15 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     let app = api::app(state);
     let grace = options.grace;
     let stopping = stop.clone();
+    let followed = handle.clone();
     let done = tokio::spawn(async move {
         let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stopping.cancelled().await })
+            .with_graceful_shutdown(async move {
+                stopping.cancelled().await;
+                // Streams of task output end now, or the graceful
+                // shutdown would wait for the tasks they follow.
+                followed.live().close_followers();
+            })
             .await;
         tracing::info!(
             grace_ms = grace.as_millis() as u64,

@@ -7,6 +7,7 @@
 
 mod amqp;
 mod http;
+pub mod live;
 mod noop;
 pub mod process;
 mod shell;
@@ -53,6 +54,9 @@ pub struct AttemptContext {
     pub databases: sql::Databases,
     /// Where `workflow` tasks start and wait for child runs.
     pub children: Option<Arc<dyn workflow::Children>>,
+    /// Where a kind that captures output shows it while it runs (set for
+    /// kinds with [`Kind::CAPTURES_OUTPUT`]).
+    pub live: Option<Arc<live::LiveAttempt>>,
 }
 
 /// How an attempt ended.
@@ -110,6 +114,9 @@ pub trait Kind: DeserializeOwned + JsonSchema + Send + 'static {
     /// Whether an attempt interrupted by a restart can simply be started
     /// again from its recorded start (durable timers), rather than lost.
     const RESUMABLE: bool = false;
+    /// Whether an attempt captures stdout/stderr (task logs), so followers
+    /// can read its output while it runs.
+    const CAPTURES_OUTPUT: bool = false;
 
     /// Load-time checks beyond the serde shape, on the config as written.
     /// Errors are `(path relative to the config, e.g. ".script", message)`.
@@ -137,6 +144,14 @@ macro_rules! kinds {
         pub fn resumable(kind: KindName) -> bool {
             $(if kind == <$module::$kind as Kind>::NAME {
                 return <$module::$kind as Kind>::RESUMABLE;
+            })*
+            false
+        }
+
+        /// Whether an attempt of this kind captures output (task logs).
+        pub fn captures_output(kind: KindName) -> bool {
+            $(if kind == <$module::$kind as Kind>::NAME {
+                return <$module::$kind as Kind>::CAPTURES_OUTPUT;
             })*
             false
         }
@@ -205,7 +220,7 @@ async fn run<K: Kind>(config: Value, ctx: AttemptContext) -> AttemptOutcome {
             "invalid {} config after rendering templates at `{}`: {}",
             K::NAME,
             e.path(),
-            e.inner()
+            crate::spec::in_user_words(&e.inner().to_string())
         )),
     }
 }

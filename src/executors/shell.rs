@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::live::{LiveAttempt, Stream};
 use super::process::signal_group;
 use super::{AttemptContext, AttemptOutcome, Kind, scalar_text};
 use crate::log::TaskLogs;
@@ -79,6 +80,7 @@ fn env_map<'de, D: Deserializer<'de>>(
 
 impl Kind for Shell {
     const NAME: &'static str = "shell";
+    const CAPTURES_OUTPUT: bool = true;
 
     fn check(&self, _raw: &Value, errors: &mut Vec<(String, String)>) {
         match (&self.command, &self.script) {
@@ -178,14 +180,14 @@ impl Kind for Shell {
         let pgid = group.pgid();
         let stdout_buf = Arc::new(Mutex::new(Tail::new(LOG_CAP, Arc::clone(&ctx.secrets))));
         let stderr_buf = Arc::new(Mutex::new(Tail::new(LOG_CAP, Arc::clone(&ctx.secrets))));
-        let stdout = child
-            .stdout
-            .take()
-            .map(|s| tokio::spawn(read_tail(s, Arc::clone(&stdout_buf))));
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| tokio::spawn(read_tail(s, Arc::clone(&stderr_buf))));
+        let stdout = child.stdout.take().map(|s| {
+            let live = ctx.live.clone().map(|l| (l, Stream::Stdout));
+            tokio::spawn(read_tail(s, Arc::clone(&stdout_buf), live))
+        });
+        let stderr = child.stderr.take().map(|s| {
+            let live = ctx.live.clone().map(|l| (l, Stream::Stderr));
+            tokio::spawn(read_tail(s, Arc::clone(&stderr_buf), live))
+        });
 
         let mut cancelled = false;
         let status: std::io::Result<ExitStatus> = tokio::select! {
@@ -208,9 +210,14 @@ impl Kind for Shell {
         let (stdout, stdout_truncated) = take_tail(&stdout_buf);
         let (mut stderr, stderr_truncated) = take_tail(&stderr_buf);
         if leftover {
-            stderr.push_str(
-                "\n[switchyard] killed processes left holding stdout/stderr after the task exited\n",
-            );
+            let note = "\n[switchyard] killed processes left holding stdout/stderr after the task exited\n";
+            stderr.push_str(note);
+            if let Some(live) = &ctx.live {
+                live.note(Stream::Stderr, note);
+            }
+        }
+        if let Some(live) = &ctx.live {
+            live.finish();
         }
         let stdout_var = tail_str(&stdout, STDOUT_VAR_CAP).to_string();
         let logs = TaskLogs {
@@ -391,7 +398,12 @@ fn take_tail(tail: &Mutex<Tail>) -> (String, bool) {
 
 /// Reads a stream to its end into a shared tail buffer, so what was read
 /// survives even if the reader is abandoned.
-async fn read_tail(mut stream: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
+/// Also shows it live, when the attempt is followed (see `live.rs`).
+async fn read_tail(
+    mut stream: impl AsyncRead + Unpin,
+    tail: Arc<Mutex<Tail>>,
+    live: Option<(Arc<LiveAttempt>, Stream)>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match stream.read(&mut buf).await {
@@ -399,6 +411,9 @@ async fn read_tail(mut stream: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
             Ok(n) => {
                 if let Ok(mut tail) = tail.lock() {
                     tail.push(&buf[..n]);
+                }
+                if let Some((live, which)) = &live {
+                    live.push(*which, &buf[..n]);
                 }
             }
         }

@@ -68,6 +68,7 @@ impl EngineLoop {
                     secrets: Arc::clone(&self.secrets),
                     databases: self.databases.clone(),
                     children: Some(Arc::clone(&self.children)),
+                    live: self.start_live(run_id, task, attempt, prepared.kind),
                 };
                 let tokio = self.tokio.clone();
                 let attempt_task = self.tokio.spawn(async move {

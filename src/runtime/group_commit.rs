@@ -33,12 +33,14 @@ impl EngineLoop {
         let fatal = Arc::new(Mutex::new(None));
         let gauges = Arc::new(EngineGauges::default());
         let shutdown = CancellationToken::new();
+        let live = Arc::new(LiveOutputs::default());
         let handle = RuntimeHandle {
             tx: tx.clone(),
             records: records.clone(),
             log: log.clone(),
             fatal: Arc::clone(&fatal),
             gauges: Arc::clone(&gauges),
+            live: Arc::clone(&live),
         };
         let mut engine = Engine::new(config.limits);
         engine.set_secrets(Arc::clone(&config.secrets));
@@ -70,6 +72,8 @@ impl EngineLoop {
             processes,
             gauges,
             attempts: HashMap::new(),
+            live,
+            live_attempts: HashMap::new(),
             waiters: HashMap::new(),
             shutdown,
             draining: None,
@@ -275,19 +279,33 @@ impl EngineLoop {
     ) -> Result<(), Error> {
         self.redact(&mut outcome);
         self.attempts.remove(&(run_id, task, attempt));
+        // Followers of its live output move on to the stored logs (written
+        // just below) once this is gone.
+        let output = self.live_attempts.remove(&(run_id, task, attempt));
+        let ended = |live: &Self| {
+            if let Some(output) = &output {
+                live.live.end(output);
+            }
+        };
         let Some(run) = self.engine.run(run_id) else {
+            ended(self);
             return Ok(());
         };
-        let live = run
+        let running = run
             .tasks
             .get(task)
             .is_some_and(|t| t.status == TaskStatus::Running && t.attempts == attempt);
-        if !live {
+        if !running {
+            ended(self);
             return Ok(());
         }
         let task_id = run.workflow.tasks[task].id.clone();
         if let Some(logs) = &outcome.logs {
-            self.log.put_task_logs(run_id, &task_id, logs)?;
+            let stored = self.log.put_task_logs(run_id, &task_id, logs);
+            ended(self);
+            stored?;
+        } else {
+            ended(self);
         }
         let body = RecordBody::AttemptFinished {
             task: task_id,

@@ -30,6 +30,7 @@ mod attempts;
 mod children;
 mod group_commit;
 mod lifecycle;
+mod live;
 mod offline;
 mod recovery;
 
@@ -47,6 +48,8 @@ use crate::engine::{Effect, Engine, Limits, RunRecord, TaskStatus, duration_mill
 use crate::executors::{self, AttemptContext, AttemptOutcome};
 use crate::log::{self, Log, Millis, Record, RecordBody, ReusedTask, RunId, RunStatus};
 use crate::spec::Workflow;
+
+pub use live::LiveOutputs;
 
 /// Most inputs folded into one group commit.
 const MAX_BATCH: usize = 8192;
@@ -354,6 +357,7 @@ pub struct RuntimeHandle {
     log: Log,
     fatal: Arc<Mutex<Option<String>>>,
     gauges: Arc<EngineGauges>,
+    live: Arc<LiveOutputs>,
 }
 
 impl std::fmt::Debug for RuntimeHandle {
@@ -655,6 +659,12 @@ impl RuntimeHandle {
     pub fn gauges(&self) -> &EngineGauges {
         &self.gauges
     }
+
+    /// The output of attempts running now (what `logs?follow=true` reads
+    /// before their logs are stored).
+    pub fn live(&self) -> &LiveOutputs {
+        &self.live
+    }
 }
 
 use crate::time::now_millis;
@@ -688,6 +698,10 @@ struct EngineLoop {
     gauges: Arc<EngineGauges>,
     /// Cancel tokens of attempts in flight.
     attempts: HashMap<(RunId, usize, u32), CancellationToken>,
+    /// Output of running attempts, for followers.
+    live: Arc<LiveOutputs>,
+    /// The live output of each attempt in flight that captures output.
+    live_attempts: HashMap<(RunId, usize, u32), Arc<executors::live::LiveAttempt>>,
     waiters: HashMap<RunId, Vec<oneshot::Sender<RunRecord>>>,
     shutdown: CancellationToken,
     /// Set once shutdown began: the moment the grace period ends.

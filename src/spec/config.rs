@@ -56,6 +56,11 @@ pub struct Config {
     /// bindings resolve against it. Not a key of the file.
     #[serde(skip)]
     pub base: PathBuf,
+    /// `bindings` was set in the file: its directories must exist (the
+    /// default `bindings` may be missing: a project without bindings).
+    /// Not a key of the file.
+    #[serde(skip)]
+    pub bindings_configured: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -397,6 +402,7 @@ impl Config {
                 .map(resolve)
                 .collect(),
         );
+        self.bindings_configured |= self.bindings.is_some();
         self.bindings = Some(
             self.bindings
                 .take()
@@ -451,6 +457,9 @@ pub struct Secrets {
     /// Every distinct value, matched leftmost-longest in one pass: a short
     /// secret inside a longer one never leaves part of the longer visible.
     matcher: Option<Arc<aho_corasick::AhoCorasick>>,
+    /// The values the matcher looks for (what output still arriving is
+    /// checked against: [`Secrets::redact_prefix`]).
+    patterns: Arc<Vec<String>>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -510,8 +519,12 @@ impl Secrets {
     }
 
     pub fn from_values(values: BTreeMap<String, String>) -> Self {
-        let matcher = matcher(values.values().cloned());
-        Self { values, matcher }
+        let (matcher, patterns) = matcher(values.values().cloned());
+        Self {
+            values,
+            matcher,
+            patterns,
+        }
     }
 
     /// These secrets, also redacting `values` (the passwords inside
@@ -521,10 +534,11 @@ impl Secrets {
         if extra.is_empty() {
             return self;
         }
-        let matcher = matcher(self.values.values().cloned().chain(extra));
+        let (matcher, patterns) = matcher(self.values.values().cloned().chain(extra));
         Self {
             values: self.values,
             matcher,
+            patterns,
         }
     }
 
@@ -557,6 +571,51 @@ impl Secrets {
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect(),
         )
+    }
+
+    /// For output still arriving: how many bytes of `bytes` can be shown
+    /// now, and that prefix redacted. Shown pieces put end to end read
+    /// exactly as [`Secrets::redact`] of the whole stream would: what
+    /// could still be the start of a secret is held back (the longest end
+    /// of `bytes` that begins some secret), a complete match crossing the
+    /// cut is taken whole, and a cut never splits a UTF-8 character. With
+    /// `all`, everything is shown (the stream ended).
+    pub fn redact_prefix(&self, bytes: &[u8], all: bool) -> (String, usize) {
+        let mut cut = bytes.len();
+        if !all {
+            let longest = self.matcher.as_ref().map_or(0, |m| m.max_pattern_len());
+            let held = (1..longest.min(bytes.len() + 1))
+                .rev()
+                .find(|&k| {
+                    let end = &bytes[bytes.len() - k..];
+                    self.patterns
+                        .iter()
+                        .any(|p| p.len() > k && p.as_bytes().starts_with(end))
+                })
+                .unwrap_or(0);
+            cut = bytes.len() - held;
+            // Never inside a character: a sequence still incomplete at the
+            // cut waits for its last bytes.
+            if let Some(lead) = (cut.saturating_sub(3)..cut)
+                .rev()
+                .find(|&i| bytes[i] & 0xC0 != 0x80)
+                && std::str::from_utf8(&bytes[lead..cut]).is_err_and(|e| e.error_len().is_none())
+            {
+                cut = lead;
+            }
+        }
+        if let Some(matcher) = &self.matcher {
+            for found in matcher.find_iter(bytes) {
+                if found.start() >= cut {
+                    break;
+                }
+                if found.end() > cut {
+                    cut = found.end();
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes[..cut]);
+        (self.redact(&text), cut)
     }
 
     /// `text` with every secret value replaced by [`REDACTED`].
@@ -595,18 +654,21 @@ impl Secrets {
 
 /// One leftmost-longest matcher over every distinct non-empty value (None
 /// when there are none).
-fn matcher(values: impl Iterator<Item = String>) -> Option<Arc<aho_corasick::AhoCorasick>> {
+fn matcher(
+    values: impl Iterator<Item = String>,
+) -> (Option<Arc<aho_corasick::AhoCorasick>>, Arc<Vec<String>>) {
     let mut patterns: Vec<String> = values.filter(|v| !v.is_empty()).collect();
     patterns.sort_unstable();
     patterns.dedup();
     if patterns.is_empty() {
-        return None;
+        return (None, Arc::default());
     }
-    aho_corasick::AhoCorasick::builder()
+    let matcher = aho_corasick::AhoCorasick::builder()
         .match_kind(aho_corasick::MatchKind::LeftmostLongest)
         .build(&patterns)
         .ok()
-        .map(Arc::new)
+        .map(Arc::new);
+    (matcher, Arc::new(patterns))
 }
 
 /// Secrets shorter than this are warned about at start-up.
@@ -643,6 +705,55 @@ mod redaction_tests {
         assert_eq!(s.redact("pin 4711"), "pin [redacted]");
         assert_eq!(s.short_ones(), ["pin"]);
         assert_eq!(s.longest(), 19);
+    }
+
+    /// Feeds `text` in pieces of `step` bytes the way live output arrives
+    /// and returns what a follower is shown, end to end.
+    fn streamed(s: &Secrets, text: &[u8], step: usize) -> (String, Vec<String>) {
+        let (mut pending, mut shown, mut pieces) = (Vec::new(), String::new(), Vec::new());
+        for chunk in text.chunks(step) {
+            pending.extend_from_slice(chunk);
+            let (piece, used) = s.redact_prefix(&pending, false);
+            pending.drain(..used);
+            shown.push_str(&piece);
+            pieces.push(piece);
+        }
+        let (piece, used) = s.redact_prefix(&pending, true);
+        assert_eq!(used, pending.len());
+        shown.push_str(&piece);
+        pieces.push(piece);
+        (shown, pieces)
+    }
+
+    #[test]
+    fn output_redacted_as_it_arrives_reads_as_the_whole_redacted() {
+        let s = secrets(&[
+            ("short", "abc12345"),
+            ("long", "xyzabc12345-tail"),
+            ("u", "sécret-é"),
+        ]);
+        let text = "a xyzabc12345-tail b abc12345 c xyzabc12345 d sécret-é é xyzabc1 abc1234\n";
+        let whole = s.redact(text);
+        for step in 1..text.len() + 1 {
+            let (shown, pieces) = streamed(&s, text.as_bytes(), step);
+            assert_eq!(shown, whole, "pieces of {step} bytes");
+            for piece in pieces {
+                assert!(
+                    !piece.contains("12345-") && !piece.contains("sécret"),
+                    "{piece:?}"
+                );
+            }
+        }
+        // Nothing that cannot begin a secret is held back.
+        let (piece, used) = s.redact_prefix(b"plain line\n", false);
+        assert_eq!((piece.as_str(), used), ("plain line\n", 11));
+        let (piece, used) = s.redact_prefix(b"token xyzab", false);
+        assert_eq!((piece.as_str(), used), ("token ", 6));
+        // No secrets: everything but an unfinished character.
+        let none = Secrets::default();
+        let bytes = "ab\u{e9}".as_bytes();
+        let (piece, used) = none.redact_prefix(&bytes[..3], false);
+        assert_eq!((piece.as_str(), used), ("ab", 2));
     }
 
     #[test]

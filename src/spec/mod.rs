@@ -165,6 +165,118 @@ pub fn load_workflows(paths: &[PathBuf]) -> (Vec<Workflow>, Vec<Diagnostic>) {
     (workflows, diagnostics)
 }
 
+/// A serde error message in the words of the file's reader: Rust type
+/// names (`u32`, `usize`, `i64`, `f64`, `a sequence`, `a map`, untagged
+/// enums) become what they mean in JSON ("a whole number from 0 to
+/// 4294967295", "a number", "a list", "an object"). Everything else, the
+/// position serde_json appends (`at line 3 column 9`) included, is kept.
+/// Every place a serde message reaches a user goes through here.
+pub fn in_user_words(message: &str) -> String {
+    if let Some(name) = message.strip_prefix("data did not match any variant of untagged enum ") {
+        return match name.trim() {
+            "ExpectStatus" | "StatusPattern" => {
+                "expected a status code (200), a class (\"2xx\"), a range (\"200-299\") or a list of them"
+                    .to_string()
+            }
+            "AfterFile" => {
+                "expected a task id, a list of them, or {\"all\"|\"any\": [...]}".to_string()
+            }
+            _ => "not one of the accepted forms (see docs/REFERENCE.md)".to_string(),
+        };
+    }
+    // Rust's integer parsing (query strings, command-line numbers).
+    for (rust, words) in [
+        (
+            "invalid digit found in string",
+            "expected a whole number ≥ 0",
+        ),
+        (
+            "cannot parse integer from empty string",
+            "expected a whole number, got nothing",
+        ),
+        (
+            "number too large to fit in target type",
+            "the number is too large",
+        ),
+        (
+            "number too small to fit in target type",
+            "the number is too small",
+        ),
+    ] {
+        if let Some(head) = message.strip_suffix(rust) {
+            return format!("{head}{words}");
+        }
+    }
+    let mut out = message.to_string();
+    if let Some(at) = out.rfind("expected ") {
+        let start = at + "expected ".len();
+        let end = out[start..]
+            .find(" at line ")
+            .map_or(out.len(), |i| start + i);
+        let expected = &out[start..end];
+        if let Some(words) = expected_words(expected) {
+            out.replace_range(start..end, &words);
+        }
+    }
+    // What serde found instead, in the part before "expected".
+    let head_end = out.rfind(", expected ").unwrap_or(out.len());
+    let (head, tail) = out.split_at(head_end);
+    let head = head
+        .replace("invalid type: floating point `", "invalid type: number `")
+        .replace("invalid value: floating point `", "invalid value: number `")
+        .replace("invalid type: sequence", "invalid type: a list")
+        .replace("invalid type: map", "invalid type: an object")
+        .replace("invalid type: unit value", "invalid type: null");
+    format!("{head}{tail}")
+}
+
+/// What serde's `expected …` part names, in JSON words (None: already
+/// fine, e.g. "a string" or "one of `queue`, `skip`").
+fn expected_words(expected: &str) -> Option<String> {
+    let words = match expected {
+        "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "u128" | "usize" => "a whole number ≥ 0",
+        "i8" => "a whole number from -128 to 127",
+        "i16" => "a whole number from -32768 to 32767",
+        "i32" => "a whole number from -2147483648 to 2147483647",
+        "i64" | "i128" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a sequence" | "sequence" => "a list",
+        "a map" | "map" => "an object",
+        "a boolean" | "bool" => "true or false",
+        "a borrowed string" | "a string" | "string" => "a string",
+        "string or map" => "a string or an object",
+        "a character" | "char" => "a single character",
+        "unit" | "unit struct" => "null",
+        "option" => "a value or null",
+        "tuple variant" => "a list",
+        "newtype variant" => "a value",
+        "unit variant" => "a string",
+        "struct variant" => "an object",
+        other => {
+            if let Some(size) = other
+                .strip_prefix("a tuple of size ")
+                .or_else(|| other.strip_prefix("tuple of size "))
+            {
+                return Some(format!("a list of {size} items"));
+            }
+            if other.starts_with("struct ")
+                || other.starts_with("tuple struct ")
+                || other.starts_with("struct variant ")
+            {
+                return Some("an object".to_string());
+            }
+            if other.starts_with("enum ") {
+                return Some("one of the documented values (see docs/REFERENCE.md)".to_string());
+            }
+            return None;
+        }
+    };
+    Some(words.to_string())
+}
+
 /// Formats a serde_path_to_error path the way diagnostics show paths.
 pub(crate) fn join_path(prefix: &str, inner: &str) -> String {
     match (prefix.is_empty(), inner.is_empty() || inner == ".") {
@@ -208,7 +320,7 @@ pub(crate) fn deserialize_all<T: serde::de::DeserializeOwned>(
         };
         let path = error.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        let message = error.into_inner().to_string();
+        let message = in_user_words(&error.into_inner().to_string());
         // A required key set aside for its own error is not also "missing";
         // serde reports missing keys last, so nothing else is left to find.
         if path.is_empty()
