@@ -235,7 +235,7 @@ fn cli_against_a_live_server_and_offline() {
     assert!(!out.status.success());
     let said = stderr(&out);
     assert!(
-        said.contains("held by a running `switchyard serve`")
+        said.contains("locked by another switchyard process")
             && said.contains("switchyard trigger quick --wait")
             && said.contains("--data-dir <dir>"),
         "{said}"

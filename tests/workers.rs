@@ -822,3 +822,57 @@ async fn a_worker_runs_at_most_its_concurrency_at_once() {
     ])
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_tasks_output_can_be_followed_while_it_runs() {
+    let Some(_shared) = broker::shared("workers_follow").await else {
+        return;
+    };
+    let queue = broker::unique("follow");
+    let project = remote_project(&queue, "500ms");
+    write_workflow(
+        &project.root().join("workflows"),
+        "talks",
+        &json!({"name": "talks", "tasks": [{"id": "t", "queue": queue,
+            "shell": {"script": "echo first; echo oops >&2; sleep 2; echo second"}}]}),
+    );
+    let daemon = project.start(None).await;
+    let _worker = Worker::spawn(project.root(), &queue, 1);
+    let id = start_run(&daemon, "talks", json!({})).await;
+    let mut response = daemon
+        .client
+        .get(daemon.url(&format!("/api/v1/runs/{id}/tasks/t/logs?follow=true")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.contains("first") {
+        assert!(Instant::now() < deadline, "{seen}");
+        match tokio::time::timeout(Duration::from_secs(30), response.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("stream ended early: {other:?}; {seen}"),
+        }
+    }
+    // Seen while the task still runs on the worker.
+    let run = daemon.get(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(run["tasks"]["t"]["status"], "running", "{run}\n{seen}");
+    while let Ok(Ok(Some(chunk))) =
+        tokio::time::timeout(Duration::from_secs(30), response.chunk()).await
+    {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("second"), "{seen}");
+    assert!(
+        seen.contains("event: stderr") && seen.contains("oops"),
+        "{seen}"
+    );
+    assert!(seen.contains("event: end"), "{seen}");
+    daemon.stop().await;
+    broker::delete_queues(&[
+        &format!("switchyard.tasks.{queue}"),
+        &format!("{queue}.results"),
+    ])
+    .await;
+}

@@ -137,8 +137,8 @@ pub fn main(config_path: &Path, args: &RunArgs) -> ExitCode {
             // say): say how to run the workflow there, or beside it.
             Err(crate::runtime::Error::Log(crate::log::Error::Locked { dir })) => {
                 return super::fail(format!(
-                    "data dir {} is held by a running `switchyard serve`; run the workflow \
-                     on that server with `switchyard trigger {name} --wait` (add `--server ADDR` \
+                    "data dir {} is locked by another switchyard process (a running \
+                     `switchyard serve`?); run the workflow on that server with `switchyard trigger {name} --wait` (add `--server ADDR` \
                      if it does not listen at the configured address), or here on a data dir \
                      of its own with `switchyard run {file} --data-dir <dir>`",
                     dir.display(),

@@ -108,6 +108,8 @@ struct Tracked {
     queue: String,
     /// When the owner got it (grant, or a re-attached attempt's heartbeat).
     granted: Option<Instant>,
+    /// Where its output is shown to followers while it runs.
+    live: Option<Arc<crate::executors::live::LiveAttempt>>,
     /// The owner's heartbeats stopped listing it although it lives: the
     /// grant never reached it (a broker restart took its control queue),
     /// so the job is published again for whoever claims it.
@@ -359,7 +361,13 @@ impl Remote {
     /// Registers an attempt before anything can report on it (called in
     /// the engine thread, so after a restart every re-attached attempt is
     /// known before the first result is read); [`Remote::run`] goes on.
-    pub fn track(&self, attempt: AttemptRef, queue: &str, reattach: bool) -> Tracking {
+    pub fn track(
+        &self,
+        attempt: AttemptRef,
+        queue: &str,
+        reattach: bool,
+        live: Option<Arc<crate::executors::live::LiveAttempt>>,
+    ) -> Tracking {
         let (done, finished) = oneshot::channel();
         if let Ok(mut attempts) = self.inner.attempts.lock() {
             attempts.insert(
@@ -369,6 +377,7 @@ impl Remote {
                     owner: None,
                     seen: Instant::now(),
                     granted: None,
+                    live,
                     republish: false,
                     reattached: reattach,
                     stopping: None,
@@ -805,7 +814,28 @@ impl Remote {
                 }
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
-            FromWorker::Output { .. } => {
+            FromWorker::Output {
+                worker,
+                attempt,
+                stream,
+                text,
+                ..
+            } => {
+                // Shown to followers (redacted there with the daemon's
+                // secrets too) when it comes from the attempt's worker.
+                let live = self.inner.attempts.lock().ok().and_then(|attempts| {
+                    let tracked = attempts.get(&attempt)?;
+                    (tracked.owner.as_deref() == Some(worker.as_str()))
+                        .then(|| tracked.live.clone())
+                        .flatten()
+                });
+                if let Some(live) = live {
+                    let stream = match stream {
+                        protocol::Stream::Stdout => crate::executors::live::Stream::Stdout,
+                        protocol::Stream::Stderr => crate::executors::live::Stream::Stderr,
+                    };
+                    live.push(stream, text.as_bytes());
+                }
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
             FromWorker::Result {

@@ -620,6 +620,26 @@ async fn run_attempt(shared: Arc<Shared>, job: Job) {
             job.kind
         )),
         (Some(kind), Ok(_)) => {
+            // Output as it is produced, to the daemon's followers.
+            let (live, forwarding) = if executors::captures_output(kind) {
+                let (tap, tapped) = tokio::sync::mpsc::unbounded_channel();
+                let live = Arc::new(executors::live::LiveAttempt::new(
+                    job.attempt.run_id,
+                    job.attempt.task.as_str().into(),
+                    job.attempt.attempt,
+                    Arc::clone(&secrets),
+                    Some(tap),
+                ));
+                let forwarding = tokio::spawn(forward_output(
+                    Arc::clone(&shared),
+                    job.attempt.clone(),
+                    job.reply_to.clone(),
+                    tapped,
+                ));
+                (Some(live), Some(forwarding))
+            } else {
+                (None, None)
+            };
             let ctx = AttemptContext {
                 run_id: job.attempt.run_id,
                 workflow: job.workflow.as_str().into(),
@@ -633,13 +653,22 @@ async fn run_attempt(shared: Arc<Shared>, job: Job) {
                 secrets: Arc::clone(&secrets),
                 databases: executors::sql::Databases::new(Default::default(), "."),
                 children: None,
+                live: live.clone(),
             };
             let timeout = job.timeout_ms.map(Duration::from_millis);
             let execution = tokio::spawn(executors::execute(kind, config, ctx, timeout));
-            match execution.await {
+            let outcome = match execution.await {
                 Ok(outcome) => outcome,
                 Err(e) => AttemptOutcome::permanent_failure(format!("executor failed: {e}")),
+            };
+            // The last of the output goes out before the result.
+            if let Some(live) = live {
+                live.finish();
             }
+            if let Some(forwarding) = forwarding {
+                let _ = forwarding.await;
+            }
+            outcome
         }
     };
     // What leaves the worker never holds a secret it read.
@@ -676,5 +705,55 @@ async fn run_attempt(shared: Arc<Shared>, job: Job) {
     shared.send(&job.reply_to, &message, true).await;
     if let Ok(mut running) = shared.running.lock() {
         running.remove(&job.attempt);
+    }
+}
+
+/// Most text in one `output` message.
+const OUTPUT_CHUNK: usize = 16 * 1024;
+/// How long output gathers before it is sent.
+const OUTPUT_EVERY: Duration = Duration::from_millis(50);
+
+/// Sends an attempt's output to the daemon in bounded chunks, gathered for
+/// up to [`OUTPUT_EVERY`]; ends when the attempt's output does.
+async fn forward_output(
+    shared: Arc<Shared>,
+    attempt: AttemptRef,
+    reply_to: String,
+    mut tapped: tokio::sync::mpsc::UnboundedReceiver<executors::live::Tapped>,
+) {
+    let mut open = true;
+    while open {
+        let Some(first) = tapped.recv().await else {
+            return;
+        };
+        let mut chunks: Vec<(executors::live::Stream, String)> =
+            vec![(first.stream, first.text.to_string())];
+        let until = tokio::time::Instant::now() + OUTPUT_EVERY;
+        while chunks.iter().map(|(_, t)| t.len()).sum::<usize>() < OUTPUT_CHUNK {
+            match tokio::time::timeout_at(until, tapped.recv()).await {
+                Ok(Some(piece)) => match chunks.last_mut() {
+                    Some((stream, text)) if *stream == piece.stream => text.push_str(&piece.text),
+                    _ => chunks.push((piece.stream, piece.text.to_string())),
+                },
+                Ok(None) => {
+                    open = false;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        for (stream, text) in chunks {
+            let message = FromWorker::Output {
+                protocol: PROTOCOL,
+                worker: shared.id().to_string(),
+                attempt: attempt.clone(),
+                stream: match stream {
+                    executors::live::Stream::Stdout => protocol::Stream::Stdout,
+                    executors::live::Stream::Stderr => protocol::Stream::Stderr,
+                },
+                text,
+            };
+            shared.send(&reply_to, &message, false).await;
+        }
     }
 }

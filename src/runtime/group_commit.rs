@@ -329,6 +329,9 @@ impl EngineLoop {
         now: Millis,
     ) -> Result<(), Error> {
         self.attempts.remove(&(run_id, task, attempt));
+        if let Some(output) = self.live_attempts.remove(&(run_id, task, attempt)) {
+            self.live.end(&output);
+        }
         let Some(run) = self.engine.run(run_id) else {
             return Ok(());
         };
