@@ -798,9 +798,12 @@ impl Remote {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
             FromWorker::Heartbeat {
-                worker, running, ..
+                worker,
+                running,
+                reporting,
+                ..
             } => {
-                let stale = self.on_heartbeat(worker.clone(), running);
+                let stale = self.on_heartbeat(worker.clone(), running, reporting);
                 for (attempt, reason) in stale {
                     self.send_control(
                         &worker.worker,
@@ -919,10 +922,11 @@ impl Remote {
         &self,
         info: WorkerInfo,
         running: Vec<AttemptRef>,
+        reporting: Vec<AttemptRef>,
     ) -> Vec<(AttemptRef, String)> {
         let mut stale = Vec::new();
         if let Ok(mut attempts) = self.inner.attempts.lock() {
-            for attempt in &running {
+            for attempt in running.iter().chain(&reporting) {
                 match attempts.get_mut(attempt) {
                     Some(tracked) => match &tracked.owner {
                         Some(owner) if *owner == info.worker => tracked.seen = Instant::now(),
@@ -953,6 +957,7 @@ impl Remote {
                     && tracked.stopping.is_none()
                     && tracked.granted.is_some_and(|g| g.elapsed() >= settled)
                     && !running.contains(attempt)
+                    && !reporting.contains(attempt)
                 {
                     tracing::warn!(attempt = %attempt, worker = %info.worker,
                         "A granted attempt is not running on its worker (the grant was lost); publishing its job again.");

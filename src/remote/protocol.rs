@@ -111,6 +111,10 @@ pub enum FromWorker {
         #[serde(flatten)]
         worker: WorkerInfo,
         running: Vec<AttemptRef>,
+        /// Attempts that ended and whose result is being sent (confirmed):
+        /// alive, but no longer holding a slot.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reporting: Vec<AttemptRef>,
     },
     /// A chunk of an attempt's output, as it is produced.
     Output {

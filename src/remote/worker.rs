@@ -57,6 +57,8 @@ pub struct WorkerOptions {
 }
 
 struct Running {
+    /// Ended; its result is being sent.
+    reporting: bool,
     cancel: CancellationToken,
     /// Why it was stopped, and whether to hand it back.
     stopped: Arc<Mutex<Option<(String, bool)>>>,
@@ -301,20 +303,23 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
             .map(|r| r.iter().cloned().collect())
             .unwrap_or_default();
         for reply_to in targets {
-            let running: Vec<AttemptRef> = shared
+            let (running, reporting): (Vec<_>, Vec<_>) = shared
                 .running
                 .lock()
                 .map(|r| {
                     r.iter()
                         .filter(|(_, e)| e.reply_to == reply_to)
-                        .map(|(a, _)| a.clone())
-                        .collect()
+                        .map(|(a, e)| (a.clone(), e.reporting))
+                        .collect::<Vec<_>>()
                 })
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .into_iter()
+                .partition(|(_, reporting)| !reporting);
             let message = FromWorker::Heartbeat {
                 protocol: PROTOCOL,
                 worker: shared.info.clone(),
-                running,
+                running: running.into_iter().map(|(a, _)| a).collect(),
+                reporting: reporting.into_iter().map(|(a, _)| a).collect(),
             };
             shared.send(&reply_to, &message, false).await;
         }
@@ -566,8 +571,7 @@ async fn take_job(
         None => {}
         Some(ToWorker::Grant { .. }) => {
             let _ = delivery.ack(BasicAckOptions::default()).await;
-            run_attempt(shared, job).await;
-            drop(permit);
+            run_attempt(shared, job, permit).await;
         }
         Some(ToWorker::Deny { reason, .. }) => {
             tracing::info!(attempt = %job.attempt, reason, "Claim denied; job dropped.");
@@ -577,7 +581,10 @@ async fn take_job(
     }
 }
 
-async fn run_attempt(shared: Arc<Shared>, job: Job) {
+/// Runs a granted attempt; `slot` is given back once the attempt has
+/// ended, before its result is confirmed (the attempt stays in the
+/// heartbeats until then).
+async fn run_attempt(shared: Arc<Shared>, job: Job, slot: tokio::sync::OwnedSemaphorePermit) {
     let cancel = CancellationToken::new();
     let stopped = Arc::new(Mutex::new(None));
     {
@@ -592,6 +599,7 @@ async fn run_attempt(shared: Arc<Shared>, job: Job) {
         running.insert(
             job.attempt.clone(),
             Running {
+                reporting: false,
                 cancel: cancel.clone(),
                 stopped: Arc::clone(&stopped),
                 reply_to: job.reply_to.clone(),
@@ -671,6 +679,12 @@ async fn run_attempt(shared: Arc<Shared>, job: Job) {
             outcome
         }
     };
+    drop(slot);
+    if let Ok(mut running) = shared.running.lock()
+        && let Some(entry) = running.get_mut(&job.attempt)
+    {
+        entry.reporting = true;
+    }
     // What leaves the worker never holds a secret it read.
     let mut outcome = outcome;
     secrets.redact_json(&mut outcome.output);
