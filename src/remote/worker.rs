@@ -67,12 +67,9 @@ struct Running {
 
 struct Shared {
     info: WorkerInfo,
-    /// Results and handbacks (persistent): their confirms wait for the
-    /// broker's disk.
+    /// Everything sent to the daemon (confirmed; results and handbacks
+    /// persistent).
     out: Broker,
-    /// Claims and heartbeats, on a connection of their own, so they never
-    /// queue behind a result's confirm.
-    chatter: Broker,
     /// `--concurrency`: a job is claimed only with a permit, held until its
     /// attempt is reported (jobs are acked at the grant, so the broker's
     /// prefetch alone would not bound them).
@@ -100,7 +97,9 @@ impl Shared {
             return;
         };
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        let broker = if persistent { &self.out } else { &self.chatter };
+        // One connection for everything: a second one for claims and
+        // heartbeats measured slower (benches/workers.rs, 2026-12-03).
+        let broker = &self.out;
         loop {
             let properties = BasicProperties::default()
                 .with_content_type("application/json".into())
@@ -175,7 +174,6 @@ pub async fn run(options: WorkerOptions, stop: CancellationToken) -> Result<(), 
             started_at: crate::time::format(crate::time::now()),
         },
         out: Broker::with_endpoint(Ok(options.endpoint.clone()), None),
-        chatter: Broker::with_endpoint(Ok(options.endpoint.clone()), None),
         slots: Arc::new(tokio::sync::Semaphore::new(options.concurrency)),
         pending: Mutex::new(HashMap::new()),
         running: Mutex::new(HashMap::new()),
