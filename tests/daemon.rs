@@ -16,7 +16,7 @@ use crate::util::{bin, stderr, switchyard, write_workflow};
 pub(crate) struct Daemon {
     child: Child,
     pub(crate) addr: String,
-    output: Arc<Mutex<String>>,
+    pub(crate) output: Arc<Mutex<String>>,
 }
 
 impl Daemon {

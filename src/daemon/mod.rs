@@ -236,11 +236,13 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         workflows: Some(workflow_lookup(Arc::clone(&registry))),
         remote: remote.clone(),
     })?;
+    // After recovery re-attached the remote attempts it found running.
     if let Some(remote) = &remote
-        && registry.read().is_ok_and(|r| {
-            r.workflows()
-                .any(|e| e.current.tasks.iter().any(|t| t.queue.is_some()))
-        })
+        && (remote.has_attempts()
+            || registry.read().is_ok_and(|r| {
+                r.workflows()
+                    .any(|e| e.current.tasks.iter().any(|t| t.queue.is_some()))
+            }))
     {
         remote.ensure_consuming();
     }

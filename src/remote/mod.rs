@@ -54,6 +54,10 @@ pub const LOST_AFTER_INTERVALS: u32 = 3;
 /// How long a cancelled or timed-out attempt's worker has to report it
 /// stopped before the attempt ends without its word.
 const CANCEL_GRACE: Duration = Duration::from_secs(15);
+/// How long workers get to reconnect after the daemon's own connection to
+/// the broker came (back), before their silence counts (at least one
+/// heartbeat interval).
+const RECONNECT_MARGIN: Duration = Duration::from_secs(5);
 /// Results handled at once (each waits for its flush before its ack).
 const PREFETCH: u16 = 512;
 
@@ -101,6 +105,9 @@ impl Ended {
 #[derive(Debug)]
 pub struct Tracking {
     finished: oneshot::Receiver<Ended>,
+    /// Re-attached at start-up: the consumer is started once every such
+    /// attempt is known (by the daemon, after recovery).
+    reattached: bool,
 }
 
 /// One attempt the daemon waits for.
@@ -108,6 +115,9 @@ struct Tracked {
     queue: String,
     /// When the owner got it (grant, or a re-attached attempt's heartbeat).
     granted: Option<Instant>,
+    /// The owner's message number at that moment: only its heartbeats
+    /// built later can tell that it does not have the attempt.
+    granted_seq: u64,
     /// Where its output is shown to followers while it runs.
     live: Option<Arc<crate::executors::live::LiveAttempt>>,
     /// The owner's heartbeats stopped listing it although it lives: the
@@ -206,6 +216,11 @@ impl Remote {
                 stop,
             }),
         }
+    }
+
+    /// Whether any remote attempt is being waited for.
+    pub fn has_attempts(&self) -> bool {
+        self.inner.attempts.lock().is_ok_and(|a| !a.is_empty())
     }
 
     pub fn heartbeat(&self) -> Duration {
@@ -377,6 +392,7 @@ impl Remote {
                     owner: None,
                     seen: Instant::now(),
                     granted: None,
+                    granted_seq: 0,
                     live,
                     republish: false,
                     reattached: reattach,
@@ -385,7 +401,10 @@ impl Remote {
                 },
             );
         }
-        Tracking { finished }
+        Tracking {
+            finished,
+            reattached: reattach,
+        }
     }
 
     /// Runs one attempt remotely (see the module docs). `timeout` counts
@@ -399,7 +418,11 @@ impl Remote {
         timeout: Option<Duration>,
         start_timeout: Option<Duration>,
     ) -> Ended {
-        self.ensure_consuming();
+        // Not while recovery still registers re-attached attempts: a
+        // heartbeat read before its attempt is known would cancel it.
+        if !tracking.reattached {
+            self.ensure_consuming();
+        }
         let key = job.attempt.clone();
         let mut finished = tracking.finished;
         let dispatched = Instant::now();
@@ -488,7 +511,12 @@ impl Remote {
                                 }
                                 continue;
                             }
-                            if seen.elapsed() >= self.lost_after() && self.hearing_for(self.lost_after()) {
+                            // Silence counts only once the daemon has heard the
+                            // broker long enough for workers to be back too
+                            // (after its own start or a broker outage, their
+                            // reconnects take a moment).
+                            let settled = self.lost_after() + self.inner.config.heartbeat.max(RECONNECT_MARGIN);
+                            if seen.elapsed() >= self.lost_after() && self.hearing_for(settled) {
                                 self.forget(&key);
                                 self.inner.metrics.lost.fetch_add(1, Ordering::Relaxed);
                                 return Ended::verdict(RemoteEnd::Lost(format!(
@@ -789,9 +817,10 @@ impl Remote {
                 worker,
                 job_id,
                 attempt,
+                seq,
                 ..
             } => {
-                let answer = self.claim(&worker, &job_id, &attempt);
+                let answer = self.claim(&worker, &job_id, &attempt, seq);
                 if let Some(answer) = answer {
                     self.send_control(&worker, &answer).await;
                 }
@@ -801,9 +830,11 @@ impl Remote {
                 worker,
                 running,
                 reporting,
+                claiming,
+                seq,
                 ..
             } => {
-                let stale = self.on_heartbeat(worker.clone(), running, reporting);
+                let stale = self.on_heartbeat(worker.clone(), running, reporting, &claiming, seq);
                 for (attempt, reason) in stale {
                     self.send_control(
                         &worker.worker,
@@ -863,7 +894,13 @@ impl Remote {
     }
 
     /// Answers a claim: the first worker to ask gets the attempt.
-    fn claim(&self, worker: &str, job_id: &str, attempt: &AttemptRef) -> Option<ToWorker> {
+    fn claim(
+        &self,
+        worker: &str,
+        job_id: &str,
+        attempt: &AttemptRef,
+        seq: u64,
+    ) -> Option<ToWorker> {
         let deny = |reason: String| {
             Some(ToWorker::Deny {
                 protocol: PROTOCOL,
@@ -903,6 +940,7 @@ impl Remote {
                 tracked.owner = Some(worker.to_string());
                 tracked.seen = Instant::now();
                 tracked.granted = Some(Instant::now());
+                tracked.granted_seq = seq;
             }
         }
         self.inner
@@ -923,6 +961,8 @@ impl Remote {
         info: WorkerInfo,
         running: Vec<AttemptRef>,
         reporting: Vec<AttemptRef>,
+        claiming: &[AttemptRef],
+        seq: u64,
     ) -> Vec<(AttemptRef, String)> {
         let mut stale = Vec::new();
         if let Ok(mut attempts) = self.inner.attempts.lock() {
@@ -935,6 +975,7 @@ impl Remote {
                             tracked.owner = Some(info.worker.clone());
                             tracked.seen = Instant::now();
                             tracked.granted = Some(Instant::now());
+                            tracked.granted_seq = seq;
                         }
                         Some(owner) => {
                             stale.push((attempt.clone(), format!("worker {owner} runs it")))
@@ -956,8 +997,12 @@ impl Remote {
                 if tracked.owner.as_deref() == Some(info.worker.as_str())
                     && tracked.stopping.is_none()
                     && tracked.granted.is_some_and(|g| g.elapsed() >= settled)
+                    // Built after the claim that got the grant, and the
+                    // worker neither runs nor still claims it.
+                    && seq > tracked.granted_seq
                     && !running.contains(attempt)
                     && !reporting.contains(attempt)
+                    && !claiming.contains(attempt)
                 {
                     tracing::warn!(attempt = %attempt, worker = %info.worker,
                         "A granted attempt is not running on its worker (the grant was lost); publishing its job again.");

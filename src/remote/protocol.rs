@@ -101,6 +101,10 @@ pub enum FromWorker {
     Claim {
         protocol: u32,
         worker: String,
+        /// The worker's message counter: a heartbeat with a higher one was
+        /// built after this claim was sent.
+        #[serde(default)]
+        seq: u64,
         job_id: String,
         #[serde(flatten)]
         attempt: AttemptRef,
@@ -115,6 +119,11 @@ pub enum FromWorker {
         /// alive, but no longer holding a slot.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         reporting: Vec<AttemptRef>,
+        /// Attempts claimed and not answered yet.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        claiming: Vec<AttemptRef>,
+        #[serde(default)]
+        seq: u64,
     },
     /// A chunk of an attempt's output, as it is produced.
     Output {
@@ -302,6 +311,7 @@ mod tests {
         let claim = FromWorker::Claim {
             protocol: PROTOCOL,
             worker: "w1".into(),
+            seq: 7,
             job_id: "j1".into(),
             attempt: attempt.clone(),
         };

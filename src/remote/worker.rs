@@ -65,6 +65,9 @@ struct Running {
     reply_to: String,
 }
 
+/// A claim: its attempt, and where its answer goes (taken when it comes).
+type Claiming = (AttemptRef, Option<oneshot::Sender<ToWorker>>);
+
 struct Shared {
     info: WorkerInfo,
     /// Everything sent to the daemon (confirmed; results and handbacks
@@ -74,7 +77,12 @@ struct Shared {
     /// attempt is reported (jobs are acked at the grant, so the broker's
     /// prefetch alone would not bound them).
     slots: Arc<tokio::sync::Semaphore>,
-    pending: Mutex<HashMap<String, oneshot::Sender<ToWorker>>>,
+    /// Claims waiting for an answer, by job id.
+    /// (An answered claim stays until its attempt is in `running`, so a
+    /// heartbeat always lists it somewhere.)
+    pending: Mutex<HashMap<String, Claiming>>,
+    /// Numbers claims and heartbeats in the order they are built.
+    seq: AtomicU64,
     running: Mutex<HashMap<AttemptRef, Running>>,
     reply_to: Mutex<BTreeSet<String>>,
     heartbeat_ms: AtomicU64,
@@ -176,6 +184,7 @@ pub async fn run(options: WorkerOptions, stop: CancellationToken) -> Result<(), 
         out: Broker::with_endpoint(Ok(options.endpoint.clone()), None),
         slots: Arc::new(tokio::sync::Semaphore::new(options.concurrency)),
         pending: Mutex::new(HashMap::new()),
+        seq: AtomicU64::new(0),
         running: Mutex::new(HashMap::new()),
         reply_to: Mutex::new(BTreeSet::new()),
         heartbeat_ms: AtomicU64::new(FIRST_HEARTBEAT.as_millis() as u64),
@@ -313,11 +322,21 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
                 .unwrap_or_default()
                 .into_iter()
                 .partition(|(_, reporting)| !reporting);
+            // Numbered after the lists are read: a claim sent before this
+            // heartbeat has a lower number, and is in one of the lists.
+            let claiming: Vec<AttemptRef> = shared
+                .pending
+                .lock()
+                .map(|p| p.values().map(|(a, _)| a.clone()).collect())
+                .unwrap_or_default();
+            let seq = shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
             let message = FromWorker::Heartbeat {
                 protocol: PROTOCOL,
                 worker: shared.info.clone(),
                 running: running.into_iter().map(|(a, _)| a).collect(),
                 reporting: reporting.into_iter().map(|(a, _)| a).collect(),
+                claiming,
+                seq,
             };
             shared.send(&reply_to, &message, false).await;
         }
@@ -471,7 +490,7 @@ fn obey(shared: &Arc<Shared>, delivery: &lapin::message::Delivery) {
                 .pending
                 .lock()
                 .ok()
-                .and_then(|mut p| p.remove(job_id));
+                .and_then(|mut p| p.get_mut(job_id).and_then(|(_, s)| s.take()));
             if let Some(waiting) = waiting {
                 let _ = waiting.send(order);
             }
@@ -545,15 +564,16 @@ async fn take_job(
     // or its answer may be lost, or the daemon may be restarting).
     let (answer_tx, mut answer) = oneshot::channel();
     if let Ok(mut pending) = shared.pending.lock() {
-        pending.insert(job.job_id.clone(), answer_tx);
+        pending.insert(job.job_id.clone(), (job.attempt.clone(), Some(answer_tx)));
     }
-    let claim = FromWorker::Claim {
-        protocol: PROTOCOL,
-        worker: shared.id().to_string(),
-        job_id: job.job_id.clone(),
-        attempt: job.attempt.clone(),
-    };
     let answer = loop {
+        let claim = FromWorker::Claim {
+            protocol: PROTOCOL,
+            worker: shared.id().to_string(),
+            seq: shared.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            job_id: job.job_id.clone(),
+            attempt: job.attempt.clone(),
+        };
         shared.send(&job.reply_to, &claim, false).await;
         tokio::select! {
             answer = &mut answer => break answer.ok(),
@@ -561,15 +581,24 @@ async fn take_job(
             _ = tokio::time::sleep(CLAIM_RETRY) => {}
         }
     };
-    if let Ok(mut pending) = shared.pending.lock() {
-        pending.remove(&job.job_id);
+    let forget_claim = |shared: &Shared| {
+        if let Ok(mut pending) = shared.pending.lock() {
+            pending.remove(&job.job_id);
+        }
+    };
+    if !matches!(answer, Some(ToWorker::Grant { .. })) {
+        forget_claim(&shared);
     }
     match answer {
         // The session ended first: the broker gives the job to someone.
         None => {}
         Some(ToWorker::Grant { .. }) => {
             let _ = delivery.ack(BasicAckOptions::default()).await;
-            run_attempt(shared, job, permit).await;
+            let job_id = job.job_id.clone();
+            run_attempt(Arc::clone(&shared), job, permit).await;
+            if let Ok(mut pending) = shared.pending.lock() {
+                pending.remove(&job_id);
+            }
         }
         Some(ToWorker::Deny { reason, .. }) => {
             tracing::info!(attempt = %job.attempt, reason, "Claim denied; job dropped.");
@@ -603,6 +632,10 @@ async fn run_attempt(shared: Arc<Shared>, job: Job, slot: tokio::sync::OwnedSema
                 reply_to: job.reply_to.clone(),
             },
         );
+    }
+    // In `running` now: the answered claim can go.
+    if let Ok(mut pending) = shared.pending.lock() {
+        pending.remove(&job.job_id);
     }
     shared.started.fetch_add(1, Ordering::Relaxed);
     // Secrets this worker reads itself, and redacts like the others.
