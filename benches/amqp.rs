@@ -309,36 +309,6 @@ async fn raw_hop(
     hops
 }
 
-/// Runs `benches/celery_chain.py` (the same chain in Celery); `None` when
-/// no python with celery is found.
-async fn celery() -> Option<serde_json::Value> {
-    let python = std::env::var("CELERY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_celery = tokio::process::Command::new(&python)
-        .args(["-c", "import celery"])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|s| s.success());
-    if !has_celery {
-        return None;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/celery_chain.py");
-    let output = tokio::process::Command::new(&python)
-        .arg(script)
-        .output()
-        .await
-        .ok()?;
-    if !output.status.success() {
-        eprintln!(
-            "  Celery bench failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        return None;
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(stdout.lines().last()?).ok()
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -527,7 +497,7 @@ fn main() {
         running.done.await.unwrap().unwrap();
 
         // 4. Side by side: the same chain in Celery 5 on the same broker.
-        match if quick { None } else { celery().await } {
+        match if quick { None } else { common::celery("celery_chain.py").await } {
             Some(celery) => {
                 let rate = celery["backlog_runs_per_s"].as_f64().unwrap();
                 let p50 = celery["p50_ms_at_50"].as_f64().unwrap();

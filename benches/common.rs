@@ -31,3 +31,36 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
 }
+
+/// Runs a Celery side-by-side script of `benches/` (it prints one JSON line
+/// last); `None` when no python with celery is found (`CELERY_PYTHON`,
+/// else `python3`) or the script fails.
+pub async fn celery(script: &str) -> Option<serde_json::Value> {
+    let python = std::env::var("CELERY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_celery = tokio::process::Command::new(&python)
+        .args(["-c", "import celery"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success());
+    if !has_celery {
+        return None;
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches")
+        .join(script);
+    let output = tokio::process::Command::new(&python)
+        .arg(script)
+        .output()
+        .await
+        .ok()?;
+    if !output.status.success() {
+        eprintln!(
+            "  Celery bench failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return None;
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.lines().last()?).ok()
+}

@@ -70,33 +70,6 @@ fn millis(text: &serde_json::Value) -> f64 {
         .timestamp_millis() as f64
 }
 
-async fn celery() -> Option<serde_json::Value> {
-    let python = std::env::var("CELERY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_celery = tokio::process::Command::new(&python)
-        .args(["-c", "import celery"])
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|s| s.success());
-    if !has_celery {
-        return None;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/celery_workers.py");
-    let output = tokio::process::Command::new(&python)
-        .arg(script)
-        .output()
-        .await
-        .ok()?;
-    if !output.status.success() {
-        eprintln!(
-            "  Celery bench failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        return None;
-    }
-    serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last()?).ok()
-}
-
 fn main() {
     let rt = common::tokio();
     rt.block_on(async {
@@ -224,7 +197,7 @@ fn main() {
         stop(workers);
         println!("  added by running it remotely: p50 {:+.2} ms (target ≤ 2 ms)", p50s[0] - p50s[1]);
 
-        match celery().await {
+        match common::celery("celery_workers.py").await {
             Some(celery) => {
                 println!("Celery prefork, the same `true` subprocess, {} queued:", celery["backlog"]);
                 for processes in [1, 2, 4] {

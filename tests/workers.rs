@@ -69,6 +69,15 @@ impl Drop for Worker {
     }
 }
 
+/// Deletes a test's task queue and result queue.
+async fn delete_queues(queue: &str) {
+    broker::delete_queues(&[
+        &format!("switchyard.tasks.{queue}"),
+        &format!("{queue}.results"),
+    ])
+    .await;
+}
+
 fn remote_project(queue: &str, heartbeat: &str) -> Project {
     let project = Project::with_config(
         &[],
@@ -235,11 +244,7 @@ async fn a_hundred_runs_of_three_remote_tasks_spread_over_three_workers_each_res
     );
     daemon.stop().await;
     drop(workers);
-    broker::delete_queues(&[
-        &format!("switchyard.tasks.{queue}"),
-        &format!("{queue}.results"),
-    ])
-    .await;
+    delete_queues(&queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,11 +294,7 @@ async fn a_worker_killed_mid_task_loses_the_attempt_which_succeeds_on_another() 
     );
     daemon.stop().await;
     drop(second);
-    broker::delete_queues(&[
-        &format!("switchyard.tasks.{queue}"),
-        &format!("{queue}.results"),
-    ])
-    .await;
+    delete_queues(&queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,11 +334,7 @@ async fn remote_timeout_and_cancel_kill_the_attempts_processes_on_the_worker() {
     assert_eq!(run["status"], "cancelled", "{run}");
     wait_gone(&pid).await;
     daemon.stop().await;
-    broker::delete_queues(&[
-        &format!("switchyard.tasks.{queue}"),
-        &format!("{queue}.results"),
-    ])
-    .await;
+    delete_queues(&queue).await;
 }
 
 #[test]
@@ -449,10 +446,7 @@ fn a_daemon_sigkilled_while_workers_are_busy_applies_every_result_once_after_res
         daemon.output.lock().unwrap()
     );
     daemon.kill();
-    rt.block_on(broker::delete_queues(&[
-        &format!("switchyard.tasks.{queue}"),
-        &format!("{queue}.results"),
-    ]));
+    rt.block_on(delete_queues(&queue));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,11 +497,7 @@ async fn a_broker_restart_with_jobs_and_results_in_flight_finishes_every_run_onc
         assert!(!kinds.iter().any(|k| k == "attempt_lost"), "{history}");
     }
     daemon.stop().await;
-    broker::delete_queues(&[
-        &format!("switchyard.tasks.{queue}"),
-        &format!("{queue}.results"),
-    ])
-    .await;
+    delete_queues(&queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -570,11 +560,7 @@ async fn sigterm_hands_unfinished_attempts_back_and_they_finish_elsewhere() {
     // Handed back at once, not after the heartbeat window.
     assert!(stopped_at.elapsed() < Duration::from_secs(10));
     daemon.stop().await;
-    broker::delete_queues(&[
-        &format!("switchyard.tasks.{queue}"),
-        &format!("{queue}.results"),
-    ])
-    .await;
+    delete_queues(&queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -615,11 +601,7 @@ async fn a_task_outlasting_many_heartbeat_windows_completes_once() {
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["tasks"]["wait"]["attempts"], 1, "{run}");
     daemon.stop().await;
-    broker::delete_queues(&[
-        &format!("switchyard.tasks.{queue}"),
-        &format!("{queue}.results"),
-    ])
-    .await;
+    delete_queues(&queue).await;
 }
 
 async fn metric(daemon: &Daemon, line_start: &str) -> f64 {
@@ -710,11 +692,7 @@ async fn messages_of_another_protocol_version_are_refused_on_both_sides() {
             >= 6.0
     );
     daemon.stop().await;
-    broker::delete_queues(&[
-        &format!("switchyard.tasks.{queue}"),
-        &format!("{queue}.results"),
-    ])
-    .await;
+    delete_queues(&queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -766,11 +744,7 @@ async fn a_secret_read_on_the_worker_never_reaches_the_daemon() {
         "{error}"
     );
     daemon.stop().await;
-    broker::delete_queues(&[
-        &format!("switchyard.tasks.{queue}"),
-        &format!("{queue}.results"),
-    ])
-    .await;
+    delete_queues(&queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -822,11 +796,7 @@ async fn a_worker_runs_at_most_its_concurrency_at_once() {
         started.elapsed()
     );
     daemon.stop().await;
-    broker::delete_queues(&[
-        &format!("switchyard.tasks.{queue}"),
-        &format!("{queue}.results"),
-    ])
-    .await;
+    delete_queues(&queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -876,9 +846,33 @@ async fn a_remote_tasks_output_can_be_followed_while_it_runs() {
     );
     assert!(seen.contains("event: end"), "{seen}");
     daemon.stop().await;
-    broker::delete_queues(&[
-        &format!("switchyard.tasks.{queue}"),
-        &format!("{queue}.results"),
-    ])
-    .await;
+    delete_queues(&queue).await;
+}
+
+#[test]
+fn a_one_off_run_says_remote_tasks_need_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_workflow(
+        dir.path(),
+        "remote_only",
+        &json!({"name": "remote_only", "tasks": [{"id": "t", "queue": "etl", "shell": {"command": ["true"]}}]}),
+    );
+    let data = dir.path().join("data");
+    let out = crate::util::switchyard(
+        dir.path(),
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", crate::util::stderr(&out));
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let error = record["tasks"]["t"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("runs on queue `etl`") && error.contains("use `serve`"),
+        "{error}"
+    );
 }

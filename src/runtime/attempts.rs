@@ -42,7 +42,10 @@ impl EngineLoop {
                     self.start_remote(run_id, task, attempt, started_at, prepared, token);
                     return;
                 }
-                if let Some(secret) = crate::spec::config::worker_secret_used(&prepared.config) {
+                // Only projects with worker-read secrets pay for the check.
+                if self.worker_secrets
+                    && let Some(secret) = crate::spec::config::worker_secret_used(&prepared.config)
+                {
                     self.attempts.remove(&(run_id, task, attempt));
                     let _ = tx.send(Input::AttemptDone {
                         run_id,

@@ -44,6 +44,7 @@ impl EngineLoop {
         };
         let mut engine = Engine::new(config.limits);
         engine.set_secrets(Arc::clone(&config.secrets));
+        let worker_secrets = config.secrets.has_worker_secrets();
         let engine_loop = EngineLoop {
             lifecycle: config
                 .broker
@@ -55,6 +56,7 @@ impl EngineLoop {
             databases: config.databases,
             workflows: config.workflows,
             remote: config.remote,
+            worker_secrets,
             opened_at: now_millis(),
             children: Arc::new(super::children::RuntimeChildren {
                 handle: handle.clone(),

@@ -679,6 +679,9 @@ struct EngineLoop {
     databases: executors::sql::Databases,
     workflows: Option<WorkflowLookup>,
     remote: Option<crate::remote::Remote>,
+    /// Some secret is read by workers only: local attempts are checked
+    /// for it.
+    worker_secrets: bool,
     /// When this loop started: an attempt started before it and started
     /// again is a resumed one (a remote attempt is re-attached).
     opened_at: Millis,

@@ -513,6 +513,13 @@ impl Secrets {
         }
     }
 
+    /// Whether any secret is read by workers only (`{"worker": …}`).
+    pub fn has_worker_secrets(&self) -> bool {
+        self.values
+            .values()
+            .any(|v| v.starts_with("\u{1}sy-secret:"))
+    }
+
     /// The secret values (for a remote job's redaction list).
     pub fn values(&self) -> impl Iterator<Item = String> + '_ {
         self.values.values().cloned()

@@ -110,26 +110,7 @@ impl Triggers {
             .map(|b| (b.name.clone(), Arc::clone(b)))
             .collect();
         for (name, binding) in keep_unchanged_one(&mut self.crons, crons) {
-            let token = self.stop.child_token();
-            let (clock, reactor, stop, b) = (
-                Arc::clone(&self.clock),
-                self.reactor.clone(),
-                token.clone(),
-                Arc::clone(&binding),
-            );
-            supervise(
-                &self.reactor,
-                format!("cron:{name}"),
-                token.clone(),
-                move || {
-                    cron::task(
-                        Arc::clone(&b),
-                        reactor.clone(),
-                        Arc::clone(&clock),
-                        stop.clone(),
-                    )
-                },
-            );
+            let token = self.timed(format!("cron:{name}"), &binding, cron::task);
             self.crons.insert(name, (binding, token));
         }
 
@@ -142,26 +123,7 @@ impl Triggers {
             .map(|b| (b.name.clone(), b))
             .collect();
         for (name, binding) in keep_unchanged_one(&mut self.expectations, expecting) {
-            let token = self.stop.child_token();
-            let (clock, reactor, stop, b) = (
-                Arc::clone(&self.clock),
-                self.reactor.clone(),
-                token.clone(),
-                Arc::clone(&binding),
-            );
-            supervise(
-                &self.reactor,
-                format!("expect:{name}"),
-                token.clone(),
-                move || {
-                    expect::task(
-                        Arc::clone(&b),
-                        reactor.clone(),
-                        Arc::clone(&clock),
-                        stop.clone(),
-                    )
-                },
-            );
+            let token = self.timed(format!("expect:{name}"), &binding, expect::task);
             self.expectations.insert(name, (binding, token));
         }
 
@@ -209,6 +171,35 @@ impl Triggers {
             );
             self.queues.insert(queue, (group, token));
         }
+    }
+
+    /// Starts a one-binding task on the clock (cron, expect) under
+    /// [`supervise`]; returns its stop token.
+    fn timed<Fut>(
+        &self,
+        adapter: String,
+        binding: &Arc<Binding>,
+        task: fn(Arc<Binding>, Reactor, Arc<dyn crate::time::Clock>, CancellationToken) -> Fut,
+    ) -> CancellationToken
+    where
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let token = self.stop.child_token();
+        let (clock, reactor, stop, binding) = (
+            Arc::clone(&self.clock),
+            self.reactor.clone(),
+            token.clone(),
+            Arc::clone(binding),
+        );
+        supervise(&self.reactor, adapter, token.clone(), move || {
+            task(
+                Arc::clone(&binding),
+                reactor.clone(),
+                Arc::clone(&clock),
+                stop.clone(),
+            )
+        });
+        token
     }
 
     /// Stops every adapter.
