@@ -354,7 +354,7 @@ fn a_daemon_sigkilled_while_workers_are_busy_applies_every_result_once_after_res
     std::fs::write(
         root.join("switchyard.json"),
         json!({"workflows": ["workflows"],
-               "workers": {"heartbeat": "300ms", "results_queue": format!("{queue}.results")}})
+               "workers": {"heartbeat": "1s", "results_queue": format!("{queue}.results")}})
         .to_string(),
     )
     .unwrap();
