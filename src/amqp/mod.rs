@@ -454,6 +454,9 @@ struct BrokerInner {
     endpoint: Result<Endpoint, String>,
     events_exchange: Option<String>,
     session: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+    /// A channel on the same connection without confirms, for messages
+    /// whose loss the sender survives ([`Broker::publish_unconfirmed`]).
+    plain: tokio::sync::Mutex<Option<Channel>>,
     /// Exchanges seen to exist on this connection. Publishing to a missing
     /// exchange closes the channel, failing every publish in flight on it,
     /// so an exchange is checked on a throwaway channel first.
@@ -513,6 +516,7 @@ impl Broker {
                 endpoint,
                 events_exchange: events_exchange.filter(|e| !e.is_empty()),
                 session: tokio::sync::Mutex::new(None),
+                plain: tokio::sync::Mutex::new(None),
                 known: std::sync::Mutex::new(std::collections::HashSet::new()),
                 queued: std::sync::Mutex::new(Vec::new()),
                 publishing: tokio::sync::Mutex::new(()),
@@ -572,6 +576,48 @@ impl Broker {
             .await
             .pop()
             .unwrap_or_else(|| Err(PublishError::Broker("nothing was published".into())))
+    }
+
+    /// Publishes without waiting for a confirm, on a channel of its own
+    /// (so it never queues behind a batch waiting for confirms): for
+    /// messages that are sent again if lost, like a remote worker's claims
+    /// and heartbeats. `Ok` means handed to the connection, nothing more.
+    /// Messages published here keep their order among themselves, not
+    /// with those of [`Broker::publish`].
+    pub async fn publish_unconfirmed(&self, message: Outgoing) -> Result<(), PublishError> {
+        let exchange = short("exchange name", &message.exchange).map_err(PublishError::Invalid)?;
+        let routing_key =
+            short("routing key", &message.routing_key).map_err(PublishError::Invalid)?;
+        let mut plain = self.inner.plain.lock().await;
+        let channel = match plain.as_ref().filter(|c| c.status().connected()) {
+            Some(channel) => channel.clone(),
+            None => {
+                self.channel().await?;
+                let session = self.inner.session.lock().await;
+                let Some((connection, _)) = session.as_ref() else {
+                    return Err(PublishError::Broker("not connected".into()));
+                };
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| PublishError::Broker(format!("cannot open a channel: {e}")))?;
+                drop(session);
+                *plain = Some(channel.clone());
+                channel
+            }
+        };
+        drop(plain);
+        channel
+            .basic_publish(
+                exchange,
+                routing_key,
+                BasicPublishOptions::default(),
+                &message.body,
+                message.properties,
+            )
+            .await
+            .map(drop)
+            .map_err(|e| PublishError::Broker(format!("publish failed: {e}")))
     }
 
     fn forget_exchanges(&self) {

@@ -13,6 +13,7 @@ pub mod process;
 mod shell;
 mod sleep;
 pub mod sql;
+mod trampoline;
 pub mod workflow;
 
 use std::future::Future;

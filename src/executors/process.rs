@@ -8,11 +8,17 @@
 //!   runs. `PDEATHSIG` fires when the *thread* that forked the child ends,
 //!   which is why the spawner is a thread of its own and not a tokio worker
 //!   (workers can be retired). So a SIGKILL of the daemon kills the
-//!   attempt's main process at once. The signal is set by util-linux's
-//!   `setpriv --pdeathsig KILL` (on every Debian-like system), which keeps
-//!   the spawn a cheap `posix_spawn`: setting it in a `pre_exec` hook forces
-//!   a full `fork` of the daemon, which measured ~25 ms per attempt here
-//!   against ~0.5 ms. Without `setpriv` the hook is the fallback.
+//!   attempt's main process at once. The signal is set by a trampoline
+//!   that runs before the program (`executors/trampoline.rs`), which keeps the
+//!   spawn a cheap `posix_spawn`: setting it in a `pre_exec` hook forces a
+//!   full `fork` of the daemon, which measured ~25 ms per attempt here
+//!   against ~0.5 ms. On x86-64 Linux the trampoline is a 252-byte static
+//!   program written into the data directory at start (no libc: it costs
+//!   the exec alone, ~0.07 ms); elsewhere, or where the data directory
+//!   cannot hold an executable, it is util-linux's `setpriv --pdeathsig
+//!   KILL`, whose dynamic start-up costs ~1.4 ms per attempt in a VM (glibc
+//!   reads the CPU's caches through `cpuid`, which traps to the
+//!   hypervisor); without either, the hook.
 //! - **Recovery ends what is left.** The main process's children (a script's
 //!   `sleep`, a pipeline) are not covered by `PDEATHSIG`. Each running
 //!   attempt's process group is recorded in a file under
@@ -48,14 +54,24 @@ type SpawnRequest = (Command, bool, oneshot::Sender<io::Result<Child>>);
 pub struct Processes {
     spawner: mpsc::Sender<SpawnRequest>,
     dir: PathBuf,
-    /// `setpriv`, which sets the parent-death signal and execs the program.
-    setpriv: Option<PathBuf>,
+    /// What sets the parent-death signal and execs the program.
+    trampoline: Option<Trampoline>,
+}
+
+/// A program that sets the parent-death signal, then execs its arguments.
+#[derive(Debug, Clone)]
+enum Trampoline {
+    /// [`trampoline::ELF`] at this path: `PATH <our pid> PROGRAM ARGS…`.
+    Own(PathBuf),
+    /// `setpriv --pdeathsig KILL -- PROGRAM ARGS…`.
+    Setpriv(PathBuf),
 }
 
 impl Processes {
-    /// Starts the spawner thread; `dir` records running groups. Must be
-    /// called inside the tokio runtime that will wait on the children. The
-    /// thread ends when the last clone is dropped.
+    /// Starts the spawner thread; `dir` records running groups, and the
+    /// trampoline is written beside it. Must be called inside the tokio
+    /// runtime that will wait on the children. The thread ends when the
+    /// last clone is dropped.
     pub fn start(dir: PathBuf) -> io::Result<Self> {
         let (spawner, requests) = mpsc::channel::<SpawnRequest>();
         let tokio = tokio::runtime::Handle::current();
@@ -68,16 +84,18 @@ impl Processes {
                     let _ = reply.send(spawn_here(&mut command, hook));
                 }
             })?;
-        let setpriv = find_in_path("setpriv", None);
-        if setpriv.is_none() {
+        let trampoline = super::trampoline::install(&dir.with_file_name("spawn-trampoline"))
+            .map(Trampoline::Own)
+            .or_else(|| find_in_path("setpriv", None).map(Trampoline::Setpriv));
+        if trampoline.is_none() {
             tracing::debug!(
-                "setpriv not found; attempts are spawned with a pre_exec hook (slower)."
+                "No trampoline and no setpriv; attempts are spawned with a pre_exec hook (slower)."
             );
         }
         Ok(Self {
             spawner,
             dir,
-            setpriv,
+            trampoline,
         })
     }
 
@@ -90,13 +108,13 @@ impl Processes {
         path: Option<&OsStr>,
         cwd: Option<&Path>,
     ) -> io::Result<Command> {
-        let Some(setpriv) = &self.setpriv else {
+        let Some(trampoline) = &self.trampoline else {
             return Ok(Command::new(program));
         };
         let resolved = if program.contains('/') {
             // Checked as exec would (relative to the working directory the
             // program gets), so a missing program is a spawn error here
-            // too, not setpriv's exit 127.
+            // too, not the trampoline's exit 127.
             let file = cwd.map_or_else(|| PathBuf::from(program), |cwd| cwd.join(program));
             if !is_executable(&std::fs::metadata(&file)?) {
                 return Err(io::Error::new(
@@ -109,8 +127,18 @@ impl Processes {
             find_in_path(program, path)
                 .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not found in PATH"))?
         };
-        let mut command = Command::new(setpriv);
-        command.args(["--pdeathsig", "KILL", "--"]).arg(resolved);
+        let command = match trampoline {
+            Trampoline::Own(path) => {
+                let mut command = Command::new(path);
+                command.arg(std::process::id().to_string()).arg(resolved);
+                command
+            }
+            Trampoline::Setpriv(path) => {
+                let mut command = Command::new(path);
+                command.args(["--pdeathsig", "KILL", "--"]).arg(resolved);
+                command
+            }
+        };
         Ok(command)
     }
 
@@ -119,7 +147,7 @@ impl Processes {
     /// `name` until the returned guard is dropped, which kills the group.
     pub async fn spawn(&self, command: Command, name: &str) -> io::Result<(Child, GroupGuard)> {
         let (reply, answer) = oneshot::channel();
-        let hook = self.setpriv.is_none();
+        let hook = self.trampoline.is_none();
         self.spawner
             .send((command, hook, reply))
             .map_err(|_| io::Error::other("the process spawner has stopped"))?;

@@ -98,27 +98,22 @@ impl Shared {
         &self.info.worker
     }
 
-    /// Publishes one message to a daemon's result queue; `persistent`
-    /// ones (results, handbacks) are retried until confirmed.
+    /// Publishes one message to a daemon's result queue: results and
+    /// handbacks persistent and retried until confirmed, output chunks
+    /// confirmed once (so the last chunk is queued before the result).
     async fn send(&self, reply_to: &str, message: &FromWorker, persistent: bool) {
         let Ok(body) = serde_json::to_vec(message) else {
             return;
         };
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        // One connection for everything: a second one for claims and
-        // heartbeats measured slower (benches/workers.rs, 2026-12-03).
-        let broker = &self.out;
         loop {
-            let properties = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(if persistent { 2 } else { 1 })
-                .with_headers(protocol::headers());
-            let result = broker
+            let result = self
+                .out
                 .publish(Outgoing {
                     exchange: String::new(),
                     routing_key: reply_to.to_string(),
                     body: body.clone(),
-                    properties,
+                    properties: properties(persistent),
                     mandatory: true,
                 })
                 .await;
@@ -136,9 +131,38 @@ impl Shared {
             }
         }
     }
+
+    /// Sends a claim or a heartbeat: not confirmed (each is sent again if
+    /// lost), on the publishing connection's second channel, so it never
+    /// waits behind a result's confirm. Claims and heartbeats keep their
+    /// order, which their numbering relies on.
+    async fn notify(&self, reply_to: &str, message: &FromWorker) {
+        let Ok(body) = serde_json::to_vec(message) else {
+            return;
+        };
+        let sent = self
+            .out
+            .publish_unconfirmed(Outgoing {
+                exchange: String::new(),
+                routing_key: reply_to.to_string(),
+                body,
+                properties: properties(false),
+                mandatory: false,
+            })
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "Cannot send to the daemon.");
+        }
+    }
 }
 
-/// A worker id: host, pid and a random part (unique across restarts).
+fn properties(persistent: bool) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(if persistent { 2 } else { 1 })
+        .with_headers(protocol::headers())
+}
+
 fn worker_id() -> (String, String) {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -338,7 +362,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
                 claiming,
                 seq,
             };
-            shared.send(&reply_to, &message, false).await;
+            shared.notify(&reply_to, &message).await;
         }
     }
 }
@@ -574,7 +598,7 @@ async fn take_job(
             job_id: job.job_id.clone(),
             attempt: job.attempt.clone(),
         };
-        shared.send(&job.reply_to, &claim, false).await;
+        shared.notify(&job.reply_to, &claim).await;
         tokio::select! {
             answer = &mut answer => break answer.ok(),
             _ = session.cancelled() => break None,
@@ -593,7 +617,10 @@ async fn take_job(
         // The session ended first: the broker gives the job to someone.
         None => {}
         Some(ToWorker::Grant { .. }) => {
-            let _ = delivery.ack(BasicAckOptions::default()).await;
+            // Not waited for: a lost ack only lets the broker give the job
+            // to another worker, whose claim the daemon denies.
+            let acker = delivery.acker.clone();
+            tokio::spawn(async move { acker.ack(BasicAckOptions::default()).await });
             let job_id = job.job_id.clone();
             run_attempt(Arc::clone(&shared), job, permit).await;
             if let Ok(mut pending) = shared.pending.lock() {
