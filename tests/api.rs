@@ -23,7 +23,7 @@ pub(crate) struct Fixture {
 }
 
 impl Fixture {
-    async fn new(token: Option<&str>) -> Self {
+    pub(crate) async fn new(token: Option<&str>) -> Self {
         Self::with(token, &[], &[]).await
     }
 
@@ -129,12 +129,12 @@ impl Fixture {
         self.call("GET", uri, None, None).await
     }
 
-    async fn post(&self, uri: &str, body: &str) -> (StatusCode, Value) {
+    pub(crate) async fn post(&self, uri: &str, body: &str) -> (StatusCode, Value) {
         self.call("POST", uri, Some(body), None).await
     }
 
     /// Polls a run until it is terminal.
-    async fn wait_run(&self, id: &str) -> Value {
+    pub(crate) async fn wait_run(&self, id: &str) -> Value {
         for _ in 0..400 {
             let (status, run) = self.get(&format!("/api/v1/runs/{id}")).await;
             assert_eq!(status, StatusCode::OK, "{run}");
@@ -146,7 +146,12 @@ impl Fixture {
         panic!("run {id} did not end");
     }
 
-    async fn shutdown(mut self) {
+    /// The router's answer to `request`, as it is (streams unread).
+    pub(crate) async fn respond(&self, request: Request<Body>) -> axum::response::Response {
+        app(self.state.clone()).oneshot(request).await.unwrap()
+    }
+
+    pub(crate) async fn shutdown(mut self) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown().await;
         }

@@ -11,6 +11,7 @@ mod bindings;
 mod cli;
 mod cloudevents;
 mod daemon;
+mod dashboard;
 mod engine;
 mod examples;
 mod fuzz_corpora;

@@ -181,8 +181,23 @@ pub async fn list_runs(
         ),
     };
     let before = query.before.as_deref().map(parse_run_id).transpose()?;
+    let (runs, next) = runs_page(&state, query.workflow.clone(), status, before, limit).await?;
+    Ok(Json(
+        json!({"runs": runs, "next": next.map(|id| id.to_string())}),
+    ))
+}
+
+/// A page of runs, newest first (active ones from the engine, ended ones
+/// through the run index), and the cursor of the next page.
+pub(crate) async fn runs_page(
+    state: &AppState,
+    workflow: Option<String>,
+    status: Option<RunStatus>,
+    before: Option<RunId>,
+    limit: usize,
+) -> Result<(Vec<RunRecord>, Option<RunId>), Error> {
     let filter = crate::runtime::RunFilter {
-        workflow: query.workflow.clone(),
+        workflow,
         status,
         before,
         limit,
@@ -210,9 +225,9 @@ pub async fn list_runs(
     runs.dedup_by_key(|r| r.id);
     runs.truncate(limit);
     let next = (runs.len() == limit)
-        .then(|| runs.last().map(|r| r.id.to_string()))
+        .then(|| runs.last().map(|r| r.id))
         .flatten();
-    Ok(Json(json!({"runs": runs, "next": next})))
+    Ok((runs, next))
 }
 
 pub async fn show_run(

@@ -4,11 +4,13 @@
 //! serves it. Every error is `{"error": {"code", "message"}}` through one
 //! mapping ([`Error`]); 5xx bodies carry no internals.
 
+mod dashboard;
 mod events;
 mod follow;
 mod handlers;
 mod hooks;
 mod operations;
+mod stream;
 
 pub use events::{api_event, binding_json};
 
@@ -68,7 +70,8 @@ impl AppState {
     }
 }
 
-/// The router: `/healthz`, `/metrics`, `/hooks/…` and `/api/v1/…`.
+/// The router: `/healthz`, `/metrics`, `/hooks/…`, `/api/v1/…` and the
+/// dashboard's pages.
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/workflows", get(handlers::list_workflows))
@@ -77,6 +80,8 @@ pub fn app(state: AppState) -> Router {
         .route("/runs", get(handlers::list_runs))
         .route("/runs/{id}", get(handlers::show_run))
         .route("/runs/{id}/history", get(handlers::run_history))
+        .route("/runs/{id}/stream", get(stream::one_run))
+        .route("/stream", get(stream::all_runs))
         .route("/runs/{id}/tasks/{task}/logs", get(handlers::task_logs))
         .route("/runs/{id}/cancel", post(handlers::cancel_run))
         .route("/runs/{id}/rerun", post(handlers::rerun))
@@ -121,6 +126,7 @@ pub fn app(state: AppState) -> Router {
         .nest("/api/v1", api)
         // Webhooks carry their own auth (signatures), not the API token.
         .route("/hooks/{*path}", any(hooks::hook))
+        .merge(dashboard::routes(state.clone()))
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -129,7 +135,9 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Checks `Authorization: Bearer <token>` in constant time when a token is set.
+/// Checks `Authorization: Bearer <token>` in constant time when a token is
+/// set, or the dashboard's session cookie; a change made through the cookie
+/// must be a JSON request, which a form on another site cannot send.
 async fn require_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -142,7 +150,16 @@ async fn require_token(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        let bearer = constant_time_eq(given.as_bytes(), token.as_bytes());
+        let session = !bearer
+            && dashboard::has_session(&state, &headers)
+            && (request.method() == axum::http::Method::GET
+                || request.method() == axum::http::Method::HEAD
+                || headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("application/json")));
+        if !bearer && !session {
             let mut response = Error::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",

@@ -1,0 +1,225 @@
+// switchyard dashboard: times in the chosen zone, live updates over
+// server-sent events, and the buttons that call the API. No framework.
+"use strict";
+
+const TZ_KEY = "switchyard.tz";
+const zone = () => localStorage.getItem(TZ_KEY) || "local";
+
+// `2026-12-03 14:30:23 CET`: the same order in every locale.
+function formatTime(iso) {
+  const date = new Date(iso);
+  if (isNaN(date)) return iso;
+  const options = { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+    minute: "2-digit", second: "2-digit", hourCycle: "h23", timeZoneName: "short" };
+  if (zone() === "utc") options.timeZone = "UTC";
+  const part = {};
+  for (const p of new Intl.DateTimeFormat("en-US", options).formatToParts(date)) part[p.type] = p.value;
+  return `${part.year}-${part.month}-${part.day} ${part.hour}:${part.minute}:${part.second} ${part.timeZoneName}`;
+}
+
+function renderTimes(root) {
+  for (const el of (root || document).querySelectorAll("time[datetime]")) {
+    el.textContent = formatTime(el.getAttribute("datetime"));
+    el.title = el.getAttribute("datetime");
+  }
+  const toggle = document.getElementById("tz-toggle");
+  if (toggle) toggle.textContent = zone() === "utc" ? "Times: UTC" : "Times: local";
+}
+
+function duration(start, end) {
+  if (!start) return "";
+  const ms = (end ? new Date(end) : new Date()) - new Date(start);
+  if (ms < 1000) return ms + " ms";
+  const s = ms / 1000;
+  if (s < 60) return s.toFixed(1) + " s";
+  const m = Math.floor(s / 60);
+  if (m < 60) return m + " min " + Math.round(s % 60) + " s";
+  return Math.floor(m / 60) + " h " + (m % 60) + " min";
+}
+
+function timeHtml(iso) {
+  if (!iso) return "";
+  const t = document.createElement("time");
+  t.setAttribute("datetime", iso);
+  t.textContent = formatTime(iso);
+  return t.outerHTML;
+}
+
+function setStatus(el, status) {
+  if (!el) return;
+  for (const c of [...el.classList]) if (c.startsWith("s-")) el.classList.remove(c);
+  el.classList.add("s-" + status);
+  if (el.classList.contains("badge")) el.textContent = status;
+}
+
+const ACTIVE = new Set(["queued", "running"]);
+
+// The run page: the record, as the server sends it on every change.
+function applyRun(run) {
+  setStatus(document.querySelector("[data-run-status]"), run.status);
+  const ended = document.querySelector("[data-run-ended]");
+  if (ended) ended.innerHTML = timeHtml(run.ended_at);
+  const error = document.querySelector("[data-run-error]");
+  if (error) error.textContent = run.error || "";
+  for (const [id, task] of Object.entries(run.tasks || {})) {
+    setStatus(document.querySelector(`.dag g.task[data-task="${CSS.escape(id)}"]`), task.status);
+    const row = document.querySelector(`tr[data-task="${CSS.escape(id)}"]`);
+    if (!row) continue;
+    setStatus(row.querySelector(".badge"), task.status);
+    row.querySelector("[data-attempts]").textContent = task.attempts;
+    row.querySelector("[data-started]").innerHTML = timeHtml(task.started_at);
+    row.querySelector("[data-duration]").textContent = duration(task.started_at, task.ended_at);
+    row.querySelector("[data-error]").textContent = task.error || "";
+    const output = row.querySelector("[data-output]");
+    if (output) {
+      const some = task.output && Object.keys(task.output).length > 0;
+      output.textContent = some ? JSON.stringify(task.output, null, 2) : "";
+      output.closest("details").hidden = !some;
+    }
+  }
+  for (const button of document.querySelectorAll("[data-when]")) {
+    const when = button.dataset.when;
+    button.disabled = when === "active" ? !ACTIVE.has(run.status) : ACTIVE.has(run.status);
+  }
+}
+
+// Subscribes to a server-sent event stream; `raw` events carry text.
+function follow(url, onEvent, raw = []) {
+  const source = new EventSource(url);
+  for (const [name, handler] of Object.entries(onEvent)) {
+    source.addEventListener(name, (e) => handler(raw.includes(name) ? e.data : JSON.parse(e.data), source));
+  }
+  return source;
+}
+
+function liveRun(id) {
+  follow(`/api/v1/runs/${id}/stream`, {
+    run: (run, source) => { applyRun(run); if (!ACTIVE.has(run.status)) source.close(); },
+  });
+}
+
+// Lists of runs: rows update in place; runs that start show a notice.
+function liveRuns(workflow) {
+  let fresh = 0;
+  follow("/api/v1/stream", {
+    run: (run) => {
+      if (workflow && run.workflow !== workflow) return;
+      const rows = document.querySelectorAll(`[data-run="${CSS.escape(run.id)}"]`);
+      if (rows.length === 0 && run.status !== "queued" && !run.ended_at) {
+        fresh += 1;
+        const notice = document.getElementById("new-runs");
+        if (notice) { notice.hidden = false; notice.querySelector("span").textContent = fresh; }
+      }
+      for (const row of rows) {
+        setStatus(row.querySelector(".badge") || row, run.status);
+        const ended = row.querySelector("[data-ended]");
+        if (ended) ended.innerHTML = timeHtml(run.ended_at);
+        const took = row.querySelector("[data-duration]");
+        if (took) took.textContent = duration(run.started_at, run.ended_at);
+        for (const [task, status] of Object.entries(run.tasks || {})) {
+          setStatus(row.querySelector(`[data-cell="${CSS.escape(task)}"]`), status);
+        }
+      }
+    },
+  });
+}
+
+async function callApi(button) {
+  const [method, url] = button.dataset.action.split(" ");
+  let body = button.dataset.body || "{}";
+  if (button.form) {
+    const params = {};
+    for (const input of button.form.querySelectorAll("[data-param]")) {
+      if (input.value === "") continue;
+      let value = input.value;
+      try { value = JSON.parse(value); } catch (_) { /* a plain string */ }
+      params[input.dataset.param] = value;
+    }
+    const from = button.form.querySelector("[name=from]");
+    body = JSON.stringify(from ? { from: from.value, params } : { params });
+  }
+  button.disabled = true;
+  try {
+    const response = await fetch(url, { method, credentials: "same-origin",
+      headers: { "content-type": "application/json" }, body });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(answer.error ? answer.error.message : response.statusText);
+    if (button.dataset.go && answer.id) { location.href = button.dataset.go.replace("{id}", answer.id); return; }
+    flash(button.dataset.done || "Done.");
+    if (button.dataset.reload) location.reload();
+  } catch (e) {
+    flash(e.message, true);
+  } finally {
+    if (!button.dataset.when) button.disabled = false;
+  }
+}
+
+function flash(text, error) {
+  const box = document.getElementById("flash");
+  if (!box) return;
+  box.hidden = false;
+  box.className = "flash" + (error ? " error" : "");
+  box.textContent = text;
+  box.setAttribute("role", error ? "alert" : "status");
+}
+
+// Task logs: stored attempts, then followed live while the task runs;
+// the search box shows only the lines that match.
+let logSource = null;
+let logText = "";
+function showLogs(runId, task) {
+  const panel = document.getElementById("logs");
+  if (!panel) return;
+  if (logSource) { logSource.close(); logSource = null; }
+  panel.hidden = false;
+  panel.querySelector("[data-log-task]").textContent = task;
+  logText = "";
+  renderLogs();
+  const base = `/api/v1/runs/${runId}/tasks/${encodeURIComponent(task)}/logs`;
+  panel.querySelector("[data-download]").href = base;
+  const append = (text) => { logText += text; renderLogs(); };
+  logSource = follow(base + "?follow=true", {
+    attempt: (a) => append(`── attempt ${a.attempt}${a.live ? " (running)" : ""} ──\n`),
+    stdout: (t) => append(t),
+    stderr: (t) => append(t),
+    missed: (m) => append(`[${m.bytes} bytes not shown]\n`),
+    end: (e, source) => { append(`── ${e.task} ${e.status} after ${e.attempts} attempt(s) ──\n`); source.close(); },
+  }, ["stdout", "stderr"]);
+  panel.scrollIntoView({ block: "nearest" });
+}
+
+function renderLogs() {
+  const panel = document.getElementById("logs");
+  const query = panel.querySelector("input[type=search]").value.toLowerCase();
+  const out = panel.querySelector("pre");
+  const count = panel.querySelector("[data-matches]");
+  if (!query) { out.textContent = logText; count.textContent = ""; return; }
+  const lines = logText.split("\n").filter((l) => l.toLowerCase().includes(query));
+  out.textContent = lines.join("\n");
+  count.textContent = `${lines.length} matching line(s)`;
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  renderTimes();
+  const toggle = document.getElementById("tz-toggle");
+  if (toggle) toggle.addEventListener("click", () => {
+    localStorage.setItem(TZ_KEY, zone() === "utc" ? "local" : "utc");
+    renderTimes();
+  });
+  document.addEventListener("click", (e) => {
+    const button = e.target.closest("button[data-action]");
+    if (button) { e.preventDefault(); callApi(button); return; }
+    const logs = e.target.closest("[data-logs]");
+    if (logs) { e.preventDefault(); showLogs(document.body.dataset.run, logs.dataset.logs); }
+  });
+  const search = document.querySelector("#logs input[type=search]");
+  if (search) search.addEventListener("input", renderLogs);
+  const body = document.body.dataset;
+  if (body.run && body.live === "run") liveRun(body.run);
+  if (body.live === "runs") liveRuns(body.workflow || null);
+  setInterval(() => {
+    for (const el of document.querySelectorAll("[data-duration][data-running]")) {
+      el.textContent = duration(el.dataset.running, null);
+    }
+  }, 1000);
+});
