@@ -1,7 +1,9 @@
-//! Counters and gauges for `/metrics`, in one place: every component that
-//! counts gets its struct from here, and `api` renders them. Plain atomics
+//! Counters, gauges and histograms for `/metrics`, in one place: every
+//! component that counts gets its struct from here, and `api` renders them
+//! through prometheus-client (OpenMetrics text). Counters are plain atomics
 //! (and, for the AMQP consumers' states, a map held only to copy an entry),
-//! so reading them is O(1) and never waits for the engine.
+//! so reading them is O(1) and never waits for the engine; histograms are
+//! prometheus-client's own.
 
 use std::sync::atomic::AtomicU64;
 
@@ -26,6 +28,8 @@ pub struct DaemonMetrics {
     pub retention_runs: AtomicU64,
     pub retention_events: AtomicU64,
     pub retention_task_logs: AtomicU64,
+    /// Attempt durations, event-to-start delays, HTTP request durations.
+    pub histograms: Histograms,
 }
 
 /// Event counters for `/metrics`.
@@ -223,5 +227,213 @@ mod tests {
         assert_eq!(shown, Some((2, "connecting")));
         amqp.remove_consumer("q", 2);
         assert_eq!(amqp.consumer("q"), None);
+    }
+}
+
+// ------------------------------------------------------------------
+// The exposition: prometheus-client encodes everything `/metrics` shows.
+// The counters above stay plain atomics (read by the dashboard too); a
+// scrape copies them into a [`Snapshot`], registered beside the
+// histograms, which prometheus-client observes itself.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+/// A histogram per label set.
+pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Request and commit latencies: 0.1 ms to 10 s.
+fn fast_seconds() -> Histogram {
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ])
+}
+
+/// Task attempts and event-to-start delays: 1 ms to 4 h.
+fn task_seconds() -> Histogram {
+    Histogram::new([
+        0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+        14400.0,
+    ])
+}
+
+/// A task attempt's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub workflow: String,
+    pub task: String,
+    pub kind: String,
+}
+
+/// The trigger that made an event (`webhook`, `cron`, `file`, `run`,
+/// `binding`; `external` for events posted to the API or read from AMQP).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabels {
+    pub trigger: String,
+}
+
+/// An HTTP request's route (the matched pattern, not the path), method and status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+    pub status: String,
+}
+
+/// The histograms of `/metrics`; clones share their state.
+#[derive(Debug, Clone)]
+pub struct Histograms {
+    /// Task attempts, from start to end, by workflow, task and kind.
+    pub attempt_seconds: HistogramFamily<AttemptLabels>,
+    /// From an event's time to the start of the run it started.
+    pub event_to_start_seconds: HistogramFamily<TriggerLabels>,
+    /// HTTP requests, until the response's head (a stream's length is not counted).
+    pub http_request_seconds: HistogramFamily<RouteLabels>,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Self {
+            attempt_seconds: Family::new_with_constructor(task_seconds),
+            event_to_start_seconds: Family::new_with_constructor(task_seconds),
+            http_request_seconds: Family::new_with_constructor(fast_seconds),
+        }
+    }
+}
+
+/// The log's group commits: how long each took to be durable and how many
+/// records it made durable.
+#[derive(Debug, Clone)]
+pub struct CommitHistograms {
+    pub seconds: Histogram,
+    pub records: Histogram,
+}
+
+impl Default for CommitHistograms {
+    fn default() -> Self {
+        Self {
+            seconds: fast_seconds(),
+            records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+        }
+    }
+}
+
+/// Counters and gauges read at a scrape, encoded by prometheus-client.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    families: Vec<SnapshotFamily>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// A sample's value: counts stay integers in the exposition.
+#[derive(Debug, Clone, Copy)]
+pub enum Number {
+    Int(u64),
+    Float(f64),
+}
+
+impl From<u64> for Number {
+    fn from(n: u64) -> Self {
+        Number::Int(n)
+    }
+}
+
+impl From<usize> for Number {
+    fn from(n: usize) -> Self {
+        Number::Int(n as u64)
+    }
+}
+
+impl From<f64> for Number {
+    fn from(n: f64) -> Self {
+        Number::Float(n)
+    }
+}
+
+/// Labels and value of one sample.
+pub type Sample = (Vec<(&'static str, String)>, Number);
+
+#[derive(Debug)]
+struct SnapshotFamily {
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    samples: Vec<Sample>,
+}
+
+impl Snapshot {
+    fn push(&mut self, name: &'static str, help: &'static str, kind: Kind, samples: Vec<Sample>) {
+        // prometheus-client ends each help text with a period itself.
+        let help = help.strip_suffix('.').unwrap_or(help);
+        self.families.push(SnapshotFamily {
+            name,
+            help,
+            kind,
+            samples,
+        });
+    }
+
+    /// A counter (`NAME_total` in the exposition).
+    pub fn counter(&mut self, name: &'static str, help: &'static str, value: impl Into<Number>) {
+        self.push(name, help, Kind::Counter, vec![(Vec::new(), value.into())]);
+    }
+
+    /// A counter with one sample per label set.
+    pub fn counters(&mut self, name: &'static str, help: &'static str, samples: Vec<Sample>) {
+        self.push(name, help, Kind::Counter, samples);
+    }
+
+    pub fn gauge(&mut self, name: &'static str, help: &'static str, value: impl Into<Number>) {
+        self.push(name, help, Kind::Gauge, vec![(Vec::new(), value.into())]);
+    }
+
+    pub fn gauges(&mut self, name: &'static str, help: &'static str, samples: Vec<Sample>) {
+        self.push(name, help, Kind::Gauge, samples);
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        fn one(
+            kind: Kind,
+            value: Number,
+            encoder: prometheus_client::encoding::MetricEncoder,
+        ) -> Result<(), std::fmt::Error> {
+            match (kind, value) {
+                (Kind::Counter, Number::Int(n)) => ConstCounter::new(n).encode(encoder),
+                (Kind::Counter, Number::Float(n)) => ConstCounter::new(n).encode(encoder),
+                (Kind::Gauge, Number::Int(n)) => {
+                    ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(encoder)
+                }
+                (Kind::Gauge, Number::Float(n)) => ConstGauge::new(n).encode(encoder),
+            }
+        }
+        for family in &self.families {
+            let kind = match family.kind {
+                Kind::Counter => MetricType::Counter,
+                Kind::Gauge => MetricType::Gauge,
+            };
+            let mut metric = encoder.encode_descriptor(family.name, family.help, None, kind)?;
+            match family.samples.as_slice() {
+                [(labels, value)] if labels.is_empty() => one(family.kind, *value, metric)?,
+                samples => {
+                    for (labels, value) in samples {
+                        one(family.kind, *value, metric.encode_family(labels)?)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }

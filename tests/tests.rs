@@ -17,6 +17,7 @@ mod examples;
 mod fuzz_corpora;
 mod golden;
 mod http;
+mod observability;
 mod properties;
 mod runtime;
 mod sql;

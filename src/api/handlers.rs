@@ -357,154 +357,215 @@ async fn created(state: &AppState, run_id: RunId) -> Result<Response, Error> {
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// `GET /metrics`: everything counted, as OpenMetrics text (which
+/// Prometheus reads), encoded by prometheus-client.
+pub async fn metrics(State(state): State<AppState>) -> Response {
     let m = &state.metrics;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let labelled = |label: &'static str, samples: &[(&str, u64)]| -> Vec<crate::metrics::Sample> {
+        samples
+            .iter()
+            .map(|(value, n)| (vec![(label, (*value).to_string())], (*n).into()))
+            .collect()
+    };
     let (workflows, bindings) = state
         .registry
         .read()
         .map(|r| (r.workflows().count(), r.bindings().count()))
         .unwrap_or((0, 0));
     let e = state.reactor.metrics();
-    let text = format!(
-        "# HELP switchyard_runs_created_total Runs created.\n\
-         # TYPE switchyard_runs_created_total counter\n\
-         switchyard_runs_created_total {}\n\
-         # HELP switchyard_runs_ended_total Runs ended, by status.\n\
-         # TYPE switchyard_runs_ended_total counter\n\
-         switchyard_runs_ended_total{{status=\"succeeded\"}} {}\n\
-         switchyard_runs_ended_total{{status=\"failed\"}} {}\n\
-         switchyard_runs_ended_total{{status=\"cancelled\"}} {}\n\
-         # HELP switchyard_attempts_started_total Task attempts started.\n\
-         # TYPE switchyard_attempts_started_total counter\n\
-         switchyard_attempts_started_total {}\n\
-         # HELP switchyard_attempts_failed_total Task attempts that failed.\n\
-         # TYPE switchyard_attempts_failed_total counter\n\
-         switchyard_attempts_failed_total {}\n\
-         # HELP switchyard_log_flushes_total Group commits to the log.\n\
-         # TYPE switchyard_log_flushes_total counter\n\
-         switchyard_log_flushes_total {}\n\
-         # HELP switchyard_log_flush_seconds_total Time spent making group commits durable (fsync).\n\
-         # TYPE switchyard_log_flush_seconds_total counter\n\
-         switchyard_log_flush_seconds_total {:.6}\n\
-         # HELP switchyard_requests_rejected_total HTTP requests answered with a 4xx.\n\
-         # TYPE switchyard_requests_rejected_total counter\n\
-         switchyard_requests_rejected_total {}\n\
-         # HELP switchyard_reloads_total Workflow reloads, and those with rejected files.\n\
-         # TYPE switchyard_reloads_total counter\n\
-         switchyard_reloads_total {}\n\
-         switchyard_reloads_rejected_total {}\n\
-         # HELP switchyard_workflows Workflows loaded.\n\
-         # TYPE switchyard_workflows gauge\n\
-         switchyard_workflows {}\n\
-         # HELP switchyard_bindings Bindings loaded.\n\
-         # TYPE switchyard_bindings gauge\n\
-         switchyard_bindings {}\n\
-         # HELP switchyard_events_total Events accepted (recorded in the log).\n\
-         # TYPE switchyard_events_total counter\n\
-         switchyard_events_total {}\n\
-         # HELP switchyard_event_outcomes_total What accepted events did, per binding.\n\
-         # TYPE switchyard_event_outcomes_total counter\n\
-         switchyard_event_outcomes_total{{outcome=\"started\"}} {}\n\
-         switchyard_event_outcomes_total{{outcome=\"duplicate\"}} {}\n\
-         switchyard_event_outcomes_total{{outcome=\"filtered\"}} {}\n\
-         switchyard_event_outcomes_total{{outcome=\"failed\"}} {}\n\
-         switchyard_event_outcomes_total{{outcome=\"unrouted\"}} {}\n\
-         switchyard_event_outcomes_total{{outcome=\"paused\"}} {}\n\
-         # HELP switchyard_events_rejected_total Events refused at the edge (signature, size, parse).\n\
-         # TYPE switchyard_events_rejected_total counter\n\
-         switchyard_events_rejected_total {}\n\
-         # HELP switchyard_records_missed_total Records the metrics counters missed (they lagged).\n\
-         # TYPE switchyard_records_missed_total counter\n\
-         switchyard_records_missed_total {}\n\
-         # HELP switchyard_amqp_deliveries_total Messages delivered to AMQP consumers.\n\
-         # TYPE switchyard_amqp_deliveries_total counter\n\
-         switchyard_amqp_deliveries_total {}\n\
-         # HELP switchyard_amqp_acked_total Messages acked after their event was durable.\n\
-         # TYPE switchyard_amqp_acked_total counter\n\
-         switchyard_amqp_acked_total {}\n\
-         # HELP switchyard_amqp_rejected_total Messages rejected without requeue (undecodable; dead-lettered where the queue has a DLX).\n\
-         # TYPE switchyard_amqp_rejected_total counter\n\
-         switchyard_amqp_rejected_total {}\n\
-         # HELP switchyard_amqp_too_large_total Messages rejected for a body over the binding's max_body (counted in rejected too).\n\
-         # TYPE switchyard_amqp_too_large_total counter\n\
-         switchyard_amqp_too_large_total {}\n\
-         # HELP switchyard_amqp_acks_lost_total Acks that could not be sent (channel closed); those messages are redelivered and deduplicated.\n\
-         # TYPE switchyard_amqp_acks_lost_total counter\n\
-         switchyard_amqp_acks_lost_total {}\n\
-         # HELP switchyard_amqp_reconnects_total AMQP consumer sessions that failed and were restarted.\n\
-         # TYPE switchyard_amqp_reconnects_total counter\n\
-         switchyard_amqp_reconnects_total {}\n\
-         # HELP switchyard_amqp_consumers AMQP consumers connected now.\n\
-         # TYPE switchyard_amqp_consumers gauge\n\
-         switchyard_amqp_consumers {}\n\
-         # HELP switchyard_amqp_unacked Deliveries received and not yet acked.\n\
-         # TYPE switchyard_amqp_unacked gauge\n\
-         switchyard_amqp_unacked {}\n\
-         # HELP switchyard_amqp_unacked_max The most deliveries one consumer session held unacked.\n\
-         # TYPE switchyard_amqp_unacked_max gauge\n\
-         switchyard_amqp_unacked_max {}\n\
-         # HELP switchyard_outbox_pending Lifecycle events waiting for the broker's confirm.\n\
-         # TYPE switchyard_outbox_pending gauge\n\
-         switchyard_outbox_pending {}\n\
-         # HELP switchyard_retention_deleted_total Deleted by retention, by kind.\n\
-         # TYPE switchyard_retention_deleted_total counter\n\
-         switchyard_retention_deleted_total{{what=\"runs\"}} {}\n\
-         switchyard_retention_deleted_total{{what=\"events\"}} {}\n\
-         switchyard_retention_deleted_total{{what=\"task_logs\"}} {}\n\
-         # HELP switchyard_engine_runs Runs in the engine's memory (created, not ended).\n\
-         # TYPE switchyard_engine_runs gauge\n\
-         switchyard_engine_runs {}\n\
-         # HELP switchyard_engine_timers Wake-ups armed in the engine (run deadlines, retry delays).\n\
-         # TYPE switchyard_engine_timers gauge\n\
-         switchyard_engine_timers {}\n",
-        get(&m.runs_created),
-        get(&m.runs_succeeded),
-        get(&m.runs_failed),
-        get(&m.runs_cancelled),
+    let log = state.runtime.log();
+    let mut s = crate::metrics::Snapshot::default();
+    s.counter("runs_created", "Runs created.", get(&m.runs_created));
+    s.counters(
+        "runs_ended",
+        "Runs ended, by status.",
+        labelled(
+            "status",
+            &[
+                ("succeeded", get(&m.runs_succeeded)),
+                ("failed", get(&m.runs_failed)),
+                ("cancelled", get(&m.runs_cancelled)),
+            ],
+        ),
+    );
+    s.counter(
+        "attempts_started",
+        "Task attempts started.",
         get(&m.attempts_started),
+    );
+    s.counter(
+        "attempts_failed",
+        "Task attempts that failed.",
         get(&m.attempts_failed),
-        state.runtime.log().flushes(),
-        state.runtime.log().flush_time().as_secs_f64(),
+    );
+    s.counter(
+        "log_flushes",
+        "Group commits to the log.",
+        log.flushes() as f64,
+    );
+    s.counter(
+        "log_flush_seconds",
+        "Time spent making group commits durable (fsync).",
+        log.flush_time().as_secs_f64(),
+    );
+    s.counter(
+        "requests_rejected",
+        "HTTP requests answered with a 4xx.",
         get(&m.requests_rejected),
-        get(&m.reloads),
+    );
+    s.counter("reloads", "Workflow and binding reloads.", get(&m.reloads));
+    s.counter(
+        "reloads_rejected",
+        "Reloads that rejected a file.",
         get(&m.reloads_rejected),
-        workflows,
-        bindings,
+    );
+    s.gauge("workflows", "Workflows loaded.", workflows);
+    s.gauge("bindings", "Bindings loaded.", bindings);
+    s.counter(
+        "events",
+        "Events accepted (recorded in the log).",
         get(&e.accepted),
-        get(&e.started),
-        get(&e.duplicates),
-        get(&e.filtered),
-        get(&e.failed),
-        get(&e.unrouted),
-        get(&e.paused),
+    );
+    s.counters(
+        "event_outcomes",
+        "What accepted events did, per binding.",
+        labelled(
+            "outcome",
+            &[
+                ("started", get(&e.started)),
+                ("duplicate", get(&e.duplicates)),
+                ("filtered", get(&e.filtered)),
+                ("failed", get(&e.failed)),
+                ("unrouted", get(&e.unrouted)),
+                ("paused", get(&e.paused)),
+            ],
+        ),
+    );
+    s.counter(
+        "events_rejected",
+        "Events refused at the edge (signature, size, parse).",
         get(&e.rejected),
+    );
+    s.counter(
+        "records_missed",
+        "Records the metrics counters missed (they lagged).",
         get(&m.records_missed),
+    );
+    s.counter(
+        "amqp_deliveries",
+        "Messages delivered to AMQP consumers.",
         get(&e.amqp.deliveries),
+    );
+    s.counter(
+        "amqp_acked",
+        "Messages acked after their event was durable.",
         get(&e.amqp.acked),
+    );
+    s.counter(
+        "amqp_rejected",
+        "Messages rejected without requeue (undecodable; dead-lettered where the queue has a DLX).",
         get(&e.amqp.poison),
+    );
+    s.counter(
+        "amqp_too_large",
+        "Messages rejected for a body over the binding's max_body (counted in rejected too).",
         get(&e.amqp.too_large),
+    );
+    s.counter(
+        "amqp_acks_lost",
+        "Acks that could not be sent (channel closed); those messages are redelivered and deduplicated.",
         get(&e.amqp.acks_lost),
+    );
+    s.counter(
+        "amqp_reconnects",
+        "AMQP consumer sessions that failed and were restarted.",
         get(&e.amqp.reconnects),
+    );
+    s.gauge(
+        "amqp_consumers",
+        "AMQP consumers connected now.",
         get(&e.amqp.consuming),
+    );
+    s.gauge(
+        "amqp_unacked",
+        "Deliveries received and not yet acked.",
         get(&e.amqp.unacked),
+    );
+    s.gauge(
+        "amqp_unacked_max",
+        "The most deliveries one consumer session held unacked.",
         get(&e.amqp.unacked_max),
-        state.runtime.log().outbox_len(),
-        get(&m.retention_runs),
-        get(&m.retention_events),
-        get(&m.retention_task_logs),
+    );
+    s.gauge(
+        "outbox_pending",
+        "Lifecycle events waiting for the broker's confirm.",
+        log.outbox_len(),
+    );
+    s.counters(
+        "retention_deleted",
+        "Deleted by retention, by kind.",
+        labelled(
+            "what",
+            &[
+                ("runs", get(&m.retention_runs)),
+                ("events", get(&m.retention_events)),
+                ("task_logs", get(&m.retention_task_logs)),
+            ],
+        ),
+    );
+    s.gauge(
+        "engine_runs",
+        "Runs in the engine's memory (created, not ended).",
         get(&state.runtime.gauges().runs),
+    );
+    s.gauge(
+        "engine_timers",
+        "Wake-ups armed in the engine (run deadlines, retry delays).",
         get(&state.runtime.gauges().timers),
     );
-    let mut text = text;
     if let Some(remote) = &state.remote {
-        text.push_str(&remote.prometheus());
+        remote.collect(&mut s);
+    }
+    let mut registry = prometheus_client::registry::Registry::with_prefix("switchyard");
+    registry.register_collector(Box::new(s));
+    let h = &m.histograms;
+    registry.register(
+        "task_attempt_seconds",
+        "Task attempts from start to end, by workflow, task and kind",
+        h.attempt_seconds.clone(),
+    );
+    registry.register(
+        "event_to_run_start_seconds",
+        "From an event's time to the start of the run it started, by trigger",
+        h.event_to_start_seconds.clone(),
+    );
+    registry.register(
+        "http_request_seconds",
+        "HTTP requests until the response's head, by method, route and status",
+        h.http_request_seconds.clone(),
+    );
+    let commits = log.commit_histograms();
+    registry.register(
+        "log_commit_seconds",
+        "Group commits: time to make them durable",
+        commits.seconds.clone(),
+    );
+    registry.register(
+        "log_commit_records",
+        "Group commits: records made durable by each",
+        commits.records.clone(),
+    );
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+        return super::internal(e).into_response();
     }
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
     )
+        .into_response()
 }

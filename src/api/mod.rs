@@ -176,8 +176,31 @@ async fn require_token(
     next.run(request).await
 }
 
+/// Counts refusals and times every request by its route's pattern (so
+/// `/runs/{id}`, not each run's path: the labels stay few).
 async fn count_rejections(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = match request.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_string();
+    let started = std::time::Instant::now();
     let response = next.run(request).await;
+    state
+        .metrics
+        .histograms
+        .http_request_seconds
+        .get_or_create(&crate::metrics::RouteLabels {
+            method,
+            route,
+            status: response.status().as_u16().to_string(),
+        })
+        .observe(started.elapsed().as_secs_f64());
     if response.status().is_client_error() {
         state
             .metrics

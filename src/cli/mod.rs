@@ -40,8 +40,20 @@ pub struct Cli {
     /// Project config file.
     #[arg(long, global = true, default_value = "switchyard.json")]
     pub config: PathBuf,
+    /// Log lines as text, or as one JSON object per line for log shippers
+    /// (with the run, task, attempt, event and binding they concern as
+    /// fields); default: `SWITCHYARD_LOG_FORMAT`, else text.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,7 +204,19 @@ pub enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let format = match cli.log_format {
+        Some(format) => format,
+        None => match std::env::var("SWITCHYARD_LOG_FORMAT").as_deref() {
+            Ok("json") => LogFormat::Json,
+            Ok("text") | Err(_) => LogFormat::Text,
+            Ok(other) => {
+                return fail(format!(
+                    "SWITCHYARD_LOG_FORMAT must be text or json, not `{other}`"
+                ));
+            }
+        },
+    };
+    init_tracing(format);
     match cli.command {
         Command::Validate { ref paths } => validate::main(&cli.config, paths),
         Command::Run(ref args) => run::main(&cli.config, args),
@@ -293,7 +317,7 @@ fn serve(options: crate::daemon::ServeOptions) -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let default = match std::env::args().nth(1).as_deref() {
         Some("serve") => "info",
         _ => "warn",
@@ -303,11 +327,20 @@ fn init_tracing() {
     // Colour only for a person at a terminal, never in a file or a pipe.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => logs.with_ansi(ansi).try_init(),
+        // The event's fields at the top level; those of the spans it is in
+        // (an attempt's run, task and attempt) in `spans`.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init(),
+    };
 }
 
 /// Loads the project config; a missing default `switchyard.json` is fine.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::engine::Limits;
-use crate::log::{RecordBody, RunStatus};
+use crate::log::{RecordBody, RunId, RunStatus};
 use crate::metrics::DaemonMetrics;
 use crate::reactor::Reactor;
 use crate::runtime::{self, Runtime, RuntimeConfig};
@@ -257,7 +257,11 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
             registry.set_pin(&name, Some(workflow));
         }
     }
-    tokio::spawn(count_records(handle.subscribe(), Arc::clone(&metrics)));
+    tokio::spawn(count_records(
+        handle.subscribe(),
+        Arc::clone(&metrics),
+        Arc::clone(&registry),
+    ));
     let stop = CancellationToken::new();
     let reactor = Reactor::new(handle.clone(), Arc::clone(&registry));
     let clock = options
@@ -457,12 +461,25 @@ async fn retention(
     }
 }
 
-/// Keeps the `/metrics` counters from the durable record stream.
+/// Keeps the `/metrics` counters and the attempt and event-to-start
+/// histograms from the durable record stream.
 async fn count_records(
     mut records: tokio::sync::broadcast::Receiver<Arc<crate::log::Record>>,
     metrics: Arc<DaemonMetrics>,
+    registry: crate::registry::SharedRegistry,
 ) {
+    use crate::metrics::{AttemptLabels, TriggerLabels};
+    use std::collections::HashMap;
     use tokio::sync::broadcast::error::RecvError;
+    /// What a run's later records need: its workflow, and its event's time
+    /// and trigger until it starts.
+    struct Seen {
+        workflow: String,
+        event: Option<(i64, String)>,
+    }
+    let mut runs: HashMap<RunId, Seen> = HashMap::new();
+    let mut attempts: HashMap<(RunId, String, u32), i64> = HashMap::new();
+    let histograms = &metrics.histograms;
     loop {
         let record = match records.recv().await {
             Ok(record) => record,
@@ -472,19 +489,93 @@ async fn count_records(
             }
             Err(RecvError::Closed) => return,
         };
+        let run_id = record.run_id;
         let counter = match &record.body {
-            RecordBody::RunCreated { .. } => &metrics.runs_created,
-            RecordBody::AttemptStarted { .. } => &metrics.attempts_started,
+            RecordBody::RunCreated {
+                workflow, event, ..
+            } => {
+                let event = event.as_ref().and_then(|e| {
+                    let time = chrono::DateTime::parse_from_rfc3339(e["time"].as_str()?).ok()?;
+                    Some((time.timestamp_millis(), trigger_of(e["type"].as_str()?)))
+                });
+                runs.insert(
+                    run_id,
+                    Seen {
+                        workflow: workflow.clone(),
+                        event,
+                    },
+                );
+                &metrics.runs_created
+            }
+            RecordBody::RunStarted {} => {
+                if let Some((time, trigger)) = runs.get_mut(&run_id).and_then(|r| r.event.take()) {
+                    histograms
+                        .event_to_start_seconds
+                        .get_or_create(&TriggerLabels { trigger })
+                        .observe((record.at - time).max(0) as f64 / 1000.0);
+                }
+                continue;
+            }
+            RecordBody::AttemptStarted { task, attempt } => {
+                attempts.insert((run_id, task.clone(), *attempt), record.at);
+                &metrics.attempts_started
+            }
             RecordBody::AttemptFinished {
-                succeeded: false, ..
-            } => &metrics.attempts_failed,
-            RecordBody::RunEnded { status, .. } => match status {
-                RunStatus::Succeeded => &metrics.runs_succeeded,
-                RunStatus::Cancelled => &metrics.runs_cancelled,
-                _ => &metrics.runs_failed,
-            },
+                task,
+                attempt,
+                succeeded,
+                ..
+            } => {
+                let started = attempts.remove(&(run_id, task.clone(), *attempt));
+                if let (Some(started), Some(run)) = (started, runs.get(&run_id)) {
+                    let kind = registry
+                        .read()
+                        .ok()
+                        .and_then(|r| {
+                            let workflow = &r.get(&run.workflow)?.current;
+                            let index = workflow.task_index(task)?;
+                            Some(workflow.tasks[index].kind.to_string())
+                        })
+                        .unwrap_or_else(|| "unknown".into());
+                    histograms
+                        .attempt_seconds
+                        .get_or_create(&AttemptLabels {
+                            workflow: run.workflow.clone(),
+                            task: task.clone(),
+                            kind,
+                        })
+                        .observe((record.at - started).max(0) as f64 / 1000.0);
+                }
+                if *succeeded {
+                    continue;
+                }
+                &metrics.attempts_failed
+            }
+            RecordBody::RunEnded { status, .. } => {
+                runs.remove(&run_id);
+                attempts.retain(|(run, _, _), _| *run != run_id);
+                match status {
+                    RunStatus::Succeeded => &metrics.runs_succeeded,
+                    RunStatus::Cancelled => &metrics.runs_cancelled,
+                    _ => &metrics.runs_failed,
+                }
+            }
             _ => continue,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The trigger that made an event, from its type (`switchyard.webhook.…`
+/// is `webhook`); events posted to the API with their own type are `external`.
+fn trigger_of(event_type: &str) -> String {
+    match event_type
+        .strip_prefix("switchyard.")
+        .and_then(|rest| rest.split('.').next())
+    {
+        Some(trigger @ ("webhook" | "cron" | "file" | "run" | "binding" | "amqp")) => {
+            trigger.to_string()
+        }
+        _ => "external".to_string(),
     }
 }

@@ -123,6 +123,8 @@ pub struct Log {
     flushes: Arc<AtomicU64>,
     /// Time spent in those flushes, in nanoseconds.
     flush_nanos: Arc<AtomicU64>,
+    /// Each flush's latency and size (`/metrics`); clones share them.
+    commits: crate::metrics::CommitHistograms,
     /// Test hook: make flushes fail ([`Log::inject_flush_failures`]).
     failing: Arc<std::sync::atomic::AtomicBool>,
     /// What sled's flush leaves undone for power loss.
@@ -272,6 +274,7 @@ impl Log {
             durable_seq: Arc::new(AtomicU64::new(on_disk)),
             flushes: Arc::new(AtomicU64::new(0)),
             flush_nanos: Arc::new(AtomicU64::new(0)),
+            commits: crate::metrics::CommitHistograms::default(),
             failing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             durability: Arc::new(durability),
             outbox_pending: Arc::new(AtomicU64::new(0)),
@@ -348,11 +351,17 @@ impl Log {
             ))));
         }
         let last = self.last_seq.load(Ordering::Relaxed);
+        let before = self.durable_seq.load(Ordering::Acquire);
         let started = std::time::Instant::now();
         self.db.flush()?;
         self.durability.sync().map_err(sled::Error::Io)?;
+        let took = started.elapsed();
         self.flush_nanos
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        self.commits.seconds.observe(took.as_secs_f64());
+        self.commits
+            .records
+            .observe(last.saturating_sub(before) as f64);
         self.durable_seq.fetch_max(last, Ordering::Release);
         self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -373,6 +382,11 @@ impl Log {
     /// How many group commits this handle's database has done.
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Each group commit's latency and number of records, as histograms.
+    pub fn commit_histograms(&self) -> &crate::metrics::CommitHistograms {
+        &self.commits
     }
 
     /// Time spent making group commits durable so far (the fsyncs).

@@ -294,11 +294,17 @@ impl Reactor {
                     run_id,
                     first_event,
                 } => tracing::info!(
-                    event = %accepted.event_id, binding, dedup_key, run_id = %run_id, first_event,
+                    event_id = %accepted.event_id, binding, dedup_key, run_id = %run_id, first_event,
                     "Duplicate event: its run was already started."
                 ),
+                Outcome::Started {
+                    binding, run_id, ..
+                } => tracing::debug!(
+                    event_id = %accepted.event_id, binding, run_id = %run_id,
+                    "Event started a run."
+                ),
                 Outcome::Failed { binding, error } => tracing::warn!(
-                    event = %accepted.event_id, binding, error,
+                    event_id = %accepted.event_id, binding, error,
                     "Event matched but started no run."
                 ),
                 _ => {}

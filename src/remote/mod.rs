@@ -287,33 +287,24 @@ impl Remote {
         })
     }
 
-    /// The remote section of `/metrics` (Prometheus text).
-    pub fn prometheus(&self) -> String {
+    /// The remote part of `/metrics`.
+    pub fn collect(&self, s: &mut crate::metrics::Snapshot) {
         let m = &self.inner.metrics;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let window = self.lost_after();
-        let mut workers = String::new();
-        let mut alive = 0;
+        let (mut running, mut concurrency, mut age) = (Vec::new(), Vec::new(), Vec::new());
         if let Ok(seen) = self.inner.workers.lock() {
             for w in seen.values().filter(|w| w.last.elapsed() <= window) {
-                alive += 1;
-                workers.push_str(&format!(
-                    "switchyard_worker_running{{worker=\"{}\"}} {}\n\
-                     switchyard_worker_concurrency{{worker=\"{}\"}} {}\n\
-                     switchyard_worker_heartbeat_age_seconds{{worker=\"{}\"}} {:.3}\n",
-                    w.info.worker,
-                    w.running.len(),
-                    w.info.worker,
-                    w.info.concurrency,
-                    w.info.worker,
-                    w.last.elapsed().as_secs_f64(),
-                ));
+                let label = || vec![("worker", w.info.worker.clone())];
+                running.push((label(), w.running.len().into()));
+                concurrency.push((label(), (w.info.concurrency as u64).into()));
+                age.push((label(), w.last.elapsed().as_secs_f64().into()));
             }
         }
-        let mut waiting: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        let mut queues: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         if let Ok(attempts) = self.inner.attempts.lock() {
             for t in attempts.values() {
-                let entry = waiting.entry(t.queue.clone()).or_default();
+                let entry = queues.entry(t.queue.clone()).or_default();
                 if t.owner.is_some() {
                     entry.1 += 1;
                 } else {
@@ -321,56 +312,81 @@ impl Remote {
                 }
             }
         }
-        let mut queues = String::new();
-        for (queue, (waiting, running)) in &waiting {
-            queues.push_str(&format!(
-                "switchyard_remote_jobs_waiting{{queue=\"{queue}\"}} {waiting}\n\
-                 switchyard_remote_attempts_running{{queue=\"{queue}\"}} {running}\n"
-            ));
-        }
-        format!(
-            "# HELP switchyard_remote_jobs_published_total Remote jobs published (confirmed).\n\
-             # TYPE switchyard_remote_jobs_published_total counter\n\
-             switchyard_remote_jobs_published_total {}\n\
-             # HELP switchyard_remote_claims_total Workers' claims, by answer.\n\
-             # TYPE switchyard_remote_claims_total counter\n\
-             switchyard_remote_claims_total{{answer=\"granted\"}} {}\n\
-             switchyard_remote_claims_total{{answer=\"denied\"}} {}\n\
-             # HELP switchyard_remote_results_total Results received from workers.\n\
-             # TYPE switchyard_remote_results_total counter\n\
-             switchyard_remote_results_total {}\n\
-             # HELP switchyard_remote_late_results_total Results for attempts no longer running, dropped.\n\
-             # TYPE switchyard_remote_late_results_total counter\n\
-             switchyard_remote_late_results_total {}\n\
-             # HELP switchyard_remote_lost_total Remote attempts lost (heartbeats stopped).\n\
-             # TYPE switchyard_remote_lost_total counter\n\
-             switchyard_remote_lost_total {}\n\
-             # HELP switchyard_remote_refused_total Messages on the result queue refused (bad JSON, another protocol version).\n\
-             # TYPE switchyard_remote_refused_total counter\n\
-             switchyard_remote_refused_total {}\n\
-             # HELP switchyard_workers Workers heard from within the lost window.\n\
-             # TYPE switchyard_workers gauge\n\
-             switchyard_workers {alive}\n\
-             # HELP switchyard_worker_running Attempts a worker runs, by its last heartbeat.\n\
-             # TYPE switchyard_worker_running gauge\n\
-             # HELP switchyard_worker_concurrency A worker's --concurrency.\n\
-             # TYPE switchyard_worker_concurrency gauge\n\
-             # HELP switchyard_worker_heartbeat_age_seconds Time since a worker's last heartbeat.\n\
-             # TYPE switchyard_worker_heartbeat_age_seconds gauge\n\
-             {workers}\
-             # HELP switchyard_remote_jobs_waiting Remote attempts published and not yet started, by queue.\n\
-             # TYPE switchyard_remote_jobs_waiting gauge\n\
-             # HELP switchyard_remote_attempts_running Remote attempts started and not ended, by queue.\n\
-             # TYPE switchyard_remote_attempts_running gauge\n\
-             {queues}",
+        let per_queue = |pick: fn(&(usize, usize)) -> usize| {
+            queues
+                .iter()
+                .map(|(queue, n)| (vec![("queue", queue.clone())], pick(n).into()))
+                .collect()
+        };
+        s.counter(
+            "remote_jobs_published",
+            "Remote jobs published (confirmed).",
             get(&m.jobs_published),
-            get(&m.claims_granted),
-            get(&m.claims_denied),
+        );
+        s.counters(
+            "remote_claims",
+            "Workers' claims, by answer.",
+            vec![
+                (
+                    vec![("answer", "granted".into())],
+                    get(&m.claims_granted).into(),
+                ),
+                (
+                    vec![("answer", "denied".into())],
+                    get(&m.claims_denied).into(),
+                ),
+            ],
+        );
+        s.counter(
+            "remote_results",
+            "Results received from workers.",
             get(&m.results),
+        );
+        s.counter(
+            "remote_late_results",
+            "Results for attempts no longer running, dropped.",
             get(&m.late_results),
+        );
+        s.counter(
+            "remote_lost",
+            "Remote attempts lost (heartbeats stopped).",
             get(&m.lost),
+        );
+        s.counter(
+            "remote_refused",
+            "Messages on the result queue refused (bad JSON, another protocol version).",
             get(&m.refused),
-        )
+        );
+        s.gauge(
+            "workers",
+            "Workers heard from within the lost window.",
+            running.len(),
+        );
+        s.gauges(
+            "worker_running",
+            "Attempts a worker runs, by its last heartbeat.",
+            running,
+        );
+        s.gauges(
+            "worker_concurrency",
+            "A worker's --concurrency.",
+            concurrency,
+        );
+        s.gauges(
+            "worker_heartbeat_age_seconds",
+            "Time since a worker's last heartbeat.",
+            age,
+        );
+        s.gauges(
+            "remote_jobs_waiting",
+            "Remote attempts published and not yet started, by queue.",
+            per_queue(|n| n.0),
+        );
+        s.gauges(
+            "remote_attempts_running",
+            "Remote attempts started and not ended, by queue.",
+            per_queue(|n| n.1),
+        );
     }
 
     /// Registers an attempt before anything can report on it (called in

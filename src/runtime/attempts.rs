@@ -74,12 +74,18 @@ impl EngineLoop {
                     live: self.start_live(run_id, task, attempt, prepared.kind),
                 };
                 let tokio = self.tokio.clone();
+                // What the executor logs names the attempt it is about.
+                let span = tracing::info_span!(
+                    "attempt",
+                    run_id = %run_id,
+                    workflow = %ctx.workflow,
+                    task = %ctx.task,
+                    attempt
+                );
                 let attempt_task = self.tokio.spawn(async move {
-                    let execution = tokio.spawn(executors::execute(
-                        prepared.kind,
-                        prepared.config,
-                        ctx,
-                        prepared.timeout,
+                    let execution = tokio.spawn(tracing::Instrument::instrument(
+                        executors::execute(prepared.kind, prepared.config, ctx, prepared.timeout),
+                        span,
                     ));
                     // An executor that panics fails its attempt instead of
                     // leaving the run waiting forever.

@@ -86,7 +86,12 @@ try {
 
   step("Rerun from a task: the new run's status changes live, without a reload");
   await page.selectOption("#rerun-from", "publish");
-  await Promise.all([page.waitForURL(/\/runs\//), page.click("form.actions button[data-action]")]);
+  const source = page.url();
+  await Promise.all([
+    page.waitForURL((url) => url.href !== source && url.pathname.startsWith("/runs/")),
+    page.click("form.actions button[data-action]"),
+  ]);
+  await page.waitForLoadState("load");
   await page.evaluate(() => { window.notReloaded = true; });
   await page.waitForFunction(() => document.querySelector("[data-run-status]").textContent === "succeeded",
     null, { timeout: 30000 });
@@ -96,7 +101,11 @@ try {
   step("start a long run from its workflow page, then Cancel it live");
   await page.goto(`${base}/workflows/long_export`);
   await page.fill("input[data-param='seconds']", "120");
-  await Promise.all([page.waitForURL(/\/runs\//), page.click("button:has-text('Start run')")]);
+  await Promise.all([
+    page.waitForURL((url) => url.pathname.startsWith("/runs/")),
+    page.click("button:has-text('Start run')"),
+  ]);
+  await page.waitForLoadState("load");
   await page.evaluate(() => { window.notReloaded = true; });
   await page.waitForFunction(() => ["running", "queued"].includes(document.querySelector("[data-run-status]").textContent));
   await page.click("button:has-text('Cancel')");
