@@ -109,6 +109,20 @@ fn main() {
         .unwrap();
         let url = format!("http://{}", running.addr);
         let paths = ["/workflows/big", "/", "/workflows"];
+        // The server's share: the whole HTML of each page, over HTTP.
+        let client = reqwest::Client::new();
+        println!("server time per page (the whole HTML over HTTP, 20 GETs):");
+        for path in paths {
+            let mut samples = Vec::new();
+            for _ in 0..20 {
+                let started = Instant::now();
+                let body = client.get(format!("{url}{path}")).send().await.unwrap().bytes().await.unwrap();
+                samples.push(started.elapsed().as_secs_f64() * 1000.0);
+                assert!(body.len() > 1000);
+            }
+            samples.sort_by(f64::total_cmp);
+            println!("  {path:<16} p50 {:>6.1} ms", percentile(&samples, 0.5));
+        }
         let output = tokio::process::Command::new("node")
             .arg(browser.join("first_paint.mjs"))
             .current_dir(&browser)

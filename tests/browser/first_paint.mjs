@@ -25,10 +25,14 @@ try {
     for (let i = 0; i < loads; i++) {
       const page = await context.newPage();
       await page.goto(base + path, { waitUntil: "load" });
-      const paint = await page.evaluate(() => {
-        const entry = performance.getEntriesByName("first-contentful-paint")[0];
-        return entry ? entry.startTime : null;
-      });
+      // The paint entry may be reported after `load`: wait for it.
+      const paint = await page.evaluate(() => new Promise((resolve) => {
+        new PerformanceObserver((list) => {
+          const entry = list.getEntriesByName("first-contentful-paint")[0];
+          if (entry) resolve(entry.startTime);
+        }).observe({ type: "paint", buffered: true });
+        setTimeout(() => resolve(null), 10000);
+      }));
       if (paint === null) throw new Error(`no first-contentful-paint for ${path}`);
       results[path].push(paint);
       await page.close();
