@@ -116,7 +116,14 @@ fn main() {
             let mut samples = Vec::new();
             for _ in 0..20 {
                 let started = Instant::now();
-                let body = client.get(format!("{url}{path}")).send().await.unwrap().bytes().await.unwrap();
+                let body = client
+                    .get(format!("{url}{path}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
                 samples.push(started.elapsed().as_secs_f64() * 1000.0);
                 assert!(body.len() > 1000);
             }
