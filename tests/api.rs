@@ -710,3 +710,119 @@ async fn wrong_typed_query_and_body_values_are_named_without_rust_types() {
     assert!(!message.contains("usize"), "{message}");
     f.shutdown().await;
 }
+
+/// A python with openapi-spec-validator: `OPENAPI_PYTHON` (set by
+/// `.ci/run`, which then requires it), else `python3` if it has it.
+fn openapi_python() -> Option<String> {
+    if let Ok(python) = std::env::var("OPENAPI_PYTHON") {
+        return Some(python);
+    }
+    let found = std::process::Command::new("python3")
+        .args(["-c", "import openapi_spec_validator"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    found.then(|| "python3".to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_validates_and_every_route_in_it_answers() {
+    let f = Fixture::new(Some("t0ken")).await;
+    let (status, _) = f.call("GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "behind the token like the rest"
+    );
+    let (status, doc) = f
+        .call("GET", "/api/v1/openapi.json", None, Some("t0ken"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        doc,
+        serde_json::to_value(switchyard::api::openapi()).unwrap()
+    );
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    assert_eq!(doc["servers"][0]["url"], "/api/v1");
+    match openapi_python() {
+        Some(python) => {
+            use std::io::Write as _;
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/clients/openapi_validate.py");
+            let mut child = std::process::Command::new(python)
+                .arg(script)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(doc.to_string().as_bytes())
+                .unwrap();
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        None => {
+            assert!(
+                std::env::var_os("SWITCHYARD_REQUIRE_BROKER").is_none(),
+                "no python with openapi-spec-validator (set OPENAPI_PYTHON)"
+            );
+            eprintln!("SKIPPED OpenAPI validation: no python with openapi-spec-validator");
+        }
+    }
+    // Every operation in the document reaches its handler: not the
+    // router's fallback ("no such endpoint") and not 405.
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let uri = format!("/api/v1{path}")
+            .replace("{id}", "00000000-0000-7000-8000-000000000000")
+            .replace("{name}", "nope")
+            .replace("{task}", "a")
+            .replace("{from}", "0")
+            .replace("{to}", "1");
+        for method in item.as_object().unwrap().keys() {
+            if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            operations += 1;
+            let method = method.to_uppercase();
+            let request = Request::builder()
+                .method(method.as_str())
+                .uri(&uri)
+                .header("authorization", "Bearer t0ken")
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .unwrap();
+            let response = f.respond(request).await;
+            let status = response.status();
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+            if path == "/stream" {
+                // An endless stream: its head is the answer.
+                assert_eq!(status, StatusCode::OK);
+                continue;
+            }
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&body);
+            assert!(
+                !text.contains("no such endpoint"),
+                "{method} {uri} fell through to the fallback: {text}"
+            );
+        }
+        // Documented with what it answers.
+        for operation in item.as_object().unwrap().values() {
+            if let Some(responses) = operation.get("responses") {
+                assert!(!responses.as_object().unwrap().is_empty(), "{path}");
+            }
+        }
+    }
+    assert!(operations >= 30, "{operations} operations");
+    f.shutdown().await;
+}

@@ -101,6 +101,11 @@ async fn every_page_renders_what_the_api_holds() {
         "the grid's cells"
     );
     assert!(workflow.text.contains("data-param=\"who\"") || workflow.text.contains("no vars"));
+    assert!(
+        workflow.text.contains(&format!("data-select=\"{id}\"")),
+        "runs can be selected"
+    );
+    assert!(workflow.text.contains(">Pin<"), "versions can be pinned");
 
     let run_page = page(&f, &format!("/runs/{id}")).await;
     assert_eq!(run_page.status, StatusCode::OK);

@@ -95,6 +95,17 @@ pub fn api_event_value(mut event: Map<String, Value>, now: i64) -> Result<Value,
 /// (`application/cloudevents+json`, or plain JSON), binary mode (`ce-`
 /// headers, the body as data) or a batch (`application/cloudevents-batch+json`,
 /// each event recorded and answered on its own).
+#[utoipa::path(
+    post,
+    path = "/events",
+    tag = "events",
+    request_body(content = serde_json::Value, description = "A CloudEvent (structured, binary `ce-` headers, or a batch)", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Recorded: `{event_id, runs, outcomes}`", body = serde_json::Value),
+        (status = 207, description = "A batch, some events refused", body = serde_json::Value),
+        (status = 400, description = "Not a CloudEvent", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn post_event(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -193,6 +204,18 @@ pub struct EventQuery {
     before: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    params(
+        ("limit" = Option<usize>, Query, description = "At most this many (1 to 1000, default 50)."),
+        ("before" = Option<u64>, Query, description = "The cursor: events recorded before this sequence number."),
+    ),
+    responses(
+        (status = 200, description = "`{\"events\": […], \"next\": cursor}`, newest first, each with its outcomes per binding", body = serde_json::Value),
+    )
+)]
 pub async fn list_events(
     State(state): State<AppState>,
     super::ApiQuery(query): super::ApiQuery<EventQuery>,
@@ -209,6 +232,18 @@ pub async fn list_events(
     Ok(Json(json!({"events": events, "next": next})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/events/{id}",
+    tag = "events",
+    params(
+        ("id" = String, Path, description = "The event's id."),
+    ),
+    responses(
+        (status = 200, description = "The event and its outcomes", body = serde_json::Value),
+        (status = 404, description = "No such event", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn show_event(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -256,6 +291,14 @@ pub fn binding_json(binding: &Binding) -> Value {
     out
 }
 
+#[utoipa::path(
+    get,
+    path = "/bindings",
+    tag = "bindings",
+    responses(
+        (status = 200, description = "The bindings loaded, rejected files, unbound queues", body = serde_json::Value),
+    )
+)]
 pub async fn list_bindings(State(state): State<AppState>) -> Result<Json<Value>, Error> {
     let registry = state.registry()?;
     let amqp = &state.reactor.metrics().amqp;

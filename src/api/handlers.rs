@@ -37,6 +37,14 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
 
 /// `GET /workers`: the workers heard from (queues, concurrency, running
 /// attempts, last heartbeat) and the remote attempts waiting per queue.
+#[utoipa::path(
+    get,
+    path = "/workers",
+    tag = "workers",
+    responses(
+        (status = 200, description = "Remote workers heard from and remote attempts per queue", body = serde_json::Value),
+    )
+)]
 pub async fn list_workers(State(state): State<AppState>) -> Json<Value> {
     match &state.remote {
         Some(remote) => Json(remote.workers_json()),
@@ -60,6 +68,14 @@ fn workflow_summary(workflow: &crate::spec::Workflow) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/workflows",
+    tag = "workflows",
+    responses(
+        (status = 200, description = "The workflows loaded and the errors of rejected files", body = serde_json::Value),
+    )
+)]
 pub async fn list_workflows(State(state): State<AppState>) -> Result<Json<Value>, Error> {
     let registry = state.registry()?;
     let workflows: Vec<Value> = registry
@@ -75,6 +91,18 @@ pub async fn list_workflows(State(state): State<AppState>) -> Result<Json<Value>
     Ok(Json(json!({"workflows": workflows, "errors": errors})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/workflows/{name}",
+    tag = "workflows",
+    params(
+        ("name" = String, Path, description = "The workflow's name."),
+    ),
+    responses(
+        (status = 200, description = "Definition, graph and versions", body = serde_json::Value),
+        (status = 404, description = "No such workflow", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn show_workflow(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -130,6 +158,20 @@ pub async fn show_workflow(
     Ok(Json(summary))
 }
 
+#[utoipa::path(
+    post,
+    path = "/workflows/{name}/runs",
+    tag = "runs",
+    params(
+        ("name" = String, Path, description = "The workflow's name."),
+    ),
+    request_body(content = serde_json::Value, description = "`{\"params\": {…}, \"version\": \"<hash>\"}` (both optional)", content_type = "application/json"),
+    responses(
+        (status = 201, description = "The run record, once the run is durable", body = serde_json::Value),
+        (status = 400, description = "A bad body", body = crate::api::ErrorBody),
+        (status = 404, description = "No such workflow or version", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn start_run(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -165,6 +207,21 @@ pub struct ListQuery {
     before: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/runs",
+    tag = "runs",
+    params(
+        ("workflow" = Option<String>, Query, description = "Only runs of this workflow."),
+        ("status" = Option<String>, Query, description = "queued, running, succeeded, failed or cancelled."),
+        ("limit" = Option<usize>, Query, description = "At most this many (1 to 1000, default 50)."),
+        ("before" = Option<String>, Query, description = "The cursor: runs older than this run id."),
+    ),
+    responses(
+        (status = 200, description = "`{\"runs\": […], \"next\": cursor}`, newest first", body = serde_json::Value),
+        (status = 400, description = "A bad query", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn list_runs(
     State(state): State<AppState>,
     super::ApiQuery(query): super::ApiQuery<ListQuery>,
@@ -230,6 +287,18 @@ pub(crate) async fn runs_page(
     Ok((runs, next))
 }
 
+#[utoipa::path(
+    get,
+    path = "/runs/{id}",
+    tag = "runs",
+    params(
+        ("id" = String, Path, description = "The run id (a UUID)."),
+    ),
+    responses(
+        (status = 200, description = "The run record", body = serde_json::Value),
+        (status = 404, description = "No such run", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn show_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -245,6 +314,18 @@ pub async fn show_run(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/history",
+    tag = "runs",
+    params(
+        ("id" = String, Path, description = "The run id (a UUID)."),
+    ),
+    responses(
+        (status = 200, description = "The run's records as written to the log", body = serde_json::Value),
+        (status = 404, description = "No such run", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn run_history(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -269,6 +350,20 @@ pub struct LogsQuery {
     follow: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/tasks/{task}/logs",
+    tag = "runs",
+    params(
+        ("id" = String, Path, description = "The run id (a UUID)."),
+        ("task" = String, Path, description = "The task id."),
+        ("follow" = Option<bool>, Query, description = "true: stream the output as server-sent events until the task ends."),
+    ),
+    responses(
+        (status = 200, description = "Stored stdout and stderr per attempt, or (follow) a text/event-stream", body = serde_json::Value),
+        (status = 404, description = "No such run or task", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn task_logs(
     State(state): State<AppState>,
     Path((id, task)): Path<(String, String)>,
@@ -301,6 +396,19 @@ pub async fn task_logs(
     Ok(Json(json!({"run_id": run_id, "task": task, "attempts": logs})).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/runs/{id}/cancel",
+    tag = "runs",
+    params(
+        ("id" = String, Path, description = "The run id (a UUID)."),
+    ),
+    responses(
+        (status = 202, description = "Cancelling: running attempts are killed, the rest cancelled", body = serde_json::Value),
+        (status = 404, description = "No such run", body = crate::api::ErrorBody),
+        (status = 409, description = "The run has ended", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn cancel_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -318,6 +426,20 @@ pub async fn cancel_run(
         .into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/runs/{id}/rerun",
+    tag = "runs",
+    params(
+        ("id" = String, Path, description = "The run id (a UUID)."),
+    ),
+    request_body(content = serde_json::Value, description = "`{\"from\": \"failed\" | \"<task>\", \"params\": {…}}` (both optional)", content_type = "application/json"),
+    responses(
+        (status = 201, description = "The new run", body = serde_json::Value),
+        (status = 404, description = "No such run", body = crate::api::ErrorBody),
+        (status = 422, description = "Nothing to rerun from there", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn rerun(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -22,8 +22,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get};
 use serde_json::json;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::metrics::DaemonMetrics;
 use crate::registry::SharedRegistry;
@@ -70,50 +73,117 @@ impl AppState {
     }
 }
 
-/// The router: `/healthz`, `/metrics`, `/hooks/…`, `/api/v1/…` and the
-/// dashboard's pages.
+/// The `/api/v1` routes, each registered from its handler's
+/// `#[utoipa::path]`: the router and the OpenAPI document come from the
+/// same place, so neither can name a route the other lacks.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(handlers::list_workflows))
+        .routes(routes!(handlers::show_workflow))
+        .routes(routes!(handlers::start_run))
+        .routes(routes!(handlers::list_runs))
+        .routes(routes!(handlers::show_run))
+        .routes(routes!(handlers::run_history))
+        .routes(routes!(stream::one_run))
+        .routes(routes!(stream::all_runs))
+        .routes(routes!(handlers::task_logs))
+        .routes(routes!(handlers::cancel_run))
+        .routes(routes!(handlers::rerun))
+        .routes(routes!(events::post_event, events::list_events))
+        .routes(routes!(events::show_event))
+        .routes(routes!(operations::replay_event))
+        .routes(routes!(events::list_bindings))
+        .routes(routes!(handlers::list_workers))
+        .routes(routes!(operations::backtest))
+        .routes(routes!(operations::backfill_binding))
+        .routes(routes!(operations::binding_occurrences))
+        .routes(routes!(operations::show_backfill))
+        .routes(routes!(operations::cancel_backfill))
+        .routes(routes!(operations::pause_binding))
+        .routes(routes!(operations::resume_binding))
+        .routes(routes!(operations::pause_workflow))
+        .routes(routes!(operations::resume_workflow))
+        .routes(routes!(operations::list_versions))
+        .routes(routes!(operations::diff_versions))
+        .routes(routes!(operations::pin_workflow))
+        .routes(routes!(operations::unpin_workflow))
+}
+
+/// The OpenAPI document of `/api/v1` (what `GET /api/v1/openapi.json`
+/// serves), generated from the handlers.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().into_openapi()
+}
+
+/// The document's fixed parts; the paths come from the handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "switchyard",
+        description = "The HTTP API of switchyard, the event-triggered workflow orchestrator. Errors are `{\"error\": {\"code\", \"message\"}}`. With `api.token` set, every request needs `Authorization: Bearer <token>` (or the dashboard's session cookie)."
+    ),
+    servers((url = "/api/v1", description = "this server")),
+    components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&BearerToken),
+    security(("bearer" = [])),
+    tags(
+        (name = "workflows", description = "Workflows, their versions and pins"),
+        (name = "runs", description = "Runs: start, list, follow, cancel, rerun"),
+        (name = "events", description = "Events and what each binding did with them"),
+        (name = "bindings", description = "Bindings: pause, backfill, backtest, occurrences"),
+        (name = "workers", description = "Remote workers"),
+    )
+)]
+struct ApiDoc;
+
+/// The bearer token as the document's security scheme.
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every error's body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only: errors are built by `Error`
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// A stable code: `bad_request`, `unauthorized`, `not_found`, `conflict`, `invalid`, `unavailable`, `internal`.
+    code: String,
+    /// For people: what is wrong and where.
+    message: String,
+}
+
+/// The router: `/healthz`, `/metrics`, `/hooks/…`, `/api/v1/…` (and its
+/// OpenAPI document at `/api/v1/openapi.json`) and the dashboard's pages.
 pub fn app(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/workflows", get(handlers::list_workflows))
-        .route("/workflows/{name}", get(handlers::show_workflow))
-        .route("/workflows/{name}/runs", post(handlers::start_run))
-        .route("/runs", get(handlers::list_runs))
-        .route("/runs/{id}", get(handlers::show_run))
-        .route("/runs/{id}/history", get(handlers::run_history))
-        .route("/runs/{id}/stream", get(stream::one_run))
-        .route("/stream", get(stream::all_runs))
-        .route("/runs/{id}/tasks/{task}/logs", get(handlers::task_logs))
-        .route("/runs/{id}/cancel", post(handlers::cancel_run))
-        .route("/runs/{id}/rerun", post(handlers::rerun))
-        .route("/events", post(events::post_event).get(events::list_events))
-        .route("/events/{id}", get(events::show_event))
-        .route("/events/{id}/replay", post(operations::replay_event))
-        .route("/bindings", get(events::list_bindings))
-        .route("/workers", get(handlers::list_workers))
-        .route("/bindings/backtest", post(operations::backtest))
+    let (api, document) = api_routes().split_for_parts();
+    let document = Arc::new(document.to_json().unwrap_or_else(|_| "{}".into()));
+    let api = api
         .route(
-            "/bindings/{name}/backfill",
-            post(operations::backfill_binding),
-        )
-        .route(
-            "/bindings/{name}/occurrences",
-            get(operations::binding_occurrences),
-        )
-        .route("/backfills/{id}", get(operations::show_backfill))
-        .route("/backfills/{id}/cancel", post(operations::cancel_backfill))
-        .route("/bindings/{name}/pause", post(operations::pause_binding))
-        .route("/bindings/{name}/resume", post(operations::resume_binding))
-        .route("/workflows/{name}/pause", post(operations::pause_workflow))
-        .route("/workflows/{name}/versions", get(operations::list_versions))
-        .route(
-            "/workflows/{name}/versions/{from}/diff/{to}",
-            get(operations::diff_versions),
-        )
-        .route("/workflows/{name}/pin", post(operations::pin_workflow))
-        .route("/workflows/{name}/unpin", post(operations::unpin_workflow))
-        .route(
-            "/workflows/{name}/resume",
-            post(operations::resume_workflow),
+            "/openapi.json",
+            get(move || {
+                let document = Arc::clone(&document);
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        document.as_str().to_string(),
+                    )
+                }
+            }),
         )
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(

@@ -16,18 +16,66 @@ use crate::reactor::trigger_accepts;
 use crate::spec::binding::Binding;
 use crate::triggers::backfill;
 
+#[utoipa::path(
+    post,
+    path = "/bindings/{name}/pause",
+    tag = "bindings",
+    params(
+        ("name" = String, Path, description = "The binding's name."),
+    ),
+    responses(
+        (status = 200, description = "Paused (durably)", body = serde_json::Value),
+        (status = 404, description = "No such binding", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn pause_binding(state: State<AppState>, name: Path<String>) -> Result<Response, Error> {
     set(state, Target::Binding, name, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/bindings/{name}/resume",
+    tag = "bindings",
+    params(
+        ("name" = String, Path, description = "The binding's name."),
+    ),
+    responses(
+        (status = 200, description = "Resumed", body = serde_json::Value),
+        (status = 404, description = "No such binding", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn resume_binding(state: State<AppState>, name: Path<String>) -> Result<Response, Error> {
     set(state, Target::Binding, name, false).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/workflows/{name}/pause",
+    tag = "workflows",
+    params(
+        ("name" = String, Path, description = "The workflow's name."),
+    ),
+    responses(
+        (status = 200, description = "Every binding of the workflow paused", body = serde_json::Value),
+        (status = 404, description = "No such workflow", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn pause_workflow(state: State<AppState>, name: Path<String>) -> Result<Response, Error> {
     set(state, Target::Workflow, name, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/workflows/{name}/resume",
+    tag = "workflows",
+    params(
+        ("name" = String, Path, description = "The workflow's name."),
+    ),
+    responses(
+        (status = 200, description = "Resumed", body = serde_json::Value),
+        (status = 404, description = "No such workflow", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn resume_workflow(
     state: State<AppState>,
     name: Path<String>,
@@ -82,6 +130,18 @@ async fn set(
 /// bindings of its source as they are now, bypassing dedup explicitly (each
 /// run gets the dedup key `replay:<new event id>:<binding>`), recorded as a
 /// new event `<id>#replay-<uuid>` whose `switchyard.replay_of` names the original.
+#[utoipa::path(
+    post,
+    path = "/events/{id}/replay",
+    tag = "events",
+    params(
+        ("id" = String, Path, description = "The recorded event's id."),
+    ),
+    responses(
+        (status = 202, description = "Offered again to the current bindings", body = serde_json::Value),
+        (status = 404, description = "No such event", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn replay_event(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -122,6 +182,20 @@ pub async fn replay_event(
 /// instant of a cron binding's schedule in `[from, to]`, oldest first; an
 /// instant that already ran is reported as a duplicate. `dry_run` lists the
 /// instants only.
+#[utoipa::path(
+    post,
+    path = "/bindings/{name}/backfill",
+    tag = "bindings",
+    params(
+        ("name" = String, Path, description = "The binding's name."),
+    ),
+    request_body(content = serde_json::Value, description = "`{\"from\": time, \"to\": time, \"dry_run\": bool}`", content_type = "application/json"),
+    responses(
+        (status = 202, description = "The backfill, or (dry run) the instants", body = serde_json::Value),
+        (status = 400, description = "A bad range", body = crate::api::ErrorBody),
+        (status = 404, description = "No such binding", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn backfill_binding(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -187,6 +261,18 @@ pub async fn backfill_binding(
 }
 
 /// `GET /backfills/{id}`: the backfill with each run's current status.
+#[utoipa::path(
+    get,
+    path = "/backfills/{id}",
+    tag = "bindings",
+    params(
+        ("id" = String, Path, description = "The backfill's id."),
+    ),
+    responses(
+        (status = 200, description = "Its progress", body = serde_json::Value),
+        (status = 404, description = "No such backfill", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn show_backfill(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -211,6 +297,18 @@ pub async fn show_backfill(
 
 /// `POST /backfills/{id}/cancel`: cancels what the backfill started and has
 /// not finished.
+#[utoipa::path(
+    post,
+    path = "/backfills/{id}/cancel",
+    tag = "bindings",
+    params(
+        ("id" = String, Path, description = "The backfill's id."),
+    ),
+    responses(
+        (status = 200, description = "Cancelled: no more runs start", body = serde_json::Value),
+        (status = 404, description = "No such backfill", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn cancel_backfill(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -241,6 +339,18 @@ fn version_of(
 /// `GET /workflows/{name}/versions`: every version runs have used (and the
 /// current one), oldest first: content hash, label, first seen, whether it
 /// is current or pinned, and the definition.
+#[utoipa::path(
+    get,
+    path = "/workflows/{name}/versions",
+    tag = "workflows",
+    params(
+        ("name" = String, Path, description = "The workflow's name."),
+    ),
+    responses(
+        (status = 200, description = "Its versions: hash, first seen, current, pinned", body = serde_json::Value),
+        (status = 404, description = "No such workflow", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn list_versions(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -287,6 +397,20 @@ pub async fn list_versions(
 
 /// `GET /workflows/{name}/versions/{from}/diff/{to}`: an RFC 6902 JSON
 /// Patch that turns one version's definition into the other's.
+#[utoipa::path(
+    get,
+    path = "/workflows/{name}/versions/{from}/diff/{to}",
+    tag = "workflows",
+    params(
+        ("name" = String, Path, description = "The workflow's name."),
+        ("from" = String, Path, description = "A version (content hash)."),
+        ("to" = String, Path, description = "Another version."),
+    ),
+    responses(
+        (status = 200, description = "The RFC 6902 JSON Patch from one to the other", body = serde_json::Value),
+        (status = 404, description = "No such workflow or version", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn diff_versions(
     State(state): State<AppState>,
     Path((name, from, to)): Path<(String, String, String)>,
@@ -305,6 +429,19 @@ pub async fn diff_versions(
 
 /// `POST /workflows/{name}/pin {"version": hash}`: triggers (and runs by
 /// hand, and sub-workflows) use that version until unpinned.
+#[utoipa::path(
+    post,
+    path = "/workflows/{name}/pin",
+    tag = "workflows",
+    params(
+        ("name" = String, Path, description = "The workflow's name."),
+    ),
+    request_body(content = serde_json::Value, description = "`{\"version\": \"<hash>\"}`", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Pinned: triggers run that version", body = serde_json::Value),
+        (status = 404, description = "No such workflow or version", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn pin_workflow(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -329,6 +466,18 @@ pub async fn pin_workflow(
 }
 
 /// `POST /workflows/{name}/unpin`: back to the file's current version.
+#[utoipa::path(
+    post,
+    path = "/workflows/{name}/unpin",
+    tag = "workflows",
+    params(
+        ("name" = String, Path, description = "The workflow's name."),
+    ),
+    responses(
+        (status = 200, description = "Unpinned: back to the file's version", body = serde_json::Value),
+        (status = 404, description = "No such workflow", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn unpin_workflow(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -364,6 +513,16 @@ pub fn run_version(
 /// with the events recorded in the log since then: for each event its
 /// trigger could have produced, the params it would have started its
 /// workflow with and the dedup key, or why not. Nothing is started.
+#[utoipa::path(
+    post,
+    path = "/bindings/backtest",
+    tag = "bindings",
+    request_body(content = serde_json::Value, description = "`{\"binding\": {…} | \"<name>\", \"since\": \"7d\", \"limit\": n}`", content_type = "application/json"),
+    responses(
+        (status = 200, description = "What the binding would have done with each recorded event", body = serde_json::Value),
+        (status = 400, description = "A bad binding or body", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn backtest(
     State(state): State<AppState>,
     body: axum::body::Bytes,
@@ -496,6 +655,20 @@ pub struct OccurrenceQuery {
 /// `GET /bindings/{name}/occurrences`: a cron binding's occurrence log,
 /// newest first (`?limit=`, `?before=<scheduled time>` pages back), with
 /// its next fire times.
+#[utoipa::path(
+    get,
+    path = "/bindings/{name}/occurrences",
+    tag = "bindings",
+    params(
+        ("name" = String, Path, description = "The binding's name."),
+        ("limit" = Option<usize>, Query, description = "At most this many."),
+        ("before" = Option<String>, Query, description = "The cursor."),
+    ),
+    responses(
+        (status = 200, description = "A cron binding's scheduled instants and what each did", body = serde_json::Value),
+        (status = 404, description = "No such binding", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn binding_occurrences(
     State(state): State<AppState>,
     Path(name): Path<String>,

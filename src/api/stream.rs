@@ -102,6 +102,14 @@ fn closed() -> Event {
 }
 
 /// `GET /stream`: every run's changes, summarised.
+#[utoipa::path(
+    get,
+    path = "/stream",
+    tag = "runs",
+    responses(
+        (status = 200, description = "text/event-stream: a `run` event per change of any run", body = serde_json::Value),
+    )
+)]
 pub async fn all_runs(State(state): State<AppState>) -> Response {
     let (tx, rx) = mpsc::channel::<Event>(64);
     let closing = state.runtime.live().closing();
@@ -136,6 +144,18 @@ pub async fn all_runs(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /runs/{id}/stream`: one run's record on every change, until it ends.
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/stream",
+    tag = "runs",
+    params(
+        ("id" = String, Path, description = "The run id (a UUID)."),
+    ),
+    responses(
+        (status = 200, description = "text/event-stream: the run record on every change until it ends", body = serde_json::Value),
+        (status = 404, description = "No such run", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn one_run(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -116,6 +116,21 @@ try {
   await shot("06-cancelled");
   check(ended === "cancelled", `the run ended ${ended}, not cancelled`);
 
+  step("select two running runs in the grid and cancel them at once");
+  for (let i = 0; i < 2; i++) {
+    const response = await fetch(`${base}/api/v1/workflows/long_export/runs`, {
+      method: "POST", headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify({ params: { seconds: "120" } }),
+    });
+    check(response.status === 201, `starting long_export answered ${response.status}`);
+  }
+  await page.goto(`${base}/workflows/long_export`);
+  await page.locator("input[data-select]").nth(0).check();
+  await page.locator("input[data-select]").nth(1).check();
+  await page.click("button[data-bulk='cancel']");
+  await page.waitForSelector("#flash:has-text('Cancelled 2 of 2 run(s).')");
+  await shot("06b-bulk-cancel");
+
   step("events: why one did not run (filtered) and one ran only once (duplicate)");
   await page.click("header nav >> text=Events");
   await page.waitForSelector(".badge.s-skipped:has-text('filtered')");

@@ -127,7 +127,10 @@ function liveRuns(workflow) {
 async function callApi(button) {
   const [method, url] = button.dataset.action.split(" ");
   let body = button.dataset.body || "{}";
-  if (button.form) {
+  if (button.form && button.form.dataset.kind === "backfill") {
+    const field = (name) => button.form.querySelector(`[name=${name}]`).value.trim();
+    body = JSON.stringify({ from: field("from"), to: field("to"), dry_run: Boolean(button.dataset.dry) });
+  } else if (button.form) {
     const params = {};
     for (const input of button.form.querySelectorAll("[data-param]")) {
       if (input.value === "") continue;
@@ -145,6 +148,7 @@ async function callApi(button) {
     const answer = await response.json().catch(() => ({}));
     if (!response.ok) throw new Error(answer.error ? answer.error.message : response.statusText);
     if (button.dataset.go && answer.id) { location.href = button.dataset.go.replace("{id}", answer.id); return; }
+    if (button.dataset.show) { showInstants(document.getElementById(button.dataset.show), answer); return; }
     flash(button.dataset.done || "Done.");
     if (button.dataset.reload) location.reload();
   } catch (e) {
@@ -152,6 +156,55 @@ async function callApi(button) {
   } finally {
     if (!button.dataset.when) button.disabled = false;
   }
+}
+
+// A backfill's dry run: how many instants, and the first of them.
+function showInstants(target, answer) {
+  const instants = answer.instants || [];
+  target.textContent = `${instants.length} run(s) would start` + (instants.length ? ":" : ".");
+  const list = document.createElement("ul");
+  for (const instant of instants.slice(0, 20)) {
+    const item = document.createElement("li");
+    item.innerHTML = timeHtml(instant);
+    list.append(item);
+  }
+  if (instants.length > 20) list.append(Object.assign(document.createElement("li"), { textContent: `… and ${instants.length - 20} more` }));
+  target.append(list);
+}
+
+// A version's changes, read when its details open (RFC 6902 operations).
+async function showDiff(details) {
+  if (details.dataset.loaded) return;
+  details.dataset.loaded = "1";
+  const list = details.querySelector("ol");
+  const response = await fetch(details.dataset.diff, { credentials: "same-origin" });
+  const answer = await response.json().catch(() => ({}));
+  const ops = answer.patch || answer.operations || (Array.isArray(answer) ? answer : []);
+  if (!response.ok) { list.textContent = answer.error ? answer.error.message : response.statusText; return; }
+  if (ops.length === 0) { list.textContent = "No changes."; return; }
+  for (const op of ops) {
+    const item = document.createElement("li");
+    const value = op.value === undefined ? "" : " " + JSON.stringify(op.value);
+    item.textContent = `${op.op} ${op.path}${op.from ? " from " + op.from : ""}${value}`;
+    list.append(item);
+  }
+}
+
+// Cancel or rerun the runs ticked in a grid, one request each.
+async function bulk(action) {
+  const ids = [...document.querySelectorAll("input[data-select]:checked")].map((c) => c.dataset.select);
+  if (ids.length === 0) { flash("Select runs first.", true); return; }
+  let done = 0;
+  const errors = [];
+  for (const id of ids) {
+    const url = `/api/v1/runs/${id}/${action === "cancel" ? "cancel" : "rerun"}`;
+    const body = action === "cancel" ? "{}" : JSON.stringify({ from: "failed" });
+    const response = await fetch(url, { method: "POST", credentials: "same-origin",
+      headers: { "content-type": "application/json" }, body });
+    if (response.ok) done += 1;
+    else errors.push(`${id}: ${((await response.json().catch(() => ({}))).error || {}).message || response.statusText}`);
+  }
+  flash(`${action === "cancel" ? "Cancelled" : "Reran"} ${done} of ${ids.length} run(s).` + (errors.length ? " " + errors.join("; ") : ""), errors.length > 0);
 }
 
 function flash(text, error) {
@@ -209,9 +262,14 @@ document.addEventListener("DOMContentLoaded", () => {
   document.addEventListener("click", (e) => {
     const button = e.target.closest("button[data-action]");
     if (button) { e.preventDefault(); callApi(button); return; }
+    const bulkButton = e.target.closest("button[data-bulk]");
+    if (bulkButton) { e.preventDefault(); bulk(bulkButton.dataset.bulk); return; }
     const logs = e.target.closest("[data-logs]");
     if (logs) { e.preventDefault(); showLogs(document.body.dataset.run, logs.dataset.logs); }
   });
+  for (const details of document.querySelectorAll("details[data-diff]")) {
+    details.addEventListener("toggle", () => { if (details.open) showDiff(details); });
+  }
   const search = document.querySelector("#logs input[type=search]");
   if (search) search.addEventListener("input", renderLogs);
   const body = document.body.dataset;

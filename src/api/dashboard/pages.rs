@@ -443,6 +443,18 @@ async fn workflow_page(state: &AppState, name: &str, cursor: Cursor) -> Result<R
                         @if let Some(n) = binding["next_fire"].as_str() { div { "Next fire: " (time(Some(n))) } }
                         @if let Some(u) = binding["url"].as_str() { div { "URL: " code { (u) } } }
                         @if let Some(f) = binding["filter"].as_str() { div { "Filter: " code { (f) } } }
+                        @if binding["trigger"] == "cron" {
+                            details style="margin-top:.4rem" {
+                                summary { "Backfill" }
+                                form.actions data-kind="backfill" {
+                                    label { "From " input name="from" placeholder="2026-11-01" required; }
+                                    label { "To " input name="to" placeholder="2026-11-30T23:59:59Z" required; }
+                                    button type="button" data-action={ "POST /api/v1/bindings/" (bname) "/backfill" } data-dry="1" data-show={ "backfill-" (bname) } { "Preview" }
+                                    button.primary type="button" data-action={ "POST /api/v1/bindings/" (bname) "/backfill" } data-done="Backfill started: its runs are in the grid below." { "Start backfill" }
+                                }
+                                div id={ "backfill-" (bname) } .muted {}
+                            }
+                        }
                         div.actions style="margin-top:.4rem" {
                             @if *binding_paused {
                                 button data-action={ "POST /api/v1/bindings/" (bname) "/resume" } data-reload="1" { "Resume" }
@@ -456,6 +468,11 @@ async fn workflow_page(state: &AppState, name: &str, cursor: Cursor) -> Result<R
         }
         h2 { "Runs" }
         (new_runs_notice())
+        div.actions style="margin-bottom:.5rem" {
+            span.muted { "Selected runs:" }
+            button type="button" data-bulk="cancel" { "Cancel" }
+            button type="button" data-bulk="rerun" { "Rerun from failed" }
+        }
         (runs_grid(&workflow, &page_runs))
         div.pager {
             @if before.is_some() { a href={ "/workflows/" (name) } { "← Newest" } }
@@ -472,8 +489,16 @@ async fn workflow_page(state: &AppState, name: &str, cursor: Cursor) -> Result<R
                         td {
                             @if v.version == workflow.version { span.badge.s-succeeded { "current" } " " }
                             @if pinned.as_deref() == Some(v.version.as_str()) { span.badge.s-running { "pinned" } " " }
+                            @if pinned.as_deref() == Some(v.version.as_str()) {
+                                button type="button" data-action={ "POST /api/v1/workflows/" (name) "/unpin" } data-reload="1" { "Unpin" }
+                            } @else {
+                                button type="button" data-action={ "POST /api/v1/workflows/" (name) "/pin" } data-body={ "{\"version\": \"" (v.version) "\"}" } data-reload="1" title="Triggers run this version until unpinned" { "Pin" }
+                            }
                             @if v.version != workflow.version {
-                                a href={ "/api/v1/workflows/" (name) "/versions/" (v.version) "/diff/" (workflow.version) } { "diff to current (JSON Patch)" }
+                                details data-diff={ "/api/v1/workflows/" (name) "/versions/" (v.version) "/diff/" (workflow.version) } {
+                                    summary { "Changes to the current version" }
+                                    ol.mono {}
+                                }
                             }
                         }
                     }
@@ -501,13 +526,14 @@ fn runs_grid(workflow: &crate::spec::Workflow, runs: &[RunRecord]) -> Markup {
         div.scroll {
             table.grid {
                 thead { tr {
-                    th { "Run" } th { "Status" } th { "Started" } th { "Took" }
+                    th { span.sr-only { "Select" } } th { "Run" } th { "Status" } th { "Started" } th { "Took" }
                     @for task in &workflow.tasks { th title=(task.id) { (task.id) } }
                 } }
                 tbody {
                     @for run in runs {
                         @let status = status_str(run.status);
                         tr data-run=(run.id) {
+                            td { input type="checkbox" data-select=(run.id) aria-label={ "select run " (run.id) }; }
                             td { (run_link(&run.id)) }
                             td { (badge(&status)) }
                             td { (time(run.started_at.as_deref())) }
@@ -522,7 +548,7 @@ fn runs_grid(workflow: &crate::spec::Workflow, runs: &[RunRecord]) -> Markup {
                             }
                         }
                     }
-                    @if runs.is_empty() { tr { td colspan=(4 + workflow.tasks.len()) .muted { "No runs yet." } } }
+                    @if runs.is_empty() { tr { td colspan=(5 + workflow.tasks.len()) .muted { "No runs yet." } } }
                 }
             }
         }
@@ -602,10 +628,18 @@ async fn run_page(state: &AppState, id: &str) -> Result<Response, Error> {
                 select #rerun-from name="from" {
                     @for task in run.tasks.keys() { option value=(task) { (task) } }
                 }
-                @for (key, value) in &run.params {
-                    input type="hidden" data-param=(key) value=(value.as_str().map_or_else(|| value.to_string(), str::to_string));
-                }
                 button data-when="ended" disabled[active] type="button" data-action={ "POST /api/v1/runs/" (run.id) "/rerun" } data-go="/runs/{id}" { "Rerun" }
+                @if !run.params.is_empty() {
+                    details {
+                        summary { "with params" }
+                        dl.kv {
+                            @for (key, value) in &run.params {
+                                dt { label for={ "rerun-param-" (key) } { (key) } }
+                                dd { input id={ "rerun-param-" (key) } data-param=(key) value=(value.as_str().map_or_else(|| value.to_string(), str::to_string)); }
+                            }
+                        }
+                    }
+                }
             }
         }
         p data-run-error .flash.error hidden[run.error.is_none()] { (run.error.as_deref().unwrap_or("")) }
