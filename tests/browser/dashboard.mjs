@@ -129,6 +129,9 @@ try {
   await page.locator("input[data-select]").nth(1).check();
   await page.click("button[data-bulk='cancel']");
   await page.waitForSelector("#flash:has-text('Cancelled 2 of 2 run(s).')");
+  // The grid follows without a reload.
+  await page.waitForFunction(() => [...document.querySelectorAll("tr[data-run] .badge")]
+    .slice(0, 2).every((b) => b.textContent === "cancelled"), null, { timeout: 15000 });
   await shot("06b-bulk-cancel");
 
   step("events: why one did not run (filtered) and one ran only once (duplicate)");

@@ -53,6 +53,7 @@ function setStatus(el, status) {
 }
 
 const ACTIVE = new Set(["queued", "running"]);
+const SYMBOL = { succeeded: "✓", failed: "✗", running: "●", cancelled: "⊘", skipped: "–" };
 
 // The run page: the record, as the server sends it on every change.
 function applyRun(run) {
@@ -117,7 +118,10 @@ function liveRuns(workflow) {
         const took = row.querySelector("[data-duration]");
         if (took) took.textContent = duration(run.started_at, run.ended_at);
         for (const [task, status] of Object.entries(run.tasks || {})) {
-          setStatus(row.querySelector(`[data-cell="${CSS.escape(task)}"]`), status);
+          const cell = row.querySelector(`[data-cell="${CSS.escape(task)}"]`);
+          setStatus(cell, status);
+          const link = cell && cell.querySelector("a");
+          if (link) { link.textContent = SYMBOL[status] || "○"; link.title = `${task}: ${status}`; }
         }
       }
     },
