@@ -46,10 +46,46 @@ pub struct EventMetrics {
     pub paused: AtomicU64,
     /// Refused at the edge (bad signature, bad body, too large, undecodable message).
     pub rejected: AtomicU64,
+    /// The same refusals, by reason.
+    pub refused: Refusals,
     /// The AMQP consumers' counters.
     pub amqp: AmqpMetrics,
     /// Adapters that died and are being restarted.
     pub adapters: AdapterHealth,
+}
+
+/// Events refused at the edge, by reason.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    /// A webhook whose signature (or signed timestamp) did not check out.
+    pub signature: AtomicU64,
+    /// A body over its binding's `max_body`.
+    pub too_large: AtomicU64,
+    /// A body that could not become an event (not JSON, not a CloudEvent,
+    /// an undecodable AMQP message, a bad query string).
+    pub bad_body: AtomicU64,
+}
+
+/// Why an event was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Signature,
+    TooLarge,
+    BadBody,
+}
+
+impl EventMetrics {
+    /// Counts a refusal, in the total and by its reason.
+    pub fn refuse(&self, reason: Refusal) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.rejected.fetch_add(1, Relaxed);
+        let counter = match reason {
+            Refusal::Signature => &self.refused.signature,
+            Refusal::TooLarge => &self.refused.too_large,
+            Refusal::BadBody => &self.refused.bad_body,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
 }
 
 /// Adapters (file watchers, AMQP consumers, cron and expectation timers)

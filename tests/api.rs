@@ -125,7 +125,7 @@ impl Fixture {
         (status, value)
     }
 
-    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+    pub(crate) async fn get(&self, uri: &str) -> (StatusCode, Value) {
         self.call("GET", uri, None, None).await
     }
 

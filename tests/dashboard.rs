@@ -126,6 +126,18 @@ async fn every_page_renders_what_the_api_holds() {
     assert!(run_page.text.contains("attempt_started"), "the history");
     assert!(run_page.text.contains("dash"), "the params");
 
+    // Logs searched on the server, and downloaded as text.
+    let (status, found) = f
+        .get(&format!("/api/v1/runs/{id}/tasks/a/logs?q=HELLO"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(
+        found["matches"],
+        serde_json::json!([{"attempt": 1, "stream": "stdout", "line": 1, "text": "hello dash"}])
+    );
+    let download = page(&f, &format!("/api/v1/runs/{id}/tasks/a/logs?format=text")).await;
+    assert!(download.content_type.starts_with("text/plain"));
+    assert_eq!(download.text, "== attempt 1 stdout\nhello dash\n");
     for uri in ["/events", "/workers"] {
         let p = page(&f, uri).await;
         assert_eq!(p.status, StatusCode::OK, "{uri}: {}", p.text);

@@ -120,8 +120,7 @@ pub async fn post_event(
         state
             .reactor
             .metrics()
-            .rejected
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .refuse(crate::metrics::Refusal::BadBody);
         e
     };
     if media.as_deref() == Some(cloudevents::BATCH) {
@@ -273,6 +272,7 @@ pub fn binding_json(binding: &Binding) -> Value {
             "ttl": humantime::format_duration(binding.dedup_ttl).to_string(),
         },
         "enabled": binding.enabled,
+        "expect": binding.source.get("expect"),
         "file": binding.file.as_ref().map(|f| f.display().to_string()),
     });
     match &binding.trigger {

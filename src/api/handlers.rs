@@ -348,6 +348,14 @@ pub struct LogsQuery {
     /// task ends.
     #[serde(default)]
     follow: Option<String>,
+    /// Only the lines holding this text (case-insensitive), with where
+    /// they are: `matches` `[{attempt, stream, line, text}]`.
+    #[serde(default)]
+    q: Option<String>,
+    /// `text`: the logs as one plain-text file (a download), attempts and
+    /// streams headed.
+    #[serde(default)]
+    format: Option<String>,
 }
 
 #[utoipa::path(
@@ -358,6 +366,8 @@ pub struct LogsQuery {
         ("id" = String, Path, description = "The run id (a UUID)."),
         ("task" = String, Path, description = "The task id."),
         ("follow" = Option<bool>, Query, description = "true: stream the output as server-sent events until the task ends."),
+        ("q" = Option<String>, Query, description = "Only the lines holding this text (case-insensitive): `matches` [{attempt, stream, line, text}]."),
+        ("format" = Option<String>, Query, description = "text: the logs as one plain-text download."),
     ),
     responses(
         (status = 200, description = "Stored stdout and stderr per attempt, or (follow) a text/event-stream", body = serde_json::Value),
@@ -393,6 +403,56 @@ pub async fn task_logs(
         return Ok(super::follow::follow(state, run_id, task));
     }
     let logs = state.runtime.log().task_logs(run_id, &task)?;
+    if query.format.as_deref() == Some("text") {
+        let mut text = String::new();
+        for attempt in &logs {
+            for (stream, output) in [("stdout", &attempt.stdout), ("stderr", &attempt.stderr)] {
+                if !output.is_empty() {
+                    text.push_str(&format!(
+                        "== attempt {} {stream}\n{output}",
+                        attempt.attempt
+                    ));
+                    if !output.ends_with('\n') {
+                        text.push('\n');
+                    }
+                }
+            }
+        }
+        let file = format!("attachment; filename=\"{run_id}-{task}.log\"");
+        return Ok((
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8".to_string(),
+                ),
+                (axum::http::header::CONTENT_DISPOSITION, file),
+            ],
+            text,
+        )
+            .into_response());
+    }
+    if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
+        let needle = q.to_lowercase();
+        let matches: Vec<Value> = logs
+            .iter()
+            .flat_map(|a| {
+                [("stdout", &a.stdout), ("stderr", &a.stderr)]
+                    .into_iter()
+                    .flat_map(move |(stream, output)| {
+                        output.lines().enumerate().map(move |(i, line)| (a.attempt, stream, i + 1, line))
+                    })
+            })
+            .filter(|(_, _, _, line)| line.to_lowercase().contains(&needle))
+            .take(10_000)
+            .map(|(attempt, stream, line, text)| {
+                json!({"attempt": attempt, "stream": stream, "line": line, "text": text})
+            })
+            .collect();
+        return Ok(
+            Json(json!({"run_id": run_id, "task": task, "q": q, "matches": matches}))
+                .into_response(),
+        );
+    }
     Ok(Json(json!({"run_id": run_id, "task": task, "attempts": logs})).into_response())
 }
 
@@ -568,6 +628,18 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "events_rejected",
         "Events refused at the edge (signature, size, parse).",
         get(&e.rejected),
+    );
+    s.counters(
+        "events_refused",
+        "Events refused at the edge, by reason.",
+        labelled(
+            "reason",
+            &[
+                ("signature", get(&e.refused.signature)),
+                ("too_large", get(&e.refused.too_large)),
+                ("bad_body", get(&e.refused.bad_body)),
+            ],
+        ),
     );
     s.counter(
         "records_missed",

@@ -17,6 +17,7 @@ use sha2::Digest as _;
 
 use super::{AppState, Error};
 use crate::expr::MapScope;
+use crate::metrics::Refusal;
 use crate::reactor::event::{Event, WEBHOOK_REQUEST};
 use crate::spec::binding::{Binding, Respond, Trigger, WebhookTrigger};
 use crate::spec::config::REDACTED;
@@ -27,12 +28,8 @@ const HIDDEN_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cooki
 /// Headers carrying the sender's delivery id, in order of preference.
 const DELIVERY_ID_HEADERS: &[&str] = &["x-github-delivery", "webhook-id", "idempotency-key"];
 
-fn refused(state: &AppState, error: Error) -> Response {
-    state
-        .reactor
-        .metrics()
-        .rejected
-        .fetch_add(1, Ordering::Relaxed);
+fn refused(state: &AppState, reason: crate::metrics::Refusal, error: Error) -> Response {
+    state.reactor.metrics().refuse(reason);
     error.into_response()
 }
 
@@ -52,20 +49,23 @@ pub async fn hook(
     // 1. Size.
     let body = match read_body(&headers, body, hook.max_body).await {
         Ok(body) => body,
-        Err(e) => return refused(&state, e),
+        Err(e) => return refused(&state, Refusal::TooLarge, e),
     };
     // 2–3. Signature over the raw body, then the signed timestamp.
     if let Err(e) = check_signature(&state, &path, &hook, &headers, &body) {
-        return refused(&state, e);
+        return refused(&state, Refusal::Signature, e);
     }
     // 4. Parse.
     let (data, datacontenttype) = match parse_body(&headers, &body) {
         Ok(parsed) => parsed,
-        Err(e) => return refused(&state, e),
+        Err(e) => return refused(&state, Refusal::BadBody, e),
     };
     let query = match query {
         Ok(Query(pairs)) => pairs,
-        Err(e) => return refused(&state, Error::bad_request(format!("invalid query: {e}"))),
+        Err(e) => {
+            let e = Error::bad_request(format!("invalid query: {e}"));
+            return refused(&state, Refusal::BadBody, e);
+        }
     };
     // 5. Record, then answer.
     let event = event(

@@ -386,7 +386,8 @@ impl Consumer {
     /// channel is gone).
     async fn handle(&self, delivery: Delivery, release: impl FnOnce()) -> Result<(), SessionError> {
         let max_body = self.max_body();
-        let decoded = if delivery.data.len() > max_body {
+        let too_large = delivery.data.len() > max_body;
+        let decoded = if too_large {
             self.metrics().too_large.fetch_add(1, Ordering::Relaxed);
             Err(format!(
                 "the body is {} bytes, over the binding's max_body of {max_body}",
@@ -400,10 +401,11 @@ impl Consumer {
             Err(reason) => {
                 release();
                 self.metrics().poison.fetch_add(1, Ordering::Relaxed);
-                self.reactor
-                    .metrics()
-                    .rejected
-                    .fetch_add(1, Ordering::Relaxed);
+                self.reactor.metrics().refuse(if too_large {
+                    crate::metrics::Refusal::TooLarge
+                } else {
+                    crate::metrics::Refusal::BadBody
+                });
                 tracing::warn!(
                     queue = %self.queue,
                     exchange = %delivery.exchange,

@@ -143,6 +143,18 @@ try {
   check(duplicate.includes("already started"), `no duplicate reason: ${duplicate}`);
   await shot("07-events");
 
+  step("backtest a binding against the events recorded");
+  await page.selectOption("form[data-kind=backtest] select[name=name]", "promotion-webhook");
+  await page.click("form[data-kind=backtest] button");
+  await page.waitForSelector("#backtest-result:has-text('would have started')");
+  await page.waitForSelector("#backtest-result .badge:has-text('filtered')");
+  await shot("07b-backtest");
+
+  step("a cron binding's occurrence log and next fires");
+  await page.goto(`${base}/workflows/campaign`);
+  await page.click("details[data-occurrences] summary");
+  await page.waitForSelector("details[data-occurrences] .badge:has-text('next')");
+
   step("pause and resume a binding");
   await page.goto(`${base}/workflows/publish_promotion`);
   await Promise.all([page.waitForLoadState("load"), page.click("div.panel:has-text('promotion-webhook') button:has-text('Pause')")]);

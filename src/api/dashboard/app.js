@@ -131,7 +131,15 @@ function liveRuns(workflow) {
 async function callApi(button) {
   const [method, url] = button.dataset.action.split(" ");
   let body = button.dataset.body || "{}";
-  if (button.form && button.form.dataset.kind === "backfill") {
+  if (button.form && button.form.dataset.kind === "backtest") {
+    const form = button.form;
+    const edited = form.querySelector("[name=binding]").value.trim();
+    let binding = form.querySelector("[name=name]").value;
+    if (edited) {
+      try { binding = JSON.parse(edited); } catch (e) { flash(`The binding is not JSON: ${e.message}`, true); return; }
+    }
+    body = JSON.stringify({ binding, since: form.querySelector("[name=since]").value.trim() || "7d" });
+  } else if (button.form && button.form.dataset.kind === "backfill") {
     const field = (name) => button.form.querySelector(`[name=${name}]`).value.trim();
     body = JSON.stringify({ from: field("from"), to: field("to"), dry_run: Boolean(button.dataset.dry) });
   } else if (button.form) {
@@ -152,6 +160,7 @@ async function callApi(button) {
     const answer = await response.json().catch(() => ({}));
     if (!response.ok) throw new Error(answer.error ? answer.error.message : response.statusText);
     if (button.dataset.go && answer.id) { location.href = button.dataset.go.replace("{id}", answer.id); return; }
+    if (button.dataset.show === "backtest-result") { showBacktest(document.getElementById("backtest-result"), answer); return; }
     if (button.dataset.show) { showInstants(document.getElementById(button.dataset.show), answer); return; }
     flash(button.dataset.done || "Done.");
     if (button.dataset.reload) location.reload();
@@ -174,6 +183,63 @@ function showInstants(target, answer) {
   }
   if (instants.length > 20) list.append(Object.assign(document.createElement("li"), { textContent: `… and ${instants.length - 20} more` }));
   target.append(list);
+}
+
+function cell(row, content, html) {
+  const td = document.createElement("td");
+  if (html) td.innerHTML = content; else td.textContent = content;
+  row.append(td);
+  return td;
+}
+
+// A backtest's answer: its counts, then one row per event.
+function showBacktest(target, answer) {
+  target.textContent = "";
+  const summary = document.createElement("p");
+  summary.textContent = `${answer.binding} → ${answer.workflow}: of ${answer.events_examined} event(s) recorded in the last ${answer.since}, ${answer.from_this_trigger} came from its trigger and it would have started ${answer.would_start} run(s).`;
+  target.append(summary);
+  const table = document.createElement("table");
+  table.innerHTML = "<thead><tr><th>Event</th><th>Time</th><th>Verdict</th><th>Params or reason</th></tr></thead>";
+  const body = document.createElement("tbody");
+  for (const r of answer.results || []) {
+    const row = document.createElement("tr");
+    cell(row, r.event_id || "");
+    cell(row, r.time ? timeHtml(r.time) : "", true);
+    const verdict = { match: "succeeded", filtered: "skipped", failed: "failed" }[r.verdict] || "queued";
+    cell(row, `<span class="badge s-${verdict}">${r.verdict}</span>`, true);
+    cell(row, r.verdict === "match" ? JSON.stringify(r.params) : (r.reason || ""));
+    body.append(row);
+  }
+  table.append(body);
+  target.append(table);
+}
+
+// A cron binding's occurrence log, read when its details open.
+async function showOccurrences(details) {
+  if (details.dataset.loaded) return;
+  details.dataset.loaded = "1";
+  const body = details.querySelector("tbody");
+  const response = await fetch(details.dataset.occurrences, { credentials: "same-origin" });
+  const answer = await response.json().catch(() => ({}));
+  if (!response.ok) { body.textContent = answer.error ? answer.error.message : response.statusText; return; }
+  const statusClass = { fired: "succeeded", caught_up: "succeeded", backfilled: "succeeded", failed: "failed" };
+  for (const o of answer.occurrences || []) {
+    const row = document.createElement("tr");
+    cell(row, timeHtml(o.scheduled_time), true);
+    cell(row, `<span class="badge s-${statusClass[o.status] || "skipped"}">${o.status}</span>`, true);
+    const run = o.run_id ? `<a class="mono" href="/runs/${o.run_id}">…${o.run_id.replaceAll("-", "").slice(-10)}</a>` : "";
+    const detail = o.count ? ` ${o.count} instants, to ${o.last_scheduled_time || ""}` : (o.detail ? ` ${o.detail}` : "");
+    cell(row, run, true).append(document.createTextNode(detail));
+    body.append(row);
+  }
+  if (!body.children.length) body.textContent = "No occurrence yet.";
+  for (const next of answer.next_fires || []) {
+    const row = document.createElement("tr");
+    cell(row, timeHtml(next), true);
+    cell(row, `<span class="badge s-queued">next</span>`, true);
+    cell(row, "");
+    body.prepend(row);
+  }
 }
 
 // A version's changes, read when its details open (RFC 6902 operations).
@@ -233,16 +299,40 @@ function showLogs(runId, task) {
   logText = "";
   renderLogs();
   const base = `/api/v1/runs/${runId}/tasks/${encodeURIComponent(task)}/logs`;
-  panel.querySelector("[data-download]").href = base;
+  panel.querySelector("[data-download]").href = base + "?format=text";
+  panel.dataset.base = base;
+  panel.dataset.ended = "";
   const append = (text) => { logText += text; renderLogs(); };
   logSource = follow(base + "?follow=true", {
     attempt: (a) => append(`── attempt ${a.attempt}${a.live ? " (running)" : ""} ──\n`),
     stdout: (t) => append(t),
     stderr: (t) => append(t),
     missed: (m) => append(`[${m.bytes} bytes not shown]\n`),
-    end: (e, source) => { append(`── ${e.task} ${e.status} after ${e.attempts} attempt(s) ──\n`); source.close(); },
+    end: (e, source) => {
+      append(`── ${e.task} ${e.status} after ${e.attempts} attempt(s) ──\n`);
+      source.close();
+      panel.dataset.ended = "1";
+    },
   }, ["stdout", "stderr"]);
   panel.scrollIntoView({ block: "nearest" });
+}
+
+// Searching an ended task's logs asks the server (all of them, with line
+// numbers); while the task runs, the lines shown are filtered here.
+let searchTimer = null;
+function searchLogs() {
+  const panel = document.getElementById("logs");
+  const query = panel.querySelector("input[type=search]").value;
+  if (!query || !panel.dataset.ended) { renderLogs(); return; }
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(async () => {
+    const response = await fetch(`${panel.dataset.base}?q=${encodeURIComponent(query)}`, { credentials: "same-origin" });
+    const answer = await response.json().catch(() => ({}));
+    const matches = answer.matches || [];
+    panel.querySelector("pre").textContent = matches
+      .map((m) => `[attempt ${m.attempt} ${m.stream}:${m.line}] ${m.text}`).join("\n");
+    panel.querySelector("[data-matches]").textContent = `${matches.length} matching line(s)`;
+  }, 200);
 }
 
 function renderLogs() {
@@ -271,11 +361,14 @@ document.addEventListener("DOMContentLoaded", () => {
     const logs = e.target.closest("[data-logs]");
     if (logs) { e.preventDefault(); showLogs(document.body.dataset.run, logs.dataset.logs); }
   });
+  for (const details of document.querySelectorAll("details[data-occurrences]")) {
+    details.addEventListener("toggle", () => { if (details.open) showOccurrences(details); });
+  }
   for (const details of document.querySelectorAll("details[data-diff]")) {
     details.addEventListener("toggle", () => { if (details.open) showDiff(details); });
   }
   const search = document.querySelector("#logs input[type=search]");
-  if (search) search.addEventListener("input", renderLogs);
+  if (search) search.addEventListener("input", searchLogs);
   const body = document.body.dataset;
   if (body.run && body.live === "run") liveRun(body.run);
   if (body.live === "runs") liveRuns(body.workflow || null);

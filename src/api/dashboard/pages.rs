@@ -443,6 +443,13 @@ async fn workflow_page(state: &AppState, name: &str, cursor: Cursor) -> Result<R
                         @if let Some(n) = binding["next_fire"].as_str() { div { "Next fire: " (time(Some(n))) } }
                         @if let Some(u) = binding["url"].as_str() { div { "URL: " code { (u) } } }
                         @if let Some(f) = binding["filter"].as_str() { div { "Filter: " code { (f) } } }
+                        @if !binding["expect"].is_null() { div { "Expects an event: " code { (binding["expect"].to_string()) } " (a missed deadline records switchyard.binding.missed)" } }
+                        @if binding["trigger"] == "cron" {
+                            details data-occurrences={ "/api/v1/bindings/" (bname) "/occurrences?limit=20" } style="margin-top:.4rem" {
+                                summary { "Occurrences: every scheduled instant and what it did" }
+                                table { tbody {} }
+                            }
+                        }
                         @if binding["trigger"] == "cron" {
                             details style="margin-top:.4rem" {
                                 summary { "Backfill" }
@@ -588,6 +595,30 @@ async fn run_page(state: &AppState, id: &str) -> Result<Response, Error> {
     // The version the run used, for its graph.
     let workflow =
         crate::api::operations::run_version(state, &run.workflow, Some(&run.version)).ok();
+    // The binding that started it: the event's outcome naming this run.
+    let started_by = match run.event["id"].as_str() {
+        Some(event_id) => {
+            let log = state.runtime.log().clone();
+            let event_id = event_id.to_string();
+            let run_id = run.id;
+            tokio::task::spawn_blocking(move || log.event_by_id(&event_id))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .and_then(|event| {
+                    event.outcomes.iter().find_map(|o| match o {
+                        crate::log::Outcome::Started {
+                            binding,
+                            run_id: id,
+                            ..
+                        } if *id == run_id => Some(binding.clone()),
+                        _ => None,
+                    })
+                })
+        }
+        None => None,
+    };
     let status = status_str(run.status);
     let task_status = |task: &str| -> Option<String> {
         run.tasks
@@ -664,6 +695,7 @@ async fn run_page(state: &AppState, id: &str) -> Result<Response, Error> {
                             code { (run.event["type"].as_str().unwrap_or("")) }
                             " from " code { (run.event["source"].as_str().unwrap_or("")) }
                             @if let Some(eid) = run.event["id"].as_str() { " · " a href={ "/events?id=" (eid) } { "event " (eid) } }
+                            @if let Some(binding) = &started_by { " · through binding " strong { (binding) } }
                         }
                     }
                     @let children: Vec<(&String, &str)> = run.tasks.iter().filter_map(|(t, v)| Some((t, v["child_run_id"].as_str()?))).collect();
@@ -712,7 +744,7 @@ async fn run_page(state: &AppState, id: &str) -> Result<Response, Error> {
                 label.sr-only for="log-search" { "Search the logs" }
                 input #log-search type="search" placeholder="Search the logs";
                 span.muted data-matches {}
-                a data-download href="#" download { "Download (JSON)" }
+                a data-download href="#" download { "Download" }
             }
             pre {}
         }
@@ -875,6 +907,11 @@ async fn events_page(state: &AppState, query: EventsQuery) -> Result<Response, E
         .flatten();
     let metrics = state.reactor.metrics();
     let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let binding_names: Vec<String> = state
+        .registry()?
+        .bindings()
+        .map(|b| b.name.clone())
+        .collect();
     let content = html! {
         h1 { "Events" }
         p.muted { "Every event a trigger recorded, and what each binding did with it: why a run started, or why not." }
@@ -886,7 +923,25 @@ async fn events_page(state: &AppState, query: EventsQuery) -> Result<Response, E
             div.card { div.label { "Failed" } div class={ "value" @if count(&metrics.failed) > 0 { " s-failed" } } { (count(&metrics.failed)) } }
             div.card { div.label { "Paused" } div.value { (count(&metrics.paused)) } }
             div.card { div.label { "Unrouted" } div.value { (count(&metrics.unrouted)) } }
-            div.card { div.label { "Refused at the edge" } div class={ "value" @if count(&metrics.rejected) > 0 { " s-failed" } } { (count(&metrics.rejected)) } }
+            div.card {
+                div.label { "Refused at the edge" }
+                div class={ "value" @if count(&metrics.rejected) > 0 { " s-failed" } } { (count(&metrics.rejected)) }
+                div.label {
+                    "signature " (count(&metrics.refused.signature))
+                    " · too large " (count(&metrics.refused.too_large))
+                    " · bad body " (count(&metrics.refused.bad_body))
+                }
+            }
+        }
+        details.panel {
+            summary { strong { "Backtest a binding" } " — what it would have done with the events recorded, before it goes live" }
+            form data-kind="backtest" style="display:grid;gap:.5rem;margin-top:.6rem" {
+                label { "A loaded binding " select name="name" { option value="" { "—" } @for b in &binding_names { option value=(b) { (b) } } } }
+                label { "or an edited one (a binding file's JSON) " textarea name="binding" rows="5" style="width:100%;font-family:var(--mono)" placeholder="{\"name\": \"orders\", \"on\": {\"api\": {}}, \"filter\": \"…\", \"workflow\": \"…\"}" {} }
+                label { "over the last " input name="since" value="7d" size="6"; }
+                div { button.primary type="button" data-action="POST /api/v1/bindings/backtest" data-show="backtest-result" { "Backtest" } }
+            }
+            div #backtest-result {}
         }
         h2 { @if single { "Event " code { (query.id.as_deref().unwrap_or("")) } " " a href="/events" { "(all events)" } } @else { "Latest" } }
         div.scroll {
