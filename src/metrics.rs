@@ -64,6 +64,8 @@ pub struct Refusals {
     /// A body that could not become an event (not JSON, not a CloudEvent,
     /// an undecodable AMQP message, a bad query string).
     pub bad_body: AtomicU64,
+    /// A webhook path no binding serves, or a method it does not accept.
+    pub no_route: AtomicU64,
 }
 
 /// Why an event was refused.
@@ -72,6 +74,7 @@ pub enum Refusal {
     Signature,
     TooLarge,
     BadBody,
+    NoRoute,
 }
 
 impl EventMetrics {
@@ -83,6 +86,7 @@ impl EventMetrics {
             Refusal::Signature => &self.refused.signature,
             Refusal::TooLarge => &self.refused.too_large,
             Refusal::BadBody => &self.refused.bad_body,
+            Refusal::NoRoute => &self.refused.no_route,
         };
         counter.fetch_add(1, Relaxed);
     }

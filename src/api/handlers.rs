@@ -638,6 +638,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 ("signature", get(&e.refused.signature)),
                 ("too_large", get(&e.refused.too_large)),
                 ("bad_body", get(&e.refused.bad_body)),
+                ("no_route", get(&e.refused.no_route)),
             ],
         ),
     );

@@ -5,7 +5,6 @@
 //! `respond: "wait"` when the runs end.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -103,6 +102,7 @@ fn route(
     let Some(Trigger::Webhook(hook)) = bindings.first().map(|b| &b.trigger) else {
         return Err(Box::new(refused(
             state,
+            Refusal::NoRoute,
             Error::not_found(format!("no webhook at /hooks/{path}")),
         )));
     };
@@ -110,6 +110,7 @@ fn route(
     if !hook.methods.iter().any(|m| m == method.as_str()) {
         let mut response = refused(
             state,
+            Refusal::NoRoute,
             Error::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",

@@ -144,6 +144,7 @@ try {
   await shot("07-events");
 
   step("backtest a binding against the events recorded");
+  await page.click("details:has(form[data-kind=backtest]) > summary");
   await page.selectOption("form[data-kind=backtest] select[name=name]", "promotion-webhook");
   await page.click("form[data-kind=backtest] button");
   await page.waitForSelector("#backtest-result:has-text('would have started')");

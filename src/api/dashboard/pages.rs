@@ -930,6 +930,7 @@ async fn events_page(state: &AppState, query: EventsQuery) -> Result<Response, E
                     "signature " (count(&metrics.refused.signature))
                     " · too large " (count(&metrics.refused.too_large))
                     " · bad body " (count(&metrics.refused.bad_body))
+                    " · no such hook " (count(&metrics.refused.no_route))
                 }
             }
         }
