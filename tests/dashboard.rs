@@ -106,6 +106,19 @@ async fn every_page_renders_what_the_api_holds() {
         "runs can be selected"
     );
     assert!(workflow.text.contains(">Pin<"), "versions can be pinned");
+    let longer = page(&f, "/workflows/quick?rows=1000").await;
+    assert_eq!(longer.status, StatusCode::OK);
+    assert!(
+        longer.text.contains("<strong>1000</strong>"),
+        "the page size chosen"
+    );
+    let bad = page(&f, "/workflows/quick?rows=7").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(
+        bad.text.contains("`rows` is 50, 200 or 1000, not 7"),
+        "{}",
+        bad.text
+    );
 
     let run_page = page(&f, &format!("/runs/{id}")).await;
     assert_eq!(run_page.status, StatusCode::OK);

@@ -57,15 +57,33 @@ pub fn routes(state: AppState) -> Router<AppState> {
         )
 }
 
+/// Assets are linked as `…?v=<hash of the content>`, so a browser keeps
+/// them until the binary serves other content: no request, and no
+/// render-blocking wait for the stylesheet, on every page after the first.
 async fn asset(body: &'static str, kind: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, kind),
-            (header::CACHE_CONTROL, "no-cache"),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
         ],
         body,
     )
         .into_response()
+}
+
+/// The first 12 hex digits of the SHA-256 of the embedded stylesheet and
+/// script, which versions their URLs.
+fn asset_version() -> &'static str {
+    static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::new()
+            .chain_update(CSS)
+            .chain_update(JS)
+            .chain_update(ICON)
+            .finalize();
+        hex::encode(&digest[..6])
+    });
+    &VERSION
 }
 
 /// The cookie value of a session for `token`: an HMAC of a fixed label
@@ -154,8 +172,8 @@ fn login_page(next: &str, error: Option<&str>, status: StatusCode) -> Response {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { "Sign in · switchyard" }
-                link rel="icon" href="/favicon.svg" type="image/svg+xml";
-                link rel="stylesheet" href="/assets/app.css";
+                link rel="icon" href={ "/favicon.svg?v=" (asset_version()) } type="image/svg+xml";
+                link rel="stylesheet" href={ "/assets/app.css?v=" (asset_version()) };
             }
             body {
                 main.login {
@@ -242,9 +260,9 @@ fn page(state: &AppState, title: &str, section: Section, live: &Live, content: M
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · switchyard" }
-                link rel="icon" href="/favicon.svg" type="image/svg+xml";
-                link rel="stylesheet" href="/assets/app.css";
-                script src="/assets/app.js" defer {}
+                link rel="icon" href={ "/favicon.svg?v=" (asset_version()) } type="image/svg+xml";
+                link rel="stylesheet" href={ "/assets/app.css?v=" (asset_version()) };
+                script src={ "/assets/app.js?v=" (asset_version()) } defer {}
             }
             body data-live=[live.mode] data-run=[live.run.as_deref()] data-workflow=[live.workflow] {
                 header.top {

@@ -364,6 +364,8 @@ fn median_duration(ended: &[&RunRecord]) -> String {
 #[derive(Debug, Deserialize)]
 pub struct Cursor {
     before: Option<String>,
+    /// Runs per page of the grid: 50 (default), 200 or 1000.
+    rows: Option<usize>,
 }
 
 pub async fn workflow(
@@ -397,7 +399,16 @@ async fn workflow_page(state: &AppState, name: &str, cursor: Cursor) -> Result<R
         ),
         None => None,
     };
-    let (page_runs, next) = runs(state, Some(name), None, before, PAGE).await?;
+    let rows = match cursor.rows {
+        None => PAGE,
+        Some(rows @ (50 | 200 | 1000)) => rows,
+        Some(other) => {
+            return Err(Error::bad_request(format!(
+                "`rows` is 50, 200 or 1000, not {other}"
+            )));
+        }
+    };
+    let (page_runs, next) = runs(state, Some(name), None, before, rows).await?;
     let versions = state.runtime.log().versions(name)?;
     let svg = super::dag::svg(&workflow, |_| None);
     let content = html! {
@@ -482,8 +493,14 @@ async fn workflow_page(state: &AppState, name: &str, cursor: Cursor) -> Result<R
         }
         (runs_grid(&workflow, &page_runs))
         div.pager {
-            @if before.is_some() { a href={ "/workflows/" (name) } { "← Newest" } }
-            @if let Some(next) = next { a href={ "/workflows/" (name) "?before=" (next) } { "Older →" } }
+            @if before.is_some() { a href={ "/workflows/" (name) "?rows=" (rows) } { "← Newest" } }
+            @if let Some(next) = next { a href={ "/workflows/" (name) "?rows=" (rows) "&before=" (next) } { "Older →" } }
+            span.muted {
+                "Runs per page: "
+                @for n in [50, 200, 1000] {
+                    @if n == rows { strong { (n) } " " } @else { a href={ "/workflows/" (name) "?rows=" (n) } { (n) } " " }
+                }
+            }
         }
         h2 { "Versions" }
         table {
