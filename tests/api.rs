@@ -711,19 +711,6 @@ async fn wrong_typed_query_and_body_values_are_named_without_rust_types() {
     f.shutdown().await;
 }
 
-/// A python with openapi-spec-validator: `OPENAPI_PYTHON` (set by
-/// `.ci/run`, which then requires it), else `python3` if it has it.
-fn openapi_python() -> Option<String> {
-    if let Ok(python) = std::env::var("OPENAPI_PYTHON") {
-        return Some(python);
-    }
-    let found = std::process::Command::new("python3")
-        .args(["-c", "import openapi_spec_validator"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    found.then(|| "python3".to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_validates_and_every_route_in_it_answers() {
     let f = Fixture::new(Some("t0ken")).await;
@@ -743,30 +730,13 @@ async fn the_openapi_document_validates_and_every_route_in_it_answers() {
     );
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
     assert_eq!(doc["servers"][0]["url"], "/api/v1");
-    match openapi_python() {
+    match crate::util::python_with("OPENAPI_PYTHON", "openapi_spec_validator") {
         Some(python) => {
-            use std::io::Write as _;
-            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/clients/openapi_validate.py");
-            let mut child = std::process::Command::new(python)
-                .arg(script)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(doc.to_string().as_bytes())
-                .unwrap();
-            let output = child.wait_with_output().unwrap();
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            if let Err(e) =
+                crate::util::python_client(&python, "openapi_validate.py", &doc.to_string())
+            {
+                panic!("{e}");
+            }
         }
         None => {
             assert!(

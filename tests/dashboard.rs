@@ -167,8 +167,31 @@ async fn every_page_renders_what_the_api_holds() {
     );
     // Text from files and events is escaped.
     assert!(!run_page.text.contains("<script>alert"));
-    let css = page(&f, "/assets/app.css").await;
-    assert!(css.content_type.starts_with("text/css"));
+    // Assets are linked by their content's hash and kept by browsers.
+    let link = home
+        .text
+        .split("href=\"/assets/app.css?v=")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no versioned stylesheet in {}", home.text));
+    assert_eq!(link.len(), 12, "{link}");
+    let css = f
+        .respond(
+            Request::get(format!("/assets/app.css?v={link}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(
+        css.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    assert_eq!(
+        css.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
     f.shutdown().await;
 }
 

@@ -3,50 +3,17 @@
 //! histograms that move with real traffic.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, http};
-use crate::util::write_workflow;
+use crate::util::{python_client, python_with, write_workflow};
 
-/// A python with `prometheus_client`: `PROMETHEUS_PYTHON` (set by
-/// `.ci/run`, which then requires it), else `python3` if it has it.
-fn python() -> Option<String> {
-    if let Ok(python) = std::env::var("PROMETHEUS_PYTHON") {
-        return Some(python);
-    }
-    let found = std::process::Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    found.then(|| "python3".to_string())
-}
-
-/// The families of an exposition, as the parser read them.
+/// The families of an exposition, as the Prometheus project's parser read them.
 fn parse(python: &str, text: &str) -> BTreeMap<String, Value> {
-    use std::io::Write as _;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/openmetrics_parse.py");
-    let mut child = std::process::Command::new(python)
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}\n--- exposition ---\n{text}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    let parsed = python_client(python, "openmetrics_parse.py", text)
+        .unwrap_or_else(|e| panic!("{e}\n--- exposition ---\n{text}"));
+    serde_json::from_str(&parsed).unwrap()
 }
 
 /// The value of `sample` with all of `labels` in `family`, summed over the
@@ -69,7 +36,7 @@ fn value(
 
 #[test]
 fn metrics_parse_as_openmetrics_and_move_with_traffic() {
-    let Some(python) = python() else {
+    let Some(python) = python_with("PROMETHEUS_PYTHON", "prometheus_client") else {
         assert!(
             std::env::var_os("SWITCHYARD_REQUIRE_BROKER").is_none(),
             "no python with prometheus_client (set PROMETHEUS_PYTHON)"
@@ -284,5 +251,13 @@ fn json_logs_are_one_object_per_line_naming_what_they_concern() {
             .as_str()
             .is_some_and(|id| id.len() == 36),
         "{duplicate}"
+    );
+    // The event's run started: its delay from the event's time is observed,
+    // under the trigger that made the event (posted with its own type).
+    let (_, metrics) = http().send("GET", &daemon.url("/metrics"), None).unwrap();
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains("switchyard_event_to_run_start_seconds_count{trigger=\"external\"} 1\n"),
+        "{metrics}"
     );
 }

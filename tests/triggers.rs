@@ -640,6 +640,20 @@ async fn webhooks_check_size_then_signature_then_timestamp_then_body() {
         metrics.contains("switchyard_events_rejected_total 12"),
         "{metrics}"
     );
+    // The same refusals by reason, each step's its own.
+    let refused = |reason: &str| -> u64 {
+        let sample = format!("switchyard_events_refused_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(sample.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {sample}in {metrics}"))
+    };
+    let reasons = ["too_large", "signature", "bad_body", "no_route"];
+    for reason in reasons {
+        assert!(refused(reason) > 0, "{reason}: {metrics}");
+    }
+    assert_eq!(reasons.iter().map(|r| refused(r)).sum::<u64>(), 12);
 
     // A sender's retry (same delivery id) starts no second run.
     let other = br#"{"order": 18}"#;

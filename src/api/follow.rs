@@ -15,12 +15,11 @@
 //! It starts with what is already captured (stored logs of ended attempts,
 //! the kept output of the running one) and goes on across retries.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
+use axum::response::sse::Event;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
@@ -52,14 +51,7 @@ pub fn follow(state: AppState, run_id: RunId, task: String) -> Response {
             Ok(()) | Err(Stop::Gone) => {}
         }
     });
-    let events = futures_lite::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|event| (Ok::<_, Infallible>(event), rx))
-    });
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    super::stream::sse(rx)
 }
 
 enum Stop {

@@ -28,7 +28,9 @@ use crate::log::RunStatus;
 /// How long changes gather before they are sent.
 const GATHER: Duration = Duration::from_millis(150);
 
-fn sse(rx: mpsc::Receiver<Event>) -> Response {
+/// A server-sent event response fed by `rx` (kept alive with comments),
+/// ending when the sender is dropped. Also the task-output follower's.
+pub(super) fn sse(rx: mpsc::Receiver<Event>) -> Response {
     let events = futures_lite::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await

@@ -74,15 +74,17 @@ impl EngineLoop {
                     live: self.start_live(run_id, task, attempt, prepared.kind),
                 };
                 let tokio = self.tokio.clone();
-                // What the executor logs names the attempt it is about.
-                let span = tracing::info_span!(
-                    "attempt",
-                    run_id = %run_id,
-                    workflow = %ctx.workflow,
-                    task = %ctx.task,
-                    attempt
-                );
                 let attempt_task = self.tokio.spawn(async move {
+                    // What the executor logs names the attempt it is about
+                    // (the span is made here, off the engine thread: its
+                    // fields are formatted when it is created).
+                    let span = tracing::info_span!(
+                        "attempt",
+                        run_id = %run_id,
+                        workflow = %ctx.workflow,
+                        task = %ctx.task,
+                        attempt
+                    );
                     let execution = tokio.spawn(tracing::Instrument::instrument(
                         executors::execute(prepared.kind, prepared.config, ctx, prepared.timeout),
                         span,

@@ -257,3 +257,44 @@ pub async fn run_once(dir: &Path, wf: Arc<Workflow>) -> switchyard::engine::RunR
     runtime.shutdown().await;
     record
 }
+
+/// A python that can `import module`: the one `env` names (set by
+/// `.ci/run`, which installs the test clients), else `python3` if it can.
+pub fn python_with(env: &str, module: &str) -> Option<String> {
+    if let Ok(python) = std::env::var(env) {
+        return Some(python);
+    }
+    let found = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    found.then(|| "python3".to_string())
+}
+
+/// Runs `tests/clients/<script>` with `input` on stdin: its stdout, or
+/// its stderr as the error when it fails.
+pub fn python_client(python: &str, script: &str, input: &str) -> Result<String, String> {
+    use std::io::Write as _;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    let mut child = std::process::Command::new(python)
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}

@@ -86,6 +86,22 @@ fn asset_version() -> &'static str {
     &VERSION
 }
 
+/// Every page's `<head>`; the login page goes without the script.
+fn head(title: &str, script: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · switchyard" }
+            link rel="icon" href={ "/favicon.svg?v=" (asset_version()) } type="image/svg+xml";
+            link rel="stylesheet" href={ "/assets/app.css?v=" (asset_version()) };
+            @if script {
+                script src={ "/assets/app.js?v=" (asset_version()) } defer {}
+            }
+        }
+    }
+}
+
 /// The cookie value of a session for `token`: an HMAC of a fixed label
 /// keyed by the token (the token itself never sits in the browser).
 fn session_value(token: &str) -> String {
@@ -168,13 +184,7 @@ fn login_page(next: &str, error: Option<&str>, status: StatusCode) -> Response {
     let body = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in · switchyard" }
-                link rel="icon" href={ "/favicon.svg?v=" (asset_version()) } type="image/svg+xml";
-                link rel="stylesheet" href={ "/assets/app.css?v=" (asset_version()) };
-            }
+            (head("Sign in", false))
             body {
                 main.login {
                     div.panel {
@@ -256,14 +266,7 @@ fn page(state: &AppState, title: &str, section: Section, live: &Live, content: M
     let body = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · switchyard" }
-                link rel="icon" href={ "/favicon.svg?v=" (asset_version()) } type="image/svg+xml";
-                link rel="stylesheet" href={ "/assets/app.css?v=" (asset_version()) };
-                script src={ "/assets/app.js?v=" (asset_version()) } defer {}
-            }
+            (head(title, true))
             body data-live=[live.mode] data-run=[live.run.as_deref()] data-workflow=[live.workflow] {
                 header.top {
                     a.brand href="/" { "switchyard" }
