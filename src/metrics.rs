@@ -98,7 +98,24 @@ impl EventMetrics {
 #[derive(Debug, Default)]
 pub struct AdapterHealth {
     dead: std::sync::Mutex<std::collections::BTreeMap<String, DeadAdapter>>,
+    /// Every supervised adapter now, by name: its supervisor and since when.
+    live: std::sync::Mutex<std::collections::BTreeMap<String, (u64, String)>>,
     owners: AtomicU64,
+}
+
+/// One adapter as the dashboard's overview shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AdapterState {
+    /// `file:<dir>`, `cron:<binding>`, `expect:<binding>`, `amqp:<queue>`.
+    pub name: String,
+    /// `running`, or `restarting` after it died.
+    pub status: &'static str,
+    /// Since when it has been supervised (RFC 3339).
+    pub since: String,
+    /// Why it died last, while `restarting`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub restarts: u64,
 }
 
 /// One dead adapter, as `/healthz` shows it.
@@ -121,6 +138,49 @@ impl AdapterHealth {
         self.owners
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1
+    }
+
+    /// `owner` supervises `adapter` from now on.
+    pub fn started(&self, adapter: &str, owner: u64) {
+        if let Ok(mut live) = self.live.lock() {
+            live.insert(
+                adapter.to_string(),
+                (owner, crate::time::format(crate::time::now())),
+            );
+        }
+    }
+
+    /// `owner` stopped supervising `adapter` (stopped or replaced).
+    pub fn stopped(&self, adapter: &str, owner: u64) {
+        if let Ok(mut live) = self.live.lock()
+            && live.get(adapter).is_some_and(|(o, _)| *o == owner)
+        {
+            live.remove(adapter);
+        }
+    }
+
+    /// Every supervised adapter, by name, with whether it is restarting.
+    pub fn states(&self) -> Vec<AdapterState> {
+        let dead = self.dead();
+        let Ok(live) = self.live.lock() else {
+            return Vec::new();
+        };
+        live.iter()
+            .map(|(name, (_, since))| {
+                let died = dead.get(name);
+                AdapterState {
+                    name: name.clone(),
+                    status: if died.is_some() {
+                        "restarting"
+                    } else {
+                        "running"
+                    },
+                    since: since.clone(),
+                    error: died.map(|d| d.error.clone()),
+                    restarts: died.map_or(0, |d| d.restarts),
+                }
+            })
+            .collect()
     }
 
     pub fn died(&self, adapter: &str, owner: u64, error: String, restarts: u64) {
@@ -267,6 +327,40 @@ mod tests {
         assert_eq!(shown, Some((2, "connecting")));
         amqp.remove_consumer("q", 2);
         assert_eq!(amqp.consumer("q"), None);
+    }
+
+    /// The overview lists every supervised adapter, dead ones as
+    /// restarting; a reload's successor is never removed by its
+    /// predecessor stopping late.
+    #[test]
+    fn adapters_are_listed_while_supervised_and_restarting_while_dead() {
+        let health = AdapterHealth::default();
+        let (old, new) = (health.owner(), health.owner());
+        health.started("file:/in", old);
+        health.started("cron:nightly", old);
+        health.died("cron:nightly", old, "boom".into(), 2);
+        let states = health.states();
+        let shown: Vec<_> = states
+            .iter()
+            .map(|a| (a.name.as_str(), a.status, a.error.as_deref(), a.restarts))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                ("cron:nightly", "restarting", Some("boom"), 2),
+                ("file:/in", "running", None, 0)
+            ]
+        );
+        health.started("file:/in", new);
+        health.stopped("file:/in", old);
+        health.recovered("cron:nightly", old);
+        health.stopped("cron:nightly", old);
+        let shown: Vec<_> = health
+            .states()
+            .into_iter()
+            .map(|a| (a.name, a.status))
+            .collect();
+        assert_eq!(shown, vec![("file:/in".to_string(), "running")]);
     }
 }
 

@@ -287,6 +287,18 @@ impl Remote {
         })
     }
 
+    /// The result queue's consumer: `idle` until the first remote attempt
+    /// starts it, then `consuming`, or `reconnecting` between sessions.
+    pub fn results_state(&self) -> &'static str {
+        if !self.inner.consuming.load(Ordering::Relaxed) {
+            "idle"
+        } else if self.inner.listening.load(Ordering::Relaxed) {
+            "consuming"
+        } else {
+            "reconnecting"
+        }
+    }
+
     /// The remote part of `/metrics`.
     pub fn collect(&self, s: &mut crate::metrics::Snapshot) {
         let m = &self.inner.metrics;

@@ -230,6 +230,7 @@ where
 {
     let metrics = Arc::clone(reactor.metrics());
     let owner = metrics.adapters.owner();
+    metrics.adapters.started(&name, owner);
     let mut next = Some(start());
     tokio::spawn(async move {
         let mut delay = Duration::from_secs(1);
@@ -254,6 +255,7 @@ where
             };
             if stop.is_cancelled() {
                 metrics.adapters.recovered(&name, owner);
+                metrics.adapters.stopped(&name, owner);
                 return;
             }
             let error = match result {
@@ -275,6 +277,7 @@ where
             tokio::select! {
                 _ = stop.cancelled() => {
                     metrics.adapters.recovered(&name, owner);
+                    metrics.adapters.stopped(&name, owner);
                     return;
                 }
                 _ = tokio::time::sleep(delay) => {}

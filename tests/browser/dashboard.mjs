@@ -64,6 +64,12 @@ try {
   // above is expected).
   page.on("console", (m) => { if (m.type() === "error") failures.push(`console: ${m.text()} at ${page.url()}`); });
   await shot("01-home");
+  // Every trigger adapter of the demo project is on the overview with its state.
+  const adapters = await page.locator("table[data-adapters] tbody tr").allInnerTexts();
+  for (const kind of ["Files", "Cron", "Webhook"]) {
+    check(adapters.some((row) => row.startsWith(kind) && /running|served/.test(row)),
+      `the overview lists no running ${kind} adapter: ${JSON.stringify(adapters)}`);
+  }
 
   step("home → workflows → publish_promotion");
   await page.click("header nav >> text=Workflows");

@@ -194,6 +194,8 @@ async fn home_page(state: &AppState) -> Result<Response, Error> {
             div.card { div.label { "Workers alive" } div.value { (alive) } }
             div.card { div.label { "Events refused at the edge" } div.value { (events.rejected.load(std::sync::atomic::Ordering::Relaxed)) } }
         }
+        h2 { "Triggers and consumers" }
+        (adapters_table(state))
         @if !healthy {
             h2 { "Health" }
             ul.panel {
@@ -220,6 +222,121 @@ async fn home_page(state: &AppState) -> Result<Response, Error> {
         },
         content,
     ))
+}
+
+/// Every trigger adapter the daemon supervises (file watchers, cron and
+/// absence timers, AMQP consumers with their session's state), the webhook
+/// routes it serves, and the remote workers' result consumer.
+fn adapters_table(state: &AppState) -> Markup {
+    let metrics = state.reactor.metrics();
+    let adapters = metrics.adapters.states();
+    let webhooks: Vec<(String, String, String)> = state
+        .reactor
+        .bindings_where(|b| b.enabled)
+        .iter()
+        .filter_map(|b| match &b.trigger {
+            crate::spec::binding::Trigger::Webhook(w) => {
+                Some((w.path.clone(), w.methods.join(","), b.name.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let results = state
+        .remote
+        .as_ref()
+        .map(|r| (r.results_queue().to_string(), r.results_state()));
+    let kind = |name: &str| match name.split_once(':').map(|(k, _)| k) {
+        Some("file") => "Files",
+        Some("cron") => "Cron",
+        Some("expect") => "Absence alert",
+        Some("amqp") => "RabbitMQ queue",
+        _ => "Adapter",
+    };
+    let rows: Vec<(String, String, String, String, String)> = adapters
+        .iter()
+        .map(|a| {
+            let what = a.name.split_once(':').map_or(a.name.as_str(), |(_, w)| w);
+            // An AMQP consumer's session says more than its supervisor.
+            let consumer = a
+                .name
+                .strip_prefix("amqp:")
+                .and_then(|queue| metrics.amqp.consumer(queue));
+            let (status, since, detail) = match (&consumer, a.status) {
+                (_, "restarting") => (
+                    "failed",
+                    a.since.clone(),
+                    format!(
+                        "died, restarting ({} restarts): {}",
+                        a.restarts,
+                        a.error.as_deref().unwrap_or("")
+                    ),
+                ),
+                (Some(c), _) => (
+                    match c.status {
+                        "consuming" => "succeeded",
+                        "reconnecting" => "failed",
+                        _ => "queued",
+                    },
+                    c.since.clone(),
+                    match &c.error {
+                        Some(e) => format!("{}: {e}", c.status),
+                        None => c.status.to_string(),
+                    },
+                ),
+                (None, _) => ("succeeded", a.since.clone(), "running".to_string()),
+            };
+            (
+                kind(&a.name).to_string(),
+                what.to_string(),
+                status.to_string(),
+                detail,
+                since,
+            )
+        })
+        .collect();
+    html! {
+        @if rows.is_empty() && webhooks.is_empty() && results.is_none() {
+            p.muted { "No trigger adapters: this project's bindings are all API or run bindings." }
+        } @else {
+            div.scroll {
+                table data-adapters {
+                    thead { tr { th { "Kind" } th { "Source" } th { "State" } th { "Since" } } }
+                    tbody {
+                        @for (kind, what, status, detail, since) in &rows {
+                            tr data-adapter=(what) {
+                                td { (kind) }
+                                td { code { (what) } }
+                                td { span class={ "badge s-" (status) } { (detail) } }
+                                td { (time(Some(since))) }
+                            }
+                        }
+                        @for (path, methods, binding) in &webhooks {
+                            tr {
+                                td { "Webhook" }
+                                td { code { (methods) " /hooks/" (path) } " → " (binding) }
+                                td { span.badge.s-succeeded { "served" } }
+                                td.muted { "with the daemon" }
+                            }
+                        }
+                        @if let Some((queue, consuming)) = &results {
+                            tr {
+                                td { "Remote results" }
+                                td { code { (queue) } " · " a href="/workers" { "workers" } }
+                                td {
+                                    @match *consuming {
+                                        "consuming" => span.badge.s-succeeded { "consuming" },
+                                        "idle" => span.badge.s-skipped title="Starts with the first remote task." { "idle" },
+                                        other => span.badge.s-failed { (other) },
+                                    }
+                                }
+                                td.muted { "" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 // ----------------------------------------------------------- workflows
@@ -647,18 +764,47 @@ async fn run_page(state: &AppState, id: &str) -> Result<Response, Error> {
         .as_ref()
         .and_then(|w| super::dag::svg(w, task_status));
     let active = matches!(run.status, RunStatus::Queued | RunStatus::Running);
-    let mut attempts = attempt_spans(&history);
+    let mut spans = attempt_spans(&history);
     // An attempt ended by a cancel or a lost daemon has no finish record:
-    // its task's end closes it.
-    for span in attempts.iter_mut().filter(|s| s.end.is_none()) {
-        let Some(task) = run.tasks.get(&span.task) else {
+    // the task's next attempt, or else its end, closes it.
+    let next_starts: Vec<Option<i64>> = spans
+        .iter()
+        .map(|span| {
+            spans
+                .iter()
+                .filter(|s| {
+                    s.task == span.task && s.phase == Phase::Attempt && s.attempt > span.attempt
+                })
+                .map(|s| s.start)
+                .min()
+        })
+        .collect();
+    for (span, next) in spans.iter_mut().zip(next_starts) {
+        if span.end.is_some() || span.phase != Phase::Attempt {
             continue;
-        };
-        if let Some(end) = parse_time(task["ended_at"].as_str()) {
-            span.end = Some(end.timestamp_millis());
-            span.outcome = task["status"].as_str().unwrap_or("failed").to_string();
+        }
+        let ended = run
+            .tasks
+            .get(&span.task)
+            .and_then(|t| parse_time(t["ended_at"].as_str()).map(|end| (end, t)));
+        match (next, ended) {
+            (Some(next), _) => {
+                span.end = Some(next);
+                span.outcome = "failed".into();
+            }
+            (None, Some((end, task))) => {
+                span.end = Some(end.timestamp_millis());
+                span.outcome = task["status"].as_str().unwrap_or("failed").to_string();
+            }
+            (None, None) => {}
         }
     }
+    waiting_spans(
+        &run,
+        workflow.as_deref(),
+        &mut spans,
+        chrono::Utc::now().timestamp_millis(),
+    );
     let content = html! {
         h1 {
             "Run " span.mono title=(run.id) { (short(&run.id)) }
@@ -766,7 +912,7 @@ async fn run_page(state: &AppState, id: &str) -> Result<Response, Error> {
             pre {}
         }
         h2 { "Timeline" }
-        (gantt(&run, &attempts))
+        (gantt(&run, &spans))
         details {
             summary { "Recorded history (" (history.len()) " records)" }
             div.scroll {
@@ -800,16 +946,34 @@ async fn run_page(state: &AppState, id: &str) -> Result<Response, Error> {
     ))
 }
 
-/// One attempt's span: task, attempt, start, end (ms), outcome.
+/// What a bar of the run's Gantt chart shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Ready (its dependencies ended, or its retry was due) and not started
+    /// yet: waiting for a `max_parallel_tasks` slot.
+    Waiting,
+    /// An attempt.
+    Attempt,
+    /// Between a failed attempt and its retry's due time.
+    RetryDelay,
+}
+
+/// One bar: task, attempt, start, end (ms), outcome.
+#[derive(Debug, Clone, PartialEq)]
 struct Span {
     task: String,
     attempt: u64,
+    phase: Phase,
     start: i64,
     end: Option<i64>,
     outcome: String,
 }
 
-/// The attempts of a run from its recorded history.
+/// Bars shorter than this are not drawn as waiting (the slot was free).
+const WAIT_SHOWN_MS: i64 = 2;
+
+/// The attempts of a run from its recorded history, with the retry delays
+/// between them.
 fn attempt_spans(history: &[Value]) -> Vec<Span> {
     let at = |r: &Value| parse_time(r["at"].as_str()).map(|t| t.timestamp_millis());
     let mut spans: Vec<Span> = Vec::new();
@@ -822,6 +986,7 @@ fn attempt_spans(history: &[Value]) -> Vec<Span> {
                     spans.push(Span {
                         task,
                         attempt,
+                        phase: Phase::Attempt,
                         start,
                         end: None,
                         outcome: "running".into(),
@@ -832,7 +997,7 @@ fn attempt_spans(history: &[Value]) -> Vec<Span> {
                 if let Some(span) = spans
                     .iter_mut()
                     .rev()
-                    .find(|s| s.task == task && s.attempt == attempt)
+                    .find(|s| s.task == task && s.attempt == attempt && s.phase == Phase::Attempt)
                 {
                     span.end = at(record);
                     span.outcome = if record["succeeded"] == true || record["status"] == "succeeded"
@@ -843,14 +1008,99 @@ fn attempt_spans(history: &[Value]) -> Vec<Span> {
                     };
                 }
             }
+            Some("retry_scheduled") => {
+                if let (Some(from), Some(due)) = (at(record), record["due_at"].as_i64()) {
+                    spans.push(Span {
+                        task,
+                        attempt,
+                        phase: Phase::RetryDelay,
+                        start: from,
+                        end: Some(due.max(from)),
+                        outcome: "retry".into(),
+                    });
+                }
+            }
             _ => {}
         }
     }
     spans
 }
 
-/// A Gantt chart of attempts: one row per task, one bar per attempt (the
-/// gaps between bars are retry delays).
+/// Adds the waits before each attempt: from when the task became ready
+/// (the run started, for a root; its last dependency ended, otherwise; its
+/// retry fell due) to when the attempt started, and, for a ready task not
+/// started yet, up to `now`.
+fn waiting_spans(
+    run: &RunRecord,
+    workflow: Option<&crate::spec::Workflow>,
+    spans: &mut Vec<Span>,
+    now: i64,
+) {
+    let Some(workflow) = workflow else {
+        return;
+    };
+    let ended = |task: &str| {
+        run.tasks
+            .get(task)
+            .and_then(|t| parse_time(t["ended_at"].as_str()))
+            .map(|t| t.timestamp_millis())
+    };
+    let run_start = parse_time(run.started_at.as_deref()).map(|t| t.timestamp_millis());
+    let mut waits = Vec::new();
+    for task in &workflow.tasks {
+        // Ready when every task it names has ended (an `any` join is
+        // judged then too).
+        let ends: Option<Vec<i64>> = task
+            .after
+            .deps()
+            .iter()
+            .map(|dep| ended(&workflow.tasks[dep.task].id))
+            .collect();
+        let (Some(run_start), Some(ends)) = (run_start, ends) else {
+            continue;
+        };
+        let mut ready = ends.into_iter().fold(run_start, i64::max);
+        let mut attempts: Vec<&Span> = spans
+            .iter()
+            .filter(|s| s.task == task.id && s.phase != Phase::Waiting)
+            .collect();
+        attempts.sort_by_key(|s| s.start);
+        let status = run.tasks.get(&task.id).and_then(|t| t["status"].as_str());
+        let mut pending = None;
+        for span in attempts {
+            match span.phase {
+                Phase::RetryDelay => ready = span.end.unwrap_or(span.start),
+                _ => {
+                    if span.start - ready >= WAIT_SHOWN_MS {
+                        waits.push((ready, Some(span.start), span.attempt));
+                    }
+                    pending = Some(span.attempt);
+                    ready = i64::MAX;
+                }
+            }
+        }
+        // Ready, due, and not started yet.
+        let open = matches!(status, Some("pending" | "ready" | "waiting" | "retrying"))
+            && run.ended_at.is_none();
+        if open && ready <= now && now - ready >= WAIT_SHOWN_MS {
+            waits.push((ready, None, pending.map_or(1, |a| a + 1)));
+        }
+        for (start, end, attempt) in waits.drain(..) {
+            spans.push(Span {
+                task: task.id.clone(),
+                attempt,
+                phase: Phase::Waiting,
+                start,
+                end,
+                outcome: "waiting".into(),
+            });
+        }
+    }
+}
+
+/// A Gantt chart of a run: one row per task; for each attempt, a bar for
+/// the wait for a slot, one for the attempt (coloured by its outcome), and
+/// one for the retry delay after it.
 fn gantt(run: &RunRecord, spans: &[Span]) -> Markup {
     let start = parse_time(run.started_at.as_deref()).map(|t| t.timestamp_millis());
     // The chart ends with the run, or with its last attempt if later (a
@@ -865,15 +1115,30 @@ fn gantt(run: &RunRecord, spans: &[Span]) -> Markup {
         return html! { p.muted { "Not started yet." } };
     };
     let total = (end - start).max(1) as f64;
-    // One row per task, in the order the tasks first started.
+    // One row per task, in the order the tasks first became ready.
+    let mut ordered: Vec<&Span> = spans.iter().collect();
+    ordered.sort_by_key(|s| s.start);
     let mut rows: Vec<(&str, Vec<&Span>)> = Vec::new();
-    for span in spans {
+    for span in ordered {
         match rows.iter_mut().find(|(task, _)| *task == span.task) {
             Some((_, row)) => row.push(span),
             None => rows.push((&span.task, vec![span])),
         }
     }
     let now = chrono::Utc::now().timestamp_millis();
+    let label = |span: &Span| -> String {
+        let took = human(span.end.unwrap_or(now) - span.start);
+        match span.phase {
+            Phase::Waiting => format!("attempt {}: waiting for a slot, {took}", span.attempt),
+            Phase::Attempt => format!("attempt {}: {}, {took}", span.attempt, span.outcome),
+            Phase::RetryDelay => format!("retry delay after attempt {}, {took}", span.attempt),
+        }
+    };
+    let class = |span: &Span| match span.phase {
+        Phase::Waiting => "bar wait".to_string(),
+        Phase::Attempt => format!("bar s-{}", span.outcome),
+        Phase::RetryDelay => "bar delay".to_string(),
+    };
     html! {
         div.gantt.panel {
             @for (task, spans) in &rows {
@@ -883,14 +1148,21 @@ fn gantt(run: &RunRecord, spans: &[Span]) -> Markup {
                         @for span in spans {
                             @let left = (span.start - start) as f64 / total * 100.0;
                             @let width = ((span.end.unwrap_or(now.min(end)) - span.start) as f64 / total * 100.0).max(0.3);
-                            span class={ "bar s-" (span.outcome) }
+                            span class=(class(span)) data-phase=(format!("{:?}", span.phase).to_lowercase())
                                 style={ "left:" (format!("{left:.2}")) "%;width:" (format!("{width:.2}")) "%" }
-                                title={ "attempt " (span.attempt) ": " (span.outcome) ", " (human(span.end.unwrap_or(now) - span.start)) } {}
+                                title=(label(span)) {}
                         }
                     }
                 }
             }
             @if rows.is_empty() { p.muted { "No attempts yet." } }
+            @else {
+                p.legend.muted {
+                    span.key { span.bar.wait {} "waiting for a slot" }
+                    span.key { span.bar.s-succeeded {} "attempt (coloured by outcome)" }
+                    span.key { span.bar.delay {} "retry delay" }
+                }
+            }
         }
     }
 }
@@ -1141,4 +1413,118 @@ async fn workers_page(state: &AppState) -> Result<Response, Error> {
         &Live::default(),
         content,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const T0: i64 = 1_780_000_000_000;
+
+    fn iso(ms: i64) -> String {
+        crate::time::rfc3339(ms)
+    }
+
+    fn workflow() -> crate::spec::Workflow {
+        let text = json!({"name": "w", "tasks": [
+            {"id": "a", "noop": {}},
+            {"id": "b", "noop": {}},
+            {"id": "c", "after": ["a", "b"], "noop": {}},
+        ]})
+        .to_string();
+        crate::spec::Workflow::parse(std::path::Path::new("w.json"), text.as_bytes()).unwrap()
+    }
+
+    fn run(tasks: Value, ended: Option<i64>) -> RunRecord {
+        serde_json::from_value(json!({
+            "id": "0190a8a0-0000-7000-8000-000000000000", "workflow": "w",
+            "version": "x", "status": if ended.is_some() { "succeeded" } else { "running" },
+            "params": {}, "vars": {}, "event": null,
+            "started_at": iso(T0), "ended_at": ended.map(iso), "tasks": tasks,
+        }))
+        .unwrap()
+    }
+
+    fn record(kind: &str, task: &str, attempt: u32, at: i64) -> Value {
+        json!({"type": kind, "task": task, "attempt": attempt, "at": iso(at), "succeeded": kind == "attempt_finished"})
+    }
+
+    #[test]
+    fn a_task_that_waited_for_a_slot_gets_a_waiting_bar_from_when_it_was_ready() {
+        let history = vec![
+            record("attempt_started", "a", 1, T0 + 1),
+            record("attempt_finished", "a", 1, T0 + 300),
+            record("attempt_started", "b", 1, T0 + 300),
+            record("attempt_finished", "b", 1, T0 + 600),
+            record("attempt_started", "c", 1, T0 + 650),
+            record("attempt_finished", "c", 1, T0 + 700),
+        ];
+        let run = run(
+            json!({
+                "a": {"status": "succeeded", "ended_at": iso(T0 + 300)},
+                "b": {"status": "succeeded", "ended_at": iso(T0 + 600)},
+                "c": {"status": "succeeded", "ended_at": iso(T0 + 700)},
+            }),
+            Some(T0 + 700),
+        );
+        let mut spans = attempt_spans(&history);
+        waiting_spans(&run, Some(&workflow()), &mut spans, T0 + 800);
+        let waits: Vec<(&str, i64, Option<i64>)> = spans
+            .iter()
+            .filter(|s| s.phase == Phase::Waiting)
+            .map(|s| (s.task.as_str(), s.start - T0, s.end.map(|e| e - T0)))
+            .collect();
+        // `a` started at once; `b` waited for `a`'s slot; `c` was ready when
+        // `b` (its last dependency) ended, and started 50 ms later.
+        assert_eq!(waits, vec![("b", 0, Some(300)), ("c", 600, Some(650))]);
+        let chart = gantt(&run, &spans).into_string();
+        assert!(chart.contains(r#"data-phase="waiting""#), "{chart}");
+        assert!(chart.contains("waiting for a slot"), "{chart}");
+    }
+
+    #[test]
+    fn a_retry_shows_its_delay_then_its_wait_and_a_due_task_not_started_waits_until_now() {
+        let mut history = vec![
+            record("attempt_started", "a", 1, T0),
+            json!({"type": "attempt_finished", "task": "a", "attempt": 1, "at": iso(T0 + 100), "succeeded": false}),
+            json!({"type": "retry_scheduled", "task": "a", "attempt": 1, "at": iso(T0 + 100), "due_at": T0 + 300}),
+            record("attempt_started", "a", 2, T0 + 350),
+            record("attempt_finished", "a", 2, T0 + 400),
+        ];
+        history.push(record("attempt_started", "b", 1, T0));
+        history.push(record("attempt_finished", "b", 1, T0 + 50));
+        let run = run(
+            json!({
+                "a": {"status": "succeeded", "ended_at": iso(T0 + 400)},
+                "b": {"status": "succeeded", "ended_at": iso(T0 + 50)},
+                "c": {"status": "pending"},
+            }),
+            None,
+        );
+        let mut spans = attempt_spans(&history);
+        waiting_spans(&run, Some(&workflow()), &mut spans, T0 + 1000);
+        let of = |task: &str| -> Vec<(Phase, u64, i64, Option<i64>)> {
+            let mut found: Vec<_> = spans
+                .iter()
+                .filter(|s| s.task == task)
+                .map(|s| (s.phase, s.attempt, s.start - T0, s.end.map(|e| e - T0)))
+                .collect();
+            found.sort_by_key(|f| f.2);
+            found
+        };
+        assert_eq!(
+            of("a"),
+            vec![
+                (Phase::Attempt, 1, 0, Some(100)),
+                (Phase::RetryDelay, 1, 100, Some(300)),
+                (Phase::Waiting, 2, 300, Some(350)),
+                (Phase::Attempt, 2, 350, Some(400)),
+            ]
+        );
+        // Ready since `a` ended, not started: waiting, still open.
+        assert_eq!(of("c"), vec![(Phase::Waiting, 1, 400, None)]);
+        let chart = gantt(&run, &spans).into_string();
+        assert!(chart.contains(r#"data-phase="retrydelay""#), "{chart}");
+    }
 }
