@@ -25,7 +25,7 @@ use crate::util::workflow;
 const ADDED_LATER: &[&str] = &["logical_time"];
 
 /// Every golden committed so far: each must still replay.
-const GOLDENS: &[u32] = &[3, 4, 5, 6, 7];
+const GOLDENS: &[u32] = &[3, 4, 5, 6, 7, 8];
 
 fn log_file(format: u32) -> String {
     format!("tests/golden/log-v{format}.json")
@@ -117,7 +117,7 @@ fn import(export: &Value, dir: &Path) {
 /// Writes a log touching every record kind: runs that succeed (with an
 /// export), fail after retries, are cancelled, are skipped into, and one
 /// left unfinished with a retry pending; an event with a dedup entry, a
-/// duplicate and a mark; project vars in every run; a sub-workflow's run.
+/// duplicate and a mark; project vars in every run; a sub-workflow's run; a check that observed before it held.
 async fn write_scenario(dir: &Path) {
     let mut config = RuntimeConfig::new(dir);
     // Project vars (format 6): recorded in every run created.
@@ -155,12 +155,27 @@ async fn write_scenario(dir: &Path) {
     let retrying = workflow(json!({"name": "retrying", "tasks": [
         {"id": "later", "retry": {"max_attempts": 3, "delay": "1h"}, "shell": {"command": ["false"]}},
     ]}));
+    // A check (format 8): it records what it saw before the file came.
+    let arrival = dir.join("arrival.csv");
+    let waiting = workflow(json!({"name": "waiting", "tasks": [
+        {"id": "ready", "timeout": "30s",
+         "check": {"file": {"path": arrival.to_str().unwrap()}, "interval": "20ms"}},
+    ]}));
     for wf in [&etl, &flaky, &nested] {
         handle
             .run_to_end(Arc::clone(wf), Map::new(), None, |_| {})
             .await
             .unwrap();
     }
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::write(arrival, "id\n1\n").unwrap();
+    });
+    handle
+        .run_to_end(waiting, Map::new(), None, |_| {})
+        .await
+        .unwrap();
+    writer.await.unwrap();
     let cancelled = handle.start_run(long, Map::new(), None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     handle.cancel(cancelled, "golden").await.unwrap();

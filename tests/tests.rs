@@ -8,6 +8,7 @@ mod amqp;
 mod amqps;
 mod api;
 mod bindings;
+mod checks;
 mod cli;
 mod cloudevents;
 mod daemon;

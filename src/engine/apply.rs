@@ -102,6 +102,11 @@ impl Engine {
                     retryable: *retryable,
                 },
             ),
+            RecordBody::CheckObserved {
+                task,
+                attempt,
+                observation,
+            } => on_check_observed(run, task, *attempt, observation),
             RecordBody::RetryScheduled { task, due_at, .. } => {
                 on_retry_scheduled(run, sched, &mut ctx, task, *due_at)
             }
@@ -195,6 +200,19 @@ fn task_index(run: &RunState, task: &str) -> Option<usize> {
     run.workflow.task_index(task)
 }
 
+/// A check's observation: kept on its task while that attempt runs.
+fn on_check_observed(run: &mut RunState, task: &str, attempt: u32, observation: &Value) -> Applied {
+    let Some(i) = task_index(run, task) else {
+        return Ignored;
+    };
+    let state = &mut run.tasks[i];
+    if state.status != TaskStatus::Running || state.attempts != attempt {
+        return Ignored;
+    }
+    state.observation = Some(observation.clone());
+    Changed
+}
+
 fn on_run_started(run: &mut RunState, sched: &mut Scheduling, ctx: &mut Ctx<'_>) -> Applied {
     if run.status != RunStatus::Queued {
         return Ignored;
@@ -230,6 +248,7 @@ fn on_attempt_started(
     state.queued = false;
     state.retry_due = None;
     state.error = None;
+    state.observation = None;
     state.started_at.get_or_insert(ctx.at);
     state.attempt_started_at = Some(ctx.at);
     if holds_slot {

@@ -61,6 +61,8 @@ pub struct PreparedAttempt {
     /// Run on remote workers consuming this queue.
     pub queue: Option<String>,
     pub start_timeout: Option<std::time::Duration>,
+    /// The run's `run.logical_time`.
+    pub logical_time: Millis,
 }
 
 /// Engine limits.
@@ -393,6 +395,7 @@ impl Engine {
             timeout: spec.timeout,
             queue: spec.queue.clone(),
             start_timeout: spec.start_timeout,
+            logical_time: run.logical_time,
         })
     }
 }

@@ -59,6 +59,8 @@ pub struct TaskState {
     pub attempt_started_at: Option<Millis>,
     /// Set when a rerun kept this task's success from an earlier run.
     pub reused_from: Option<RunId>,
+    /// A `check` task's latest recorded observation (its current attempt's).
+    pub observation: Option<Value>,
     /// Derived, not logged: waiting in the engine's queue for a parallelism slot.
     pub(crate) queued: bool,
 }
@@ -76,6 +78,7 @@ impl Default for TaskState {
             retry_due: None,
             attempt_started_at: None,
             reused_from: None,
+            observation: None,
             queued: false,
         }
     }
@@ -226,6 +229,9 @@ impl RunState {
                 });
                 if let Some(from) = state.reused_from {
                     task["reused_from"] = Value::String(from.to_string());
+                }
+                if let Some(observation) = &state.observation {
+                    task["observation"] = observation.clone();
                 }
                 // A sub-workflow task links the child run its latest attempt started.
                 if task_spec.kind

@@ -25,7 +25,7 @@ fn get() -> String {
 
 /// `"http": {"method": "POST", "url": "https://api.example.com/v1/alerts",
 /// "json": {"campaign": "${vars.campaign_id}"}, "auth": {"bearer": "${secrets.token}"}}`
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Http {
     /// `GET` (default), `HEAD`, `POST`, `PUT`, `PATCH`, `DELETE` or `OPTIONS`.
@@ -61,7 +61,7 @@ pub struct Http {
 }
 
 /// `{"bearer": "<token>"}` or `{"basic": ["<user>", "<password>"]}`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Auth {
     Bearer(String),
@@ -119,6 +119,16 @@ impl StatusPattern {
 }
 
 impl ExpectStatus {
+    /// Every status (a `check`'s polls judge the response themselves).
+    pub(super) fn any() -> Self {
+        ExpectStatus::One(StatusPattern::Text("100-599".into()))
+    }
+
+    /// Whether `status` is one of these (`check`'s default condition).
+    pub(super) fn accepts(&self, status: u16) -> Result<bool, String> {
+        Ok(self.ranges()?.iter().any(|r| (r.0..=r.1).contains(&status)))
+    }
+
     fn ranges(&self) -> Result<Vec<StatusRange>, String> {
         match self {
             ExpectStatus::One(p) => Ok(vec![p.range()?]),
@@ -129,7 +139,7 @@ impl ExpectStatus {
         }
     }
 
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         let one = |p: &StatusPattern| match p {
             StatusPattern::Code(c) => c.to_string(),
             StatusPattern::Text(t) => t.clone(),

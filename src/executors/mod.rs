@@ -6,6 +6,7 @@
 //! deserializes the rendered JSON into the kind's config just before running.
 
 mod amqp;
+pub mod check;
 mod http;
 pub mod live;
 mod noop;
@@ -58,6 +59,11 @@ pub struct AttemptContext {
     /// Where a kind that captures output shows it while it runs (set for
     /// kinds with [`Kind::CAPTURES_OUTPUT`]).
     pub live: Option<Arc<live::LiveAttempt>>,
+    /// The run's logical time (`run.logical_time`); None on a remote worker.
+    pub logical_time: Option<Millis>,
+    /// Where `check` attempts record what they observe and look runs up
+    /// (None on a remote worker).
+    pub checks: Option<Arc<dyn check::CheckHost>>,
 }
 
 /// How an attempt ended.
@@ -179,6 +185,7 @@ macro_rules! kinds {
 }
 
 kinds! {
+    check::Check,
     shell::Shell,
     http::Http,
     sql::Sql,
@@ -235,6 +242,14 @@ pub async fn execute(
     timeout: Option<Duration>,
 ) -> AttemptOutcome {
     let cancel = ctx.cancel.clone();
+    // A resumable kind's time counts from its recorded start: a restart
+    // resumes its wait with the time already spent.
+    let spent = if resumable(kind) {
+        let elapsed = crate::time::now_millis().saturating_sub(ctx.started_at);
+        Duration::from_millis(u64::try_from(elapsed).unwrap_or(0))
+    } else {
+        Duration::ZERO
+    };
     let attempt = dispatch(kind, config, ctx);
     tokio::pin!(attempt);
     let Some(timeout) = timeout else {
@@ -242,7 +257,7 @@ pub async fn execute(
     };
     tokio::select! {
         outcome = &mut attempt => outcome,
-        _ = tokio::time::sleep(timeout) => {
+        _ = tokio::time::sleep(timeout.saturating_sub(spent)) => {
             cancel.cancel();
             let mut outcome = attempt.await;
             // Work that completed as it was being stopped (a statement that
@@ -251,10 +266,14 @@ pub async fn execute(
                 return outcome;
             }
             outcome.retryable = true;
-            outcome.error = Some(format!(
-                "timed out after {}",
-                humantime::format_duration(timeout)
-            ));
+            let timed_out = format!("timed out after {}", humantime::format_duration(timeout));
+            // A check says what it was still waiting for.
+            outcome.error = Some(match outcome.error {
+                Some(waiting) if kind == <check::Check as Kind>::NAME => {
+                    format!("{timed_out} ({waiting})")
+                }
+                _ => timed_out,
+            });
             outcome
         }
     }

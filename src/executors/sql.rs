@@ -46,7 +46,7 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// `"sql": {"connection": "shop", "query": "select id from campaigns where
 /// launch_date = $1", "params": ["${vars.day}"]}`
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sql {
     /// A connection named in `switchyard.json`'s `connections`.

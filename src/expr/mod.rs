@@ -14,9 +14,24 @@ use serde_json::Value;
 
 pub use template::{Template, TemplateValue};
 
-/// The names an expression may use (SPEC §6).
+/// The names an expression may use (SPEC §6), and those a `check`'s
+/// `until` sees besides `output`: an http poll's `status`, `headers` and
+/// `body`, a sql poll's `rows`, `scalar` and `row_count`.
 pub const SCOPE_NAMES: &[&str] = &[
-    "vars", "params", "event", "tasks", "run", "secrets", "output", "now",
+    "vars",
+    "params",
+    "event",
+    "tasks",
+    "run",
+    "secrets",
+    "output",
+    "now",
+    "status",
+    "headers",
+    "body",
+    "rows",
+    "scalar",
+    "row_count",
 ];
 
 /// A parse error of an expression, with the offending source.

@@ -160,7 +160,9 @@ const FORMAT_KEY: &[u8] = b"format";
 /// 7: `run_created` may carry `parent` (a sub-workflow's run: the `workflow`
 ///    task attempt that started it, and its depth) and `logical_time`;
 ///    events may carry the `paused` outcome.
-pub const FORMAT_VERSION: u32 = 7;
+/// 8: `check_observed` records (a `check` task's observation, when it
+///    changes).
+pub const FORMAT_VERSION: u32 = 8;
 /// Formats this binary reads; an older one is upgraded on open (3 builds
 /// the dedup expiry index) and marked current, so an older binary refuses
 /// the log instead of misreading it.

@@ -142,6 +142,14 @@ pub enum RecordBody {
         #[serde(default = "yes", skip_serializing_if = "is_true")]
         retryable: bool,
     },
+    /// A `check` task's attempt saw something new (format 8): written only
+    /// when what a poll observed differs from the last one recorded, so a
+    /// long wait adds a record per change, not per poll.
+    CheckObserved {
+        task: String,
+        attempt: u32,
+        observation: Value,
+    },
     /// A failed task will be attempted again at `due_at`.
     RetryScheduled {
         task: String,

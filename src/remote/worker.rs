@@ -576,13 +576,19 @@ async fn take_job(
         .heartbeat_ms
         .fetch_min(job.heartbeat_ms.max(100), Ordering::Relaxed);
     // A free slot first (waiting here keeps the job unacked, so the broker
-    // may give it to an idle worker when this session ends).
-    let permit = tokio::select! {
-        permit = Arc::clone(&shared.slots).acquire_owned() => match permit {
-            Ok(permit) => permit,
-            Err(_) => return,
-        },
-        _ = session.cancelled() => return,
+    // may give it to an idle worker when this session ends). Kinds that
+    // only wait (`check`, `sleep`) take none, as on the daemon.
+    let holds_slot = executors::kind_name(&job.kind).is_none_or(executors::holds_slot);
+    let permit = if holds_slot {
+        tokio::select! {
+            permit = Arc::clone(&shared.slots).acquire_owned() => match permit {
+                Ok(permit) => Some(permit),
+                Err(_) => return,
+            },
+            _ = session.cancelled() => return,
+        }
+    } else {
+        None
     };
     // Claim, and wait for the answer (asking again now and then: a claim
     // or its answer may be lost, or the daemon may be restarting).
@@ -638,7 +644,11 @@ async fn take_job(
 /// Runs a granted attempt; `slot` is given back once the attempt has
 /// ended, before its result is confirmed (the attempt stays in the
 /// heartbeats until then).
-async fn run_attempt(shared: Arc<Shared>, job: Job, slot: tokio::sync::OwnedSemaphorePermit) {
+async fn run_attempt(
+    shared: Arc<Shared>,
+    job: Job,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
     let cancel = CancellationToken::new();
     let stopped = Arc::new(Mutex::new(None));
     {
@@ -720,6 +730,8 @@ async fn run_attempt(shared: Arc<Shared>, job: Job, slot: tokio::sync::OwnedSema
                 databases: executors::sql::Databases::new(Default::default(), "."),
                 children: None,
                 live: live.clone(),
+                logical_time: None,
+                checks: None,
             };
             let timeout = job.timeout_ms.map(Duration::from_millis);
             let execution = tokio::spawn(executors::execute(kind, config, ctx, timeout));

@@ -72,6 +72,8 @@ impl EngineLoop {
                     databases: self.databases.clone(),
                     children: Some(Arc::clone(&self.children)),
                     live: self.start_live(run_id, task, attempt, prepared.kind),
+                    logical_time: Some(prepared.logical_time),
+                    checks: Some(Arc::clone(&self.checks)),
                 };
                 let tokio = self.tokio.clone();
                 let attempt_task = self.tokio.spawn(async move {

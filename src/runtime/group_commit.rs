@@ -62,6 +62,9 @@ impl EngineLoop {
                 handle: handle.clone(),
                 shutdown: shutdown.clone(),
             }),
+            checks: Arc::new(super::checks::RuntimeChecks {
+                handle: handle.clone(),
+            }),
             held_child_starts: Vec::new(),
             project_vars: config.project_vars,
             engine,
@@ -219,6 +222,12 @@ impl EngineLoop {
                 }
                 Input::WaitRun { run_id, reply } => self.on_wait_run(run_id, reply)?,
                 Input::Active { filter, reply } => batch.actives.push((filter, reply)),
+                Input::Observed {
+                    run_id,
+                    task,
+                    attempt,
+                    observation,
+                } => self.on_observed(&mut batch, (run_id, &task, attempt), observation, now)?,
                 Input::Wake => self.armed = None,
                 Input::Shutdown { grace } => self.on_shutdown(grace, now),
             }

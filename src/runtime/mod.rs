@@ -27,6 +27,7 @@
 
 mod accept;
 mod attempts;
+mod checks;
 mod children;
 mod group_commit;
 mod lifecycle;
@@ -310,6 +311,13 @@ enum Input {
     Active {
         filter: RunFilter,
         reply: oneshot::Sender<Vec<RunRecord>>,
+    },
+    /// What a `check` attempt saw (recorded when it changed).
+    Observed {
+        run_id: RunId,
+        task: Arc<str>,
+        attempt: u32,
+        observation: Value,
     },
     Wake,
     Shutdown {
@@ -687,6 +695,8 @@ struct EngineLoop {
     opened_at: Millis,
     /// What `workflow` attempts start and wait for child runs through.
     children: Arc<dyn executors::workflow::Children>,
+    /// What `check` attempts record observations and find runs through.
+    checks: Arc<dyn executors::check::CheckHost>,
     /// Child starts asked for while draining: never answered (dropped with
     /// the loop); the attempts resume at the next start.
     held_child_starts: Vec<oneshot::Sender<Result<Option<RunStatus>, String>>>,

@@ -71,6 +71,12 @@ function applyRun(run) {
     row.querySelector("[data-started]").innerHTML = timeHtml(task.started_at);
     row.querySelector("[data-duration]").textContent = duration(task.started_at, task.ended_at);
     row.querySelector("[data-error]").textContent = task.error || "";
+    // A check says what it is waiting for.
+    const observed = row.querySelector("[data-observation]");
+    if (observed) {
+      const waiting = task.status === "running" && task.observation && task.observation.summary;
+      observed.textContent = waiting ? `waiting: ${task.observation.summary}` : "";
+    }
     const output = row.querySelector("[data-output]");
     if (output) {
       const some = task.output && Object.keys(task.output).length > 0;

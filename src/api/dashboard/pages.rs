@@ -894,7 +894,14 @@ async fn run_page(state: &AppState, id: &str) -> Result<Response, Error> {
                                     pre data-output { @if has_output { (pretty(&value["output"])) } }
                                 }
                             }
-                            td.muted data-error { (value["error"].as_str().unwrap_or("")) }
+                            td.muted {
+                                span data-error { (value["error"].as_str().unwrap_or("")) }
+                                span data-observation {
+                                    @if s == "running" && let Some(summary) = value["observation"]["summary"].as_str() {
+                                        "waiting: " (summary)
+                                    }
+                                }
+                            }
                             td { button type="button" data-logs=(task) { "Logs" } }
                         }
                     }
