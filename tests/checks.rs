@@ -915,6 +915,26 @@ fn a_bad_check_is_refused_at_load_naming_the_path() {
         let error = parse(check.clone());
         assert!(error.contains(expected), "{check}: {error:?}");
     }
+    // A check for another workflow's run reads the daemon's log: no queue
+    // (a workflow-wide `defaults.queue` leaves it on the daemon).
+    let queued = |task_queue: bool| {
+        let mut task = json!({"id": "t", "check": {"run": {"workflow": "up"}}});
+        if task_queue {
+            task["queue"] = json!("q");
+        }
+        let text = json!({"name": "w", "defaults": {"queue": "q"}, "tasks": [task]}).to_string();
+        Workflow::parse(Path::new("w.json"), text.as_bytes())
+    };
+    let error = queued(true)
+        .err()
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("tasks[0].queue") && error.contains("daemon"),
+        "{error:?}"
+    );
+    let workflow = queued(false).unwrap();
+    assert_eq!(workflow.tasks[0].queue, None);
     for good in [
         json!({"sql": {"url": "postgres://u@127.0.0.1/db",
                        "query": "select count(*) from t where day = $1",

@@ -849,6 +849,60 @@ async fn a_remote_tasks_output_can_be_followed_while_it_runs() {
     delete_queues(&queue).await;
 }
 
+/// A check with a `queue` polls on the worker, holding none of its
+/// `--concurrency` slots (a shell task on the same queue runs while it
+/// waits), and what it observes reaches the run record on the daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_check_polls_on_the_worker_without_holding_its_slot() {
+    let Some(_shared) = broker::shared("workers_check").await else {
+        return;
+    };
+    let queue = broker::unique("check");
+    let project = remote_project(&queue, "500ms");
+    let arrival = project.root().join("arrival.txt");
+    write_workflow(
+        &project.root().join("workflows"),
+        "gate",
+        &json!({"name": "gate", "tasks": [
+            {"id": "wait", "queue": queue, "timeout": "60s",
+             "check": {"file": {"path": arrival.to_str().unwrap()}, "interval": "100ms"}},
+            {"id": "work", "queue": queue, "shell": {"command": ["echo", "ran"]}},
+        ]}),
+    );
+    let daemon = project.start(None).await;
+    let _worker = Worker::spawn(project.root(), &queue, 1);
+    let id = start_run(&daemon, "gate", json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = daemon.get(&format!("/api/v1/runs/{id}")).await;
+        let (wait, work) = (&run["tasks"]["wait"], &run["tasks"]["work"]);
+        if work["status"] == "succeeded" && wait["observation"]["summary"] == "no file matches" {
+            assert_eq!(wait["status"], "running", "{run}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the shell task did not run beside the waiting check, or no observation came: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&arrival, "here").unwrap();
+    let run = wait_run(&daemon, &id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let output = &run["tasks"]["wait"]["output"];
+    assert_eq!(output["count"], 1, "{run}");
+    assert_eq!(run["tasks"]["wait"]["attempts"], 1, "{run}");
+    let history = daemon.get(&format!("/api/v1/runs/{id}/history")).await;
+    let kinds = history_kinds(&history);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "check_observed").count(),
+        1,
+        "{kinds:?}"
+    );
+    daemon.stop().await;
+    delete_queues(&queue).await;
+}
+
 #[test]
 fn a_one_off_run_says_remote_tasks_need_the_server() {
     let dir = tempfile::tempdir().unwrap();

@@ -120,6 +120,8 @@ struct Tracked {
     granted_seq: u64,
     /// Where its output is shown to followers while it runs.
     live: Option<Arc<crate::executors::live::LiveAttempt>>,
+    /// Where a `check` attempt's observations are recorded.
+    checks: Option<Arc<dyn crate::executors::check::CheckHost>>,
     /// The owner's heartbeats stopped listing it although it lives: the
     /// grant never reached it (a broker restart took its control queue),
     /// so the job is published again for whoever claims it.
@@ -410,6 +412,7 @@ impl Remote {
         queue: &str,
         reattach: bool,
         live: Option<Arc<crate::executors::live::LiveAttempt>>,
+        checks: Option<Arc<dyn crate::executors::check::CheckHost>>,
     ) -> Tracking {
         let (done, finished) = oneshot::channel();
         if let Ok(mut attempts) = self.inner.attempts.lock() {
@@ -422,6 +425,7 @@ impl Remote {
                     granted: None,
                     granted_seq: 0,
                     live,
+                    checks,
                     republish: false,
                     reattached: reattach,
                     stopping: None,
@@ -897,6 +901,29 @@ impl Remote {
                         protocol::Stream::Stderr => crate::executors::live::Stream::Stderr,
                     };
                     live.push(stream, text.as_bytes());
+                }
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+            FromWorker::Observed {
+                worker,
+                attempt,
+                observation,
+                ..
+            } => {
+                // Recorded when it comes from the attempt's worker.
+                let checks = self.inner.attempts.lock().ok().and_then(|attempts| {
+                    let tracked = attempts.get(&attempt)?;
+                    (tracked.owner.as_deref() == Some(worker.as_str()))
+                        .then(|| tracked.checks.clone())
+                        .flatten()
+                });
+                if let Some(checks) = checks {
+                    checks.observe(
+                        attempt.run_id,
+                        attempt.task.as_str().into(),
+                        attempt.attempt,
+                        observation,
+                    );
                 }
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }

@@ -142,6 +142,15 @@ pub enum FromWorker {
         attempt: AttemptRef,
         outcome: RemoteOutcome,
     },
+    /// What a `check` attempt's poll saw, when it changed (recorded by the
+    /// daemon as the task's observation).
+    Observed {
+        protocol: u32,
+        worker: String,
+        #[serde(flatten)]
+        attempt: AttemptRef,
+        observation: Value,
+    },
     /// The worker gives the attempt back unfinished (it is shutting down):
     /// the daemon records it lost and retries it at once.
     Handback {
@@ -159,6 +168,7 @@ impl FromWorker {
             FromWorker::Claim { protocol, .. }
             | FromWorker::Heartbeat { protocol, .. }
             | FromWorker::Output { protocol, .. }
+            | FromWorker::Observed { protocol, .. }
             | FromWorker::Result { protocol, .. }
             | FromWorker::Handback { protocol, .. } => *protocol,
         }

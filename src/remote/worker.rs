@@ -1,5 +1,5 @@
 //! `switchyard worker`: runs remote tasks' jobs with the daemon's own
-//! executors (shell, http, sql, amqp, sleep, noop), following the
+//! executors (shell, http, sql, amqp, sleep, noop, check), following the
 //! [`protocol`](super::protocol): claim, run once granted, heartbeat,
 //! report, obey `cancel`.
 //!
@@ -731,7 +731,11 @@ async fn run_attempt(
                 children: None,
                 live: live.clone(),
                 logical_time: None,
-                checks: None,
+                checks: Some(Arc::new(WorkerChecks {
+                    shared: Arc::clone(&shared),
+                    attempt: job.attempt.clone(),
+                    reply_to: job.reply_to.clone(),
+                })),
             };
             let timeout = job.timeout_ms.map(Duration::from_millis);
             let execution = tokio::spawn(executors::execute(kind, config, ctx, timeout));
@@ -789,6 +793,53 @@ async fn run_attempt(
     shared.send(&job.reply_to, &message, true).await;
     if let Ok(mut running) = shared.running.lock() {
         running.remove(&job.attempt);
+    }
+}
+
+/// A `check` attempt's host on a worker: its observations go to the
+/// daemon (confirmed, not persistent, like output); a `run` condition
+/// needs the daemon's log and is refused here.
+struct WorkerChecks {
+    shared: Arc<Shared>,
+    attempt: AttemptRef,
+    reply_to: String,
+}
+
+impl std::fmt::Debug for WorkerChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerChecks")
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl executors::check::CheckHost for WorkerChecks {
+    fn observe(
+        &self,
+        _run_id: crate::log::RunId,
+        _task: Arc<str>,
+        _attempt: u32,
+        observation: serde_json::Value,
+    ) {
+        let message = FromWorker::Observed {
+            protocol: PROTOCOL,
+            worker: self.shared.id().to_string(),
+            attempt: self.attempt.clone(),
+            observation,
+        };
+        let (shared, reply_to) = (Arc::clone(&self.shared), self.reply_to.clone());
+        tokio::spawn(async move { shared.send(&reply_to, &message, false).await });
+    }
+
+    fn find_run(
+        &self,
+        _workflow: String,
+        _logical_time: crate::log::Millis,
+        _statuses: Vec<crate::log::RunStatus>,
+    ) -> executors::workflow::BoxFuture<Result<Option<executors::check::FoundRun>, String>> {
+        Box::pin(async {
+            Err("a `run` condition is checked by the daemon: drop the task's `queue`".to_string())
+        })
     }
 }
 

@@ -165,7 +165,13 @@ impl EngineLoop {
         // Started before this process: the worker may still run it.
         let reattach = started_at < self.opened_at;
         let live = self.start_live(run_id, task, attempt, prepared.kind);
-        let tracking = remote.track(job.attempt.clone(), &queue, reattach, live);
+        let tracking = remote.track(
+            job.attempt.clone(),
+            &queue,
+            reattach,
+            live,
+            Some(Arc::clone(&self.checks)),
+        );
         let attempt_task = self.tokio.spawn(async move {
             let ended = remote
                 .run(

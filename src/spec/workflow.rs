@@ -519,12 +519,18 @@ fn compile(c: &mut Collector<'_>, raw: WorkflowFile, source: Arc<[u8]>) -> Optio
                 .ok(),
             None => default_timeout,
         };
-        // Sub-workflows run on the daemon: a workflow-wide queue leaves them there.
-        let queue = common.queue.clone().or_else(|| {
-            (kind != "workflow")
-                .then(|| defaults.queue.clone())
-                .flatten()
-        });
+        // Sub-workflows, and checks for another workflow's run, run on the
+        // daemon (they read its state): a workflow-wide queue leaves them there.
+        let on_daemon = kind == "workflow"
+            || (kind == "check"
+                && raw.tasks[i]
+                    .0
+                    .get("check")
+                    .is_some_and(|check| check.get("run").is_some()));
+        let queue = common
+            .queue
+            .clone()
+            .or_else(|| (!on_daemon).then(|| defaults.queue.clone()).flatten());
         if let Some(queue) = &queue {
             let at = if common.queue.is_some() {
                 format!("{at}.queue")
@@ -541,6 +547,12 @@ fn compile(c: &mut Collector<'_>, raw: WorkflowFile, source: Arc<[u8]>) -> Optio
                 c.error(
                     at,
                     "a `workflow` task runs on the daemon (its child run's tasks may use `queue`)",
+                );
+            } else if on_daemon {
+                c.error(
+                    at,
+                    "a check for another workflow's `run` is answered by the daemon's log: \
+                     it takes no `queue`",
                 );
             }
         }
