@@ -321,6 +321,44 @@ async fn a_sql_check_with_until_waits_for_its_condition_over_rows() {
     pg(format!("drop table {t}")).await;
 }
 
+/// An `until` that cannot be evaluated yet (no row to index) is a poll
+/// that saw nothing ready, not a failure: the check waits for the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_until_that_cannot_be_evaluated_yet_keeps_the_check_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = db::available("checks::until_error", POSTGRES).await else {
+        return;
+    };
+    let t = db::table("until_err");
+    pg(format!("create table {t} (status text)")).await;
+    let wf = workflow(json!({"name": "wait_row", "tasks": [
+        {"id": "wait", "timeout": "60s", "check": {
+            "sql": {"url": url, "query": format!("select status from {t}")},
+            "until": "rows[0].status == 'done'",
+            "interval": "100ms"}},
+    ]}));
+    let runtime = start(dir.path(), |c| {
+        c.databases = Databases::new(BTreeMap::new(), dir.path())
+    });
+    let handle = runtime.handle();
+    let run_id = handle.start_run(wf, Map::new(), None).await.unwrap();
+    let record = wait_until(
+        &handle,
+        run_id,
+        "no observation",
+        Duration::from_secs(30),
+        |r| !summary(r, "wait").is_empty() || r.status.is_terminal(),
+    )
+    .await;
+    assert_eq!(record.tasks["wait"]["status"], "running", "{record:?}");
+    assert!(summary(&record, "wait").contains("until:"), "{record:?}");
+    pg(format!("insert into {t} (status) values ('done')")).await;
+    let record = wait_ended(&handle, run_id, Duration::from_secs(60)).await;
+    assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
+    runtime.shutdown().await;
+    pg(format!("drop table {t}")).await;
+}
+
 // ---------------------------------------------------------------------------
 // http
 
@@ -910,6 +948,36 @@ fn a_bad_check_is_refused_at_load_naming_the_path() {
         (
             json!({"run": {"workflow": "up", "status": "finished"}}),
             "tasks[0].check.run",
+        ),
+        // Event data must not become code, nor walk out of a directory.
+        (
+            json!({"http": {"url": "http://127.0.0.1:1/x"}, "until": "body.state == '${event.data.state}'"}),
+            "tasks[0].check.until",
+        ),
+        (
+            json!({"file": {"path": "/data/in/../../etc/*"}}),
+            "tasks[0].check.file.path",
+        ),
+        // Settings that would be ignored, or poll without pause.
+        (
+            json!({"http": {"url": "http://127.0.0.1:1/x", "expect_status": 404}, "until": "status == 200"}),
+            "tasks[0].check.http.expect_status",
+        ),
+        (
+            json!({"sql": {"url": "postgres://u@h/db", "query": "select 1", "transaction": true}}),
+            "tasks[0].check.sql.transaction",
+        ),
+        (
+            json!({"file": file, "interval": "1ms"}),
+            "tasks[0].check.interval",
+        ),
+        (
+            json!({"file": file, "interval": "1m", "max_interval": "10s"}),
+            "tasks[0].check.max_interval",
+        ),
+        (
+            json!({"sql": {"url": "postgres://u@h/db", "query": "select * from t where d = '${vars.day}'"}}),
+            "tasks[0].check.sql.query",
         ),
     ] {
         let error = parse(check.clone());

@@ -903,6 +903,77 @@ async fn a_remote_check_polls_on_the_worker_without_holding_its_slot() {
     delete_queues(&queue).await;
 }
 
+/// A remote check whose worker gets SIGTERM is handed back at once (no
+/// grace spent waiting for a wait to end) and goes on on another worker
+/// as the same attempt: nothing lost, no retry used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_check_moves_to_another_worker_when_its_worker_stops() {
+    let Some(_shared) = broker::shared("workers_check_moves").await else {
+        return;
+    };
+    let queue = broker::unique("check_moves");
+    let project = remote_project(&queue, "500ms");
+    let arrival = project.root().join("arrival.txt");
+    write_workflow(
+        &project.root().join("workflows"),
+        "gate",
+        &json!({"name": "gate", "tasks": [
+            {"id": "wait", "queue": queue, "timeout": "120s",
+             "check": {"file": {"path": arrival.to_str().unwrap()}, "interval": "100ms"}},
+        ]}),
+    );
+    let daemon = project.start(None).await;
+    let mut first = Worker::spawn(project.root(), &queue, 1);
+    let id = start_run(&daemon, "gate", json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = daemon.get(&format!("/api/v1/runs/{id}")).await;
+        if run["tasks"]["wait"]["observation"]["summary"] == "no file matches" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the check never polled: {run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _second = Worker::spawn(project.root(), &queue, 1);
+    let stopped_at = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = first.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(20),
+            "worker did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    // Its 2 s grace was not spent waiting for the check.
+    assert!(
+        stopped_at.elapsed() < Duration::from_millis(1900),
+        "{:?}",
+        stopped_at.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(&arrival, "here").unwrap();
+    let run = wait_run(&daemon, &id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["tasks"]["wait"]["attempts"], 1, "{run}");
+    let history = daemon.get(&format!("/api/v1/runs/{id}/history")).await;
+    let kinds = history_kinds(&history);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "attempt_started").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(!kinds.iter().any(|k| k == "attempt_lost"), "{kinds:?}");
+    daemon.stop().await;
+    delete_queues(&queue).await;
+}
+
 #[test]
 fn a_one_off_run_says_remote_tasks_need_the_server() {
     let dir = tempfile::tempdir().unwrap();

@@ -413,7 +413,15 @@ pub(crate) fn print_summary(record: &RunRecord) {
             .and_then(Value::as_str)
             .map(|child| format!("  child run {child}"))
             .unwrap_or_default();
-        println!("  {id:<width$}  {status:<9}  attempts {attempts}{child}{error}");
+        // A waiting check says what it waits for.
+        let waiting = task
+            .get("observation")
+            .and_then(|o| o.get("summary"))
+            .and_then(Value::as_str)
+            .filter(|_| status == "running")
+            .map(|summary| format!("  waiting: {summary}"))
+            .unwrap_or_default();
+        println!("  {id:<width$}  {status:<9}  attempts {attempts}{child}{waiting}{error}");
     }
 }
 

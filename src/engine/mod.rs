@@ -63,6 +63,8 @@ pub struct PreparedAttempt {
     pub start_timeout: Option<std::time::Duration>,
     /// The run's `run.logical_time`.
     pub logical_time: Millis,
+    /// The task's last recorded observation (a resumed `check`).
+    pub observed: Option<Value>,
 }
 
 /// Engine limits.
@@ -396,6 +398,7 @@ impl Engine {
             queue: spec.queue.clone(),
             start_timeout: spec.start_timeout,
             logical_time: run.logical_time,
+            observed: run.tasks.get(task).and_then(|t| t.observation.clone()),
         })
     }
 }

@@ -26,10 +26,15 @@ use crate::log::{Millis, RunId, RunStatus};
 
 /// Poll interval when none is given.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// The shortest interval allowed.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// How long `backoff` lets the interval grow when `max_interval` is not given.
+pub const DEFAULT_MAX_INTERVAL: Duration = Duration::from_secs(3600);
 /// Files listed at most in an observation and an output.
 const MAX_FILES: usize = 1000;
-/// Runs of the upstream workflow looked through, newest first, per status.
-pub const RUN_SCAN: usize = 5000;
+/// Runs of the upstream workflow looked through, newest first, per status
+/// (each read only when reached; the walk stops at the first match).
+pub const RUN_SCAN: usize = 100_000;
 
 /// `"check": {"sql": {...}, "until": "scalar > 0", "interval": "1m"}`
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -54,14 +59,14 @@ pub struct Check {
     /// `body`); `output` is all of it.
     #[serde(default)]
     pub until: Option<String>,
-    /// Time between polls (humantime, default `30s`).
+    /// Time between polls (humantime, default `30s`, at least `10ms`).
     #[serde(default)]
     pub interval: Option<String>,
     /// Each poll's interval is the last one's times this (at least 1;
     /// default 1: no backoff).
     #[serde(default)]
     pub backoff: Option<f64>,
-    /// The longest interval `backoff` grows to.
+    /// The longest interval `backoff` grows to (default 1h).
     #[serde(default)]
     pub max_interval: Option<String>,
 }
@@ -165,11 +170,24 @@ impl Kind for Check {
                     "a check runs one `query` (its scalar or `until` decides), not a script".into(),
                 ));
             }
+            if sql.transaction {
+                found.push((
+                    ".transaction".into(),
+                    "a check's query only reads: it takes no `transaction`".into(),
+                ));
+            }
             nested("sql", found, errors);
         }
         if let Some(http) = &self.http {
             let mut found = Vec::new();
             http.check(&raw["http"], &mut found);
+            if http.expect_status.is_some() && self.until.is_some() {
+                found.push((
+                    ".expect_status".into(),
+                    "give `expect_status` or the check's `until`, not both: `until` decides alone"
+                        .into(),
+                ));
+            }
             nested("http", found, errors);
         }
         if let Some(file) = &self.file {
@@ -177,6 +195,12 @@ impl Kind for Check {
                 && let Err(e) = glob::Pattern::new(&file.path)
             {
                 errors.push((".file.path".into(), format!("not a glob: {e}")));
+            }
+            if std::path::Path::new(&file.path)
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                errors.push((".file.path".into(), "must not contain `..`".into()));
             }
             if file.path.trim().is_empty() {
                 errors.push((".file.path".into(), "must not be empty".into()));
@@ -203,7 +227,14 @@ impl Kind for Check {
             }
         }
         if let Some(until) = &self.until {
-            if self.file.is_some() || self.run.is_some() {
+            if super::shell::has_template(until) {
+                errors.push((
+                    ".until".into(),
+                    "`${…}` is not allowed inside `until`: event data must not become code. \
+                     Compare with a var instead (`body.state == vars.wanted`)"
+                        .into(),
+                ));
+            } else if self.file.is_some() || self.run.is_some() {
                 errors.push((
                     ".until".into(),
                     "`until` judges a `sql` or `http` poll; a `file` or `run` condition holds by itself"
@@ -218,6 +249,30 @@ impl Kind for Check {
         }
         if let Some(max) = &self.max_interval {
             duration_error(".max_interval", max, errors);
+        }
+        let fixed = |text: &Option<String>| {
+            text.as_deref()
+                .filter(|t| !t.contains("${"))
+                .and_then(|t| crate::spec::parse_duration_text(t).ok())
+        };
+        if let Some(interval) = fixed(&self.interval)
+            && interval < MIN_INTERVAL
+        {
+            errors.push((
+                ".interval".into(),
+                format!(
+                    "must be at least {}",
+                    humantime::format_duration(MIN_INTERVAL)
+                ),
+            ));
+        }
+        if let (Some(max), Some(interval)) = (fixed(&self.max_interval), fixed(&self.interval))
+            && max < interval
+        {
+            errors.push((
+                ".max_interval".into(),
+                "must not be shorter than `interval`".into(),
+            ));
         }
         if let Some(backoff) = self.backoff
             && !(backoff.is_finite() && (1.0..=100.0).contains(&backoff))
@@ -234,7 +289,7 @@ impl Kind for Check {
             Ok(plan) => plan,
             Err(e) => return AttemptOutcome::permanent_failure(e),
         };
-        let until = match self.until.as_deref().map(crate::expr::Condition::parse) {
+        let until = match self.until.as_deref().map(crate::expr::Expression::parse) {
             None => None,
             Some(Ok(until)) => Some(until),
             Some(Err(e)) => return AttemptOutcome::permanent_failure(format!("until: {e}")),
@@ -246,15 +301,21 @@ impl Kind for Check {
         let mut poller = Poller {
             condition,
             until,
-            settled: HashMap::new(),
+            files: HashMap::new(),
         };
-        let mut last: Option<Value> = None;
+        // What the log holds already (a resumed attempt's last observation).
+        let mut recorded: Option<Value> = ctx.observed.clone();
+        let mut last: Option<Value> = recorded.clone();
+        let mut budget = Budget::new();
         let mut polls: u64 = 0;
         let mut interval = plan.interval;
+        let still_waiting = |last: &Option<Value>, otherwise: &str| match last {
+            Some(seen) => format!("still waiting: {}", summary(seen)),
+            None => otherwise.to_string(),
+        };
         loop {
             polls += 1;
-            let poll = poller.poll(&ctx).await;
-            let (observation, held, sooner) = match poll {
+            let (observation, sooner) = match poller.poll(&ctx).await {
                 Poll::Held(output) => {
                     let mut output = match output {
                         Value::Object(map) => map,
@@ -270,40 +331,70 @@ impl Kind for Check {
                 Poll::Waiting {
                     observation,
                     sooner,
-                } => (observation, false, sooner),
+                } => (redact(&ctx, observation), sooner),
                 Poll::Failed(outcome) => return outcome,
                 Poll::Cancelled => {
-                    return AttemptOutcome::failure(match &last {
-                        Some(seen) => format!("still waiting: {}", summary(seen)),
-                        None => "cancelled before the first poll ended".to_string(),
-                    });
+                    return AttemptOutcome::failure(still_waiting(&last, "cancelled"));
                 }
             };
-            debug_assert!(!held);
-            let observation = redact(&ctx, observation);
-            if last.as_ref() != Some(&observation) {
+            last = Some(observation);
+            // Recorded when it changed, within the record budget (a value
+            // that changes at every poll is recorded now and then, the
+            // latest always).
+            if last != recorded && budget.take() {
                 if let Some(host) = &ctx.checks {
                     host.observe(
                         ctx.run_id,
                         Arc::clone(&ctx.task),
                         ctx.attempt,
-                        observation.clone(),
+                        last.clone().unwrap_or_default(),
                     );
                 }
-                last = Some(observation);
+                recorded.clone_from(&last);
             }
             let wait = sooner.map_or(interval, |s| s.min(interval));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = ctx.cancel.cancelled() => {
-                    return AttemptOutcome::failure(match &last {
-                        Some(seen) => format!("still waiting: {}", summary(seen)),
-                        None => "cancelled".to_string(),
-                    });
+                    return AttemptOutcome::failure(still_waiting(&last, "cancelled"));
                 }
             }
             interval = plan.next(interval);
         }
+    }
+}
+
+/// Observation records an attempt may write at once, and how often one
+/// more is allowed after that: a check whose observation changes at every
+/// poll (a growing count) writes a record per [`BUDGET_REFILL`], not per
+/// poll.
+const BUDGET_BURST: u32 = 20;
+const BUDGET_REFILL: Duration = Duration::from_secs(30);
+
+struct Budget {
+    left: u32,
+    since: std::time::Instant,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Self {
+            left: BUDGET_BURST,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let earned = (self.since.elapsed().as_secs_f64() / BUDGET_REFILL.as_secs_f64()) as u32;
+        if earned > 0 {
+            self.left = (self.left + earned).min(BUDGET_BURST);
+            self.since = std::time::Instant::now();
+        }
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        true
     }
 }
 
@@ -345,9 +436,9 @@ impl Plan {
         };
         let interval = parse("interval", &check.interval)?
             .unwrap_or(DEFAULT_INTERVAL)
-            .max(Duration::from_millis(1));
+            .max(MIN_INTERVAL);
         let max_interval = parse("max_interval", &check.max_interval)?
-            .unwrap_or(Duration::MAX)
+            .unwrap_or(DEFAULT_MAX_INTERVAL)
             .max(interval);
         let backoff = check.backoff.unwrap_or(1.0);
         if !(backoff.is_finite() && backoff >= 1.0) {
@@ -423,6 +514,13 @@ impl Condition {
                 .transpose()
                 .map_err(|e| format!("file.settle: {e}"))?;
             glob::Pattern::new(&file.path).map_err(|e| format!("file.path: not a glob: {e}"))?;
+            // A value from an event cannot walk out of the directory named.
+            if std::path::Path::new(&file.path)
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(format!("file.path `{}` must not contain `..`", file.path));
+            }
             return Ok(Condition::File {
                 path: file.path,
                 settle,
@@ -491,9 +589,18 @@ enum Poll {
 
 struct Poller {
     condition: Condition,
-    until: Option<crate::expr::Condition>,
-    /// Files seen and when they were last seen to change (`settle`).
-    settled: HashMap<String, (u64, SystemTime)>,
+    until: Option<crate::expr::Expression>,
+    /// Files seen: their size and modification time, and since when this
+    /// check has seen them so (`settle`).
+    files: HashMap<String, Seen>,
+}
+
+/// A file as a poll saw it, and since when it has been so.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Seen {
+    size: u64,
+    modified: Option<SystemTime>,
+    since: std::time::Instant,
 }
 
 impl Poller {
@@ -515,29 +622,26 @@ impl Poller {
                 if !outcome.succeeded {
                     return failed_poll(outcome);
                 }
-                let scalar = outcome.output["scalar"].clone();
+                let scalar = short(&outcome.output["scalar"]);
                 let rows = outcome.output["row_count"].clone();
+                let seen = format!("scalar {scalar} ({rows} rows)");
                 let holds = match &self.until {
                     Some(until) => match judge(until, &outcome.output) {
-                        Ok(holds) => holds,
-                        Err(e) => return Poll::Failed(AttemptOutcome::permanent_failure(e)),
+                        Judged::Holds(holds) => holds,
+                        Judged::NotBool(e) => {
+                            return Poll::Failed(AttemptOutcome::permanent_failure(e));
+                        }
+                        Judged::Error(e) => return waiting(format!("{seen}; {e}")),
                     },
-                    None => truthy(&scalar),
+                    None => truthy(&outcome.output["scalar"]),
                 };
                 if holds {
                     return Poll::Held(outcome.output);
                 }
-                Poll::Waiting {
-                    observation: json!({
-                        "summary": match &self.until {
-                            Some(until) => format!("scalar {scalar}, {rows} rows: `{}` is false", until.source()),
-                            None => format!("scalar {scalar} ({rows} rows)"),
-                        },
-                        "scalar": scalar,
-                        "row_count": rows,
-                    }),
-                    sooner: None,
-                }
+                waiting(match &self.until {
+                    Some(until) => format!("{seen}: `{}` is false", until.source()),
+                    None => seen,
+                })
             }
             Condition::Http { http, expect } => {
                 let request = (**http).clone();
@@ -551,24 +655,21 @@ impl Poller {
                 let status = outcome.output["status"].as_u64().unwrap_or(0) as u16;
                 let holds = match &self.until {
                     Some(until) => match judge(until, &outcome.output) {
-                        Ok(holds) => holds,
-                        Err(e) => return Poll::Failed(AttemptOutcome::permanent_failure(e)),
+                        Judged::Holds(holds) => holds,
+                        Judged::NotBool(e) => {
+                            return Poll::Failed(AttemptOutcome::permanent_failure(e));
+                        }
+                        Judged::Error(e) => return waiting(format!("http {status}; {e}")),
                     },
                     None => expect.accepts(status).unwrap_or(false),
                 };
                 if holds {
                     return Poll::Held(outcome.output);
                 }
-                Poll::Waiting {
-                    observation: json!({
-                        "summary": match &self.until {
-                            Some(until) => format!("http {status}: `{}` is false", until.source()),
-                            None => format!("http {status}, expected {}", expect.describe()),
-                        },
-                        "status": status,
-                    }),
-                    sooner: None,
-                }
+                waiting(match &self.until {
+                    Some(until) => format!("http {status}: `{}` is false", until.source()),
+                    None => format!("http {status}, expected {}", expect.describe()),
+                })
             }
             Condition::File {
                 path,
@@ -576,33 +677,37 @@ impl Poller {
                 non_empty,
             } => {
                 let (path, settle, non_empty) = (path.clone(), *settle, *non_empty);
-                let known = std::mem::take(&mut self.settled);
+                let known = std::mem::take(&mut self.files);
                 let scan = tokio::task::spawn_blocking(move || {
                     scan_files(&path, settle, non_empty, known)
-                })
-                .await;
-                let Ok((found, known)) = scan else {
+                });
+                // A scan of a slow or huge tree does not hold up a cancel.
+                let scanned = tokio::select! {
+                    scanned = scan => scanned,
+                    _ = ctx.cancel.cancelled() => return Poll::Cancelled,
+                };
+                let Ok((files, known)) = scanned else {
                     return failed_poll(AttemptOutcome::failure("the file scan failed"));
                 };
-                self.settled = known;
-                match found {
-                    Err(e) => failed_poll(AttemptOutcome::failure(e)),
-                    Ok(files) if !files.ready.is_empty() => Poll::Held(json!({
+                self.files = known;
+                if !files.ready.is_empty() {
+                    return Poll::Held(json!({
                         "files": files.ready,
-                        "count": files.ready.len(),
-                    })),
-                    Ok(files) => Poll::Waiting {
-                        observation: json!({
-                            "summary": match (files.matched, files.changing.len()) {
-                                (0, _) => "no file matches".to_string(),
-                                (n, 0) => format!("{n} match, none is non-empty"),
-                                (n, changing) => format!("{n} match, {changing} still changing"),
-                            },
-                            "matched": files.matched,
-                            "changing": files.changing,
-                        }),
-                        sooner: files.sooner,
-                    },
+                        "count": files.ready_count,
+                    }));
+                }
+                let mut summary = match (files.matched, files.changing) {
+                    (0, _) => "no file matches".to_string(),
+                    (n, 0) if non_empty => format!("{n} match, all empty"),
+                    (n, 0) => format!("{n} match"),
+                    (n, changing) => format!("{n} match, {changing} not settled yet"),
+                };
+                if let Some(error) = &files.error {
+                    summary.push_str(&format!("; {error}"));
+                }
+                Poll::Waiting {
+                    observation: json!({"summary": summary}),
+                    sooner: files.sooner,
                 }
             }
             Condition::Run {
@@ -613,8 +718,7 @@ impl Poller {
             } => {
                 let Some(host) = &ctx.checks else {
                     return Poll::Failed(AttemptOutcome::permanent_failure(
-                        "a `run` condition is checked by the daemon, not on a remote worker: \
-                         drop the task's `queue`",
+                        "a `run` condition is checked by the daemon",
                     ));
                 };
                 let found = tokio::select! {
@@ -629,19 +733,42 @@ impl Poller {
                         "ended_at": run.ended_at,
                         "logical_time": crate::time::rfc3339(*logical_time),
                     })),
-                    Ok(None) => Poll::Waiting {
-                        observation: json!({
-                            "summary": format!(
-                                "no {status_text} run of `{workflow}` for logical time {}",
-                                crate::time::rfc3339(*logical_time)
-                            ),
-                        }),
-                        sooner: None,
-                    },
-                    Err(e) => failed_poll(AttemptOutcome::failure(e)),
+                    Ok(None) => waiting(format!(
+                        "no {status_text} run of `{workflow}` for logical time {}",
+                        crate::time::rfc3339(*logical_time)
+                    )),
+                    Err(e) => Poll::Failed(AttemptOutcome::permanent_failure(e)),
                 }
             }
         }
+    }
+}
+
+/// Longest summary recorded (a huge scalar or error is cut).
+const MAX_SUMMARY: usize = 300;
+
+/// Not yet, having seen `summary`.
+fn waiting(mut summary: String) -> Poll {
+    if summary.len() > MAX_SUMMARY {
+        let mut cut = MAX_SUMMARY;
+        while !summary.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        summary.truncate(cut);
+        summary.push('…');
+    }
+    Poll::Waiting {
+        observation: json!({"summary": summary}),
+        sooner: None,
+    }
+}
+
+/// A value as a summary shows it: compact, at most 100 characters.
+fn short(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(100) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
     }
 }
 
@@ -652,14 +779,21 @@ fn failed_poll(outcome: AttemptOutcome) -> Poll {
     if !outcome.retryable {
         return Poll::Failed(outcome);
     }
-    Poll::Waiting {
-        observation: json!({"summary": format!("error: {error}")}),
-        sooner: None,
-    }
+    waiting(format!("error: {error}"))
+}
+
+/// What `until` said of a poll.
+enum Judged {
+    Holds(bool),
+    /// Not a bool: no poll can fix that.
+    NotBool(String),
+    /// It could not be evaluated on this poll (a field not there yet, a
+    /// null compared to a number): the check goes on.
+    Error(String),
 }
 
 /// `until` over a poll's output: its fields by name, and `output`.
-fn judge(until: &crate::expr::Condition, output: &Value) -> Result<bool, String> {
+fn judge(until: &crate::expr::Expression, output: &Value) -> Judged {
     let mut scope = crate::expr::MapScope {
         now: crate::time::now_millis(),
         ..Default::default()
@@ -670,9 +804,15 @@ fn judge(until: &crate::expr::Condition, output: &Value) -> Result<bool, String>
         }
     }
     scope.names.insert("output".into(), output.clone());
-    until
-        .evaluate(&scope)
-        .map_err(|e| format!("until: {}", e.message))
+    match until.evaluate(&scope) {
+        Ok(Value::Bool(holds)) => Judged::Holds(holds),
+        Ok(other) => Judged::NotBool(format!(
+            "until `{}` must be a bool, got {}",
+            until.source(),
+            super::json_type(&other)
+        )),
+        Err(e) => Judged::Error(format!("until: {}", e.message)),
+    }
 }
 
 /// A query's scalar that means yes: not null, false, zero or empty.
@@ -694,38 +834,63 @@ fn truthy(value: &Value) -> bool {
 
 /// Files a scan found.
 struct Files {
-    /// Matches that count (settled, non-empty as asked), sorted.
+    /// Matches that count (settled, non-empty as asked), sorted; at most
+    /// [`MAX_FILES`] of `ready_count`.
     ready: Vec<String>,
+    ready_count: usize,
     matched: usize,
-    /// Matches modified within `settle`.
-    changing: Vec<String>,
-    /// When the first changing match will have settled.
+    /// Matches not settled yet.
+    changing: usize,
+    /// When the first changing match may have settled.
     sooner: Option<Duration>,
+    /// The first path that could not be read, and how many could not.
+    error: Option<String>,
 }
 
+/// Paths a scan looks at, at most (a glob over a huge tree, or a symlink
+/// loop under `**`, ends here).
+const MAX_SCANNED: usize = 100_000;
+
 /// Lists the files `pattern` matches. With `settle`, a file counts once
-/// it has not changed for that long: by its modification time, and by its
-/// size from one poll to the next (a copy that keeps an old modification
-/// time still settles only once it stops growing).
+/// this check has seen it with the same size and modification time for
+/// that long (timed on this process's monotonic clock, so neither a file
+/// server's clock nor a copy that keeps an old modification time can make
+/// a file still being written count).
 fn scan_files(
     pattern: &str,
     settle: Option<Duration>,
     non_empty: bool,
-    known: HashMap<String, (u64, SystemTime)>,
-) -> (Result<Files, String>, HashMap<String, (u64, SystemTime)>) {
-    let paths = match glob::glob(pattern) {
-        Ok(paths) => paths,
-        Err(e) => return (Err(format!("`{pattern}` is not a glob: {e}")), known),
-    };
-    let now = SystemTime::now();
-    let mut seen = HashMap::new();
+    known: HashMap<String, Seen>,
+) -> (Files, HashMap<String, Seen>) {
     let mut files = Files {
         ready: Vec::new(),
+        ready_count: 0,
         matched: 0,
-        changing: Vec::new(),
+        changing: 0,
         sooner: None,
+        error: None,
     };
-    for path in paths.flatten() {
+    let paths = match glob::glob(pattern) {
+        Ok(paths) => paths,
+        Err(e) => {
+            files.error = Some(format!("`{pattern}` is not a glob: {e}"));
+            return (files, known);
+        }
+    };
+    let now = std::time::Instant::now();
+    let mut seen = HashMap::new();
+    let mut unreadable = 0usize;
+    for path in paths.take(MAX_SCANNED) {
+        let path = match path {
+            Ok(path) => path,
+            Err(e) => {
+                unreadable += 1;
+                if files.error.is_none() {
+                    files.error = Some(format!("cannot read {}", e.path().display()));
+                }
+                continue;
+            }
+        };
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;
         };
@@ -733,38 +898,49 @@ fn scan_files(
             continue;
         }
         files.matched += 1;
-        let name = path.to_string_lossy().into_owned();
         if non_empty && meta.len() == 0 {
             continue;
         }
+        let name = path.to_string_lossy().into_owned();
         let Some(settle) = settle else {
-            files.ready.push(name);
+            files.ready_count += 1;
+            if files.ready.len() < MAX_FILES {
+                files.ready.push(name);
+            }
             continue;
         };
-        let modified = meta.modified().unwrap_or(now);
-        // Since when this file has been as it is now: its modification
-        // time when first seen, or when it was last seen to change.
-        let stable_since = match known.get(&name) {
-            Some((size, since)) if *size == meta.len() => (*since).max(modified),
-            Some(_) => now,
-            None => modified,
-        }
-        .min(now);
-        seen.insert(name.clone(), (meta.len(), stable_since));
-        let still = now.duration_since(stable_since).unwrap_or_default();
+        let (size, modified) = (meta.len(), meta.modified().ok());
+        let since = match known.get(&name) {
+            Some(before) if before.size == size && before.modified == modified => before.since,
+            _ => now,
+        };
+        seen.insert(
+            name.clone(),
+            Seen {
+                size,
+                modified,
+                since,
+            },
+        );
+        let still = now.duration_since(since);
         if still >= settle {
-            files.ready.push(name);
+            files.ready_count += 1;
+            if files.ready.len() < MAX_FILES {
+                files.ready.push(name);
+            }
         } else {
-            let left = settle.saturating_sub(still).max(Duration::from_millis(10));
+            files.changing += 1;
+            let left = (settle - still).max(Duration::from_millis(10));
             files.sooner = Some(files.sooner.map_or(left, |s: Duration| s.min(left)));
-            files.changing.push(name);
         }
     }
+    if unreadable > 1
+        && let Some(error) = &mut files.error
+    {
+        error.push_str(&format!(" (and {} more)", unreadable - 1));
+    }
     files.ready.sort();
-    files.ready.truncate(MAX_FILES);
-    files.changing.sort();
-    files.changing.truncate(MAX_FILES);
-    (Ok(files), seen)
+    (files, seen)
 }
 
 #[cfg(test)]
@@ -812,18 +988,43 @@ mod tests {
         std::fs::write(&file, "x").unwrap();
         std::fs::write(dir.path().join("empty.csv"), "").unwrap();
         let settle = Some(Duration::from_millis(300));
+        // First sight: not settled, however old its modification time.
         let (found, known) = scan_files(&pattern, settle, true, HashMap::new());
-        let found = found.unwrap();
-        assert!(found.ready.is_empty(), "a file just written is not settled");
-        assert_eq!((found.matched, found.changing.len()), (2, 1));
+        assert!(found.ready.is_empty(), "a file just seen is not settled");
+        assert_eq!((found.matched, found.changing), (2, 1));
         assert!(
             found
                 .sooner
                 .is_some_and(|s| s <= Duration::from_millis(300))
         );
-        std::thread::sleep(Duration::from_millis(350));
+        // It grows: its settling starts again.
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::write(&file, "xy").unwrap();
+        let (found, known) = scan_files(&pattern, settle, true, known);
+        assert!(found.ready.is_empty());
+        std::thread::sleep(Duration::from_millis(200));
+        let (found, known) = scan_files(&pattern, settle, true, known);
+        assert!(found.ready.is_empty(), "grew 200 ms ago");
+        std::thread::sleep(Duration::from_millis(150));
         let (found, _) = scan_files(&pattern, settle, true, known);
-        let found = found.unwrap();
         assert_eq!(found.ready, vec![file.to_string_lossy().into_owned()]);
+        assert_eq!(found.ready_count, 1);
+    }
+
+    #[test]
+    fn until_errors_wait_and_only_a_non_bool_fails() {
+        let until = crate::expr::Expression::parse("body.state == 'done'").unwrap();
+        let judged = |output: Value| match judge(&until, &output) {
+            Judged::Holds(h) => format!("holds {h}"),
+            Judged::NotBool(e) => format!("not bool: {e}"),
+            Judged::Error(e) => format!("error: {e}"),
+        };
+        assert_eq!(judged(json!({"body": {"state": "done"}})), "holds true");
+        assert!(judged(json!({"body": {}})).starts_with("error: until"));
+        let number = crate::expr::Expression::parse("status + 1").unwrap();
+        assert!(matches!(
+            judge(&number, &json!({"status": 200})),
+            Judged::NotBool(_)
+        ));
     }
 }

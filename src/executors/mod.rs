@@ -62,8 +62,10 @@ pub struct AttemptContext {
     /// The run's logical time (`run.logical_time`); None on a remote worker.
     pub logical_time: Option<Millis>,
     /// Where `check` attempts record what they observe and look runs up
-    /// (None on a remote worker).
+    /// (on a remote worker: observations only).
     pub checks: Option<Arc<dyn check::CheckHost>>,
+    /// A resumed `check` attempt's last recorded observation.
+    pub observed: Option<Value>,
 }
 
 /// How an attempt ended.

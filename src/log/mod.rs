@@ -571,6 +571,34 @@ impl Log {
         Ok(out)
     }
 
+    /// The newest ended run of `workflow` with `status` whose stored
+    /// summary (as written: its event not resolved) `matches`, looking at
+    /// up to `scan` of them, newest first, through the run index: each is
+    /// read only when reached, and the walk stops at the first match.
+    pub fn find_ended_run(
+        &self,
+        workflow: &str,
+        status: RunStatus,
+        scan: usize,
+        mut matches: impl FnMut(&[u8]) -> bool,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let prefix = run_index_prefix(b'x', &[workflow.as_bytes(), status.as_str().as_bytes()]);
+        let mut upper = prefix.clone();
+        upper.extend_from_slice(&[0xff; 17]);
+        for entry in self.run_index.range(prefix.clone()..upper).rev().take(scan) {
+            let (key, _) = entry?;
+            let Some(run_id) = key.get(prefix.len()..).and_then(run_id_from_key) else {
+                continue;
+            };
+            if let Some(summary) = self.runs.get(run_id.as_bytes())?
+                && matches(&summary)
+            {
+                return Ok(Some(summary.to_vec()));
+            }
+        }
+        Ok(None)
+    }
+
     /// Builds the run and event id indexes (a log from before they existed).
     fn build_indexes(&self) -> Result<(usize, usize), Error> {
         let mut runs = 0;

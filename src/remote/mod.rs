@@ -122,6 +122,10 @@ struct Tracked {
     live: Option<Arc<crate::executors::live::LiveAttempt>>,
     /// Where a `check` attempt's observations are recorded.
     checks: Option<Arc<dyn crate::executors::check::CheckHost>>,
+    /// Its kind resumes from its recorded start (`check`, `sleep`): handed
+    /// back by a worker shutting down, it goes to another worker as the
+    /// same attempt instead of being lost.
+    resumable: bool,
     /// The owner's heartbeats stopped listing it although it lives: the
     /// grant never reached it (a broker restart took its control queue),
     /// so the job is published again for whoever claims it.
@@ -413,6 +417,7 @@ impl Remote {
         reattach: bool,
         live: Option<Arc<crate::executors::live::LiveAttempt>>,
         checks: Option<Arc<dyn crate::executors::check::CheckHost>>,
+        resumable: bool,
     ) -> Tracking {
         let (done, finished) = oneshot::channel();
         if let Ok(mut attempts) = self.inner.attempts.lock() {
@@ -426,6 +431,7 @@ impl Remote {
                     granted_seq: 0,
                     live,
                     checks,
+                    resumable,
                     republish: false,
                     reattached: reattach,
                     stopping: None,
@@ -1093,6 +1099,25 @@ impl Remote {
         attempt: AttemptRef,
         report: Report,
     ) {
+        // A resumable attempt handed back goes to another worker as the
+        // same attempt, its elapsed time kept.
+        if matches!(report, Report::Handback(_))
+            && let Ok(mut attempts) = self.inner.attempts.lock()
+            && let Some(tracked) = attempts.get_mut(&attempt)
+            && tracked.resumable
+            && tracked.stopping.is_none()
+            && tracked.owner.as_deref() == Some(worker)
+        {
+            tracked.owner = None;
+            tracked.granted = None;
+            tracked.republish = true;
+            drop(attempts);
+            tracing::info!(attempt = %attempt, worker, "A worker shutting down handed back a resumable attempt; publishing it again.");
+            tokio::spawn(async move {
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            });
+            return;
+        }
         let taken = self.inner.attempts.lock().ok().and_then(|mut attempts| {
             let tracked = attempts.get(&attempt)?;
             let mine = tracked.owner.as_deref() == Some(worker)

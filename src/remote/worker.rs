@@ -16,7 +16,9 @@
 //!   consuming resumes with backoff.
 //! - SIGTERM stops taking jobs, lets running attempts finish within
 //!   `--grace`, then stops the rest and hands them back (the daemon
-//!   retries them at once).
+//!   retries them at once). Waits that resume from their recorded start
+//!   (`check`, `sleep`) are handed back at once and go on elsewhere as the
+//!   same attempt.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -59,6 +61,9 @@ pub struct WorkerOptions {
 struct Running {
     /// Ended; its result is being sent.
     reporting: bool,
+    /// Its kind resumes from its recorded start (`check`, `sleep`): handed
+    /// back at once on SIGTERM, to go on elsewhere with its time kept.
+    resumable: bool,
     cancel: CancellationToken,
     /// Why it was stopped, and whether to hand it back.
     stopped: Arc<Mutex<Option<(String, bool)>>>,
@@ -276,6 +281,17 @@ fn kill_dead_workers_leftovers(base: &std::path::Path) {
 /// After SIGTERM: running attempts get `grace` to finish; the rest are
 /// stopped and handed back.
 async fn drain(shared: &Arc<Shared>, grace: Duration) {
+    // Waits (a check, a sleep) do not finish soon, and lose nothing by
+    // moving: another worker goes on with them at once.
+    if let Ok(running) = shared.running.lock() {
+        for (attempt, entry) in running.iter().filter(|(_, e)| e.resumable && !e.reporting) {
+            tracing::info!(attempt = %attempt, "Handing a resumable attempt back: the worker is shutting down.");
+            if let Ok(mut stopped) = entry.stopped.lock() {
+                stopped.get_or_insert(("worker shutting down".into(), true));
+            }
+            entry.cancel.cancel();
+        }
+    }
     let deadline = tokio::time::Instant::now() + grace;
     loop {
         let left = shared.running.lock().map(|r| r.len()).unwrap_or(0);
@@ -664,6 +680,7 @@ async fn run_attempt(
             job.attempt.clone(),
             Running {
                 reporting: false,
+                resumable: executors::kind_name(&job.kind).is_some_and(executors::resumable),
                 cancel: cancel.clone(),
                 stopped: Arc::clone(&stopped),
                 reply_to: job.reply_to.clone(),
@@ -736,6 +753,7 @@ async fn run_attempt(
                     attempt: job.attempt.clone(),
                     reply_to: job.reply_to.clone(),
                 })),
+                observed: None,
             };
             let timeout = job.timeout_ms.map(Duration::from_millis);
             let execution = tokio::spawn(executors::execute(kind, config, ctx, timeout));

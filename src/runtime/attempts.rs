@@ -74,6 +74,7 @@ impl EngineLoop {
                     live: self.start_live(run_id, task, attempt, prepared.kind),
                     logical_time: Some(prepared.logical_time),
                     checks: Some(Arc::clone(&self.checks)),
+                    observed: prepared.observed,
                 };
                 let tokio = self.tokio.clone();
                 let attempt_task = self.tokio.spawn(async move {
@@ -171,6 +172,7 @@ impl EngineLoop {
             reattach,
             live,
             Some(Arc::clone(&self.checks)),
+            executors::resumable(prepared.kind),
         );
         let attempt_task = self.tokio.spawn(async move {
             let ended = remote
@@ -195,7 +197,8 @@ impl EngineLoop {
     }
 
     /// The job of a remote attempt: the rendered config (a named database
-    /// connection replaced by its URL: workers have no `connections`) and
+    /// connection, of a `sql` task or a check's `sql`, replaced by its URL:
+    /// workers have no `connections`) and
     /// the secret values it holds, for the worker to redact.
     fn job(
         &self,
@@ -205,8 +208,13 @@ impl EngineLoop {
         prepared: &crate::engine::PreparedAttempt,
     ) -> Result<crate::remote::protocol::Job, String> {
         let mut config = prepared.config.clone();
-        if prepared.kind == "sql"
-            && let Some(map) = config.as_object_mut()
+        // The sql kind's config, or a check's sql condition.
+        let sql = match prepared.kind {
+            "sql" => Some(&mut config),
+            "check" => config.get_mut("sql"),
+            _ => None,
+        };
+        if let Some(map) = sql.and_then(Value::as_object_mut)
             && let Some(Value::String(name)) = map.remove("connection")
         {
             let url = self.databases.url_of(&name)?;

@@ -46,16 +46,14 @@ struct Summary {
     id: RunId,
     status: RunStatus,
     #[serde(default)]
-    logical_time: Option<String>,
-    #[serde(default)]
     vars: Map<String, Value>,
     #[serde(default)]
     ended_at: Option<String>,
 }
 
 /// The newest ended run of `workflow` with `logical_time` and one of
-/// `statuses`, through the run index (the newest [`RUN_SCAN`] of each
-/// status are looked at).
+/// `statuses`, through the run index (newest first, stopping at the first
+/// match; at most [`RUN_SCAN`] runs of each status are looked at).
 fn find_run(
     log: &Log,
     workflow: &str,
@@ -64,19 +62,19 @@ fn find_run(
 ) -> Result<Option<FoundRun>, String> {
     let mut newest: Option<FoundRun> = None;
     for status in statuses {
-        let summaries = log
-            .ended_runs_where(Some(workflow), Some(*status), None, RUN_SCAN)
+        let found = log
+            .find_ended_run(workflow, *status, RUN_SCAN, |bytes| {
+                serde_json::from_slice::<Timed>(bytes)
+                    .ok()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t.logical_time?).ok())
+                    .is_some_and(|at| at.timestamp_millis() == logical_time)
+            })
             .map_err(|e| e.to_string())?;
-        let found = summaries.iter().find_map(|bytes| {
-            let summary: Summary = serde_json::from_slice(bytes).ok()?;
-            let at = chrono::DateTime::parse_from_rfc3339(summary.logical_time.as_deref()?)
-                .ok()?
-                .timestamp_millis();
-            (at == logical_time).then_some(summary)
-        });
-        if let Some(summary) = found
-            && newest.as_ref().is_none_or(|n| n.run_id < summary.id)
-        {
+        let Some(summary) = found.and_then(|bytes| serde_json::from_slice::<Summary>(&bytes).ok())
+        else {
+            continue;
+        };
+        if newest.as_ref().is_none_or(|n| n.run_id < summary.id) {
             newest = Some(FoundRun {
                 run_id: summary.id,
                 status: summary.status,
@@ -86,6 +84,13 @@ fn find_run(
         }
     }
     Ok(newest)
+}
+
+/// Only a stored summary's logical time (the rest is skipped unparsed).
+#[derive(serde::Deserialize)]
+struct Timed {
+    #[serde(default)]
+    logical_time: Option<String>,
 }
 
 impl EngineLoop {
