@@ -63,6 +63,27 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// SIGTERM, then waits (up to 20 s) for the worker to exit.
+    pub(crate) async fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        let sent = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(20),
+                "worker did not stop"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         self.kill();
@@ -523,21 +544,8 @@ async fn sigterm_hands_unfinished_attempts_back_and_they_finish_elsewhere() {
     let pid = wait_file(&mark).await;
     let _second = Worker::spawn(project.root(), &queue, 1);
     let stopped_at = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &first.pid().to_string()])
-        .status()
-        .unwrap();
     // The worker exits after its 2 s grace, having stopped the attempt.
-    let status = loop {
-        if let Some(status) = first.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            stopped_at.elapsed() < Duration::from_secs(20),
-            "worker did not stop"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = first.terminate().await;
     assert!(status.success(), "{status}");
     assert!(
         !process_alive(&pid),
@@ -936,20 +944,7 @@ async fn a_remote_check_moves_to_another_worker_when_its_worker_stops() {
     }
     let _second = Worker::spawn(project.root(), &queue, 1);
     let stopped_at = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &first.pid().to_string()])
-        .status()
-        .unwrap();
-    let status = loop {
-        if let Some(status) = first.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            stopped_at.elapsed() < Duration::from_secs(20),
-            "worker did not stop"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = first.terminate().await;
     assert!(status.success(), "{status}");
     // Its 2 s grace was not spent waiting for the check.
     assert!(
