@@ -94,6 +94,7 @@ impl Drop for Worker {
 async fn delete_queues(queue: &str) {
     broker::delete_queues(&[
         &format!("switchyard.tasks.{queue}"),
+        &format!("switchyard.tasks.{queue}.waits"),
         &format!("{queue}.results"),
     ])
     .await;
@@ -859,7 +860,9 @@ async fn a_remote_tasks_output_can_be_followed_while_it_runs() {
 
 /// A check with a `queue` polls on the worker, holding none of its
 /// `--concurrency` slots (a shell task on the same queue runs while it
-/// waits), and what it observes reaches the run record on the daemon.
+/// waits), is not held back by jobs waiting for a slot (its job comes
+/// through the queue's waits), and what it observes reaches the run
+/// record on the daemon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_check_polls_on_the_worker_without_holding_its_slot() {
     let Some(_shared) = broker::shared("workers_check").await else {
@@ -872,25 +875,42 @@ async fn a_remote_check_polls_on_the_worker_without_holding_its_slot() {
         &project.root().join("workflows"),
         "gate",
         &json!({"name": "gate", "tasks": [
+            {"id": "busy", "queue": queue, "shell": {"command": ["sleep", "4"]}},
+            {"id": "queued", "queue": queue, "shell": {"command": ["echo", "ran"]}},
             {"id": "wait", "queue": queue, "timeout": "60s",
              "check": {"file": {"path": arrival.to_str().unwrap()}, "interval": "100ms"}},
-            {"id": "work", "queue": queue, "shell": {"command": ["echo", "ran"]}},
+            {"id": "work", "queue": queue, "after": ["busy", "queued"], "shell": {"command": ["echo", "ran"]}},
         ]}),
     );
     let daemon = project.start(None).await;
     let _worker = Worker::spawn(project.root(), &queue, 1);
     let id = start_run(&daemon, "gate", json!({})).await;
+    // While one shell task takes the worker's only slot and another waits
+    // for it, the check polls.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let run = daemon.get(&format!("/api/v1/runs/{id}")).await;
+        if run["tasks"]["wait"]["observation"]["summary"] == "no file matches" {
+            assert_eq!(
+                run["tasks"]["busy"]["status"], "running",
+                "the check waited for the slot: {run}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the check never polled: {run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The shell tasks run one at a time beside it.
+    loop {
+        let run = daemon.get(&format!("/api/v1/runs/{id}")).await;
         let (wait, work) = (&run["tasks"]["wait"], &run["tasks"]["work"]);
-        if work["status"] == "succeeded" && wait["observation"]["summary"] == "no file matches" {
+        if work["status"] == "succeeded" {
             assert_eq!(wait["status"], "running", "{run}");
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the shell task did not run beside the waiting check, or no observation came: {run}"
+            "the shell tasks did not run beside the waiting check: {run}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

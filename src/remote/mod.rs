@@ -644,7 +644,7 @@ impl Remote {
     }
 
     async fn publish_job(&self, queue: &str, job: &Job) -> Result<(), String> {
-        let name = protocol::task_queue(queue);
+        let name = protocol::job_queue(queue, &job.kind);
         self.declare(&name).await?;
         let body = serde_json::to_vec(job).map_err(|e| e.to_string())?;
         let properties = BasicProperties::default()

@@ -4,7 +4,9 @@
 //!
 //! Queues:
 //! - `switchyard.tasks.<queue>` (durable): [`Job`]s, persistent and
-//!   publisher-confirmed, for the workers consuming `<queue>`.
+//!   publisher-confirmed, for the workers consuming `<queue>`;
+//!   `switchyard.tasks.<queue>.waits` the same for kinds that take no slot
+//!   (`check`, `sleep`), consumed with a prefetch of their own.
 //! - the daemon's result queue (durable, `workers.results_queue`, default
 //!   `switchyard.results`): everything a worker says ([`FromWorker`]).
 //! - `switchyard.worker.<worker id>` (exclusive, auto-delete): what the
@@ -43,6 +45,22 @@ pub const DEFAULT_RESULTS_QUEUE: &str = "switchyard.results";
 /// The durable queue of a task queue name.
 pub fn task_queue(queue: &str) -> String {
     format!("switchyard.tasks.{queue}")
+}
+
+/// The durable queue of a task queue's waits: jobs of kinds that take no
+/// slot (`check`, `sleep`), consumed beside the task queue with a prefetch
+/// of their own, so a wait is never stuck behind jobs waiting for a slot.
+pub fn waits_queue(queue: &str) -> String {
+    format!("switchyard.tasks.{queue}.waits")
+}
+
+/// The queue a job of `kind` goes to.
+pub fn job_queue(queue: &str, kind: &str) -> String {
+    if crate::executors::kind_name(kind).is_some_and(|k| !crate::executors::holds_slot(k)) {
+        waits_queue(queue)
+    } else {
+        task_queue(queue)
+    }
 }
 
 /// The control queue of one worker.

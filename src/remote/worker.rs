@@ -41,6 +41,8 @@ use super::protocol::{
 use crate::amqp::{Backoff, Broker, Endpoint, Outgoing};
 use crate::executors::{self, AttemptContext, AttemptOutcome};
 
+/// Jobs of kinds that take no slot (`check`, `sleep`) held at once.
+const WAITS_PREFETCH: u16 = 256;
 /// How often an unanswered claim is sent again.
 const CLAIM_RETRY: Duration = Duration::from_secs(2);
 /// Heartbeat interval until a job says the daemon's.
@@ -188,7 +190,7 @@ pub async fn run(options: WorkerOptions, stop: CancellationToken) -> Result<(), 
         return Err("`--concurrency` must be at least 1".into());
     }
     for queue in &options.queues {
-        crate::amqp::short("queue name", &protocol::task_queue(queue))?;
+        crate::amqp::short("queue name", &protocol::waits_queue(queue))?;
     }
     let (id, host) = worker_id();
     let own_dir = options.data_dir.join(&id);
@@ -449,10 +451,25 @@ async fn consume(
     jobs.basic_qos(prefetch, BasicQosOptions::default())
         .await
         .map_err(broker(format!("basic.qos {prefetch}")))?;
+    // Waits take no slot: many at once, on a channel of their own.
+    let waits = connection
+        .create_channel()
+        .await
+        .map_err(broker("cannot open a channel".into()))?;
+    waits
+        .basic_qos(WAITS_PREFETCH, BasicQosOptions::default())
+        .await
+        .map_err(broker(format!("basic.qos {WAITS_PREFETCH}")))?;
     // Every queue's deliveries into one stream.
     let (forward, mut deliveries) = tokio::sync::mpsc::channel(options.concurrency.max(1));
-    for queue in &options.queues {
-        let name = crate::amqp::short("queue name", &protocol::task_queue(queue))?;
+    let sources = options.queues.iter().flat_map(|queue| {
+        [
+            (&jobs, protocol::task_queue(queue)),
+            (&waits, protocol::waits_queue(queue)),
+        ]
+    });
+    for (jobs, name) in sources {
+        let name = crate::amqp::short("queue name", &name)?;
         jobs.queue_declare(
             name.clone(),
             QueueDeclareOptions {
@@ -496,6 +513,7 @@ async fn consume(
             _ = stop.cancelled() => {
                 // Unacked jobs (waiting for a grant) go back to the queue.
                 let _ = jobs.close(200, "worker stopping".into()).await;
+                let _ = waits.close(200, "worker stopping".into()).await;
                 return Ok(());
             }
             order = orders.next() => match order {

@@ -540,7 +540,7 @@ fn compile(c: &mut Collector<'_>, raw: WorkflowFile, source: Arc<[u8]>) -> Optio
             if queue.trim().is_empty() {
                 c.error(at, "queue name must not be empty");
             } else if let Err(e) =
-                crate::amqp::short("queue name", &crate::remote::protocol::task_queue(queue))
+                crate::amqp::short("queue name", &crate::remote::protocol::waits_queue(queue))
             {
                 c.error(at, e);
             } else if kind == "workflow" {
