@@ -738,6 +738,67 @@ async fn a_run_check_waits_for_the_upstream_run_of_its_logical_time() {
 // ---------------------------------------------------------------------------
 // slots
 
+/// With `same: day`, workflows on different schedules depend on each
+/// other by day: a 02:00 downstream finds the 01:00 upstream of its UTC
+/// day, not the previous day's late one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_check_with_same_day_matches_an_upstream_of_another_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = workflow(json!({"name": "upstream", "tasks": [{"id": "t", "noop": {}}]}));
+    let downstream = workflow(json!({"name": "downstream", "tasks": [
+        {"id": "wait", "timeout": "60s",
+         "check": {"run": {"workflow": "upstream", "same": "day"}, "interval": "100ms"}},
+    ]}));
+    let runtime = start(dir.path(), |_| {});
+    let handle = runtime.handle();
+    let at = |id: &str, time: &str| Some(json!({"id": id, "type": "test.day", "time": time}));
+    let late = handle
+        .run_to_end(
+            upstream.clone(),
+            Map::new(),
+            at("e-late", "2026-11-30T23:30:00Z"),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let down_id = handle
+        .start_run(downstream, Map::new(), at("e-down", "2026-12-01T02:00:00Z"))
+        .await
+        .unwrap();
+    let record = wait_until(
+        &handle,
+        down_id,
+        "no observation",
+        Duration::from_secs(30),
+        |r| !summary(r, "wait").is_empty() || r.status.is_terminal(),
+    )
+    .await;
+    assert_eq!(
+        record.tasks["wait"]["status"], "running",
+        "held on the previous day's run: {record:?}"
+    );
+    assert!(summary(&record, "wait").contains("same day"), "{record:?}");
+    let early = handle
+        .run_to_end(
+            upstream,
+            Map::new(),
+            at("e-early", "2026-12-01T01:00:00Z"),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let record = wait_ended(&handle, down_id, Duration::from_secs(60)).await;
+    assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
+    let output = &record.tasks["wait"]["output"];
+    assert_eq!(output["run_id"], early.id.to_string(), "{output}");
+    assert_ne!(output["run_id"], late.id.to_string(), "{output}");
+    assert_eq!(
+        output["logical_time"], "2026-12-01T01:00:00.000Z",
+        "{output}"
+    );
+    runtime.shutdown().await;
+}
+
 /// Fifty waiting checks with `max_parallel_tasks` 2 hold no slot: a shell
 /// task still runs at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -948,6 +1009,10 @@ fn a_bad_check_is_refused_at_load_naming_the_path() {
         (
             json!({"run": {"workflow": "up", "status": "finished"}}),
             "tasks[0].check.run",
+        ),
+        (
+            json!({"run": {"workflow": "up", "same": "week"}}),
+            "tasks[0].check.run.same",
         ),
         // Event data must not become code, nor walk out of a directory.
         (

@@ -99,6 +99,27 @@ pub struct RunCondition {
     /// (`run.logical_time`): the upstream run for the same schedule tick.
     #[serde(default)]
     pub logical_time: Option<String>,
+    /// How close the upstream run's logical time must be: `instant`
+    /// (default: the same instant), `hour` or `day` (the same UTC hour or
+    /// day, for workflows on different schedules: an upstream at 01:00 and
+    /// a downstream at 02:00 share a day).
+    #[serde(default)]
+    pub same: Option<String>,
+}
+
+/// A span of logical times, `[from, until)`.
+pub type Window = (Millis, Millis);
+
+/// The logical times `same` accepts around `at`.
+fn window(same: &str, at: Millis) -> Result<Window, String> {
+    let span: Millis = match same {
+        "instant" => return Ok((at, at + 1)),
+        "hour" => 3_600_000,
+        "day" => 86_400_000,
+        other => return Err(format!("`{other}` is not one of instant, hour, day")),
+    };
+    let from = at.div_euclid(span) * span;
+    Ok((from, from + span))
 }
 
 /// A run found by a `run` condition.
@@ -108,18 +129,20 @@ pub struct FoundRun {
     pub status: RunStatus,
     pub vars: Map<String, Value>,
     pub ended_at: Option<String>,
+    /// Its logical time (RFC 3339).
+    pub logical_time: Option<String>,
 }
 
 /// The runtime's side of checks.
 pub trait CheckHost: Send + Sync + std::fmt::Debug {
     /// Records what an attempt observed (the check sends only changes).
     fn observe(&self, run_id: RunId, task: Arc<str>, attempt: u32, observation: Value);
-    /// The newest run of `workflow` whose logical time is `logical_time`
-    /// and whose status is one of `statuses`.
+    /// The newest run of `workflow` whose logical time is within
+    /// `logical_times` and whose status is one of `statuses`.
     fn find_run(
         &self,
         workflow: String,
-        logical_time: Millis,
+        logical_times: Window,
         statuses: Vec<RunStatus>,
     ) -> BoxFuture<Result<Option<FoundRun>, String>>;
 }
@@ -224,6 +247,12 @@ impl Kind for Check {
                 && let Err(e) = parse_time(time)
             {
                 errors.push((".run.logical_time".into(), e));
+            }
+            if let Some(same) = &run.same
+                && !same.contains("${")
+                && let Err(e) = window(same, 0)
+            {
+                errors.push((".run.same".into(), e));
             }
         }
         if let Some(until) = &self.until {
@@ -478,6 +507,8 @@ enum Condition {
         statuses: Vec<RunStatus>,
         status_text: String,
         logical_time: Millis,
+        same: String,
+        window: Window,
     },
 }
 
@@ -537,11 +568,15 @@ impl Condition {
                      (a remote worker): give `logical_time`",
                 )?,
             };
+            let same = run.same.unwrap_or_else(|| "instant".into());
+            let window = window(&same, logical_time).map_err(|e| format!("run.same: {e}"))?;
             return Ok(Condition::Run {
                 workflow: run.workflow,
                 statuses,
                 status_text,
                 logical_time,
+                same,
+                window,
             });
         }
         Err("give one condition: `sql`, `http`, `file` or `run`".into())
@@ -715,6 +750,8 @@ impl Poller {
                 statuses,
                 status_text,
                 logical_time,
+                same,
+                window,
             } => {
                 let Some(host) = &ctx.checks else {
                     return Poll::Failed(AttemptOutcome::permanent_failure(
@@ -722,7 +759,7 @@ impl Poller {
                     ));
                 };
                 let found = tokio::select! {
-                    found = host.find_run(workflow.clone(), *logical_time, statuses.clone()) => found,
+                    found = host.find_run(workflow.clone(), *window, statuses.clone()) => found,
                     _ = ctx.cancel.cancelled() => return Poll::Cancelled,
                 };
                 match found {
@@ -731,11 +768,15 @@ impl Poller {
                         "status": run.status,
                         "vars": run.vars,
                         "ended_at": run.ended_at,
-                        "logical_time": crate::time::rfc3339(*logical_time),
+                        "logical_time": run.logical_time,
                     })),
                     Ok(None) => waiting(format!(
-                        "no {status_text} run of `{workflow}` for logical time {}",
-                        crate::time::rfc3339(*logical_time)
+                        "no {status_text} run of `{workflow}` for logical time {}{}",
+                        crate::time::rfc3339(*logical_time),
+                        match same.as_str() {
+                            "instant" => String::new(),
+                            other => format!(" (same {other}, UTC)"),
+                        }
                     )),
                     Err(e) => Poll::Failed(AttemptOutcome::permanent_failure(e)),
                 }
@@ -962,6 +1003,29 @@ mod tests {
         ] {
             assert!(!truthy(&no), "{no}");
         }
+    }
+
+    #[test]
+    fn same_hour_or_day_is_the_utc_hour_or_day_around_the_time() {
+        let at = parse_time("2026-12-01T02:30:15Z").unwrap();
+        let show =
+            |(from, until): Window| (crate::time::rfc3339(from), crate::time::rfc3339(until));
+        assert_eq!(window("instant", at).unwrap(), (at, at + 1));
+        assert_eq!(
+            show(window("hour", at).unwrap()),
+            (
+                "2026-12-01T02:00:00.000Z".into(),
+                "2026-12-01T03:00:00.000Z".into()
+            )
+        );
+        assert_eq!(
+            show(window("day", at).unwrap()),
+            (
+                "2026-12-01T00:00:00.000Z".into(),
+                "2026-12-02T00:00:00.000Z".into()
+            )
+        );
+        assert!(window("week", at).is_err());
     }
 
     #[test]

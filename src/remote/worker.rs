@@ -870,7 +870,7 @@ impl executors::check::CheckHost for WorkerChecks {
     fn find_run(
         &self,
         _workflow: String,
-        _logical_time: crate::log::Millis,
+        _logical_times: executors::check::Window,
         _statuses: Vec<crate::log::RunStatus>,
     ) -> executors::workflow::BoxFuture<Result<Option<executors::check::FoundRun>, String>> {
         Box::pin(async {

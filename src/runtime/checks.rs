@@ -6,7 +6,7 @@
 #[allow(unused_imports)]
 use super::*;
 
-use crate::executors::check::{CheckHost, FoundRun, RUN_SCAN};
+use crate::executors::check::{CheckHost, FoundRun, RUN_SCAN, Window};
 use crate::executors::workflow::BoxFuture;
 
 /// What `check` attempts talk to: the engine thread, and the log's run index.
@@ -28,12 +28,12 @@ impl CheckHost for RuntimeChecks {
     fn find_run(
         &self,
         workflow: String,
-        logical_time: Millis,
+        logical_times: Window,
         statuses: Vec<RunStatus>,
     ) -> BoxFuture<Result<Option<FoundRun>, String>> {
         let log = self.handle.log().clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || find_run(&log, &workflow, logical_time, &statuses))
+            tokio::task::spawn_blocking(move || find_run(&log, &workflow, logical_times, &statuses))
                 .await
                 .map_err(|e| format!("looking the run up failed: {e}"))?
         })
@@ -46,18 +46,20 @@ struct Summary {
     id: RunId,
     status: RunStatus,
     #[serde(default)]
+    logical_time: Option<String>,
+    #[serde(default)]
     vars: Map<String, Value>,
     #[serde(default)]
     ended_at: Option<String>,
 }
 
-/// The newest ended run of `workflow` with `logical_time` and one of
-/// `statuses`, through the run index (newest first, stopping at the first
+/// The newest ended run of `workflow` with a logical time in the window
+/// and one of `statuses`, through the run index (newest first, stopping at the first
 /// match; at most [`RUN_SCAN`] runs of each status are looked at).
 fn find_run(
     log: &Log,
     workflow: &str,
-    logical_time: Millis,
+    (from, until): Window,
     statuses: &[RunStatus],
 ) -> Result<Option<FoundRun>, String> {
     let mut newest: Option<FoundRun> = None;
@@ -67,7 +69,7 @@ fn find_run(
                 serde_json::from_slice::<Timed>(bytes)
                     .ok()
                     .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t.logical_time?).ok())
-                    .is_some_and(|at| at.timestamp_millis() == logical_time)
+                    .is_some_and(|at| (from..until).contains(&at.timestamp_millis()))
             })
             .map_err(|e| e.to_string())?;
         let Some(summary) = found.and_then(|bytes| serde_json::from_slice::<Summary>(&bytes).ok())
@@ -80,6 +82,7 @@ fn find_run(
                 status: summary.status,
                 vars: summary.vars,
                 ended_at: summary.ended_at,
+                logical_time: summary.logical_time,
             });
         }
     }
