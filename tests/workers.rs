@@ -858,6 +858,58 @@ async fn a_remote_tasks_output_can_be_followed_while_it_runs() {
     delete_queues(&queue).await;
 }
 
+/// A job delivered to a worker that is SIGKILLed while the job waits for
+/// its slot (unclaimed, unacked) comes back from the broker and runs once
+/// on another worker, as the same attempt; the running one is lost and
+/// retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waiting_for_a_slot_on_a_killed_worker_runs_once_elsewhere() {
+    let Some(_shared) = broker::shared("workers_prefetched").await else {
+        return;
+    };
+    let queue = broker::unique("prefetched");
+    let project = remote_project(&queue, "500ms");
+    let daemon = project.start(None).await;
+    let mut first = Worker::spawn(project.root(), &queue, 1);
+    let long_mark = project.root().join("long.pid");
+    let long = start_run(
+        &daemon,
+        "slow",
+        json!({"mark": long_mark.to_str().unwrap(), "secs": "4"}),
+    )
+    .await;
+    let pid = wait_file(&long_mark).await;
+    // A second job: delivered to the busy worker, where it waits for the slot.
+    let short_mark = project.root().join("short.pid");
+    let short = start_run(
+        &daemon,
+        "slow",
+        json!({"mark": short_mark.to_str().unwrap(), "secs": "0"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.kill();
+    wait_gone(&pid).await;
+    let _second = Worker::spawn(project.root(), &queue, 1);
+    for id in [&long, &short] {
+        let run = wait_run(&daemon, id, Duration::from_secs(60)).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+        let history = daemon.get(&format!("/api/v1/runs/{id}/history")).await;
+        let kinds = history_kinds(&history);
+        let finished = kinds.iter().filter(|k| *k == "attempt_finished").count();
+        assert_eq!(finished, 1, "{kinds:?}");
+    }
+    let run = daemon.get(&format!("/api/v1/runs/{long}")).await;
+    assert_eq!(
+        run["tasks"]["wait"]["attempts"], 2,
+        "lost, then retried: {run}"
+    );
+    let run = daemon.get(&format!("/api/v1/runs/{short}")).await;
+    assert_eq!(run["tasks"]["wait"]["attempts"], 1, "{run}");
+    daemon.stop().await;
+    delete_queues(&queue).await;
+}
+
 /// A check with a `queue` polls on the worker, holding none of its
 /// `--concurrency` slots (a shell task on the same queue runs while it
 /// waits), is not held back by jobs waiting for a slot (its job comes
