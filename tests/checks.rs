@@ -41,6 +41,22 @@ fn params(value: Value) -> Map<String, Value> {
     serde_json::from_value(value).unwrap()
 }
 
+/// A run of `wf` with `params`, started by an event at logical time
+/// `time`, to its end.
+async fn run_at(
+    handle: &RuntimeHandle,
+    wf: &Arc<Workflow>,
+    params: Map<String, Value>,
+    event_id: &str,
+    time: &str,
+) -> RunRecord {
+    let event = json!({"id": event_id, "type": "test.day", "time": time});
+    handle
+        .run_to_end(Arc::clone(wf), params, Some(event), |_| {})
+        .await
+        .unwrap()
+}
+
 /// Polls the run's record until `done` holds (panics with `what` after `within`).
 async fn wait_until(
     handle: &RuntimeHandle,
@@ -538,10 +554,11 @@ async fn a_file_check_waits_for_a_non_empty_file_to_settle() {
     let inbox = dir.path().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     std::fs::write(inbox.join("notes.txt"), "not a csv").unwrap();
-    let pattern = format!("{}/*.csv", inbox.display());
+    // The directory and the glob under it (`path` alone may be a glob too).
     let wf = workflow(json!({"name": "wait_file", "tasks": [
         {"id": "wait", "timeout": "60s", "check": {
-            "file": {"path": pattern, "settle": "400ms", "non_empty": true},
+            "file": {"path": inbox.to_str().unwrap(), "pattern": "*.csv",
+                     "settle": "400ms", "non_empty": true},
             "interval": "50ms"}},
     ]}));
     let runtime = start(dir.path(), |_| {});
@@ -639,15 +656,14 @@ async fn a_run_check_waits_for_the_upstream_run_of_its_logical_time() {
     let at = |id: &str, time: &str| Some(json!({"id": id, "type": "test.day", "time": time}));
 
     // Upstream for another day, succeeded.
-    let other_day = handle
-        .run_to_end(
-            upstream.clone(),
-            params(json!({"ok": "yes"})),
-            at("e-up-1", "2026-11-30T00:00:00Z"),
-            |_| {},
-        )
-        .await
-        .unwrap();
+    let other_day = run_at(
+        &handle,
+        &upstream,
+        params(json!({"ok": "yes"})),
+        "e-up-1",
+        "2026-11-30T00:00:00Z",
+    )
+    .await;
     assert_eq!(other_day.status, RunStatus::Succeeded, "{other_day:?}");
 
     let down_id = handle
@@ -676,15 +692,14 @@ async fn a_run_check_waits_for_the_upstream_run_of_its_logical_time() {
     );
 
     // Upstream for the same day, failed: not what it waits for.
-    let failed = handle
-        .run_to_end(
-            upstream.clone(),
-            params(json!({"ok": "no"})),
-            at("e-up-2", "2026-12-01T00:00:00Z"),
-            |_| {},
-        )
-        .await
-        .unwrap();
+    let failed = run_at(
+        &handle,
+        &upstream,
+        params(json!({"ok": "no"})),
+        "e-up-2",
+        "2026-12-01T00:00:00Z",
+    )
+    .await;
     assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
     tokio::time::sleep(Duration::from_millis(600)).await;
     let record = handle.run_record(down_id).await.unwrap().unwrap();
@@ -694,15 +709,14 @@ async fn a_run_check_waits_for_the_upstream_run_of_its_logical_time() {
     );
 
     // Upstream for the same day, succeeded.
-    let same_day = handle
-        .run_to_end(
-            upstream.clone(),
-            params(json!({"ok": "yes"})),
-            at("e-up-3", "2026-12-01T00:00:00Z"),
-            |_| {},
-        )
-        .await
-        .unwrap();
+    let same_day = run_at(
+        &handle,
+        &upstream,
+        params(json!({"ok": "yes"})),
+        "e-up-3",
+        "2026-12-01T00:00:00Z",
+    )
+    .await;
     assert_eq!(same_day.status, RunStatus::Succeeded, "{same_day:?}");
     let record = wait_ended(&handle, down_id, Duration::from_secs(60)).await;
     assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
@@ -719,15 +733,14 @@ async fn a_run_check_waits_for_the_upstream_run_of_its_logical_time() {
             "workflow": "upstream", "status": "failed",
             "logical_time": "2026-12-01T00:00:00Z"}}},
     ]}));
-    let record = handle
-        .run_to_end(
-            explicit,
-            Map::new(),
-            at("e-x", "2027-01-01T00:00:00Z"),
-            |_| {},
-        )
-        .await
-        .unwrap();
+    let record = run_at(
+        &handle,
+        &explicit,
+        Map::new(),
+        "e-x",
+        "2027-01-01T00:00:00Z",
+    )
+    .await;
     assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
     let output = &record.tasks["wait"]["output"];
     assert_eq!(output["run_id"], failed.id.to_string(), "{output}");
@@ -752,15 +765,14 @@ async fn a_run_check_with_same_day_matches_an_upstream_of_another_hour() {
     let runtime = start(dir.path(), |_| {});
     let handle = runtime.handle();
     let at = |id: &str, time: &str| Some(json!({"id": id, "type": "test.day", "time": time}));
-    let late = handle
-        .run_to_end(
-            upstream.clone(),
-            Map::new(),
-            at("e-late", "2026-11-30T23:30:00Z"),
-            |_| {},
-        )
-        .await
-        .unwrap();
+    let late = run_at(
+        &handle,
+        &upstream,
+        Map::new(),
+        "e-late",
+        "2026-11-30T23:30:00Z",
+    )
+    .await;
     let down_id = handle
         .start_run(downstream, Map::new(), at("e-down", "2026-12-01T02:00:00Z"))
         .await
@@ -778,15 +790,14 @@ async fn a_run_check_with_same_day_matches_an_upstream_of_another_hour() {
         "held on the previous day's run: {record:?}"
     );
     assert!(summary(&record, "wait").contains("same day"), "{record:?}");
-    let early = handle
-        .run_to_end(
-            upstream,
-            Map::new(),
-            at("e-early", "2026-12-01T01:00:00Z"),
-            |_| {},
-        )
-        .await
-        .unwrap();
+    let early = run_at(
+        &handle,
+        &upstream,
+        Map::new(),
+        "e-early",
+        "2026-12-01T01:00:00Z",
+    )
+    .await;
     let record = wait_ended(&handle, down_id, Duration::from_secs(60)).await;
     assert_eq!(record.status, RunStatus::Succeeded, "{record:?}");
     let output = &record.tasks["wait"]["output"];
@@ -1022,6 +1033,14 @@ fn a_bad_check_is_refused_at_load_naming_the_path() {
         (
             json!({"file": {"path": "/data/in/../../etc/*"}}),
             "tasks[0].check.file.path",
+        ),
+        (
+            json!({"file": {"path": "/data/in", "pattern": "../*"}}),
+            "tasks[0].check.file.pattern",
+        ),
+        (
+            json!({"file": {"path": "/data/in", "pattern": "/etc/*"}}),
+            "tasks[0].check.file.pattern",
         ),
         // Settings that would be ignored, or poll without pause.
         (

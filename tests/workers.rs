@@ -166,6 +166,50 @@ async fn wait_run(daemon: &Daemon, id: &str, within: Duration) -> Value {
     }
 }
 
+/// Polls a run's record until `done` holds (60 s at most).
+async fn wait_run_until(
+    daemon: &Daemon,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = daemon.get(&format!("/api/v1/runs/{id}")).await;
+        if done(&run) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "{what}: {run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A remote check's workflow `gate`, with `tasks` beside its check `wait`
+/// for the file this returns.
+fn check_workflow(project: &Project, queue: &str, tasks: Vec<Value>) -> std::path::PathBuf {
+    let arrival = project.root().join("arrival.txt");
+    let mut tasks = tasks;
+    tasks.push(json!({"id": "wait", "queue": queue, "timeout": "120s",
+        "check": {"file": {"path": arrival.to_str().unwrap()}, "interval": "100ms"}}));
+    write_workflow(
+        &project.root().join("workflows"),
+        "gate",
+        &json!({"name": "gate", "tasks": tasks}),
+    );
+    arrival
+}
+
+/// Writes the file a remote check waits for; the run succeeds with the
+/// check's one attempt; returns the run's record kinds.
+async fn arrive(daemon: &Daemon, id: &str, arrival: &Path) -> Vec<String> {
+    std::fs::write(arrival, "here").unwrap();
+    let run = wait_run(daemon, id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["tasks"]["wait"]["output"]["count"], 1, "{run}");
+    assert_eq!(run["tasks"]["wait"]["attempts"], 1, "{run}");
+    history_kinds(&daemon.get(&format!("/api/v1/runs/{id}/history")).await)
+}
+
 fn history_kinds(history: &Value) -> Vec<String> {
     history["records"]
         .as_array()
@@ -922,63 +966,76 @@ async fn a_remote_check_polls_on_the_worker_without_holding_its_slot() {
     };
     let queue = broker::unique("check");
     let project = remote_project(&queue, "500ms");
-    let arrival = project.root().join("arrival.txt");
-    write_workflow(
-        &project.root().join("workflows"),
-        "gate",
-        &json!({"name": "gate", "tasks": [
-            {"id": "busy", "queue": queue, "shell": {"command": ["sleep", "4"]}},
-            {"id": "queued", "queue": queue, "shell": {"command": ["echo", "ran"]}},
-            {"id": "wait", "queue": queue, "timeout": "60s",
-             "check": {"file": {"path": arrival.to_str().unwrap()}, "interval": "100ms"}},
-            {"id": "work", "queue": queue, "after": ["busy", "queued"], "shell": {"command": ["echo", "ran"]}},
-        ]}),
+    let arrival = check_workflow(
+        &project,
+        &queue,
+        vec![
+            json!({"id": "busy", "queue": queue, "shell": {"command": ["sleep", "4"]}}),
+            json!({"id": "queued", "queue": queue, "shell": {"command": ["echo", "ran"]}}),
+            json!({"id": "work", "queue": queue, "after": ["busy", "queued"], "shell": {"command": ["echo", "ran"]}}),
+        ],
     );
     let daemon = project.start(None).await;
     let _worker = Worker::spawn(project.root(), &queue, 1);
     let id = start_run(&daemon, "gate", json!({})).await;
     // While one shell task takes the worker's only slot and another waits
     // for it, the check polls.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let run = daemon.get(&format!("/api/v1/runs/{id}")).await;
-        if run["tasks"]["wait"]["observation"]["summary"] == "no file matches" {
-            assert_eq!(
-                run["tasks"]["busy"]["status"], "running",
-                "the check waited for the slot: {run}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "the check never polled: {run}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let run = wait_run_until(&daemon, &id, "the check never polled", |run| {
+        run["tasks"]["wait"]["observation"]["summary"] == "no file matches"
+    })
+    .await;
+    assert_eq!(
+        run["tasks"]["busy"]["status"], "running",
+        "the check waited for the slot: {run}"
+    );
     // The shell tasks run one at a time beside it.
-    loop {
-        let run = daemon.get(&format!("/api/v1/runs/{id}")).await;
-        let (wait, work) = (&run["tasks"]["wait"], &run["tasks"]["work"]);
-        if work["status"] == "succeeded" {
-            assert_eq!(wait["status"], "running", "{run}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the shell tasks did not run beside the waiting check: {run}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    std::fs::write(&arrival, "here").unwrap();
-    let run = wait_run(&daemon, &id, Duration::from_secs(60)).await;
-    assert_eq!(run["status"], "succeeded", "{run}");
-    let output = &run["tasks"]["wait"]["output"];
-    assert_eq!(output["count"], 1, "{run}");
-    assert_eq!(run["tasks"]["wait"]["attempts"], 1, "{run}");
-    let history = daemon.get(&format!("/api/v1/runs/{id}/history")).await;
-    let kinds = history_kinds(&history);
+    let run = wait_run_until(&daemon, &id, "the shell tasks did not run", |run| {
+        run["tasks"]["work"]["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(run["tasks"]["wait"]["status"], "running", "{run}");
+    let kinds = arrive(&daemon, &id, &arrival).await;
     assert_eq!(
         kinds.iter().filter(|k| *k == "check_observed").count(),
         1,
         "{kinds:?}"
     );
+    daemon.stop().await;
+    delete_queues(&queue).await;
+}
+
+/// A remote check's `sql` may name a connection from switchyard.json: the
+/// daemon sends its URL in the job (workers have no `connections`), and
+/// the query runs on the worker against PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_sql_check_reaches_its_named_connection() {
+    let Some(_shared) = broker::shared("workers_check_sql").await else {
+        return;
+    };
+    let Some(url) =
+        crate::util::db::available("workers_check_sql", crate::util::db::POSTGRES).await
+    else {
+        return;
+    };
+    let queue = broker::unique("check_sql");
+    let project = Project::with_config(
+        &[],
+        &[],
+        json!({"workers": {"heartbeat": "500ms", "results_queue": format!("{queue}.results")},
+               "connections": {"warehouse": {"url": url}}}),
+    );
+    write_workflow(
+        &project.root().join("workflows"),
+        "ready",
+        &json!({"name": "ready", "tasks": [{"id": "wait", "queue": queue, "timeout": "60s",
+            "check": {"sql": {"connection": "warehouse", "query": "select 1 as ready"}, "interval": "100ms"}}]}),
+    );
+    let daemon = project.start(None).await;
+    let _worker = Worker::spawn(project.root(), &queue, 1);
+    let id = start_run(&daemon, "ready", json!({})).await;
+    let run = wait_run(&daemon, &id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["tasks"]["wait"]["output"]["scalar"], 1, "{run}");
     daemon.stop().await;
     delete_queues(&queue).await;
 }
@@ -993,27 +1050,14 @@ async fn a_remote_check_moves_to_another_worker_when_its_worker_stops() {
     };
     let queue = broker::unique("check_moves");
     let project = remote_project(&queue, "500ms");
-    let arrival = project.root().join("arrival.txt");
-    write_workflow(
-        &project.root().join("workflows"),
-        "gate",
-        &json!({"name": "gate", "tasks": [
-            {"id": "wait", "queue": queue, "timeout": "120s",
-             "check": {"file": {"path": arrival.to_str().unwrap()}, "interval": "100ms"}},
-        ]}),
-    );
+    let arrival = check_workflow(&project, &queue, Vec::new());
     let daemon = project.start(None).await;
     let mut first = Worker::spawn(project.root(), &queue, 1);
     let id = start_run(&daemon, "gate", json!({})).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let run = daemon.get(&format!("/api/v1/runs/{id}")).await;
-        if run["tasks"]["wait"]["observation"]["summary"] == "no file matches" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the check never polled: {run}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_run_until(&daemon, &id, "the check never polled", |run| {
+        run["tasks"]["wait"]["observation"]["summary"] == "no file matches"
+    })
+    .await;
     let _second = Worker::spawn(project.root(), &queue, 1);
     let stopped_at = Instant::now();
     let status = first.terminate().await;
@@ -1025,12 +1069,7 @@ async fn a_remote_check_moves_to_another_worker_when_its_worker_stops() {
         stopped_at.elapsed()
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    std::fs::write(&arrival, "here").unwrap();
-    let run = wait_run(&daemon, &id, Duration::from_secs(60)).await;
-    assert_eq!(run["status"], "succeeded", "{run}");
-    assert_eq!(run["tasks"]["wait"]["attempts"], 1, "{run}");
-    let history = daemon.get(&format!("/api/v1/runs/{id}/history")).await;
-    let kinds = history_kinds(&history);
+    let kinds = arrive(&daemon, &id, &arrival).await;
     assert_eq!(
         kinds.iter().filter(|k| *k == "attempt_started").count(),
         1,

@@ -75,8 +75,13 @@ pub struct Check {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileCondition {
-    /// A file path or a glob (`*`, `?`, `[…]`, `**`).
+    /// A file path or a glob (`*`, `?`, `[…]`, `**`); with `pattern`, the
+    /// directory the pattern is matched under.
     pub path: String,
+    /// A glob matched under the directory `path` (`"*.csv"`,
+    /// `"2026-*/part-*.parquet"`).
+    #[serde(default)]
+    pub pattern: Option<String>,
     /// A match counts once it has not been modified for this long (a file
     /// still being written does not).
     #[serde(default)]
@@ -214,16 +219,26 @@ impl Kind for Check {
             nested("http", found, errors);
         }
         if let Some(file) = &self.file {
-            if !file.path.contains("${")
-                && let Err(e) = glob::Pattern::new(&file.path)
-            {
-                errors.push((".file.path".into(), format!("not a glob: {e}")));
+            for (key, text) in [
+                (".file.path", Some(&file.path)),
+                (".file.pattern", file.pattern.as_ref()),
+            ] {
+                let Some(text) = text.filter(|t| !t.contains("${")) else {
+                    continue;
+                };
+                if let Err(e) = file_glob(text, None) {
+                    errors.push((key.into(), e));
+                }
             }
-            if std::path::Path::new(&file.path)
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
+            if file
+                .pattern
+                .as_deref()
+                .is_some_and(|p| std::path::Path::new(p).is_absolute())
             {
-                errors.push((".file.path".into(), "must not contain `..`".into()));
+                errors.push((
+                    ".file.pattern".into(),
+                    "is matched under `path`: give it relative (`*.csv`)".into(),
+                ));
             }
             if file.path.trim().is_empty() {
                 errors.push((".file.path".into(), "must not be empty".into()));
@@ -361,7 +376,7 @@ impl Kind for Check {
                     observation,
                     sooner,
                 } => (redact(&ctx, observation), sooner),
-                Poll::Failed(outcome) => return outcome,
+                Poll::Failed(outcome) => return *outcome,
                 Poll::Cancelled => {
                     return AttemptOutcome::failure(still_waiting(&last, "cancelled"));
                 }
@@ -544,16 +559,10 @@ impl Condition {
                 .map(crate::spec::parse_duration_text)
                 .transpose()
                 .map_err(|e| format!("file.settle: {e}"))?;
-            glob::Pattern::new(&file.path).map_err(|e| format!("file.path: not a glob: {e}"))?;
-            // A value from an event cannot walk out of the directory named.
-            if std::path::Path::new(&file.path)
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
-            {
-                return Err(format!("file.path `{}` must not contain `..`", file.path));
-            }
+            let path =
+                file_glob(&file.path, file.pattern.as_deref()).map_err(|e| format!("file: {e}"))?;
             return Ok(Condition::File {
-                path: file.path,
+                path,
                 settle,
                 non_empty: file.non_empty,
             });
@@ -581,6 +590,27 @@ impl Condition {
         }
         Err("give one condition: `sql`, `http`, `file` or `run`".into())
     }
+}
+
+/// The glob a `file` condition matches: `path`, or `pattern` under the
+/// directory `path`. Neither may hold `..`, so a value from an event cannot
+/// walk out of the directory named.
+fn file_glob(path: &str, pattern: Option<&str>) -> Result<String, String> {
+    let joined = match pattern {
+        Some(pattern) => std::path::Path::new(path)
+            .join(pattern)
+            .to_string_lossy()
+            .into_owned(),
+        None => path.to_string(),
+    };
+    if std::path::Path::new(&joined)
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(format!("`{joined}` must not contain `..`"));
+    }
+    glob::Pattern::new(&joined).map_err(|e| format!("`{joined}` is not a glob: {e}"))?;
+    Ok(joined)
 }
 
 fn statuses(text: &str) -> Result<Vec<RunStatus>, String> {
@@ -618,7 +648,7 @@ enum Poll {
         sooner: Option<Duration>,
     },
     /// No poll can succeed (a config the database refuses as such).
-    Failed(AttemptOutcome),
+    Failed(Box<AttemptOutcome>),
     Cancelled,
 }
 
@@ -650,61 +680,33 @@ impl Poller {
                     transaction: false,
                     ..(**sql).clone()
                 };
-                let outcome = query.execute(ctx.clone()).await;
-                if ctx.cancel.is_cancelled() {
-                    return Poll::Cancelled;
-                }
-                if !outcome.succeeded {
-                    return failed_poll(outcome);
-                }
+                let outcome = match answered(query.execute(ctx.clone()).await, ctx) {
+                    Ok(outcome) => outcome,
+                    Err(poll) => return poll,
+                };
                 let scalar = short(&outcome.output["scalar"]);
                 let rows = outcome.output["row_count"].clone();
-                let seen = format!("scalar {scalar} ({rows} rows)");
-                let holds = match &self.until {
-                    Some(until) => match judge(until, &outcome.output) {
-                        Judged::Holds(holds) => holds,
-                        Judged::NotBool(e) => {
-                            return Poll::Failed(AttemptOutcome::permanent_failure(e));
-                        }
-                        Judged::Error(e) => return waiting(format!("{seen}; {e}")),
-                    },
-                    None => truthy(&outcome.output["scalar"]),
-                };
-                if holds {
-                    return Poll::Held(outcome.output);
-                }
-                waiting(match &self.until {
-                    Some(until) => format!("{seen}: `{}` is false", until.source()),
-                    None => seen,
-                })
+                let truthy = truthy(&outcome.output["scalar"]);
+                self.judged(
+                    outcome.output,
+                    format!("scalar {scalar} ({rows} rows)"),
+                    truthy,
+                )
             }
             Condition::Http { http, expect } => {
-                let request = (**http).clone();
-                let outcome = request.execute(ctx.clone()).await;
-                if ctx.cancel.is_cancelled() {
-                    return Poll::Cancelled;
-                }
-                if !outcome.succeeded {
-                    return failed_poll(outcome);
-                }
-                let status = outcome.output["status"].as_u64().unwrap_or(0) as u16;
-                let holds = match &self.until {
-                    Some(until) => match judge(until, &outcome.output) {
-                        Judged::Holds(holds) => holds,
-                        Judged::NotBool(e) => {
-                            return Poll::Failed(AttemptOutcome::permanent_failure(e));
-                        }
-                        Judged::Error(e) => return waiting(format!("http {status}; {e}")),
-                    },
-                    None => expect.accepts(status).unwrap_or(false),
+                let outcome = match answered((**http).clone().execute(ctx.clone()).await, ctx) {
+                    Ok(outcome) => outcome,
+                    Err(poll) => return poll,
                 };
-                if holds {
-                    return Poll::Held(outcome.output);
-                }
-                waiting(match &self.until {
-                    Some(until) => format!("http {status}: `{}` is false", until.source()),
-                    None => format!("http {status}, expected {}", expect.describe()),
-                })
+                let status = outcome.output["status"].as_u64().unwrap_or(0) as u16;
+                let (seen, accepted) = match &self.until {
+                    Some(_) => (format!("http {status}"), false),
+                    None => (
+                        format!("http {status}, expected {}", expect.describe()),
+                        expect.accepts(status).unwrap_or(false),
+                    ),
+                };
+                self.judged(outcome.output, seen, accepted)
             }
             Condition::File {
                 path,
@@ -754,9 +756,9 @@ impl Poller {
                 window,
             } => {
                 let Some(host) = &ctx.checks else {
-                    return Poll::Failed(AttemptOutcome::permanent_failure(
+                    return Poll::Failed(Box::new(AttemptOutcome::permanent_failure(
                         "a `run` condition is checked by the daemon",
-                    ));
+                    )));
                 };
                 let found = tokio::select! {
                     found = host.find_run(workflow.clone(), *window, statuses.clone()) => found,
@@ -778,9 +780,31 @@ impl Poller {
                             other => format!(" (same {other}, UTC)"),
                         }
                     )),
-                    Err(e) => Poll::Failed(AttemptOutcome::permanent_failure(e)),
+                    Err(e) => Poll::Failed(Box::new(AttemptOutcome::permanent_failure(e))),
                 }
             }
+        }
+    }
+}
+
+impl Poller {
+    /// A `sql` or `http` poll that answered: held when `until` says so, or
+    /// (without one) when `by_default`; else waiting, having seen `seen`.
+    fn judged(&self, output: Value, seen: String, by_default: bool) -> Poll {
+        let holds = match &self.until {
+            None => by_default,
+            Some(until) => match judge(until, &output) {
+                Judged::Holds(holds) => holds,
+                Judged::NotBool(e) => {
+                    return Poll::Failed(Box::new(AttemptOutcome::permanent_failure(e)));
+                }
+                Judged::Error(e) => return waiting(format!("{seen}; {e}")),
+            },
+        };
+        match (&self.until, holds) {
+            (_, true) => Poll::Held(output),
+            (Some(until), false) => waiting(format!("{seen}: `{}` is false", until.source())),
+            (None, false) => waiting(seen),
         }
     }
 }
@@ -813,12 +837,24 @@ fn short(value: &Value) -> String {
     }
 }
 
+/// A `sql` or `http` poll's outcome when it answered; else what the poll
+/// comes to (cancelled, or a failed poll).
+fn answered(outcome: AttemptOutcome, ctx: &AttemptContext) -> Result<AttemptOutcome, Poll> {
+    if ctx.cancel.is_cancelled() {
+        return Err(Poll::Cancelled);
+    }
+    if !outcome.succeeded {
+        return Err(failed_poll(outcome));
+    }
+    Ok(outcome)
+}
+
 /// A poll that failed: a permanent failure (bad config) ends the check;
 /// anything else is what this poll saw, and the check goes on.
 fn failed_poll(outcome: AttemptOutcome) -> Poll {
     let error = outcome.error.clone().unwrap_or_else(|| "failed".into());
     if !outcome.retryable {
-        return Poll::Failed(outcome);
+        return Poll::Failed(Box::new(outcome));
     }
     waiting(format!("error: {error}"))
 }
@@ -1026,6 +1062,37 @@ mod tests {
             )
         );
         assert!(window("week", at).is_err());
+    }
+
+    #[test]
+    fn observations_are_recorded_in_a_burst_then_one_per_refill() {
+        let mut budget = Budget::new();
+        let taken = (0..BUDGET_BURST + 5).filter(|_| budget.take()).count();
+        assert_eq!(taken, BUDGET_BURST as usize);
+        // A refill's time later, one more.
+        budget.since -= BUDGET_REFILL;
+        assert!(budget.take());
+        assert!(!budget.take());
+    }
+
+    #[test]
+    fn a_pattern_is_matched_under_its_path_and_neither_climbs_out() {
+        assert_eq!(
+            file_glob("/data/in", Some("*.csv")).unwrap(),
+            "/data/in/*.csv"
+        );
+        assert_eq!(file_glob("/data/in/*.csv", None).unwrap(), "/data/in/*.csv");
+        assert!(
+            file_glob("/data/in", Some("../../etc/*"))
+                .unwrap_err()
+                .contains("..")
+        );
+        assert!(file_glob("/data/../etc", None).is_err());
+        assert!(
+            file_glob("/data/in", Some("["))
+                .unwrap_err()
+                .contains("not a glob")
+        );
     }
 
     #[test]

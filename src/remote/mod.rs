@@ -895,12 +895,7 @@ impl Remote {
             } => {
                 // Shown to followers (redacted there with the daemon's
                 // secrets too) when it comes from the attempt's worker.
-                let live = self.inner.attempts.lock().ok().and_then(|attempts| {
-                    let tracked = attempts.get(&attempt)?;
-                    (tracked.owner.as_deref() == Some(worker.as_str()))
-                        .then(|| tracked.live.clone())
-                        .flatten()
-                });
+                let live = self.owned_by(&worker, &attempt, |t| t.live.clone());
                 if let Some(live) = live {
                     let stream = match stream {
                         protocol::Stream::Stdout => crate::executors::live::Stream::Stdout,
@@ -917,12 +912,7 @@ impl Remote {
                 ..
             } => {
                 // Recorded when it comes from the attempt's worker.
-                let checks = self.inner.attempts.lock().ok().and_then(|attempts| {
-                    let tracked = attempts.get(&attempt)?;
-                    (tracked.owner.as_deref() == Some(worker.as_str()))
-                        .then(|| tracked.checks.clone())
-                        .flatten()
-                });
+                let checks = self.owned_by(&worker, &attempt, |t| t.checks.clone());
                 if let Some(checks) = checks {
                     checks.observe(
                         attempt.run_id,
@@ -952,6 +942,21 @@ impl Remote {
                 self.deliver(delivery, &worker, attempt, Report::Handback(reason));
             }
         }
+    }
+
+    /// `pick` of an attempt `worker` owns (output and observations count
+    /// only from the attempt's worker).
+    fn owned_by<T>(
+        &self,
+        worker: &str,
+        attempt: &AttemptRef,
+        pick: impl FnOnce(&Tracked) -> Option<T>,
+    ) -> Option<T> {
+        let attempts = self.inner.attempts.lock().ok()?;
+        let tracked = attempts.get(attempt)?;
+        (tracked.owner.as_deref() == Some(worker))
+            .then(|| pick(tracked))
+            .flatten()
     }
 
     /// Answers a claim: the first worker to ask gets the attempt.

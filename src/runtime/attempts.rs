@@ -73,7 +73,7 @@ impl EngineLoop {
                     children: Some(Arc::clone(&self.children)),
                     live: self.start_live(run_id, task, attempt, prepared.kind),
                     logical_time: Some(prepared.logical_time),
-                    checks: Some(Arc::clone(&self.checks)),
+                    checks: self.checks_for(prepared.kind),
                     observed: prepared.observed,
                 };
                 let tokio = self.tokio.clone();
@@ -171,7 +171,7 @@ impl EngineLoop {
             &queue,
             reattach,
             live,
-            Some(Arc::clone(&self.checks)),
+            self.checks_for(prepared.kind),
             executors::resumable(prepared.kind),
         );
         let attempt_task = self.tokio.spawn(async move {
@@ -194,6 +194,15 @@ impl EngineLoop {
             });
         });
         self.running.push(attempt_task);
+    }
+
+    /// Where an attempt of `kind` records observations: `check`s only.
+    fn checks_for(
+        &self,
+        kind: executors::KindName,
+    ) -> Option<Arc<dyn executors::check::CheckHost>> {
+        (kind == <executors::check::Check as executors::Kind>::NAME)
+            .then(|| Arc::clone(&self.checks))
     }
 
     /// The job of a remote attempt: the rendered config (a named database
