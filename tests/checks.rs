@@ -978,6 +978,34 @@ fn a_check_resumes_after_sigkill_with_its_one_attempt() {
 // ---------------------------------------------------------------------------
 // validation
 
+/// A file path filled from outside (a param, an event) cannot climb out of
+/// its directory: a rendered `..` fails the task before any poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rendered_file_path_with_dot_dot_fails_without_polling() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let wf = workflow(json!({"name": "from_event", "tasks": [
+        {"id": "wait", "timeout": "30s", "check": {
+            "file": {"path": inbox.to_str().unwrap(), "pattern": "${params.name}"},
+            "interval": "50ms"}},
+    ]}));
+    let runtime = start(dir.path(), |_| {});
+    let handle = runtime.handle();
+    let record = handle
+        .run_to_end(wf, params(json!({"name": "../../etc/*"})), None, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(record.status, RunStatus::Failed, "{record:?}");
+    let error = record.tasks["wait"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("must not contain `..`"), "{error}");
+    assert_eq!(
+        record.tasks["wait"]["attempts"], 1,
+        "not retried: {record:?}"
+    );
+    runtime.shutdown().await;
+}
+
 /// A bad check is refused at load, naming its path: two conditions, none,
 /// a bad interval or max_interval, a backoff under 1, an `until` that does
 /// not parse, an unknown key, a bad run status; the good shapes pass.
