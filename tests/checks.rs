@@ -76,6 +76,18 @@ async fn wait_until(
     }
 }
 
+/// The run once its check `wait` has observed something (or it ended).
+async fn observed_or_ended(handle: &RuntimeHandle, run_id: RunId) -> RunRecord {
+    wait_until(
+        handle,
+        run_id,
+        "no observation",
+        Duration::from_secs(30),
+        |r| !summary(r, "wait").is_empty() || r.status.is_terminal(),
+    )
+    .await
+}
+
 async fn wait_ended(handle: &RuntimeHandle, run_id: RunId, within: Duration) -> RunRecord {
     wait_until(handle, run_id, "the run did not end", within, |r| {
         r.status.is_terminal()
@@ -358,14 +370,7 @@ async fn an_until_that_cannot_be_evaluated_yet_keeps_the_check_waiting() {
     });
     let handle = runtime.handle();
     let run_id = handle.start_run(wf, Map::new(), None).await.unwrap();
-    let record = wait_until(
-        &handle,
-        run_id,
-        "no observation",
-        Duration::from_secs(30),
-        |r| !summary(r, "wait").is_empty() || r.status.is_terminal(),
-    )
-    .await;
+    let record = observed_or_ended(&handle, run_id).await;
     assert_eq!(record.tasks["wait"]["status"], "running", "{record:?}");
     assert!(summary(&record, "wait").contains("until:"), "{record:?}");
     pg(format!("insert into {t} (status) values ('done')")).await;
@@ -674,14 +679,7 @@ async fn a_run_check_waits_for_the_upstream_run_of_its_logical_time() {
         )
         .await
         .unwrap();
-    let record = wait_until(
-        &handle,
-        down_id,
-        "no observation",
-        Duration::from_secs(30),
-        |r| !summary(r, "wait").is_empty() || r.status.is_terminal(),
-    )
-    .await;
+    let record = observed_or_ended(&handle, down_id).await;
     assert_eq!(
         record.logical_time.as_deref(),
         Some("2026-12-01T00:00:00.000Z")
@@ -777,14 +775,7 @@ async fn a_run_check_with_same_day_matches_an_upstream_of_another_hour() {
         .start_run(downstream, Map::new(), at("e-down", "2026-12-01T02:00:00Z"))
         .await
         .unwrap();
-    let record = wait_until(
-        &handle,
-        down_id,
-        "no observation",
-        Duration::from_secs(30),
-        |r| !summary(r, "wait").is_empty() || r.status.is_terminal(),
-    )
-    .await;
+    let record = observed_or_ended(&handle, down_id).await;
     assert_eq!(
         record.tasks["wait"]["status"], "running",
         "held on the previous day's run: {record:?}"
