@@ -12,7 +12,9 @@
 //!    same `true` subprocess on the same broker (`benches/celery_workers.py`),
 //!    when a python with celery is found (`CELERY_PYTHON`, else `python3`).
 //!
-//! `cargo bench --bench workers` (needs RabbitMQ at `AMQP_URL` or the default).
+//! `cargo bench --bench workers` (needs RabbitMQ at `AMQP_URL` or the default);
+//! `SY_WORKERS_BENCH=latency` runs only the latency phase,
+//! `SY_WORKERS_BENCH=throughput` only the first.
 
 #![allow(clippy::unwrap_used)]
 
@@ -115,9 +117,17 @@ fn main() {
         let remote1 = workflow(root, "remote1");
         let local1 = workflow(root, "local1");
 
-        println!("remote shell tasks (`true`), {BACKLOG} queued, then N worker processes:");
+        let only = std::env::var("SY_WORKERS_BENCH").unwrap_or_default();
+        let phases: &[(usize, usize)] = if only == "latency" {
+            &[]
+        } else {
+            &[(1, 1), (2, 1), (4, 1), (1, 4), (2, 4)]
+        };
+        if !phases.is_empty() {
+            println!("remote shell tasks (`true`), {BACKLOG} queued, then N worker processes:");
+        }
         let mut rates = Vec::new();
-        for (processes, concurrency) in [(1, 1), (2, 1), (4, 1), (1, 4), (2, 4)] {
+        for &(processes, concurrency) in phases {
             let mut ends = Vec::new();
             for _ in 0..BACKLOG {
                 let (tx, rx) = tokio::sync::oneshot::channel();
@@ -155,49 +165,16 @@ fn main() {
 
         // The same backlog run by the daemon itself: what spawning the
         // process costs on this machine, with no broker in the way.
-        let started = Instant::now();
-        let mut ends = Vec::new();
-        for _ in 0..BACKLOG {
-            let handle = handle.clone();
-            let wf = Arc::clone(&local1);
-            ends.push(tokio::spawn(async move {
-                handle.run_to_end(wf, Map::new(), None, |_| {}).await
-            }));
+        if only != "latency" {
+            local_throughput(&handle, &local1).await;
         }
-        for end in ends {
-            assert_eq!(end.await.unwrap().unwrap().status.as_str(), "succeeded");
-        }
-        println!(
-            "  local (in the daemon, max_parallel_tasks 64): {:>7.0} tasks/s",
-            BACKLOG as f64 / started.elapsed().as_secs_f64()
-        );
 
-        println!("latency, {SEQUENTIAL} runs one after another (start to end, as the caller sees it):");
-        let workers = vec![worker(root, &queue, 1)];
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut p50s = Vec::new();
-        for (name, wf) in [("remote", &remote1), ("local", &local1)] {
-            let mut samples = Vec::new();
-            for i in 0..SEQUENTIAL + 20 {
-                let started = Instant::now();
-                let record = handle
-                    .run_to_end(Arc::clone(wf), Map::new(), None, |_| {})
-                    .await
-                    .unwrap();
-                assert_eq!(record.status.as_str(), "succeeded");
-                if i >= 20 {
-                    samples.push(started.elapsed().as_secs_f64() * 1000.0);
-                }
-            }
-            samples.sort_by(f64::total_cmp);
-            let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
-            println!("  {name:<6} p50 {p50:.2} ms  p99 {p99:.2} ms");
-            p50s.push(p50);
+        if only != "throughput" {
+            latency(&handle, root, &queue, &remote1, &local1).await;
         }
-        stop(workers);
-        println!("  added by running it remotely: p50 {:+.2} ms (target ≤ 2 ms)", p50s[0] - p50s[1]);
 
         match common::celery("celery_workers.py").await {
+            _ if only == "latency" => {}
             Some(celery) => {
                 println!("Celery prefork, the same `true` subprocess, {} queued:", celery["backlog"]);
                 for processes in [1, 2, 4] {
@@ -229,4 +206,62 @@ fn main() {
                 .await;
         }
     });
+}
+
+/// Sequential runs, remote (one worker) and local: what a remote task adds.
+async fn latency(
+    handle: &switchyard::runtime::RuntimeHandle,
+    root: &Path,
+    queue: &str,
+    remote1: &Arc<Workflow>,
+    local1: &Arc<Workflow>,
+) {
+    println!("latency, {SEQUENTIAL} runs one after another (start to end, as the caller sees it):");
+    let workers = vec![worker(root, queue, 1)];
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut p50s = Vec::new();
+    for (name, wf) in [("remote", remote1), ("local", local1)] {
+        let mut samples = Vec::new();
+        for i in 0..SEQUENTIAL + 20 {
+            let started = Instant::now();
+            let record = handle
+                .run_to_end(Arc::clone(wf), Map::new(), None, |_| {})
+                .await
+                .unwrap();
+            assert_eq!(record.status.as_str(), "succeeded");
+            if i >= 20 {
+                samples.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        samples.sort_by(f64::total_cmp);
+        let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
+        println!("  {name:<6} p50 {p50:.2} ms  p99 {p99:.2} ms");
+        p50s.push(p50);
+    }
+    stop(workers);
+    println!(
+        "  added by running it remotely: p50 {:+.2} ms (target ≤ 2 ms)",
+        p50s[0] - p50s[1]
+    );
+}
+
+/// The same backlog run by the daemon itself: what spawning the process
+/// costs on this machine, with no broker in the way.
+async fn local_throughput(handle: &switchyard::runtime::RuntimeHandle, local1: &Arc<Workflow>) {
+    let started = Instant::now();
+    let mut ends = Vec::new();
+    for _ in 0..BACKLOG {
+        let handle = handle.clone();
+        let wf = Arc::clone(local1);
+        ends.push(tokio::spawn(async move {
+            handle.run_to_end(wf, Map::new(), None, |_| {}).await
+        }));
+    }
+    for end in ends {
+        assert_eq!(end.await.unwrap().unwrap().status.as_str(), "succeeded");
+    }
+    println!(
+        "  local (in the daemon, max_parallel_tasks 64): {:>7.0} tasks/s",
+        BACKLOG as f64 / started.elapsed().as_secs_f64()
+    );
 }

@@ -736,14 +736,14 @@ async fn messages_of_another_protocol_version_are_refused_on_both_sides() {
         .to_string();
     assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
     assert_eq!(metric(&daemon, "switchyard_workers ").await, 1.0);
-    assert!(
-        metric(
-            &daemon,
-            "switchyard_remote_claims_total{answer=\"granted\"}"
-        )
-        .await
-            >= 6.0
-    );
+    // Six tasks taken: claimed through the task queue, or sent straight.
+    let claimed = metric(
+        &daemon,
+        "switchyard_remote_claims_total{answer=\"granted\"}",
+    )
+    .await;
+    let direct = metric(&daemon, "switchyard_remote_direct_total").await;
+    assert!(claimed + direct >= 6.0, "{claimed} + {direct}");
     daemon.stop().await;
     delete_queues(&queue).await;
 }
@@ -848,6 +848,91 @@ async fn a_worker_runs_at_most_its_concurrency_at_once() {
         "{:?}",
         started.elapsed()
     );
+    daemon.stop().await;
+    delete_queues(&queue).await;
+}
+
+/// Runs `remote3` and checks it succeeded on `worker` with each task's
+/// attempt started and finished once, nothing lost.
+async fn run_remote3_once_on(daemon: &Daemon, worker: &Worker) {
+    let id = start_run(daemon, "remote3", json!({})).await;
+    let run = wait_run(daemon, &id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    for task in ["a", "b", "c"] {
+        assert_eq!(run["vars"][task], u64::from(worker.pid()), "{run}");
+        assert_eq!(run["tasks"][task]["attempts"], 1, "{run}");
+    }
+    let history = daemon.get(&format!("/api/v1/runs/{id}/history")).await;
+    let kinds = history_kinds(&history);
+    let count = |kind: &str| kinds.iter().filter(|k| *k == kind).count();
+    assert_eq!(count("attempt_started"), 3, "{history}");
+    assert_eq!(count("attempt_finished"), 3, "{history}");
+    assert_eq!(count("attempt_lost"), 0, "{history}");
+}
+
+/// Messages waiting in a queue, by `rabbitmqctl`.
+async fn queue_depth(name: &str) -> Option<u64> {
+    let queues = tokio::task::spawn_blocking(|| broker::ctl(&["list_queues", "name", "messages"]))
+        .await
+        .unwrap();
+    queues
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_go_straight_to_an_idle_worker_without_a_claim_each_run_once() {
+    let Some(_shared) = broker::shared("workers_direct").await else {
+        return;
+    };
+    let queue = broker::unique("direct");
+    let project = remote_project(&queue, "500ms");
+    let daemon = project.start(None).await;
+    let worker = Worker::spawn(project.root(), &queue, 1);
+    // The first job goes through the task queue (the daemon has not heard
+    // of the worker yet); the worker heartbeats the daemon as it takes it.
+    run_remote3_once_on(&daemon, &worker).await;
+    let claims = "switchyard_remote_claims_total{answer=\"granted\"}";
+    let claimed = metric(&daemon, claims).await;
+    for _ in 0..10 {
+        run_remote3_once_on(&daemon, &worker).await;
+    }
+    let direct = metric(&daemon, "switchyard_remote_direct_total").await;
+    assert!(direct >= 27.0, "{direct} of 30 tasks sent straight");
+    assert!(metric(&daemon, claims).await - claimed <= 3.0);
+    assert_eq!(
+        metric(&daemon, "switchyard_remote_redirected_total").await,
+        0.0
+    );
+    assert_eq!(
+        queue_depth(&format!("switchyard.tasks.{queue}")).await,
+        Some(0)
+    );
+    daemon.stop().await;
+    delete_queues(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_for_a_worker_gone_since_its_last_heartbeat_goes_through_the_task_queue() {
+    let Some(_shared) = broker::shared("workers_direct_gone").await else {
+        return;
+    };
+    let queue = broker::unique("dgone");
+    // Heard from within two intervals, a worker may be sent jobs: 10 s.
+    let project = remote_project(&queue, "5s");
+    let daemon = project.start(None).await;
+    let mut gone = Worker::spawn(project.root(), &queue, 1);
+    run_remote3_once_on(&daemon, &gone).await;
+    // Killed, it has no control queue any more (its connection closed),
+    // though the daemon heard from it a moment ago.
+    gone.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let worker = Worker::spawn(project.root(), &queue, 1);
+    // The broker returns the job sent to the gone worker: it goes through
+    // the task queue, to the new worker, and runs once.
+    run_remote3_once_on(&daemon, &worker).await;
+    assert!(metric(&daemon, "switchyard_remote_redirected_total").await >= 1.0);
     daemon.stop().await;
     delete_queues(&queue).await;
 }

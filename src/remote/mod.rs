@@ -4,7 +4,9 @@
 //! every attempt, owns every deadline, and grants each attempt to exactly
 //! one worker.
 //!
-//! [`Remote::run`] is one remote attempt: it publishes the job (persistent,
+//! [`Remote::run`] is one remote attempt: it sends the job straight to a
+//! worker with a free slot when nothing waits in the task queue
+//! (`Remote::dispatch_direct`), or else publishes it (persistent,
 //! confirmed; retried while the broker is away), then waits for the
 //! worker's result, a cancel or timeout (sent to the worker as a `cancel`),
 //! heartbeats stopping (the attempt is lost, and retried like a local
@@ -35,10 +37,10 @@ use std::time::{Duration, Instant};
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    QueueDeclareOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +62,9 @@ const CANCEL_GRACE: Duration = Duration::from_secs(15);
 const RECONNECT_MARGIN: Duration = Duration::from_secs(5);
 /// Results handled at once (each waits for its flush before its ack).
 const PREFETCH: u16 = 512;
+/// How long a job sent straight to a worker may be on its way before a
+/// heartbeat that does not list it asks for a `fence`.
+const DIRECT_SETTLE: Duration = Duration::from_millis(250);
 
 /// How remote attempts are run (`workers` in switchyard.json).
 #[derive(Debug, Clone)]
@@ -132,6 +137,12 @@ struct Tracked {
     republish: bool,
     /// The worker granted it.
     owner: Option<String>,
+    /// Sent straight to its owner (`run`), with this number: until the
+    /// owner's heartbeats list it, or say it counted that number, it may
+    /// still be on its way.
+    direct: Option<u64>,
+    /// Its kind takes a `--concurrency` slot (all but `check`, `sleep`).
+    slot: bool,
     /// Last heartbeat (or the grant).
     seen: Instant,
     /// Re-attached after a restart: the owner is learnt from heartbeats.
@@ -148,6 +159,10 @@ struct SeenWorker {
     running: Vec<AttemptRef>,
     last: Instant,
     last_at: String,
+    /// It takes jobs straight from the daemon (its heartbeats say so).
+    direct: Option<protocol::DirectState>,
+    /// When the daemon last sent it a job straight (spreads them).
+    last_dispatch: Option<Instant>,
 }
 
 /// Counters for `/metrics`.
@@ -155,6 +170,11 @@ struct SeenWorker {
 pub struct RemoteMetrics {
     pub jobs_published: AtomicU64,
     pub claims_granted: AtomicU64,
+    /// Jobs sent straight to a worker with a free slot (no claim).
+    pub direct: AtomicU64,
+    /// Of those, sent through the task queue after all (the worker had no
+    /// free slot after all, or the job never reached it).
+    pub redirected: AtomicU64,
     pub claims_denied: AtomicU64,
     pub results: AtomicU64,
     /// Results for attempts no longer running: dropped.
@@ -198,6 +218,10 @@ struct Inner {
     /// attempt, or at start-up when a workflow has remote tasks).
     consuming: AtomicBool,
     stop: CancellationToken,
+    /// This daemon process, for workers counting its `run`s.
+    instance: String,
+    /// Numbers `run` and `fence` messages.
+    dispatches: AtomicU64,
 }
 
 impl Remote {
@@ -220,6 +244,8 @@ impl Remote {
                 metrics: RemoteMetrics::default(),
                 consuming: AtomicBool::new(false),
                 stop,
+                instance: uuid::Uuid::new_v4().simple().to_string(),
+                dispatches: AtomicU64::new(0),
             }),
         }
     }
@@ -356,6 +382,16 @@ impl Remote {
             ],
         );
         s.counter(
+            "remote_direct",
+            "Jobs sent straight to a worker with a free slot (no claim).",
+            get(&m.direct),
+        );
+        s.counter(
+            "remote_redirected",
+            "Jobs sent straight to a worker that went through the task queue after all.",
+            get(&m.redirected),
+        );
+        s.counter(
             "remote_results",
             "Results received from workers.",
             get(&m.results),
@@ -417,8 +453,12 @@ impl Remote {
         reattach: bool,
         live: Option<Arc<crate::executors::live::LiveAttempt>>,
         checks: Option<Arc<dyn crate::executors::check::CheckHost>>,
-        resumable: bool,
+        kind: crate::executors::KindName,
     ) -> Tracking {
+        let (resumable, slot) = (
+            crate::executors::resumable(kind),
+            crate::executors::holds_slot(kind),
+        );
         let (done, finished) = oneshot::channel();
         if let Ok(mut attempts) = self.inner.attempts.lock() {
             attempts.insert(
@@ -426,6 +466,8 @@ impl Remote {
                 Tracked {
                     queue: queue.to_string(),
                     owner: None,
+                    direct: None,
+                    slot,
                     seen: Instant::now(),
                     granted: None,
                     granted_seq: 0,
@@ -465,28 +507,31 @@ impl Remote {
         let mut finished = tracking.finished;
         let dispatched = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            let publish = self.publish_job(queue, &job);
-            tokio::select! {
-                result = publish => match result {
-                    Ok(()) => break,
-                    Err(e) => {
-                        let delay = backoff.next_delay();
-                        tracing::warn!(attempt = %key, queue, error = %e, retry_in = ?delay,
-                            "Cannot publish a remote task's job; retrying.");
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = cancel.cancelled() => {
-                                self.forget(&key);
-                                return Ended::verdict(RemoteEnd::Finished(AttemptOutcome::failure(
-                                    format!("cancelled before its job reached the broker ({e})"),
-                                )));
+        let direct = !tracking.reattached && self.dispatch_direct(queue, &job).await;
+        if !direct {
+            loop {
+                let publish = self.publish_job(queue, &job);
+                tokio::select! {
+                    result = publish => match result {
+                        Ok(()) => break,
+                        Err(e) => {
+                            let delay = backoff.next_delay();
+                            tracing::warn!(attempt = %key, queue, error = %e, retry_in = ?delay,
+                                "Cannot publish a remote task's job; retrying.");
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => {}
+                                _ = cancel.cancelled() => {
+                                    self.forget(&key);
+                                    return Ended::verdict(RemoteEnd::Finished(AttemptOutcome::failure(
+                                        format!("cancelled before its job reached the broker ({e})"),
+                                    )));
+                                }
                             }
                         }
-                    }
-                },
-                // A re-attached attempt's result may come before the republish.
-                ended = &mut finished => return ended.unwrap_or_else(|_| self.vanished()),
+                    },
+                    // A re-attached attempt's result may come before the republish.
+                    ended = &mut finished => return ended.unwrap_or_else(|_| self.vanished()),
+                }
             }
         }
         let tick = (self.inner.config.heartbeat / 4).max(Duration::from_millis(50));
@@ -643,6 +688,100 @@ impl Remote {
         Some(owner)
     }
 
+    /// Sends the job straight to a worker of `queue` with a free slot, when
+    /// nothing waits in the task queue (which goes first): the daemon picks
+    /// the worker, so no claim is needed, and the job skips the durable
+    /// queue (the attempt is in the daemon's log already; a restart sends
+    /// it again). False when there is no such worker: publish it.
+    async fn dispatch_direct(&self, queue: &str, job: &Job) -> bool {
+        if !self.inner.listening.load(Ordering::Relaxed) {
+            return false;
+        }
+        let fresh = self.inner.config.heartbeat * 2;
+        let chosen = (|| {
+            let mut attempts = self.inner.attempts.lock().ok()?;
+            let mut busy: HashMap<String, usize> = HashMap::new();
+            for (attempt, t) in attempts.iter().filter(|(_, t)| t.slot) {
+                match &t.owner {
+                    // A worker's slots, whichever queue it took them for.
+                    Some(owner) => *busy.entry(owner.clone()).or_default() += 1,
+                    // Waiting in this task queue: it goes first.
+                    None if t.queue == queue && *attempt != job.attempt => return None,
+                    None => {}
+                }
+            }
+            let tracked = attempts.get_mut(&job.attempt).filter(|t| t.slot)?;
+            let mut workers = self.inner.workers.lock().ok()?;
+            let (_, worker) = workers
+                .values_mut()
+                .filter(|w| {
+                    w.last.elapsed() <= fresh
+                        && w.direct.as_ref().is_some_and(|d| !d.closed)
+                        && w.info.queues.iter().any(|q| q == queue)
+                })
+                .filter_map(|w| {
+                    let taken = busy.get(&w.info.worker).copied().unwrap_or(0);
+                    let free = w.info.concurrency.saturating_sub(taken);
+                    (free > 0).then_some((free, w))
+                })
+                // Most free slots; of those, the one sent a job longest ago.
+                .max_by(|(fa, a), (fb, b)| {
+                    fa.cmp(fb).then(b.last_dispatch.cmp(&a.last_dispatch))
+                })?;
+            let now = Instant::now();
+            worker.last_dispatch = Some(now);
+            let dispatch = self.inner.dispatches.fetch_add(1, Ordering::Relaxed) + 1;
+            tracked.owner = Some(worker.info.worker.clone());
+            tracked.seen = now;
+            tracked.granted = Some(now);
+            // Not for the lost-grant check of claims: `direct` has its own.
+            tracked.granted_seq = u64::MAX;
+            tracked.direct = Some(dispatch);
+            Some((worker.info.worker.clone(), dispatch))
+        })();
+        let Some((worker, dispatch)) = chosen else {
+            return false;
+        };
+        let run = ToWorker::Run {
+            protocol: PROTOCOL,
+            daemon: self.inner.instance.clone(),
+            dispatch,
+            job: Box::new(job.clone()),
+        };
+        // Mandatory and confirmed: a worker gone since its last heartbeat
+        // has no control queue, and the broker says so.
+        match self.send_run(&worker, &run).await {
+            // Err(false): whether the broker has it is unknown (the
+            // connection broke); the worker's heartbeats settle it.
+            Ok(()) | Err(false) => {
+                self.inner.metrics.direct.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(true) => {
+                // Not routed: publish it instead, and send that worker no
+                // more until it heartbeats again.
+                self.inner
+                    .metrics
+                    .redirected
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut attempts) = self.inner.attempts.lock()
+                    && let Some(t) = attempts.get_mut(&job.attempt)
+                    && t.direct == Some(dispatch)
+                {
+                    t.owner = None;
+                    t.granted = None;
+                    t.direct = None;
+                }
+                if let Ok(mut workers) = self.inner.workers.lock()
+                    && let Some(w) = workers.get_mut(&worker)
+                {
+                    w.direct = None;
+                }
+                false
+            }
+        }
+    }
+
     async fn publish_job(&self, queue: &str, job: &Job) -> Result<(), String> {
         let name = protocol::job_queue(queue, &job.kind);
         self.declare(&name).await?;
@@ -702,33 +841,60 @@ impl Remote {
     }
 
     /// Sends a control message to a worker (not persistent: a worker that
-    /// is gone has no queue, and its attempts are lost anyway).
+    /// is gone has no queue, and its attempts are lost anyway), on the
+    /// consumer's channel, without waiting for its confirm.
     async fn send_control(&self, worker: &str, message: &ToWorker) {
+        let _ = self.publish_control(worker, message, false).await;
+    }
+
+    /// Sends a `run` to a worker: Ok once the broker confirmed it reached
+    /// the worker's control queue; Err(true) when it surely did not (no
+    /// such queue: the worker is gone), Err(false) when that is unknown.
+    async fn send_run(&self, worker: &str, message: &ToWorker) -> Result<(), bool> {
+        let confirm = self.publish_control(worker, message, true).await?;
+        let confirmed = tokio::time::timeout(crate::amqp::CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| false)?;
+        match confirmed {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(_)) => Err(true),
+            Ok(Confirmation::NotRequested) => Ok(()),
+            Err(_) => Err(false),
+        }
+    }
+
+    async fn publish_control(
+        &self,
+        worker: &str,
+        message: &ToWorker,
+        mandatory: bool,
+    ) -> Result<lapin::PublisherConfirm, bool> {
         let Some(channel) = self.inner.session.lock().await.clone() else {
-            return;
+            return Err(true);
         };
-        let Ok(body) = serde_json::to_vec(message) else {
-            return;
-        };
-        let Ok(routing_key) = crate::amqp::short("queue name", &protocol::control_queue(worker))
-        else {
-            return;
-        };
+        let body = serde_json::to_vec(message).map_err(|_| true)?;
+        let routing_key =
+            crate::amqp::short("queue name", &protocol::control_queue(worker)).map_err(|_| true)?;
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_headers(protocol::headers());
-        if let Err(e) = channel
+        channel
             .basic_publish(
                 "".into(),
                 routing_key,
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory,
+                    ..BasicPublishOptions::default()
+                },
                 &body,
                 properties,
             )
             .await
-        {
-            tracing::warn!(worker, error = %e, "Cannot send a control message to a worker.");
-        }
+            .map_err(|e| {
+                tracing::warn!(worker, error = %e, "Cannot send a control message to a worker.");
+                // Not handed to the connection: the broker never saw it.
+                true
+            })
     }
 
     /// Starts consuming the result queue (once), until the service's stop
@@ -807,6 +973,12 @@ impl Remote {
             .basic_qos(PREFETCH, BasicQosOptions::default())
             .await
             .map_err(|e| format!("basic.qos: {e}"))?;
+        // Control messages go out on this channel; a `run` waits for its
+        // confirm (a worker gone since its last heartbeat has no queue).
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| format!("confirm.select: {e}"))?;
         let mut consumer = channel
             .basic_consume(
                 queue,
@@ -870,9 +1042,21 @@ impl Remote {
                 reporting,
                 claiming,
                 seq,
+                direct,
                 ..
             } => {
-                let stale = self.on_heartbeat(worker.clone(), running, reporting, &claiming, seq);
+                let (stale, fence) =
+                    self.on_heartbeat(worker.clone(), running, reporting, &claiming, seq, direct);
+                if fence {
+                    let dispatch = self.inner.dispatches.fetch_add(1, Ordering::Relaxed) + 1;
+                    let fence = ToWorker::Fence {
+                        protocol: PROTOCOL,
+                        daemon: self.inner.instance.clone(),
+                        dispatch,
+                        reply_to: self.inner.config.results_queue.clone(),
+                    };
+                    self.send_control(&worker.worker, &fence).await;
+                }
                 for (attempt, reason) in stale {
                     self.send_control(
                         &worker.worker,
@@ -931,6 +1115,15 @@ impl Remote {
             } => {
                 self.inner.metrics.results.fetch_add(1, Ordering::Relaxed);
                 self.deliver(delivery, &worker, attempt, Report::Result(outcome));
+            }
+            FromWorker::Release {
+                worker,
+                attempt,
+                reason,
+                ..
+            } => {
+                self.released(&worker, &attempt, &reason);
+                let _ = delivery.ack(BasicAckOptions::default()).await;
             }
             FromWorker::Handback {
                 worker,
@@ -1020,8 +1213,39 @@ impl Remote {
         })
     }
 
+    /// A job sent straight to `worker` that it did not start: it goes
+    /// through the task queue (or, stopped meanwhile, ends here).
+    fn released(&self, worker: &str, attempt: &AttemptRef, reason: &str) {
+        let Ok(mut attempts) = self.inner.attempts.lock() else {
+            return;
+        };
+        let Some(tracked) = attempts.get_mut(attempt) else {
+            return;
+        };
+        if tracked.owner.as_deref() != Some(worker) || tracked.direct.is_none() {
+            return;
+        }
+        tracing::debug!(attempt = %attempt, worker, reason, "A job sent to a worker was released; publishing it.");
+        if let Some(stopping) = tracked.stopping.clone() {
+            let done = attempts.remove(attempt).and_then(|mut t| t.done.take());
+            if let Some(done) = done {
+                let _ = done.send(Ended::verdict(RemoteEnd::Finished(
+                    AttemptOutcome::failure(format!("{stopping} (before it started)")),
+                )));
+            }
+            return;
+        }
+        redirect(tracked);
+        self.inner
+            .metrics
+            .redirected
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records a heartbeat; returns the attempts this worker runs that are
-    /// not its own (another worker's, or no longer running), to cancel.
+    /// not its own (another worker's, or no longer running), to cancel,
+    /// and whether to send it a `fence` (a job sent straight to it is not
+    /// in its heartbeats yet).
     fn on_heartbeat(
         &self,
         info: WorkerInfo,
@@ -1029,7 +1253,8 @@ impl Remote {
         reporting: Vec<AttemptRef>,
         claiming: &[AttemptRef],
         seq: u64,
-    ) -> Vec<(AttemptRef, String)> {
+        direct: Option<protocol::DirectState>,
+    ) -> (Vec<(AttemptRef, String)>, bool) {
         let mut stale = Vec::new();
         if let Ok(mut attempts) = self.inner.attempts.lock() {
             for attempt in running.iter().chain(&reporting) {
@@ -1078,7 +1303,9 @@ impl Remote {
                 }
             }
         }
+        let fence = self.settle_direct(&info.worker, direct.as_ref(), &running, &reporting);
         if let Ok(mut workers) = self.inner.workers.lock() {
+            let last_dispatch = workers.get(&info.worker).and_then(|w| w.last_dispatch);
             workers.insert(
                 info.worker.clone(),
                 SeenWorker {
@@ -1086,13 +1313,69 @@ impl Remote {
                     running,
                     last: Instant::now(),
                     last_at: crate::time::format(crate::time::now()),
+                    direct,
+                    last_dispatch,
                 },
             );
             // Forget workers silent for a long time.
             let window = self.lost_after() * 20;
             workers.retain(|_, w| w.last.elapsed() < window);
         }
-        stale
+        (stale, fence)
+    }
+
+    /// Jobs sent straight to `worker` that its heartbeat does not list: one
+    /// whose number it counted (`upto`) arrived and was released, or was
+    /// lost on the way (a later message of the same control queue
+    /// arrived); so was one sent before it closed its control queue. Such
+    /// jobs go through the task queue. Others may be on their way: the
+    /// worker is alive, and after a moment a `fence` (whose arrival proves
+    /// they arrived or never will) is asked for.
+    fn settle_direct(
+        &self,
+        worker: &str,
+        direct: Option<&protocol::DirectState>,
+        running: &[AttemptRef],
+        reporting: &[AttemptRef],
+    ) -> bool {
+        let upto = direct
+            .filter(|d| d.daemon == self.inner.instance)
+            .map_or(0, |d| d.upto);
+        let closed = direct.is_some_and(|d| d.closed);
+        let mut fence = false;
+        let Ok(mut attempts) = self.inner.attempts.lock() else {
+            return false;
+        };
+        for (attempt, tracked) in attempts.iter_mut() {
+            let Some(number) = tracked.direct else {
+                continue;
+            };
+            if tracked.owner.as_deref() != Some(worker)
+                || running.contains(attempt)
+                || reporting.contains(attempt)
+            {
+                continue;
+            }
+            if upto >= number || closed {
+                if tracked.stopping.is_none() {
+                    tracing::warn!(attempt = %attempt, worker,
+                        "A job sent straight to a worker did not reach it; publishing it.");
+                    redirect(tracked);
+                    self.inner
+                        .metrics
+                        .redirected
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            } else {
+                // On its way, or lost: the worker lives, so the attempt is
+                // not lost; a fence settles which.
+                tracked.seen = Instant::now();
+                fence |= tracked
+                    .granted
+                    .is_some_and(|g| g.elapsed() >= DIRECT_SETTLE);
+            }
+        }
+        fence
     }
 
     /// Hands a result (or handback) to its attempt and acks the message
@@ -1174,6 +1457,15 @@ impl Remote {
     }
 }
 
+/// A job sent straight to a worker goes through the task queue instead
+/// (published again by [`Remote::run`]).
+fn redirect(tracked: &mut Tracked) {
+    tracked.owner = None;
+    tracked.granted = None;
+    tracked.direct = None;
+    tracked.republish = true;
+}
+
 /// What a worker reported about an attempt's end.
 enum Report {
     Result(RemoteOutcome),
@@ -1199,4 +1491,152 @@ fn finished(outcome: RemoteOutcome, stopping: Option<String>) -> AttemptOutcome 
         out.retryable = true;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service() -> Remote {
+        let endpoint = Endpoint::new("amqp://127.0.0.1:1/%2f").unwrap();
+        Remote::new(endpoint, RemoteConfig::default(), CancellationToken::new())
+    }
+
+    fn attempt(task: &str) -> AttemptRef {
+        AttemptRef {
+            run_id: uuid::Uuid::now_v7(),
+            task: task.into(),
+            attempt: 1,
+        }
+    }
+
+    /// Tracks `attempt` as sent straight to `worker` with `number`, `ago`.
+    fn sent_straight(
+        remote: &Remote,
+        attempt: &AttemptRef,
+        worker: &str,
+        number: u64,
+        ago: Duration,
+    ) -> Tracking {
+        let tracking = remote.track(attempt.clone(), "q", false, None, None, "shell");
+        let mut attempts = remote.inner.attempts.lock().unwrap();
+        let t = attempts.get_mut(attempt).unwrap();
+        t.owner = Some(worker.into());
+        t.granted = Some(Instant::now() - ago);
+        t.granted_seq = u64::MAX;
+        t.direct = Some(number);
+        tracking
+    }
+
+    fn state(remote: &Remote, upto: u64, closed: bool) -> protocol::DirectState {
+        protocol::DirectState {
+            free: 1,
+            daemon: remote.inner.instance.clone(),
+            upto,
+            closed,
+        }
+    }
+
+    fn owner(remote: &Remote, attempt: &AttemptRef) -> (Option<String>, bool) {
+        let attempts = remote.inner.attempts.lock().unwrap();
+        let t = &attempts[attempt];
+        (t.owner.clone(), t.republish)
+    }
+
+    #[test]
+    fn a_job_sent_straight_is_settled_by_the_workers_count_of_what_it_received() {
+        let remote = service();
+        let (on_way, listed, counted) = (attempt("a"), attempt("b"), attempt("c"));
+        let _a = sent_straight(&remote, &on_way, "w1", 5, Duration::from_secs(1));
+        let _b = sent_straight(&remote, &listed, "w1", 3, Duration::from_secs(1));
+        let _c = sent_straight(&remote, &counted, "w1", 2, Duration::from_secs(1));
+        // Counted up to 4: `c` (2) arrived and is not listed (released, or
+        // lost before a later message arrived): it goes through the task
+        // queue. `b` is listed. `a` (5) may be on its way: a fence.
+        let fence = remote.settle_direct(
+            "w1",
+            Some(&state(&remote, 4, false)),
+            std::slice::from_ref(&listed),
+            &[],
+        );
+        assert!(fence);
+        assert_eq!(owner(&remote, &on_way), (Some("w1".into()), false));
+        assert_eq!(owner(&remote, &listed), (Some("w1".into()), false));
+        assert_eq!(owner(&remote, &counted), (None, true));
+        // Another daemon's count says nothing about this one's messages.
+        let mut other = state(&remote, 9, false);
+        other.daemon = "another".into();
+        assert!(remote.settle_direct("w1", Some(&other), std::slice::from_ref(&listed), &[]));
+        assert_eq!(owner(&remote, &on_way), (Some("w1".into()), false));
+        // Just sent: no fence yet.
+        let fresh = attempt("d");
+        let remote2 = service();
+        let _d = sent_straight(&remote2, &fresh, "w1", 1, Duration::ZERO);
+        assert!(!remote2.settle_direct("w1", Some(&state(&remote2, 0, false)), &[], &[]));
+        // The fence counted: `a` never arrived, and never will.
+        assert!(!remote.settle_direct(
+            "w1",
+            Some(&state(&remote, 6, false)),
+            std::slice::from_ref(&listed),
+            &[]
+        ));
+        assert_eq!(owner(&remote, &on_way), (None, true));
+        assert_eq!(remote.inner.metrics.redirected.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_closed_control_queue_sends_what_it_missed_through_the_task_queue() {
+        let remote = service();
+        let (missed, running) = (attempt("a"), attempt("b"));
+        let _a = sent_straight(&remote, &missed, "w1", 7, Duration::ZERO);
+        let _b = sent_straight(&remote, &running, "w1", 6, Duration::ZERO);
+        remote.settle_direct(
+            "w1",
+            Some(&state(&remote, 6, true)),
+            std::slice::from_ref(&running),
+            &[],
+        );
+        assert_eq!(owner(&remote, &missed), (None, true));
+        assert_eq!(owner(&remote, &running), (Some("w1".into()), false));
+        // Only the owner's heartbeats count.
+        let theirs = attempt("c");
+        let _c = sent_straight(&remote, &theirs, "w2", 8, Duration::ZERO);
+        remote.settle_direct("w1", Some(&state(&remote, 99, true)), &[], &[]);
+        assert_eq!(owner(&remote, &theirs), (Some("w2".into()), false));
+    }
+
+    #[tokio::test]
+    async fn a_release_counts_only_from_the_owner_and_ends_a_stopped_attempt() {
+        let remote = service();
+        let released = attempt("a");
+        let _a = sent_straight(&remote, &released, "w1", 1, Duration::ZERO);
+        remote.released("w2", &released, "no free slot");
+        assert_eq!(owner(&remote, &released), (Some("w1".into()), false));
+        remote.released("w1", &released, "no free slot");
+        assert_eq!(owner(&remote, &released), (None, true));
+        // Cancelled while on its way: released, it ends without running.
+        let stopped = attempt("b");
+        let tracking = sent_straight(&remote, &stopped, "w1", 2, Duration::ZERO);
+        remote
+            .inner
+            .attempts
+            .lock()
+            .unwrap()
+            .get_mut(&stopped)
+            .unwrap()
+            .stopping = Some("cancelled".into());
+        remote.released("w1", &stopped, "no free slot");
+        let ended = tracking.finished.await.unwrap();
+        match ended.end {
+            RemoteEnd::Finished(outcome) => {
+                assert!(!outcome.succeeded);
+                assert_eq!(
+                    outcome.error.as_deref(),
+                    Some("cancelled (before it started)")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!remote.inner.attempts.lock().unwrap().contains_key(&stopped));
+    }
 }

@@ -27,6 +27,14 @@
 //! deadlines: no heartbeat for three intervals and the attempt is lost and
 //! retried; a timeout or cancel is a `cancel` to the worker, which kills
 //! the attempt's process group and reports it.
+//!
+//! Sent straight: when a worker whose heartbeats carry `direct` has a free
+//! slot (by the daemon's count) and nothing waits in the task queue, the
+//! daemon sends the job to its control queue as `run` (mandatory,
+//! confirmed): the worker is its owner already, no claim. The worker
+//! releases a `run` it cannot start; its heartbeats count the `run`s (and
+//! `fence`s) received, so the daemon knows which never arrived; both go
+//! through the task queue as the same attempt.
 
 use std::collections::BTreeMap;
 
@@ -142,6 +150,21 @@ pub enum FromWorker {
         claiming: Vec<AttemptRef>,
         #[serde(default)]
         seq: u64,
+        /// Sent by workers that take jobs straight from the daemon (`run`
+        /// on their control queue); absent from older workers, which are
+        /// only sent jobs through the task queues.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        direct: Option<DirectState>,
+    },
+    /// A job sent straight to this worker (`run`) that it did not start
+    /// (no free slot: it took a job from the task queue meanwhile, or it
+    /// is shutting down): the daemon sends it through the task queue.
+    Release {
+        protocol: u32,
+        worker: String,
+        #[serde(flatten)]
+        attempt: AttemptRef,
+        reason: String,
     },
     /// A chunk of an attempt's output, as it is produced.
     Output {
@@ -188,6 +211,7 @@ impl FromWorker {
             | FromWorker::Output { protocol, .. }
             | FromWorker::Observed { protocol, .. }
             | FromWorker::Result { protocol, .. }
+            | FromWorker::Release { protocol, .. }
             | FromWorker::Handback { protocol, .. } => *protocol,
         }
     }
@@ -198,6 +222,28 @@ impl FromWorker {
 pub enum Stream {
     Stdout,
     Stderr,
+}
+
+/// A worker's side of direct dispatch, in its heartbeats to one daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectState {
+    /// Free `--concurrency` slots when the heartbeat was built.
+    pub free: usize,
+    /// The daemon instance `upto` counts for (a restarted daemon numbers
+    /// its messages afresh).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub daemon: String,
+    /// The highest `dispatch` number of that daemon's `run` and `fence`
+    /// messages received. Every `run` numbered up to it was received: it
+    /// is in `running`/`reporting`, or its result or release is already
+    /// in the result queue (a control queue keeps its order, so a `run`
+    /// lost with one, say in a broker restart, stays lost for good).
+    #[serde(default)]
+    pub upto: u64,
+    /// The worker is shutting down: its control queue is gone, and what
+    /// was sent to it after `upto` never arrives.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closed: bool,
 }
 
 /// A worker as it describes itself in heartbeats.
@@ -244,6 +290,26 @@ pub enum ToWorker {
         attempt: AttemptRef,
         reason: String,
     },
+    /// Run this job: it is this worker's already (the daemon chose it, as
+    /// it had a free slot and nothing waited in the task queue), no claim
+    /// needed. Sent only to workers whose heartbeats carry `direct`.
+    Run {
+        protocol: u32,
+        /// The daemon instance, and this message's number among those it
+        /// sent this worker (`run` and `fence` share the numbering).
+        daemon: String,
+        dispatch: u64,
+        job: Box<Job>,
+    },
+    /// Nothing to do but count: a worker's next heartbeat saying `upto`
+    /// this number proves every earlier `run` arrived or never will.
+    Fence {
+        protocol: u32,
+        daemon: String,
+        dispatch: u64,
+        /// The daemon's result queue (whose heartbeats count it).
+        reply_to: String,
+    },
     /// Stop the attempt (timeout, cancel, or it is not this worker's).
     Cancel {
         protocol: u32,
@@ -258,6 +324,8 @@ impl ToWorker {
         match self {
             ToWorker::Grant { protocol, .. }
             | ToWorker::Deny { protocol, .. }
+            | ToWorker::Run { protocol, .. }
+            | ToWorker::Fence { protocol, .. }
             | ToWorker::Cancel { protocol, .. } => *protocol,
         }
     }
@@ -329,6 +397,14 @@ mod tests {
         assert!(err.contains("no `protocol`"), "{err}");
     }
 
+    fn attempt_of_run() -> AttemptRef {
+        AttemptRef {
+            run_id: uuid::Uuid::now_v7(),
+            task: "extract".into(),
+            attempt: 1,
+        }
+    }
+
     #[test]
     fn messages_round_trip() {
         let attempt = AttemptRef {
@@ -357,5 +433,33 @@ mod tests {
         };
         let body = serde_json::to_vec(&cancel).unwrap();
         assert_eq!(decode::<ToWorker>(&body, Some(PROTOCOL)).unwrap(), cancel);
+        let run = ToWorker::Run {
+            protocol: PROTOCOL,
+            daemon: "d1".into(),
+            dispatch: 3,
+            job: Box::new(Job {
+                protocol: PROTOCOL,
+                job_id: "j1".into(),
+                attempt: attempt_of_run(),
+                workflow: "w".into(),
+                kind: "shell".into(),
+                config: serde_json::json!({"command": ["true"]}),
+                started_at: 1,
+                timeout_ms: None,
+                heartbeat_ms: 1000,
+                reply_to: "switchyard.results".into(),
+                redact: Vec::new(),
+            }),
+        };
+        let body = serde_json::to_vec(&run).unwrap();
+        assert!(String::from_utf8_lossy(&body).contains(r#""type":"run""#));
+        assert_eq!(decode::<ToWorker>(&body, None).unwrap(), run);
+        // A heartbeat from a worker that predates direct dispatch.
+        let old = br#"{"protocol": 1, "type": "heartbeat", "worker": "w", "host": "h", "pid": 1,
+                       "queues": ["q"], "concurrency": 2, "started_at": "", "running": []}"#;
+        match decode::<FromWorker>(old, None).unwrap() {
+            FromWorker::Heartbeat { direct, .. } => assert_eq!(direct, None),
+            other => panic!("{other:?}"),
+        }
     }
 }

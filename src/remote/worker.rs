@@ -98,11 +98,63 @@ struct Shared {
     broker: Broker,
     /// Attempts begun (tests and logs).
     started: AtomicU64,
+    /// Per daemon (its result queue): its instance and the highest number
+    /// of its `run` and `fence` messages received.
+    direct: Mutex<HashMap<String, (String, u64)>>,
+    /// The control queue is gone for good (shutting down).
+    closed: std::sync::atomic::AtomicBool,
+    /// A daemon heard of for the first time: heartbeat it now, so it can
+    /// send jobs straight here.
+    beat_now: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
     fn id(&self) -> &str {
         &self.info.worker
+    }
+
+    /// Remembers a daemon's result queue, heartbeating it at once when new.
+    fn report_to(&self, reply_to: &str) {
+        if let Ok(mut targets) = self.reply_to.lock()
+            && targets.insert(reply_to.to_string())
+        {
+            self.beat_now.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Counts a daemon's `run` or `fence` received.
+    fn received(&self, reply_to: &str, daemon: &str, dispatch: u64) {
+        if let Ok(mut direct) = self.direct.lock() {
+            let entry = direct
+                .entry(reply_to.to_string())
+                .or_insert_with(|| (daemon.to_string(), 0));
+            if entry.0 != daemon {
+                *entry = (daemon.to_string(), 0);
+            }
+            entry.1 = entry.1.max(dispatch);
+        }
+    }
+
+    /// This worker's side of direct dispatch, for a heartbeat to `reply_to`
+    /// (read before the attempt lists).
+    fn direct_state(&self, reply_to: &str) -> protocol::DirectState {
+        let (daemon, upto) = self
+            .direct
+            .lock()
+            .ok()
+            .and_then(|d| d.get(reply_to).cloned())
+            .unwrap_or_default();
+        let closed = self.closed.load(Ordering::SeqCst);
+        protocol::DirectState {
+            free: if closed {
+                0
+            } else {
+                self.slots.available_permits()
+            },
+            daemon,
+            upto,
+            closed,
+        }
     }
 
     /// Publishes one message to a daemon's result queue: results and
@@ -223,6 +275,9 @@ pub async fn run(options: WorkerOptions, stop: CancellationToken) -> Result<(), 
         scratch_dir: own_dir.join("scratch"),
         broker: Broker::with_endpoint(Ok(options.endpoint.clone()), None),
         started: AtomicU64::new(0),
+        direct: Mutex::new(HashMap::new()),
+        closed: std::sync::atomic::AtomicBool::new(false),
+        beat_now: std::sync::atomic::AtomicBool::new(false),
     });
     tracing::info!(worker = %id, queues = ?options.queues, concurrency = options.concurrency,
         broker = %options.endpoint.describe(), "Worker started.");
@@ -235,6 +290,8 @@ pub async fn run(options: WorkerOptions, stop: CancellationToken) -> Result<(), 
         let result = session_run(&shared, &options, &stop, &session).await;
         session.cancel();
         if stop.is_cancelled() {
+            // The connection is closed, and the control queue with it.
+            shared.closed.store(true, Ordering::SeqCst);
             break;
         }
         let delay = backoff.next_delay();
@@ -342,7 +399,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
         let every = Duration::from_millis(shared.heartbeat_ms.load(Ordering::Relaxed).max(100));
-        if last.elapsed() < every {
+        if last.elapsed() < every && !shared.beat_now.swap(false, Ordering::SeqCst) {
             continue;
         }
         last = tokio::time::Instant::now();
@@ -352,6 +409,8 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
             .map(|r| r.iter().cloned().collect())
             .unwrap_or_default();
         for reply_to in targets {
+            // Read first: a `run` counted here is in the lists read next.
+            let direct = shared.direct_state(&reply_to);
             let (running, reporting): (Vec<_>, Vec<_>) = shared
                 .running
                 .lock()
@@ -379,6 +438,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
                 reporting: reporting.into_iter().map(|(a, _)| a).collect(),
                 claiming,
                 seq,
+                direct: Some(direct),
             };
             shared.notify(&reply_to, &message).await;
         }
@@ -553,6 +613,18 @@ fn obey(shared: &Arc<Shared>, delivery: &lapin::message::Delivery) {
                 let _ = waiting.send(order);
             }
         }
+        ToWorker::Run {
+            daemon,
+            dispatch,
+            job,
+            ..
+        } => take_direct(shared, &daemon, dispatch, *job),
+        ToWorker::Fence {
+            daemon,
+            dispatch,
+            reply_to,
+            ..
+        } => shared.received(&reply_to, &daemon, dispatch),
         ToWorker::Cancel {
             attempt, reason, ..
         } => {
@@ -566,6 +638,43 @@ fn obey(shared: &Arc<Shared>, delivery: &lapin::message::Delivery) {
                 entry.cancel.cancel();
             }
         }
+    }
+}
+
+/// A job the daemon sent straight to this worker: it is this worker's, no
+/// claim needed. Taken (or released) before its number is counted
+/// received, so a heartbeat saying `upto` it also lists it unless its
+/// result or release went first.
+fn take_direct(shared: &Arc<Shared>, daemon: &str, dispatch: u64, job: Job) {
+    shared.report_to(&job.reply_to);
+    shared
+        .heartbeat_ms
+        .fetch_min(job.heartbeat_ms.max(100), Ordering::Relaxed);
+    let holds_slot = executors::kind_name(&job.kind).is_none_or(executors::holds_slot);
+    let permit = if holds_slot {
+        match Arc::clone(&shared.slots).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                // A job from the task queue took the slot meanwhile.
+                shared.received(&job.reply_to, daemon, dispatch);
+                let release = FromWorker::Release {
+                    protocol: PROTOCOL,
+                    worker: shared.id().to_string(),
+                    attempt: job.attempt.clone(),
+                    reason: "no free slot".into(),
+                };
+                let shared = Arc::clone(shared);
+                tokio::spawn(async move { shared.send(&job.reply_to, &release, true).await });
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let admitted = admit(shared, &job);
+    shared.received(&job.reply_to, daemon, dispatch);
+    if let Some(admitted) = admitted {
+        tokio::spawn(run_admitted(Arc::clone(shared), job, permit, admitted));
     }
 }
 
@@ -591,9 +700,7 @@ async fn take_job(
             return;
         }
     };
-    if let Ok(mut targets) = shared.reply_to.lock() {
-        targets.insert(job.reply_to.clone());
-    }
+    shared.report_to(&job.reply_to);
     // A job published again (after a daemon restart) for an attempt this
     // worker already runs: the attempt is not started twice.
     let runs_it = || {
@@ -671,7 +778,7 @@ async fn take_job(
             tracing::info!(attempt = %job.attempt, reason, "Claim denied; job dropped.");
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
-        Some(ToWorker::Cancel { .. }) => {}
+        Some(ToWorker::Cancel { .. } | ToWorker::Run { .. } | ToWorker::Fence { .. }) => {}
     }
 }
 
@@ -683,28 +790,47 @@ async fn run_attempt(
     job: Job,
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
+    if let Some(admitted) = admit(&shared, &job) {
+        run_admitted(shared, job, slot, admitted).await;
+    }
+}
+
+/// An attempt in `running`: how to stop it, and why it was.
+struct Admitted {
+    cancel: CancellationToken,
+    stopped: Arc<Mutex<Option<(String, bool)>>>,
+}
+
+/// Puts an attempt in `running` (so every heartbeat from now on lists it);
+/// None when it is there already: an attempt granted twice to this worker
+/// (two copies of its job) runs once.
+fn admit(shared: &Shared, job: &Job) -> Option<Admitted> {
     let cancel = CancellationToken::new();
     let stopped = Arc::new(Mutex::new(None));
-    {
-        let Ok(mut running) = shared.running.lock() else {
-            return;
-        };
-        // Checked and taken at once: an attempt granted twice to this
-        // worker (two copies of its job) runs once.
-        if running.contains_key(&job.attempt) {
-            return;
-        }
-        running.insert(
-            job.attempt.clone(),
-            Running {
-                reporting: false,
-                resumable: executors::kind_name(&job.kind).is_some_and(executors::resumable),
-                cancel: cancel.clone(),
-                stopped: Arc::clone(&stopped),
-                reply_to: job.reply_to.clone(),
-            },
-        );
+    let mut running = shared.running.lock().ok()?;
+    if running.contains_key(&job.attempt) {
+        return None;
     }
+    running.insert(
+        job.attempt.clone(),
+        Running {
+            reporting: false,
+            resumable: executors::kind_name(&job.kind).is_some_and(executors::resumable),
+            cancel: cancel.clone(),
+            stopped: Arc::clone(&stopped),
+            reply_to: job.reply_to.clone(),
+        },
+    );
+    Some(Admitted { cancel, stopped })
+}
+
+async fn run_admitted(
+    shared: Arc<Shared>,
+    job: Job,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    admitted: Admitted,
+) {
+    let Admitted { cancel, stopped } = admitted;
     // In `running` now: the answered claim can go.
     if let Ok(mut pending) = shared.pending.lock() {
         pending.remove(&job.job_id);

@@ -172,7 +172,7 @@ impl EngineLoop {
             reattach,
             live,
             self.checks_for(prepared.kind),
-            executors::resumable(prepared.kind),
+            prepared.kind,
         );
         let attempt_task = self.tokio.spawn(async move {
             let ended = remote
