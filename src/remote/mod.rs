@@ -65,6 +65,8 @@ const PREFETCH: u16 = 512;
 /// How long a job sent straight to a worker may be on its way before a
 /// heartbeat that does not list it asks for a `fence`.
 const DIRECT_SETTLE: Duration = Duration::from_millis(250);
+/// How long a `run`'s confirm is waited for (cancel waits meanwhile).
+const RUN_CONFIRM: Duration = Duration::from_secs(5);
 
 /// How remote attempts are run (`workers` in switchyard.json).
 #[derive(Debug, Clone)]
@@ -697,7 +699,16 @@ impl Remote {
         if !self.inner.listening.load(Ordering::Relaxed) {
             return false;
         }
-        let fresh = self.inner.config.heartbeat * 2;
+        // Heard from within this long: a worker frozen since (its
+        // connection still open) is sent jobs it cannot take, lost after
+        // the heartbeat window like attempts it was running.
+        let fresh = self.inner.config.heartbeat * 3 / 2;
+        // Held from numbering to sending: the worker gets `run`s and
+        // `fence`s in the order of their numbers, which its count relies on.
+        let session = self.inner.session.lock().await;
+        let Some(channel) = session.clone() else {
+            return false;
+        };
         let chosen = (|| {
             let mut attempts = self.inner.attempts.lock().ok()?;
             let mut busy: HashMap<String, usize> = HashMap::new();
@@ -750,7 +761,17 @@ impl Remote {
         };
         // Mandatory and confirmed: a worker gone since its last heartbeat
         // has no control queue, and the broker says so.
-        match self.send_run(&worker, &run).await {
+        let published = self.publish_on(&channel, &worker, &run, true).await;
+        drop(session);
+        let sent = match published {
+            Ok(confirm) => match tokio::time::timeout(RUN_CONFIRM, confirm).await {
+                Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(()),
+                Ok(Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(_))) => Err(true),
+                Ok(Err(_)) | Err(_) => Err(false),
+            },
+            Err(sent) => Err(sent),
+        };
+        match sent {
             // Err(false): whether the broker has it is unknown (the
             // connection broke); the worker's heartbeats settle it.
             Ok(()) | Err(false) => {
@@ -764,20 +785,25 @@ impl Remote {
                     .metrics
                     .redirected
                     .fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut attempts) = self.inner.attempts.lock()
-                    && let Some(t) = attempts.get_mut(&job.attempt)
-                    && t.direct == Some(dispatch)
-                {
-                    t.owner = None;
-                    t.granted = None;
-                    t.direct = None;
-                }
                 if let Ok(mut workers) = self.inner.workers.lock()
                     && let Some(w) = workers.get_mut(&worker)
                 {
                     w.direct = None;
                 }
-                false
+                let Ok(mut attempts) = self.inner.attempts.lock() else {
+                    return false;
+                };
+                match attempts.get_mut(&job.attempt) {
+                    Some(t) if t.direct == Some(dispatch) => {
+                        t.owner = None;
+                        t.granted = None;
+                        t.direct = None;
+                        false
+                    }
+                    // Redirected meanwhile (its worker said it closed):
+                    // published by the next tick already; not twice.
+                    _ => true,
+                }
             }
         }
     }
@@ -847,22 +873,6 @@ impl Remote {
         let _ = self.publish_control(worker, message, false).await;
     }
 
-    /// Sends a `run` to a worker: Ok once the broker confirmed it reached
-    /// the worker's control queue; Err(true) when it surely did not (no
-    /// such queue: the worker is gone), Err(false) when that is unknown.
-    async fn send_run(&self, worker: &str, message: &ToWorker) -> Result<(), bool> {
-        let confirm = self.publish_control(worker, message, true).await?;
-        let confirmed = tokio::time::timeout(crate::amqp::CONFIRM_TIMEOUT, confirm)
-            .await
-            .map_err(|_| false)?;
-        match confirmed {
-            Ok(Confirmation::Ack(None)) => Ok(()),
-            Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(_)) => Err(true),
-            Ok(Confirmation::NotRequested) => Ok(()),
-            Err(_) => Err(false),
-        }
-    }
-
     async fn publish_control(
         &self,
         worker: &str,
@@ -872,6 +882,18 @@ impl Remote {
         let Some(channel) = self.inner.session.lock().await.clone() else {
             return Err(true);
         };
+        self.publish_on(&channel, worker, message, mandatory).await
+    }
+
+    /// Publishes a control message on `channel`; Err(true) when it was not
+    /// handed to the connection (the broker never saw it).
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        worker: &str,
+        message: &ToWorker,
+        mandatory: bool,
+    ) -> Result<lapin::PublisherConfirm, bool> {
         let body = serde_json::to_vec(message).map_err(|_| true)?;
         let routing_key =
             crate::amqp::short("queue name", &protocol::control_queue(worker)).map_err(|_| true)?;
@@ -1048,14 +1070,21 @@ impl Remote {
                 let (stale, fence) =
                     self.on_heartbeat(worker.clone(), running, reporting, &claiming, seq, direct);
                 if fence {
-                    let dispatch = self.inner.dispatches.fetch_add(1, Ordering::Relaxed) + 1;
-                    let fence = ToWorker::Fence {
-                        protocol: PROTOCOL,
-                        daemon: self.inner.instance.clone(),
-                        dispatch,
-                        reply_to: self.inner.config.results_queue.clone(),
-                    };
-                    self.send_control(&worker.worker, &fence).await;
+                    // Numbered and sent under the session lock, in order
+                    // with `run`s (see `dispatch_direct`).
+                    let session = self.inner.session.lock().await;
+                    if let Some(channel) = session.as_ref() {
+                        let dispatch = self.inner.dispatches.fetch_add(1, Ordering::Relaxed) + 1;
+                        let fence = ToWorker::Fence {
+                            protocol: PROTOCOL,
+                            daemon: self.inner.instance.clone(),
+                            dispatch,
+                            reply_to: self.inner.config.results_queue.clone(),
+                        };
+                        let _ = self
+                            .publish_on(channel, &worker.worker, &fence, false)
+                            .await;
+                    }
                 }
                 for (attempt, reason) in stale {
                     self.send_control(
@@ -1343,6 +1372,7 @@ impl Remote {
             .map_or(0, |d| d.upto);
         let closed = direct.is_some_and(|d| d.closed);
         let mut fence = false;
+        let mut never_started = Vec::new();
         let Ok(mut attempts) = self.inner.attempts.lock() else {
             return false;
         };
@@ -1357,22 +1387,38 @@ impl Remote {
                 continue;
             }
             if upto >= number || closed {
-                if tracked.stopping.is_none() {
-                    tracing::warn!(attempt = %attempt, worker,
-                        "A job sent straight to a worker did not reach it; publishing it.");
-                    redirect(tracked);
-                    self.inner
-                        .metrics
-                        .redirected
-                        .fetch_add(1, Ordering::Relaxed);
+                if tracked.stopping.is_some() {
+                    // Stopped before it ever ran: it ends now.
+                    never_started.push(attempt.clone());
+                    continue;
                 }
+                tracing::warn!(attempt = %attempt, worker,
+                    "A job sent straight to a worker did not reach it; publishing it.");
+                redirect(tracked);
+                self.inner
+                    .metrics
+                    .redirected
+                    .fetch_add(1, Ordering::Relaxed);
             } else {
                 // On its way, or lost: the worker lives, so the attempt is
-                // not lost; a fence settles which.
-                tracked.seen = Instant::now();
-                fence |= tracked
-                    .granted
-                    .is_some_and(|g| g.elapsed() >= DIRECT_SETTLE);
+                // not lost while a fence settles which (if no fence gets
+                // through for twice the lost window, its job session is
+                // broken: lost, as for a silent worker).
+                let sent = tracked.granted.map(|g| g.elapsed()).unwrap_or_default();
+                if sent < self.lost_after() * 2 {
+                    tracked.seen = Instant::now();
+                }
+                fence |= sent >= DIRECT_SETTLE;
+            }
+        }
+        for attempt in never_started {
+            let stopped = attempts.remove(&attempt);
+            if let Some((Some(done), Some(stopping))) =
+                stopped.map(|mut t| (t.done.take(), t.stopping))
+            {
+                let _ = done.send(Ended::verdict(RemoteEnd::Finished(
+                    AttemptOutcome::failure(format!("{stopping} (before it started)")),
+                )));
             }
         }
         fence
@@ -1598,6 +1644,25 @@ mod tests {
         );
         assert_eq!(owner(&remote, &missed), (None, true));
         assert_eq!(owner(&remote, &running), (Some("w1".into()), false));
+        // Cancelled on its way, and never arrived: it ends, never started.
+        let cancelled = attempt("e");
+        let tracking = sent_straight(&remote, &cancelled, "w1", 9, Duration::ZERO);
+        remote
+            .inner
+            .attempts
+            .lock()
+            .unwrap()
+            .get_mut(&cancelled)
+            .unwrap()
+            .stopping = Some("cancelled".into());
+        remote.settle_direct("w1", Some(&state(&remote, 6, true)), &[], &[]);
+        match tracking.finished.blocking_recv().unwrap().end {
+            RemoteEnd::Finished(outcome) => assert_eq!(
+                outcome.error.as_deref(),
+                Some("cancelled (before it started)")
+            ),
+            other => panic!("{other:?}"),
+        }
         // Only the owner's heartbeats count.
         let theirs = attempt("c");
         let _c = sent_straight(&remote, &theirs, "w2", 8, Duration::ZERO);

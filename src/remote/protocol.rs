@@ -157,8 +157,8 @@ pub enum FromWorker {
         direct: Option<DirectState>,
     },
     /// A job sent straight to this worker (`run`) that it did not start
-    /// (no free slot: it took a job from the task queue meanwhile, or it
-    /// is shutting down): the daemon sends it through the task queue.
+    /// (no free slot: it took a job from the task queue meanwhile): the
+    /// daemon sends it through the task queue.
     Release {
         protocol: u32,
         worker: String,
@@ -227,17 +227,19 @@ pub enum Stream {
 /// A worker's side of direct dispatch, in its heartbeats to one daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectState {
-    /// Free `--concurrency` slots when the heartbeat was built.
+    /// Free `--concurrency` slots when the heartbeat was built
+    /// (informational: the daemon counts what it gave each worker).
     pub free: usize,
     /// The daemon instance `upto` counts for (a restarted daemon numbers
     /// its messages afresh).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub daemon: String,
     /// The highest `dispatch` number of that daemon's `run` and `fence`
-    /// messages received. Every `run` numbered up to it was received: it
-    /// is in `running`/`reporting`, or its result or release is already
-    /// in the result queue (a control queue keeps its order, so a `run`
-    /// lost with one, say in a broker restart, stays lost for good).
+    /// messages received. Every `run` numbered up to it arrived and is in
+    /// `running`/`reporting` (or its result is already in the result
+    /// queue, or it was released), or never will arrive: the daemon sends
+    /// them in number order and a control queue keeps it, so a `run` lost
+    /// with one (say in a broker restart) stays lost for good.
     #[serde(default)]
     pub upto: u64,
     /// The worker is shutting down: its control queue is gone, and what
@@ -295,8 +297,8 @@ pub enum ToWorker {
     /// needed. Sent only to workers whose heartbeats carry `direct`.
     Run {
         protocol: u32,
-        /// The daemon instance, and this message's number among those it
-        /// sent this worker (`run` and `fence` share the numbering).
+        /// The daemon instance, and this message's number (`run` and
+        /// `fence` share one numbering, and are sent in its order).
         daemon: String,
         dispatch: u64,
         job: Box<Job>,

@@ -290,8 +290,6 @@ pub async fn run(options: WorkerOptions, stop: CancellationToken) -> Result<(), 
         let result = session_run(&shared, &options, &stop, &session).await;
         session.cancel();
         if stop.is_cancelled() {
-            // The connection is closed, and the control queue with it.
-            shared.closed.store(true, Ordering::SeqCst);
             break;
         }
         let delay = backoff.next_delay();
@@ -305,7 +303,16 @@ pub async fn run(options: WorkerOptions, stop: CancellationToken) -> Result<(), 
             _ = tokio::time::sleep(delay) => {}
         }
     }
+    // The connection is closed, and the control queue with it: a heartbeat
+    // saying so at once lets the daemon send what it missed elsewhere.
+    shared.closed.store(true, Ordering::SeqCst);
+    shared.beat_now.store(true, Ordering::SeqCst);
     drain(&shared, options.grace).await;
+    // That heartbeat goes out before the last.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while shared.beat_now.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     heartbeats.cancel();
     tracing::info!(worker = %id, attempts = shared.started.load(Ordering::Relaxed), "Worker stopped.");
     drop(lock);
